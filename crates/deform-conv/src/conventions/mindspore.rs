@@ -1,0 +1,149 @@
+//! `mindspore.ops.deformable_conv2d` (and the packing torch_npu shares).
+//!
+//! ```text
+//! x [N, C, H, W]    weight [Cout, C/groups, kh, kw]    bias [Cout] (optional)
+//! offsets [N, 3*G*K, Ho, Wo]: channel t*G*K + g*K + k, t = 0 dx, 1 dy, 2 mask
+//! kernel_size (kh, kw)   strides, dilations (1, 1, h, w)   padding (top, bottom, left, right)
+//! output [N, Cout, Ho, Wo],  Ho = floor((H + top + bottom - dil_h*(kh-1) - 1) / stride_h) + 1
+//! ```
+//!
+//! `modulated` must be true (the mask block is always read). Offset and mask gradients follow the
+//! per-tap rule of MindSpore's CPU kernel (no gate at -1).
+
+use super::{
+    backward as run_backward, canonical, canonical_weight, dims, forward as run_forward, list, nchw_list,
+    BackwardSpec, Gradients, Layout, OffsetLayout,
+};
+use crate::element::Element;
+use crate::error::{DeformError, Result};
+use crate::layout::split_packed;
+use crate::op::{Backend, Operands};
+use crate::params::{DeformParams, Geometry, GradGate, OutputRounding, ShapeSet};
+use ndarray::{Array4, ArrayView1, ArrayView4};
+
+/// Attributes of the packed conventions (MindSpore and torch_npu).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    /// `kernel_size (kh, kw)`; must match the weight.
+    pub kernel_size: Vec<i64>,
+    /// `strides (1, 1, h, w)`.
+    pub strides: Vec<i64>,
+    /// `padding (top, bottom, left, right)`.
+    pub padding: Vec<i64>,
+    /// `dilations (1, 1, h, w)`.
+    pub dilations: Vec<i64>,
+    /// Convolution groups.
+    pub groups: i64,
+    /// Deformable groups.
+    pub deformable_groups: i64,
+    /// Must be true: both peers implement only DCN v2.
+    pub modulated: bool,
+    /// Which implementation computes.
+    pub backend: Backend,
+}
+
+impl Attributes {
+    /// Attributes with the given kernel, unit strides and dilations, zero padding, one group.
+    pub fn new(kernel_size: [i64; 2]) -> Self {
+        Attributes {
+            kernel_size: kernel_size.to_vec(),
+            strides: vec![1, 1, 1, 1],
+            padding: vec![0, 0, 0, 0],
+            dilations: vec![1, 1, 1, 1],
+            groups: 1,
+            deformable_groups: 1,
+            modulated: true,
+            backend: Backend::Engine,
+        }
+    }
+
+    /// The canonical parameters these attributes stand for.
+    pub fn params(&self) -> Result<DeformParams> {
+        if !self.modulated {
+            return Err(DeformError::parameter(
+                "modulated",
+                "true (only modulated deformable convolution, DCN v2, is defined)",
+                false,
+            ));
+        }
+        Ok(DeformParams {
+            kernel: Some(list::<2>("kernel_size", &self.kernel_size)?),
+            stride: nchw_list("strides", &self.strides)?,
+            padding: list::<4>("padding", &self.padding)?,
+            dilation: nchw_list("dilations", &self.dilations)?,
+            groups: self.groups,
+            deformable_groups: self.deformable_groups,
+            rounding: OutputRounding::Floor,
+        })
+    }
+}
+
+/// Validates a packed call (tensors in `layout`) and returns its geometry and canonical operands.
+pub(crate) fn packed_operands<'a, T: Element>(
+    input: ArrayView4<'a, T>,
+    weight: ArrayView4<'a, T>,
+    offset: ArrayView4<'a, T>,
+    bias: Option<ArrayView1<'a, T>>,
+    attrs: &Attributes,
+    layout: Layout,
+) -> Result<(Geometry, Operands<'a, T>)> {
+    let (input, weight, offset) = (
+        canonical(input, layout),
+        canonical_weight(weight, layout),
+        canonical(offset, layout),
+    );
+    let g = attrs.params()?.validate(&ShapeSet {
+        input: dims(&input),
+        weight: dims(&weight),
+        offset: dims(&offset),
+        offset_per_tap: 3,
+        mask: None,
+        bias: bias.as_ref().map(|b| b.len()),
+    })?;
+    let (offset_x, offset_y, mask) = split_packed(&offset)?;
+    Ok((g, Operands { input, offset_y, offset_x, mask: Some(mask), weight, bias }))
+}
+
+/// Backward of a packed convention; `grad_output` in `layout`.
+pub(crate) fn packed_backward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    grad_output: ArrayView4<'_, T>,
+    gate: GradGate,
+    layout: Layout,
+    backend: Backend,
+) -> Result<Gradients<T>> {
+    run_backward(
+        g,
+        ops,
+        canonical(grad_output, layout),
+        BackwardSpec { gate, layout, offsets: OffsetLayout::Packed, bias: true, backend },
+    )
+}
+
+/// `mindspore.ops.deformable_conv2d(x, weight, offsets, kernel_size, strides, padding, bias,
+/// dilations, groups, deformable_groups, modulated)`.
+pub fn deformable_conv2d<'a, T: Element>(
+    x: ArrayView4<'a, T>,
+    weight: ArrayView4<'a, T>,
+    offsets: ArrayView4<'a, T>,
+    bias: Option<ArrayView1<'a, T>>,
+    attrs: &Attributes,
+) -> Result<Array4<T>> {
+    let (g, ops) = packed_operands(x, weight, offsets, bias, attrs, Layout::Nchw)?;
+    Ok(run_forward(&g, &ops, false, Layout::Nchw, attrs.backend)?.0)
+}
+
+/// Gradients of [`deformable_conv2d`]: input, packed offsets `[d dx | d dy | d mask]`, weight,
+/// bias (always), with MindSpore CPU's per-tap rule.
+pub fn deformable_conv2d_backward<'a, T: Element>(
+    grad_output: ArrayView4<'a, T>,
+    x: ArrayView4<'a, T>,
+    weight: ArrayView4<'a, T>,
+    offsets: ArrayView4<'a, T>,
+    bias: Option<ArrayView1<'a, T>>,
+    attrs: &Attributes,
+) -> Result<Gradients<T>> {
+    let (g, ops) = packed_operands(x, weight, offsets, bias, attrs, Layout::Nchw)?;
+    packed_backward(&g, &ops, grad_output, GradGate::PerTap, Layout::Nchw, attrs.backend)
+}

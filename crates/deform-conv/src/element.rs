@@ -1,0 +1,97 @@
+//! The element types the crate computes with, through one small trait.
+//!
+//! A storage type `T` names the accumulation type `T::Acc` in which all sampling weights,
+//! coordinates and sums are formed: `f64` stays `f64` end to end; `f32`, `f16` and `bf16` sample
+//! and accumulate in `f32` (SPEC §4: half storage, f32 arithmetic).
+
+use half::{bf16, f16};
+use num_traits::{Float, FromPrimitive};
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::AddAssign;
+
+/// The arithmetic type of a computation: `f32` or `f64`.
+pub trait Real:
+    Float + FromPrimitive + AddAssign + Sum + Default + Debug + Send + Sync + 'static
+{
+    /// `v` as this type (exact for the integer grid positions the op forms).
+    fn of_i64(v: i64) -> Self;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn of_i64(v: i64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn of_i64(v: i64) -> Self {
+        v as f64
+    }
+}
+
+/// A storage element type: `f32`, `f64`, `half::f16` or `half::bf16`.
+pub trait Element: Copy + Default + Debug + Send + Sync + 'static {
+    /// The type every sum and sampling weight is computed in.
+    type Acc: Real;
+    /// numpy / torch style name (`"float32"`), for messages.
+    const NAME: &'static str;
+    /// Widen to the accumulation type.
+    fn to_acc(self) -> Self::Acc;
+    /// Round from the accumulation type (round-to-nearest-even for half types).
+    fn from_acc(a: Self::Acc) -> Self;
+}
+
+impl Element for f32 {
+    type Acc = f32;
+    const NAME: &'static str = "float32";
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        a
+    }
+}
+
+impl Element for f64 {
+    type Acc = f64;
+    const NAME: &'static str = "float64";
+    #[inline(always)]
+    fn to_acc(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_acc(a: f64) -> Self {
+        a
+    }
+}
+
+impl Element for f16 {
+    type Acc = f32;
+    const NAME: &'static str = "float16";
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        f16::from_f32(a)
+    }
+}
+
+impl Element for bf16 {
+    type Acc = f32;
+    const NAME: &'static str = "bfloat16";
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        bf16::from_f32(a)
+    }
+}

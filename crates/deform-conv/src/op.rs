@@ -1,0 +1,179 @@
+//! The canonical operator over ndarray views, with the backend behind it.
+//!
+//! Every convention reduces to this: split offsets `dy`, `dx` and a mask, each `[N, G*K, Ho, Wo]`
+//! with any strides (an interleaved or packed tensor, NCHW or NHWC, is just a strided view), and
+//! output views with any strides (so channels-last results are written in place). SPEC §1:
+//!
+//! ```text
+//! py = oh*stride_h - pad_top  + i*dil_h + dy[n, g*K + k, oh, ow]
+//! px = ow*stride_w - pad_left + j*dil_w + dx[n, g*K + k, oh, ow]
+//! col[n, c, k, oh, ow] = mask[n, g*K + k, oh, ow] * bilinear(X[n, c], py, px)
+//! Y[n, o, oh, ow] = b[o] + sum_{c in group(o), k} Wt[o, c', i, j] * col[n, c, k, oh, ow]
+//! D[n, c, oh*kh + i, ow*kw + j] = col[n, c, i*kw + j, oh, ow]
+//! ```
+
+use crate::element::Element;
+use crate::error::{DeformError, Result};
+use crate::params::{DeformParams, Geometry, GradGate, ShapeSet};
+use ndarray::{ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Dimension};
+
+/// Which implementation computes a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The fast engine (`crate::engine`): channels-last sampling feeding a GEMM.
+    #[default]
+    Engine,
+    /// The plain reference (`crate::reference`): loops shaped like the formulas; the test oracle.
+    Reference,
+}
+
+/// The operands of one call, in canonical (NCHW-indexed) order; views may have any strides.
+#[derive(Debug, Clone)]
+pub struct Operands<'a, T> {
+    /// Input `X[N, C, H, W]`.
+    pub input: ArrayView4<'a, T>,
+    /// Row offsets `dy[N, G*K, Ho, Wo]`.
+    pub offset_y: ArrayView4<'a, T>,
+    /// Column offsets `dx[N, G*K, Ho, Wo]`.
+    pub offset_x: ArrayView4<'a, T>,
+    /// Modulation mask `[N, G*K, Ho, Wo]`; `None` = DCN v1 (mask 1).
+    pub mask: Option<ArrayView4<'a, T>>,
+    /// Weight `Wt[Cout, C/Gc, kh, kw]`.
+    pub weight: ArrayView4<'a, T>,
+    /// Bias `b[Cout]`.
+    pub bias: Option<ArrayView1<'a, T>>,
+}
+
+/// Where the forward writes: the output and, if wanted, the deformed image.
+#[derive(Debug)]
+pub struct ForwardOutputs<'a, T> {
+    /// `Y[N, Cout, Ho, Wo]`; every element is written.
+    pub output: ArrayViewMut4<'a, T>,
+    /// `D[N, C, Ho*kh, Wo*kw]`; every element is written.
+    pub deformed: Option<ArrayViewMut4<'a, T>>,
+}
+
+/// Where the backward writes; `None` skips that gradient. Every element of a given view is written
+/// (overwritten, not accumulated).
+#[derive(Debug, Default)]
+pub struct GradOutputs<'a, T> {
+    /// `dL/dX[N, C, H, W]`.
+    pub input: Option<ArrayViewMut4<'a, T>>,
+    /// `dL/d dy[N, G*K, Ho, Wo]`.
+    pub offset_y: Option<ArrayViewMut4<'a, T>>,
+    /// `dL/d dx[N, G*K, Ho, Wo]`.
+    pub offset_x: Option<ArrayViewMut4<'a, T>>,
+    /// `dL/d mask[N, G*K, Ho, Wo]` (only with a mask).
+    pub mask: Option<ArrayViewMut4<'a, T>>,
+    /// `dL/dWt[Cout, C/Gc, kh, kw]`.
+    pub weight: Option<ArrayViewMut4<'a, T>>,
+    /// `dL/db[Cout]`.
+    pub bias: Option<ArrayViewMut1<'a, T>>,
+}
+
+fn same_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(DeformError::shape(name, format!("{want:?}"), got))
+    }
+}
+
+impl<T: Element> Operands<'_, T> {
+    /// Validates the operands against `params` and returns the geometry.
+    pub fn geometry(&self, params: &DeformParams) -> Result<Geometry> {
+        let dim = |a: &ArrayView4<'_, T>| -> [usize; 4] { a.raw_dim().into_pattern().into() };
+        let g = params.validate(&ShapeSet {
+            input: dim(&self.input),
+            weight: dim(&self.weight),
+            offset: dim(&self.offset_y),
+            offset_per_tap: 1,
+            mask: self.mask.as_ref().map(dim),
+            bias: self.bias.as_ref().map(|b| b.len()),
+        })?;
+        same_shape("offset_x", self.offset_x.shape(), self.offset_y.shape())?;
+        Ok(g)
+    }
+
+    fn check(&self, g: &Geometry) -> Result<()> {
+        let tap = g.tap_shape();
+        same_shape("input", self.input.shape(), &[g.n, g.c, g.h, g.w])?;
+        same_shape("offset_y", self.offset_y.shape(), &tap)?;
+        same_shape("offset_x", self.offset_x.shape(), &tap)?;
+        if let Some(m) = &self.mask {
+            same_shape("mask", m.shape(), &tap)?;
+        }
+        same_shape("weight", self.weight.shape(), &[g.cout, g.c_per_group(), g.kh, g.kw])?;
+        if let Some(b) = &self.bias {
+            same_shape("bias", b.shape(), &[g.cout])?;
+        }
+        Ok(())
+    }
+}
+
+/// Forward: writes `Y` (and `D` if asked) for operands already validated into `g`.
+///
+/// The shapes of the operands and outputs are checked again here, so a caller that builds its
+/// own views gets an error, not a panic, when they disagree with `g`.
+pub fn forward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    out: ForwardOutputs<'_, T>,
+    backend: Backend,
+) -> Result<()> {
+    ops.check(g)?;
+    same_shape("output", out.output.shape(), &g.output_shape())?;
+    if let Some(d) = &out.deformed {
+        same_shape("deformed image", d.shape(), &g.deformed_shape())?;
+    }
+    match backend {
+        Backend::Engine => crate::engine::forward(g, ops, out),
+        Backend::Reference => crate::reference::forward(g, ops, out),
+    }
+    Ok(())
+}
+
+/// Backward: from `grad_output[N, Cout, Ho, Wo]`, writes the gradients asked for in `grads`,
+/// with the offset/mask gradient rule `gate` (SPEC §2).
+pub fn backward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    grad_output: ArrayView4<'_, T>,
+    grads: GradOutputs<'_, T>,
+    gate: GradGate,
+    backend: Backend,
+) -> Result<()> {
+    ops.check(g)?;
+    same_shape("grad_output", grad_output.shape(), &g.output_shape())?;
+    let tap = g.tap_shape();
+    if let Some(v) = &grads.input {
+        same_shape("grad_input", v.shape(), &[g.n, g.c, g.h, g.w])?;
+    }
+    if let Some(v) = &grads.offset_y {
+        same_shape("grad_offset_y", v.shape(), &tap)?;
+    }
+    if let Some(v) = &grads.offset_x {
+        same_shape("grad_offset_x", v.shape(), &tap)?;
+    }
+    if let Some(v) = &grads.mask {
+        if ops.mask.is_none() {
+            return Err(DeformError::parameter(
+                "grad_mask",
+                "no mask gradient for a call without a mask",
+                "a mask gradient buffer",
+            ));
+        }
+        same_shape("grad_mask", v.shape(), &tap)?;
+    }
+    if let Some(v) = &grads.weight {
+        same_shape("grad_weight", v.shape(), &[g.cout, g.c_per_group(), g.kh, g.kw])?;
+    }
+    if let Some(v) = &grads.bias {
+        same_shape("grad_bias", v.shape(), &[g.cout])?;
+    }
+    match backend {
+        Backend::Engine => crate::engine::backward(g, ops, grad_output, grads, gate),
+        Backend::Reference => crate::reference::backward(g, ops, grad_output, grads, gate),
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of deform-conv. Installs what it needs on a fresh machine:
+#   - Rust crates (cargo fetches them),
+#   - a Python venv at .venv with requirements-dev.txt (reused when already complete),
+#   - the deform_conv Python package, built by maturin into that venv.
+# Prints cargo's and pytest's summaries; exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "== rust: format, lints, tests"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --quiet 2>&1 | grep -vE '^\s*$' | grep -vE '^running [0-9]+ tests?$'
+test "${PIPESTATUS[0]}" -eq 0
+
+echo "== python: venv"
+PY=${PYTHON:-python3}
+stamp=".venv/.deform-conv-complete"
+want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    [ -x .venv/bin/python ] || "$PY" -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+    echo "$want" > "$stamp"
+else
+    echo "reusing complete .venv"
+fi
+
+echo "== python: build and install deform_conv"
+.venv/bin/python -m pip install --quiet --no-deps --force-reinstall --no-build-isolation . 2>&1 | tail -5
+
+echo "== python: tests"
+.venv/bin/python -m pytest -q tests/python
