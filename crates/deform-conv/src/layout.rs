@@ -12,18 +12,33 @@ use crate::error::{check_rank, DeformError, Result};
 use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
 
 /// The interleaved offset as its `(dy, dx)` views, each `[N, G*K, Ho, Wo]`.
-pub fn split_interleaved<'a, T>(offset: &ArrayView4<'a, T>) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>)> {
+pub fn split_interleaved<'a, T>(
+    offset: &ArrayView4<'a, T>,
+) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>)> {
     if offset.shape()[1] % 2 != 0 {
-        return Err(DeformError::shape("offset", "[N, 2*G*K, Ho, Wo] (an even channel count)", offset.shape()));
+        return Err(DeformError::shape(
+            "offset",
+            "[N, 2*G*K, Ho, Wo] (an even channel count)",
+            offset.shape(),
+        ));
     }
-    Ok((offset.slice_move(s![.., 0..;2, .., ..]), offset.clone().slice_move(s![.., 1..;2, .., ..])))
+    Ok((
+        offset.slice_move(s![.., 0..;2, .., ..]),
+        offset.clone().slice_move(s![.., 1..;2, .., ..]),
+    ))
 }
 
 /// The packed offset as its `(dx, dy, mask)` views, each `[N, G*K, Ho, Wo]`.
-pub fn split_packed<'a, T>(packed: &ArrayView4<'a, T>) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>, ArrayView4<'a, T>)> {
+pub fn split_packed<'a, T>(
+    packed: &ArrayView4<'a, T>,
+) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>, ArrayView4<'a, T>)> {
     let ch = packed.shape()[1];
     if ch % 3 != 0 {
-        return Err(DeformError::shape("offset", "[N, 3*G*K, Ho, Wo] (a channel count divisible by 3)", packed.shape()));
+        return Err(DeformError::shape(
+            "offset",
+            "[N, 3*G*K, Ho, Wo] (a channel count divisible by 3)",
+            packed.shape(),
+        ));
     }
     let gk = ch / 3;
     Ok((
@@ -41,10 +56,17 @@ pub fn interleaved_to_packed<T: Copy + num_traits::One>(
     let (dy, dx) = split_interleaved(&offset)?;
     let mask = match mask {
         Some(m) if m.shape() == dy.shape() => m.to_owned(),
-        Some(m) => return Err(DeformError::shape("mask", format!("{:?}", dy.shape()), m.shape())),
+        Some(m) => {
+            return Err(DeformError::shape(
+                "mask",
+                format!("{:?}", dy.shape()),
+                m.shape(),
+            ))
+        }
         None => Array4::from_elem(dy.raw_dim(), T::one()),
     };
-    Ok(concatenate(Axis(1), &[dx.view(), dy.view(), mask.view()]).expect("three views of one shape concatenate"))
+    Ok(concatenate(Axis(1), &[dx.view(), dy.view(), mask.view()])
+        .expect("three views of one shape concatenate"))
 }
 
 /// Packed `[x | y | mask]` to interleaved offset `[N, 2*G*K, Ho, Wo]` and mask `[N, G*K, Ho, Wo]`.
@@ -63,22 +85,30 @@ pub fn packed_to_interleaved<T: Copy>(packed: ArrayView4<'_, T>) -> Result<(Arra
 
 /// `[N, C, H, W]` to `[N, H, W, C]`.
 pub fn nchw_to_nhwc<T: Copy>(a: ArrayView4<'_, T>) -> Array4<T> {
-    a.permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned()
+    a.permuted_axes([0, 2, 3, 1])
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// `[N, H, W, C]` to `[N, C, H, W]`.
 pub fn nhwc_to_nchw<T: Copy>(a: ArrayView4<'_, T>) -> Array4<T> {
-    a.permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned()
+    a.permuted_axes([0, 3, 1, 2])
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// Weight `[Cout, C/Gc, kh, kw]` (OIHW) to `[kh, kw, C/Gc, Cout]` (HWCN).
 pub fn oihw_to_hwcn<T: Copy>(w: ArrayView4<'_, T>) -> Array4<T> {
-    w.permuted_axes([2, 3, 1, 0]).as_standard_layout().into_owned()
+    w.permuted_axes([2, 3, 1, 0])
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// Weight `[kh, kw, C/Gc, Cout]` (HWCN) to `[Cout, C/Gc, kh, kw]` (OIHW).
 pub fn hwcn_to_oihw<T: Copy>(w: ArrayView4<'_, T>) -> Array4<T> {
-    w.permuted_axes([3, 2, 0, 1]).as_standard_layout().into_owned()
+    w.permuted_axes([3, 2, 0, 1])
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// NHWC view of a tensor as the NCHW-indexed view the canonical op takes (no copy).

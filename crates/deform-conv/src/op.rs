@@ -23,6 +23,8 @@ pub enum Backend {
     /// The fast engine (`crate::engine`): channels-last sampling feeding a GEMM.
     #[default]
     Engine,
+    /// The fast engine with a forced instruction set (an error if this CPU lacks it).
+    EngineIsa(crate::engine::Isa),
     /// The plain reference (`crate::reference`): loops shaped like the formulas; the test oracle.
     Reference,
 }
@@ -103,7 +105,11 @@ impl<T: Element> Operands<'_, T> {
         if let Some(m) = &self.mask {
             same_shape("mask", m.shape(), &tap)?;
         }
-        same_shape("weight", self.weight.shape(), &[g.cout, g.c_per_group(), g.kh, g.kw])?;
+        same_shape(
+            "weight",
+            self.weight.shape(),
+            &[g.cout, g.c_per_group(), g.kh, g.kw],
+        )?;
         if let Some(b) = &self.bias {
             same_shape("bias", b.shape(), &[g.cout])?;
         }
@@ -127,10 +133,13 @@ pub fn forward<T: Element>(
         same_shape("deformed image", d.shape(), &g.deformed_shape())?;
     }
     match backend {
-        Backend::Engine => crate::engine::forward(g, ops, out),
-        Backend::Reference => crate::reference::forward(g, ops, out),
+        Backend::Engine => crate::engine::forward(g, ops, out, crate::engine::active_isa()),
+        Backend::EngineIsa(isa) => crate::engine::forward(g, ops, out, isa),
+        Backend::Reference => {
+            crate::reference::forward(g, ops, out);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Backward: from `grad_output[N, Cout, Ho, Wo]`, writes the gradients asked for in `grads`,
@@ -166,14 +175,28 @@ pub fn backward<T: Element>(
         same_shape("grad_mask", v.shape(), &tap)?;
     }
     if let Some(v) = &grads.weight {
-        same_shape("grad_weight", v.shape(), &[g.cout, g.c_per_group(), g.kh, g.kw])?;
+        same_shape(
+            "grad_weight",
+            v.shape(),
+            &[g.cout, g.c_per_group(), g.kh, g.kw],
+        )?;
     }
     if let Some(v) = &grads.bias {
         same_shape("grad_bias", v.shape(), &[g.cout])?;
     }
     match backend {
-        Backend::Engine => crate::engine::backward(g, ops, grad_output, grads, gate),
-        Backend::Reference => crate::reference::backward(g, ops, grad_output, grads, gate),
+        Backend::Engine => crate::engine::backward(
+            g,
+            ops,
+            grad_output,
+            grads,
+            gate,
+            crate::engine::active_isa(),
+        ),
+        Backend::EngineIsa(isa) => crate::engine::backward(g, ops, grad_output, grads, gate, isa),
+        Backend::Reference => {
+            crate::reference::backward(g, ops, grad_output, grads, gate);
+            Ok(())
+        }
     }
-    Ok(())
 }

@@ -133,7 +133,15 @@ fn non_negative(name: &str, v: i64) -> Result<usize> {
 
 /// `rounding(num / stride) + 1` with `num = size + pads - (dil*(k-1)+1)`, in i128 so that no
 /// input can overflow it.
-fn out_size(size: usize, pad_a: usize, pad_b: usize, k: usize, dil: usize, stride: usize, r: OutputRounding) -> (i128, i128) {
+fn out_size(
+    size: usize,
+    pad_a: usize,
+    pad_b: usize,
+    k: usize,
+    dil: usize,
+    stride: usize,
+    r: OutputRounding,
+) -> (i128, i128) {
     let win = dil as i128 * (k as i128 - 1) + 1;
     let num = size as i128 + pad_a as i128 + pad_b as i128 - win;
     let s = stride as i128;
@@ -167,7 +175,11 @@ impl DeformParams {
         checked_product("input", &s.input)?;
         checked_product("weight", &s.weight)?;
         if kh < 1 || kw < 1 {
-            return Err(DeformError::shape("weight", "[Cout, C/groups, kh, kw] with kh >= 1 and kw >= 1", &s.weight));
+            return Err(DeformError::shape(
+                "weight",
+                "[Cout, C/groups, kh, kw] with kh >= 1 and kw >= 1",
+                &s.weight,
+            ));
         }
         if let Some([skh, skw]) = self.kernel {
             let skh = positive("kernel_size[0] (height)", skh)?;
@@ -210,7 +222,11 @@ impl DeformParams {
         }
         if let Some(len) = s.bias {
             if len != cout {
-                return Err(DeformError::shape("bias", format!("[Cout = {cout}]"), &[len]));
+                return Err(DeformError::shape(
+                    "bias",
+                    format!("[Cout = {cout}]"),
+                    &[len],
+                ));
             }
         }
 
@@ -323,7 +339,12 @@ impl Geometry {
     }
     /// Shape of one offset component or the mask: `[N, G*K, Ho, Wo]`.
     pub fn tap_shape(&self) -> [usize; 4] {
-        [self.n, self.deformable_groups * self.taps(), self.ho, self.wo]
+        [
+            self.n,
+            self.deformable_groups * self.taps(),
+            self.ho,
+            self.wo,
+        ]
     }
     /// Deformed image shape `[N, C, Ho*kh, Wo*kw]`.
     pub fn deformed_shape(&self) -> [usize; 4] {

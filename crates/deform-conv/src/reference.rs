@@ -3,10 +3,10 @@
 //! Every sum is formed in `T::Acc` (f64 for f64 inputs).
 
 use crate::element::{Element, Real};
-use num_traits::{One, Zero};
 use crate::op::{ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
 use ndarray::{Array1, Array4, ArrayView2, ArrayView4};
+use num_traits::{One, Zero};
 
 /// `V(y, x)`: the zero-extended image plane.
 fn pixel<T: Element>(plane: &ArrayView2<'_, T>, y: i64, x: i64) -> T::Acc {
@@ -57,7 +57,10 @@ fn position<T: Element>(
     let ch = dg * g.taps() + i * g.kw + j;
     let py = T::Acc::of_i64(g.grid_y(oh, i)) + ops.offset_y[[n, ch, oh, ow]].to_acc();
     let px = T::Acc::of_i64(g.grid_x(ow, j)) + ops.offset_x[[n, ch, oh, ow]].to_acc();
-    let m = ops.mask.as_ref().map_or(T::Acc::one(), |m| m[[n, ch, oh, ow]].to_acc());
+    let m = ops
+        .mask
+        .as_ref()
+        .map_or(T::Acc::one(), |m| m[[n, ch, oh, ow]].to_acc());
     (py, px, m)
 }
 
@@ -83,7 +86,11 @@ fn columns<T: Element>(g: &Geometry, ops: &Operands<'_, T>, n: usize) -> Array4<
 }
 
 /// Reference forward (SPEC §1).
-pub(crate) fn forward<T: Element>(g: &Geometry, ops: &Operands<'_, T>, mut out: ForwardOutputs<'_, T>) {
+pub(crate) fn forward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    mut out: ForwardOutputs<'_, T>,
+) {
     let (cg, coutg, kw) = (g.c_per_group(), g.cout_per_group(), g.kw);
     for n in 0..g.n {
         let col = columns(g, ops, n);
@@ -204,7 +211,8 @@ pub(crate) fn backward<T: Element>(
                                 (y0 + 1, x0, ly * hx),
                                 (y0 + 1, x0 + 1, ly * lx),
                             ] {
-                                if yy >= 0 && xx >= 0 && (yy as usize) < g.h && (xx as usize) < g.w {
+                                if yy >= 0 && xx >= 0 && (yy as usize) < g.h && (xx as usize) < g.w
+                                {
                                     g_x[[n, c, yy as usize, xx as usize]] += m * wt * dcol;
                                 }
                             }

@@ -1,7 +1,10 @@
 //! Every convention, both backends, against torchvision's float64 autograd (tools/make_golden.py).
 
 use deform_conv::conventions::{mindspore, npu, onnx, torchvision, Layout};
-use deform_conv::layout::{interleaved_to_packed, nchw_to_nhwc, nhwc_to_nchw, oihw_to_hwcn, hwcn_to_oihw, packed_to_interleaved};
+use deform_conv::layout::{
+    hwcn_to_oihw, interleaved_to_packed, nchw_to_nhwc, nhwc_to_nchw, oihw_to_hwcn,
+    packed_to_interleaved,
+};
 use deform_conv::{Backend, DeformError};
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix4};
 use ndarray_npy::NpzReader;
@@ -19,10 +22,14 @@ impl Case {
         self.a[k].clone().into_dimensionality::<Ix4>().unwrap()
     }
     fn opt4(&self, k: &str) -> Option<Array4<f64>> {
-        self.a.get(k).map(|a| a.clone().into_dimensionality::<Ix4>().unwrap())
+        self.a
+            .get(k)
+            .map(|a| a.clone().into_dimensionality::<Ix4>().unwrap())
     }
     fn opt1(&self, k: &str) -> Option<Array1<f64>> {
-        self.a.get(k).map(|a| a.clone().into_dimensionality::<Ix1>().unwrap())
+        self.a
+            .get(k)
+            .map(|a| a.clone().into_dimensionality::<Ix1>().unwrap())
     }
     fn groups(&self) -> (i64, i64) {
         let (x, w, off) = (self.t4("input"), self.t4("weight"), self.t4("offset"));
@@ -36,8 +43,10 @@ impl Case {
     /// The window does not fit: only torchvision's truncating rounding accepts the case.
     fn truncation_only(&self) -> bool {
         let (x, w) = (self.t4("input"), self.t4("weight"));
-        let num_h = x.shape()[2] as i64 + self.p[2] + self.p[3] - (self.p[6] * (w.shape()[2] as i64 - 1) + 1);
-        let num_w = x.shape()[3] as i64 + self.p[4] + self.p[5] - (self.p[7] * (w.shape()[3] as i64 - 1) + 1);
+        let num_h = x.shape()[2] as i64 + self.p[2] + self.p[3]
+            - (self.p[6] * (w.shape()[2] as i64 - 1) + 1);
+        let num_w = x.shape()[3] as i64 + self.p[4] + self.p[5]
+            - (self.p[7] * (w.shape()[3] as i64 - 1) + 1);
         num_h < 0 || num_w < 0
     }
     fn packed_attrs(&self, backend: Backend) -> mindspore::Attributes {
@@ -55,14 +64,21 @@ impl Case {
         }
     }
     fn packed_offset(&self) -> Array4<f64> {
-        interleaved_to_packed(self.t4("offset").view(), self.opt4("mask").as_ref().map(|m| m.view())).unwrap()
+        interleaved_to_packed(
+            self.t4("offset").view(),
+            self.opt4("mask").as_ref().map(|m| m.view()),
+        )
+        .unwrap()
     }
 }
 
 fn cases() -> Vec<Case> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
     let mut out = vec![];
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     for path in paths {
         let mut npz = NpzReader::new(File::open(&path).unwrap()).unwrap();
@@ -74,22 +90,41 @@ fn cases() -> Vec<Case> {
                 let v: ArrayD<i64> = npz.by_name(&name).unwrap();
                 p = v.iter().copied().collect();
             } else {
-                a.insert(key, npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&name).unwrap());
+                a.insert(
+                    key,
+                    npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&name)
+                        .unwrap(),
+                );
             }
         }
-        out.push(Case { name: path.file_stem().unwrap().to_string_lossy().into(), p, a });
+        out.push(Case {
+            name: path.file_stem().unwrap().to_string_lossy().into(),
+            p,
+            a,
+        });
     }
-    assert!(out.len() >= 10, "golden files missing: run tools/make_golden.py");
+    assert!(
+        out.len() >= 10,
+        "golden files missing: run tools/make_golden.py"
+    );
     out
 }
 
 /// `|got - want| <= 1e-9 * (1 + max|want|)` elementwise; shapes must agree.
-fn close<D: ndarray::Dimension>(case: &str, what: &str, got: &ndarray::Array<f64, D>, want: &ndarray::Array<f64, D>) {
+fn close<D: ndarray::Dimension>(
+    case: &str,
+    what: &str,
+    got: &ndarray::Array<f64, D>,
+    want: &ndarray::Array<f64, D>,
+) {
     assert_eq!(got.shape(), want.shape(), "{case}: {what} shape");
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let tol = 1e-9 * (1.0 + scale);
     for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-        assert!((g - w).abs() <= tol, "{case}: {what}[{i}] = {g}, torchvision {w} (tol {tol})");
+        assert!(
+            (g - w).abs() <= tol,
+            "{case}: {what}[{i}] = {g}, torchvision {w} (tol {tol})"
+        );
     }
 }
 
@@ -107,11 +142,24 @@ fn torchvision_convention_matches_torchvision() {
             };
             let (x, off, w) = (c.t4("input"), c.t4("offset"), c.t4("weight"));
             let (b, m) = (c.opt1("bias"), c.opt4("mask"));
-            let y = torchvision::deform_conv2d(x.view(), off.view(), w.view(), b.as_ref().map(|b| b.view()), m.as_ref().map(|m| m.view()), &p).unwrap();
+            let y = torchvision::deform_conv2d(
+                x.view(),
+                off.view(),
+                w.view(),
+                b.as_ref().map(|b| b.view()),
+                m.as_ref().map(|m| m.view()),
+                &p,
+            )
+            .unwrap();
             close(&c.name, "output", &y, &c.t4("output"));
             let g = torchvision::deform_conv2d_backward(
-                c.t4("grad_output").view(), x.view(), off.view(), w.view(),
-                b.as_ref().map(|b| b.view()), m.as_ref().map(|m| m.view()), &p,
+                c.t4("grad_output").view(),
+                x.view(),
+                off.view(),
+                w.view(),
+                b.as_ref().map(|b| b.view()),
+                m.as_ref().map(|m| m.view()),
+                &p,
             )
             .unwrap();
             close(&c.name, "grad input", &g.input, &c.t4("g_input"));
@@ -144,9 +192,20 @@ fn onnx_convention_matches_torchvision() {
         };
         let (x, off, w) = (c.t4("input"), c.t4("offset"), c.t4("weight"));
         let (b, m) = (c.opt1("bias"), c.opt4("mask"));
-        let r = onnx::deform_conv(x.view(), w.view(), off.view(), b.as_ref().map(|b| b.view()), m.as_ref().map(|m| m.view()), &attrs);
+        let r = onnx::deform_conv(
+            x.view(),
+            w.view(),
+            off.view(),
+            b.as_ref().map(|b| b.view()),
+            m.as_ref().map(|m| m.view()),
+            &attrs,
+        );
         if c.truncation_only() {
-            assert!(matches!(r, Err(DeformError::OutputSize { .. })), "{}: {r:?}", c.name);
+            assert!(
+                matches!(r, Err(DeformError::OutputSize { .. })),
+                "{}: {r:?}",
+                c.name
+            );
             continue;
         }
         close(&c.name, "onnx output", &r.unwrap(), &c.t4("output"));
@@ -158,21 +217,49 @@ fn mindspore_convention_matches_torchvision() {
     for c in cases() {
         for backend in BACKENDS {
             let attrs = c.packed_attrs(backend);
-            let (x, w, packed, b) = (c.t4("input"), c.t4("weight"), c.packed_offset(), c.opt1("bias"));
-            let r = mindspore::deformable_conv2d(x.view(), w.view(), packed.view(), b.as_ref().map(|b| b.view()), &attrs);
+            let (x, w, packed, b) = (
+                c.t4("input"),
+                c.t4("weight"),
+                c.packed_offset(),
+                c.opt1("bias"),
+            );
+            let r = mindspore::deformable_conv2d(
+                x.view(),
+                w.view(),
+                packed.view(),
+                b.as_ref().map(|b| b.view()),
+                &attrs,
+            );
             if c.truncation_only() {
-                assert!(matches!(r, Err(DeformError::OutputSize { .. })), "{}: {r:?}", c.name);
+                assert!(
+                    matches!(r, Err(DeformError::OutputSize { .. })),
+                    "{}: {r:?}",
+                    c.name
+                );
                 continue;
             }
             close(&c.name, "mindspore output", &r.unwrap(), &c.t4("output"));
-            let g = mindspore::deformable_conv2d_backward(c.t4("grad_output").view(), x.view(), w.view(), packed.view(), b.as_ref().map(|b| b.view()), &attrs).unwrap();
+            let g = mindspore::deformable_conv2d_backward(
+                c.t4("grad_output").view(),
+                x.view(),
+                w.view(),
+                packed.view(),
+                b.as_ref().map(|b| b.view()),
+                &attrs,
+            )
+            .unwrap();
             let (g_off, g_mask) = packed_to_interleaved(g.offset.view()).unwrap();
             close(&c.name, "mindspore grad offset", &g_off, &c.t4("g_offset"));
             if let Some(want) = c.opt4("g_mask") {
                 close(&c.name, "mindspore grad mask", &g_mask, &want);
             }
             close(&c.name, "mindspore grad input", &g.input, &c.t4("g_input"));
-            close(&c.name, "mindspore grad weight", &g.weight, &c.t4("g_weight"));
+            close(
+                &c.name,
+                "mindspore grad weight",
+                &g.weight,
+                &c.t4("g_weight"),
+            );
         }
     }
 }
@@ -182,13 +269,45 @@ fn npu_convention_matches_torchvision_with_gate_in_both_layouts() {
     for c in cases().iter().filter(|c| !c.truncation_only()) {
         for backend in BACKENDS {
             for layout in [Layout::Nchw, Layout::Nhwc] {
-                let a = npu::NpuAttributes { attrs: c.packed_attrs(backend), layout };
-                let (x, w, packed, b, gy) = (c.t4("input"), c.t4("weight"), c.packed_offset(), c.opt1("bias"), c.t4("grad_output"));
+                let a = npu::NpuAttributes {
+                    attrs: c.packed_attrs(backend),
+                    layout,
+                };
+                let (x, w, packed, b, gy) = (
+                    c.t4("input"),
+                    c.t4("weight"),
+                    c.packed_offset(),
+                    c.opt1("bias"),
+                    c.t4("grad_output"),
+                );
                 let nhwc = layout == Layout::Nhwc;
-                let to = |a: &Array4<f64>| if nhwc { nchw_to_nhwc(a.view()) } else { a.clone() };
-                let back = |a: &Array4<f64>| if nhwc { nhwc_to_nchw(a.view()) } else { a.clone() };
-                let wl = if nhwc { oihw_to_hwcn(w.view()) } else { w.clone() };
-                let (y, d) = npu::npu_deformable_conv2d(to(&x).view(), wl.view(), to(&packed).view(), b.as_ref().map(|b| b.view()), &a).unwrap();
+                let to = |a: &Array4<f64>| {
+                    if nhwc {
+                        nchw_to_nhwc(a.view())
+                    } else {
+                        a.clone()
+                    }
+                };
+                let back = |a: &Array4<f64>| {
+                    if nhwc {
+                        nhwc_to_nchw(a.view())
+                    } else {
+                        a.clone()
+                    }
+                };
+                let wl = if nhwc {
+                    oihw_to_hwcn(w.view())
+                } else {
+                    w.clone()
+                };
+                let (y, d) = npu::npu_deformable_conv2d(
+                    to(&x).view(),
+                    wl.view(),
+                    to(&packed).view(),
+                    b.as_ref().map(|b| b.view()),
+                    &a,
+                )
+                .unwrap();
                 let (y, d) = (back(&y), back(&d));
                 close(&c.name, "npu output", &y, &c.t4("output"));
                 // The deformed image: a plain conv with stride = kernel reproduces Y.
@@ -201,23 +320,43 @@ fn npu_convention_matches_torchvision_with_gate_in_both_layouts() {
                     for cc in 0..cg {
                         for i in 0..kh {
                             for j in 0..kw {
-                                s += w[[o, cc, i, j]] * d[[n, q * cg + cc, oh * kh + i, ow * kw + j]];
+                                s += w[[o, cc, i, j]]
+                                    * d[[n, q * cg + cc, oh * kh + i, ow * kw + j]];
                             }
                         }
                     }
                     s
                 });
                 close(&c.name, "conv(D, stride=k)", &from_d, &c.t4("output"));
-                let g = npu::npu_deformable_conv2dbk(to(&x).view(), to(&gy).view(), to(&d).view(), wl.view(), to(&packed).view(), &a).unwrap();
+                let g = npu::npu_deformable_conv2dbk(
+                    to(&x).view(),
+                    to(&gy).view(),
+                    to(&d).view(),
+                    wl.view(),
+                    to(&packed).view(),
+                    &a,
+                )
+                .unwrap();
                 let (g_off, g_mask) = packed_to_interleaved(back(&g.offset).view()).unwrap();
-                close(&c.name, "npu grad offset (gated)", &g_off, &c.t4("g_offset_gated"));
+                close(
+                    &c.name,
+                    "npu grad offset (gated)",
+                    &g_off,
+                    &c.t4("g_offset_gated"),
+                );
                 if let Some(want) = c.opt4("g_mask") {
                     close(&c.name, "npu grad mask", &g_mask, &want);
                 }
                 close(&c.name, "npu grad input", &back(&g.input), &c.t4("g_input"));
-                let gw = if nhwc { hwcn_to_oihw(g.weight.view()) } else { g.weight.clone() };
+                let gw = if nhwc {
+                    hwcn_to_oihw(g.weight.view())
+                } else {
+                    g.weight.clone()
+                };
                 close(&c.name, "npu grad weight", &gw, &c.t4("g_weight"));
-                let want_gb = Array1::from_shape_fn(w.shape()[0], |o| gy.index_axis(ndarray::Axis(1), o).sum());
+                let want_gb = Array1::from_shape_fn(w.shape()[0], |o| {
+                    gy.index_axis(ndarray::Axis(1), o).sum()
+                });
                 close(&c.name, "npu grad bias", &g.bias, &want_gb);
             }
         }

@@ -11,8 +11,8 @@
 //! per-tap rule of MindSpore's CPU kernel (no gate at -1).
 
 use super::{
-    backward as run_backward, canonical, canonical_weight, dims, forward as run_forward, list, nchw_list,
-    BackwardSpec, Gradients, Layout, OffsetLayout,
+    backward as run_backward, canonical, canonical_weight, dims, forward as run_forward, list,
+    nchw_list, BackwardSpec, Gradients, Layout, OffsetLayout,
 };
 use crate::element::Element;
 use crate::error::{DeformError, Result};
@@ -101,7 +101,17 @@ pub(crate) fn packed_operands<'a, T: Element>(
         bias: bias.as_ref().map(|b| b.len()),
     })?;
     let (offset_x, offset_y, mask) = split_packed(&offset)?;
-    Ok((g, Operands { input, offset_y, offset_x, mask: Some(mask), weight, bias }))
+    Ok((
+        g,
+        Operands {
+            input,
+            offset_y,
+            offset_x,
+            mask: Some(mask),
+            weight,
+            bias,
+        },
+    ))
 }
 
 /// Backward of a packed convention; `grad_output` in `layout`.
@@ -117,7 +127,13 @@ pub(crate) fn packed_backward<T: Element>(
         g,
         ops,
         canonical(grad_output, layout),
-        BackwardSpec { gate, layout, offsets: OffsetLayout::Packed, bias: true, backend },
+        BackwardSpec {
+            gate,
+            layout,
+            offsets: OffsetLayout::Packed,
+            bias: true,
+            backend,
+        },
     )
 }
 
@@ -145,5 +161,12 @@ pub fn deformable_conv2d_backward<'a, T: Element>(
     attrs: &Attributes,
 ) -> Result<Gradients<T>> {
     let (g, ops) = packed_operands(x, weight, offsets, bias, attrs, Layout::Nchw)?;
-    packed_backward(&g, &ops, grad_output, GradGate::PerTap, Layout::Nchw, attrs.backend)
+    packed_backward(
+        &g,
+        &ops,
+        grad_output,
+        GradGate::PerTap,
+        Layout::Nchw,
+        attrs.backend,
+    )
 }

@@ -204,7 +204,11 @@ pub fn int_or_pair(name: &str, v: &[i64]) -> Result<[i64; 2]> {
 pub(crate) fn nchw_list(name: &str, v: &[i64]) -> Result<[i64; 2]> {
     let [a, b, h, w] = list::<4>(name, v)?;
     if a != 1 || b != 1 {
-        return Err(DeformError::parameter(name, "(1, 1, h, w): the N and C entries must be 1", v));
+        return Err(DeformError::parameter(
+            name,
+            "(1, 1, h, w): the N and C entries must be 1",
+            v,
+        ));
     }
     Ok([h, w])
 }

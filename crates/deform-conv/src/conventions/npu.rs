@@ -66,7 +66,14 @@ pub fn npu_deformable_conv2dbk<'a, T: Element>(
     offset: ArrayView4<'a, T>,
     a: &NpuAttributes,
 ) -> Result<NpuGradients<T>> {
-    let (g, ops): (_, Operands<'_, T>) = packed_operands(input, weight, offset, None::<ArrayView1<'_, T>>, &a.attrs, a.layout)?;
+    let (g, ops): (_, Operands<'_, T>) = packed_operands(
+        input,
+        weight,
+        offset,
+        None::<ArrayView1<'_, T>>,
+        &a.attrs,
+        a.layout,
+    )?;
     let got = offset_out.shape().to_vec();
     if dims(&canonical(offset_out, a.layout)) != g.deformed_shape() {
         let [n, c, hd, wd] = g.deformed_shape();
@@ -74,21 +81,37 @@ pub fn npu_deformable_conv2dbk<'a, T: Element>(
             Layout::Nchw => [n, c, hd, wd],
             Layout::Nhwc => [n, hd, wd, c],
         };
-        return Err(DeformError::shape("offset_out", format!("{want:?} (the forward's deformed image)"), &got));
+        return Err(DeformError::shape(
+            "offset_out",
+            format!("{want:?} (the forward's deformed image)"),
+            &got,
+        ));
     }
-    let gr = packed_backward(&g, &ops, grad_output, GradGate::Open, a.layout, a.attrs.backend)?;
+    let gr = packed_backward(
+        &g,
+        &ops,
+        grad_output,
+        GradGate::Open,
+        a.layout,
+        a.attrs.backend,
+    )?;
     Ok(NpuGradients {
         input: gr.input,
         weight: gr.weight,
         offset: gr.offset,
-        bias: gr.bias.expect("packed backward always computes the bias gradient"),
+        bias: gr
+            .bias
+            .expect("packed backward always computes the bias gradient"),
     })
 }
 
 impl NpuAttributes {
     /// NCHW attributes with the given kernel and defaults elsewhere.
     pub fn new(kernel_size: [i64; 2]) -> Self {
-        NpuAttributes { attrs: Attributes::new(kernel_size), layout: Layout::Nchw }
+        NpuAttributes {
+            attrs: Attributes::new(kernel_size),
+            layout: Layout::Nchw,
+        }
     }
     /// Which implementation computes.
     pub fn backend(&self) -> Backend {

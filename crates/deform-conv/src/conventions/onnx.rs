@@ -58,11 +58,25 @@ impl Attributes {
             None => [0; 4],
         };
         Ok(DeformParams {
-            kernel: self.kernel_shape.as_deref().map(|k| list::<2>("kernel_shape", k)).transpose()?,
-            stride: self.strides.as_deref().map(|v| list::<2>("strides", v)).transpose()?.unwrap_or([1, 1]),
+            kernel: self
+                .kernel_shape
+                .as_deref()
+                .map(|k| list::<2>("kernel_shape", k))
+                .transpose()?,
+            stride: self
+                .strides
+                .as_deref()
+                .map(|v| list::<2>("strides", v))
+                .transpose()?
+                .unwrap_or([1, 1]),
             // ONNX orders pads [top, left, bottom, right]; ours is [top, bottom, left, right].
             padding: [pads[0], pads[2], pads[1], pads[3]],
-            dilation: self.dilations.as_deref().map(|v| list::<2>("dilations", v)).transpose()?.unwrap_or([1, 1]),
+            dilation: self
+                .dilations
+                .as_deref()
+                .map(|v| list::<2>("dilations", v))
+                .transpose()?
+                .unwrap_or([1, 1]),
             groups: self.group,
             deformable_groups: self.offset_group,
             rounding: OutputRounding::Floor,
@@ -88,6 +102,13 @@ pub fn deform_conv<'a, T: Element>(
         bias: b.as_ref().map(|b| b.len()),
     })?;
     let (offset_y, offset_x) = split_interleaved(&offset)?;
-    let ops = Operands { input: x, offset_y, offset_x, mask, weight: w, bias: b };
+    let ops = Operands {
+        input: x,
+        offset_y,
+        offset_x,
+        mask,
+        weight: w,
+        bias: b,
+    };
     Ok(run_forward(&g, &ops, false, Layout::Nchw, attrs.backend)?.0)
 }

@@ -21,7 +21,10 @@
 //! assert_eq!(y[[0, 0, 1, 1]], 18.0); // zero offsets: a plain convolution
 //! ```
 
-use super::{backward as run_backward, dims, forward as run_forward, BackwardSpec, Gradients, Layout, OffsetLayout};
+use super::{
+    backward as run_backward, dims, forward as run_forward, BackwardSpec, Gradients, Layout,
+    OffsetLayout,
+};
 use crate::element::Element;
 use crate::error::{DeformError, Result};
 use crate::layout::split_interleaved;
@@ -54,7 +57,11 @@ impl Default for Params {
 }
 
 /// Infers `(groups, deformable_groups)` from the shapes as torchvision does, with clear errors.
-pub fn infer_groups(input: [usize; 4], offset: [usize; 4], weight: [usize; 4]) -> Result<(i64, i64)> {
+pub fn infer_groups(
+    input: [usize; 4],
+    offset: [usize; 4],
+    weight: [usize; 4],
+) -> Result<(i64, i64)> {
     let c = input[1];
     let [_, cg, kh, kw] = weight;
     if cg == 0 || c % cg != 0 {
@@ -64,7 +71,10 @@ pub fn infer_groups(input: [usize; 4], offset: [usize; 4], weight: [usize; 4]) -
             &weight,
         ));
     }
-    let taps2 = kh.checked_mul(kw).and_then(|k| k.checked_mul(2)).unwrap_or(0);
+    let taps2 = kh
+        .checked_mul(kw)
+        .and_then(|k| k.checked_mul(2))
+        .unwrap_or(0);
     if taps2 == 0 || offset[1] == 0 || offset[1] % taps2 != 0 {
         return Err(DeformError::shape(
             "offset",
@@ -113,7 +123,14 @@ fn operands<'a, T: Element>(
     mask: Option<ArrayView4<'a, T>>,
 ) -> Result<Operands<'a, T>> {
     let (offset_y, offset_x) = split_interleaved(&offset)?;
-    Ok(Operands { input, offset_y, offset_x, mask, weight, bias })
+    Ok(Operands {
+        input,
+        offset_y,
+        offset_x,
+        mask,
+        weight,
+        bias,
+    })
 }
 
 /// `torchvision.ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)`.

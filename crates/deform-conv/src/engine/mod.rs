@@ -1,20 +1,612 @@
-//! The fast engine (placeholder: delegates to the reference until the engine lands).
+//! The fast engine: channels-last sampling feeding a GEMM, tile by tile.
+//!
+//! **Forward.** Each image is copied once to channels-last (`T` → accumulation type, plus one
+//! zero pixel, see [`sample`]). The output is walked in tiles of whole output rows
+//! ([`blocking`]); per tile and convolution group the sampler builds the columns tile
+//! `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor), one bilinear descriptor
+//! per (pixel, tap, deformable group) reused for every channel of the group, and one GEMM
+//! `out[P x Cout/Gc] = cols * Wp` against the weight packed once per call as
+//! `Wp[K*C/Gc x Cout/Gc]`. Tiles run in parallel; each output element is produced by one tile,
+//! so the result does not depend on the thread count.
+//!
+//! **Backward.** Per tile: the same columns (for `dW += cols^T dY`), `dcols = dY Wp^T` by GEMM,
+//! then per descriptor four channel dot products `a_j = sum_c dcol[c] X[idx_j, c]` give the
+//! offset and mask gradients (SPEC §2) and a scatter `dX[idx_j, c] += w_j dcol[c]` the input
+//! gradient. Tiles are dealt to [`blocking::LANES`] fixed lanes, each owning its `dX`, `dW` and
+//! `db` buffers, reduced in lane order: bitwise identical results for any thread count, no
+//! atomics.
 
-use crate::element::Element;
+mod blocking;
+mod gemm;
+pub mod kernels;
+mod sample;
+mod threads;
+
+pub use kernels::{active_isa, Isa};
+pub use threads::{num_threads, set_num_threads};
+
+use crate::element::{Element, Real};
+use crate::error::{DeformError, Result};
 use crate::op::{ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
-use ndarray::ArrayView4;
+use blocking::{rows_per_tile, LANES};
+use gemm::{gemm, Mat};
+use kernels::Kernels;
+use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis, Zip};
+use num_traits::{One, Zero};
+use rayon::prelude::*;
+use sample::sample;
 
-pub(crate) fn forward<T: Element>(g: &Geometry, ops: &Operands<'_, T>, out: ForwardOutputs<'_, T>) {
-    crate::reference::forward(g, ops, out)
+fn kernels_for<A: Real>(isa: Isa) -> Result<Kernels<A>> {
+    kernels::table::<A>(isa).ok_or_else(|| {
+        DeformError::parameter(
+            "isa",
+            format!(
+                "an instruction set this CPU supports (best: {})",
+                Isa::best().name()
+            ),
+            isa.name(),
+        )
+    })
 }
 
+/// Everything a tile needs that does not change within a call.
+struct Plan<'p, 'a, T: Element> {
+    g: &'p Geometry,
+    ops: &'p Operands<'a, T>,
+    k: Kernels<T::Acc>,
+    /// `wp[q][(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`.
+    wp: Vec<Vec<T::Acc>>,
+    /// Columns per pixel of one conv group: `K * C/Gc`.
+    row_len: usize,
+    /// Output rows per tile.
+    rows: usize,
+}
+
+impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
+    fn new(g: &'p Geometry, ops: &'p Operands<'a, T>, isa: Isa) -> Result<Self> {
+        let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+        let row_len = kk * cg;
+        let wp = (0..g.groups)
+            .map(|q| {
+                let mut p = vec![T::Acc::zero(); row_len * coutg];
+                for o in 0..coutg {
+                    for c in 0..cg {
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                p[((i * g.kw + j) * cg + c) * coutg + o] =
+                                    ops.weight[[q * coutg + o, c, i, j]].to_acc();
+                            }
+                        }
+                    }
+                }
+                p
+            })
+            .collect();
+        let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
+        Ok(Plan {
+            g,
+            ops,
+            k: kernels_for(isa)?,
+            wp,
+            row_len,
+            rows,
+        })
+    }
+
+    /// Image `n` as channels-last `[H*W + 1, C]` in `buf`; the last pixel is zero.
+    fn image_nhwc(&self, n: usize, buf: &mut [T::Acc]) {
+        let g = self.g;
+        let (hw, c) = (g.h * g.w, g.c);
+        buf[hw * c..].iter_mut().for_each(|v| *v = T::Acc::zero());
+        let dst = ndarray::ArrayViewMut3::from_shape((g.h, g.w, c), &mut buf[..hw * c])
+            .expect("buffer sized H*W*C");
+        let src = self
+            .ops
+            .input
+            .index_axis(Axis(0), n)
+            .permuted_axes([1, 2, 0]);
+        Zip::from(dst).and(src).par_for_each(|d, s| *d = s.to_acc());
+    }
+
+    /// The descriptor of `(n, deformable group dg, tap (i, j), pixel (oh, ow))`.
+    #[inline(always)]
+    fn sample_at(
+        &self,
+        n: usize,
+        dg: usize,
+        i: usize,
+        j: usize,
+        oh: usize,
+        ow: usize,
+        gate: GradGate,
+    ) -> sample::Sample<T::Acc> {
+        let g = self.g;
+        let ch = dg * g.taps() + i * g.kw + j;
+        let py = T::Acc::of_i64(g.grid_y(oh, i)) + self.ops.offset_y[[n, ch, oh, ow]].to_acc();
+        let px = T::Acc::of_i64(g.grid_x(ow, j)) + self.ops.offset_x[[n, ch, oh, ow]].to_acc();
+        let m = self
+            .ops
+            .mask
+            .as_ref()
+            .map_or(T::Acc::one(), |m| m[[n, ch, oh, ow]].to_acc());
+        sample(py, px, m, g.h, g.w, gate)
+    }
+
+    /// Calls `f(pixel, tap, channel offset in the conv group, deformable group, channel range)`
+    /// for every (pixel, tap, deformable-group segment) of conv group `q` in rows
+    /// `[oh0, oh0 + nrows)`.
+    #[inline(always)]
+    fn for_segments(
+        &self,
+        q: usize,
+        oh0: usize,
+        nrows: usize,
+        mut f: impl FnMut([usize; 4], usize, usize, std::ops::Range<usize>),
+    ) {
+        let g = self.g;
+        let (cg, cdg) = (g.c_per_group(), g.c_per_deformable_group());
+        let (c_start, c_end) = (q * cg, (q + 1) * cg);
+        for r in 0..nrows {
+            for ow in 0..g.wo {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        for dg in c_start / cdg..c_end.div_ceil(cdg) {
+                            let lo = (dg * cdg).max(c_start);
+                            let hi = ((dg + 1) * cdg).min(c_end);
+                            f(
+                                [r * g.wo + ow, oh0 + r, ow, i * g.kw + j],
+                                dg,
+                                lo - c_start,
+                                lo..hi,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the columns tile of conv group `q`, rows `[oh0, oh0 + nrows)` of image `n`.
+    fn columns(
+        &self,
+        n: usize,
+        q: usize,
+        oh0: usize,
+        nrows: usize,
+        xt: &[T::Acc],
+        cols: &mut [T::Acc],
+    ) {
+        let (g, row_len, cg) = (self.g, self.row_len, self.g.c_per_group());
+        self.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
+            let s = self.sample_at(n, dg, tap / g.kw, tap % g.kw, oh, ow, GradGate::Open);
+            let start = p * row_len + tap * cg + off;
+            let base = s.idx.map(|i| i * g.c + chans.start);
+            (self.k.gather)(&mut cols[start..start + chans.len()], xt, base, s.w);
+        });
+    }
+}
+
+/// Engine forward; see the module documentation.
+pub(crate) fn forward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    out: ForwardOutputs<'_, T>,
+    isa: Isa,
+) -> Result<()> {
+    let plan = Plan::new(g, ops, isa)?;
+    threads::pool().install(|| forward_impl(&plan, out));
+    Ok(())
+}
+
+struct Scratch<A> {
+    cols: Vec<A>,
+    out: Vec<A>,
+}
+
+fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, T>) {
+    let g = plan.g;
+    let (coutg, cg) = (g.cout_per_group(), g.c_per_group());
+    let tile_px = plan.rows * g.wo;
+    let bias: Vec<T::Acc> = (0..g.cout)
+        .map(|o| {
+            plan.ops
+                .bias
+                .as_ref()
+                .map_or(T::Acc::zero(), |b| b[o].to_acc())
+        })
+        .collect();
+    let mut xt = vec![T::Acc::zero(); (g.h * g.w + 1) * g.c];
+    for n in 0..g.n {
+        plan.image_nhwc(n, &mut xt);
+        let mut y_n = out.output.index_axis_mut(Axis(0), n);
+        let y_tiles = y_n.axis_chunks_iter_mut(Axis(1), plan.rows);
+        let mut d_n = out.deformed.as_mut().map(|d| d.index_axis_mut(Axis(0), n));
+        let d_tiles: Vec<Option<ArrayViewMut3<'_, T>>> = match d_n.as_mut() {
+            Some(d) => d
+                .axis_chunks_iter_mut(Axis(1), plan.rows * g.kh)
+                .map(Some)
+                .collect(),
+            None => (0..y_tiles.len()).map(|_| None).collect(),
+        };
+        let tiles: Vec<_> = y_tiles.zip(d_tiles).enumerate().collect();
+        let xt = &xt;
+        tiles.into_par_iter().for_each_init(
+            || Scratch {
+                cols: vec![T::Acc::zero(); tile_px * plan.row_len],
+                out: vec![T::Acc::zero(); tile_px * coutg],
+            },
+            |scr, (t, (mut y, mut d))| {
+                let (oh0, nrows) = (t * plan.rows, y.shape()[1]);
+                let px = nrows * g.wo;
+                for q in 0..g.groups {
+                    let cols = &mut scr.cols[..px * plan.row_len];
+                    plan.columns(n, q, oh0, nrows, xt, cols);
+                    if let Some(d) = d.as_mut() {
+                        // D[c, oh*kh + i, ow*kw + j] = col[pixel (oh, ow), tap (i, j), c]
+                        for p in 0..px {
+                            let (r, ow) = (p / g.wo, p % g.wo);
+                            for tap in 0..g.taps() {
+                                let (i, j) = (tap / g.kw, tap % g.kw);
+                                let row = &cols[p * plan.row_len + tap * cg..][..cg];
+                                for (c, v) in row.iter().enumerate() {
+                                    d[[q * cg + c, r * g.kh + i, ow * g.kw + j]] = T::from_acc(*v);
+                                }
+                            }
+                        }
+                    }
+                    let o = &mut scr.out[..px * coutg];
+                    gemm(
+                        o,
+                        coutg,
+                        false,
+                        Mat {
+                            data: cols,
+                            rows: px,
+                            cols: plan.row_len,
+                            rs: plan.row_len,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: &plan.wp[q],
+                            rows: plan.row_len,
+                            cols: coutg,
+                            rs: coutg,
+                            cs: 1,
+                        },
+                    );
+                    for oc in 0..coutg {
+                        let b = bias[q * coutg + oc];
+                        let mut plane = y.index_axis_mut(Axis(0), q * coutg + oc);
+                        for ((r, ow), v) in plane.indexed_iter_mut() {
+                            *v = T::from_acc(o[(r * g.wo + ow) * coutg + oc] + b);
+                        }
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// One backward lane: its own gradient accumulators and scratch.
+struct Lane<A> {
+    dx: Vec<A>,
+    dw: Vec<Vec<A>>,
+    db: Vec<A>,
+    cols: Vec<A>,
+    dcol: Vec<A>,
+    dyt: Vec<A>,
+    /// `a_j` sums per (pixel, deformable group * tap, corner).
+    acc: Vec<A>,
+}
+
+/// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
+struct LaneGrads<'a, T> {
+    oy: Option<ArrayViewMut3<'a, T>>,
+    ox: Option<ArrayViewMut3<'a, T>>,
+    m: Option<ArrayViewMut3<'a, T>>,
+}
+
+/// Splits `v` along axis 1 into consecutive pieces of the given lengths.
+fn split_rows<'a, T>(
+    v: Option<ArrayViewMut3<'a, T>>,
+    lens: &[usize],
+) -> Vec<Option<ArrayViewMut3<'a, T>>> {
+    let Some(mut rest) = v else {
+        return lens.iter().map(|_| None).collect();
+    };
+    let mut out = Vec::with_capacity(lens.len());
+    for &len in lens {
+        let (a, b) = rest.split_at(Axis(1), len);
+        out.push(Some(a));
+        rest = b;
+    }
+    out
+}
+
+/// Engine backward; see the module documentation.
 pub(crate) fn backward<T: Element>(
     g: &Geometry,
     ops: &Operands<'_, T>,
     dy: ArrayView4<'_, T>,
     grads: GradOutputs<'_, T>,
     gate: GradGate,
+    isa: Isa,
+) -> Result<()> {
+    let plan = Plan::new(g, ops, isa)?;
+    threads::pool().install(|| backward_impl(&plan, dy, grads, gate));
+    Ok(())
+}
+
+fn backward_impl<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    dy: ArrayView4<'_, T>,
+    mut grads: GradOutputs<'_, T>,
+    gate: GradGate,
 ) {
-    crate::reference::backward(g, ops, dy, grads, gate)
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let (cg, coutg, gk) = (
+        g.c_per_group(),
+        g.cout_per_group(),
+        g.deformable_groups * g.taps(),
+    );
+    let tile_px = plan.rows * g.wo;
+    let want_dx = grads.input.is_some();
+    let want_dw = grads.weight.is_some();
+    let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    let mut lanes: Vec<Lane<T::Acc>> = (0..LANES)
+        .map(|_| Lane {
+            dx: if want_dx {
+                vec![zero; (g.h * g.w + 1) * g.c]
+            } else {
+                vec![]
+            },
+            dw: if want_dw {
+                (0..g.groups)
+                    .map(|_| vec![zero; plan.row_len * coutg])
+                    .collect()
+            } else {
+                vec![]
+            },
+            db: vec![zero; g.cout],
+            cols: if want_dw {
+                vec![zero; tile_px * plan.row_len]
+            } else {
+                vec![]
+            },
+            dcol: vec![zero; tile_px * plan.row_len],
+            dyt: vec![zero; tile_px * g.cout],
+            acc: if want_tap {
+                vec![zero; tile_px * gk * 4]
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    let tiles = g.ho.div_ceil(plan.rows);
+    // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
+    let bounds: Vec<usize> = (0..=LANES)
+        .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
+        .collect();
+    let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+    let mut xt = vec![zero; (g.h * g.w + 1) * g.c];
+    for n in 0..g.n {
+        plan.image_nhwc(n, &mut xt);
+        let oy = split_rows(
+            grads
+                .offset_y
+                .as_mut()
+                .map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let ox = split_rows(
+            grads
+                .offset_x
+                .as_mut()
+                .map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let om = split_rows(
+            grads.mask.as_mut().map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let work: Vec<_> = lanes
+            .iter_mut()
+            .zip(oy.into_iter().zip(ox).zip(om))
+            .enumerate()
+            .map(|(l, (lane, ((oy, ox), m)))| (bounds[l], lens[l], lane, LaneGrads { oy, ox, m }))
+            .collect();
+        let (xt, dy_n) = (&xt, dy.index_axis(Axis(0), n));
+        work.into_par_iter().for_each(|(row0, len, lane, mut lg)| {
+            if want_dx {
+                lane.dx.iter_mut().for_each(|v| *v = zero);
+            }
+            let mut r = 0;
+            while r < len {
+                let nrows = plan.rows.min(len - r);
+                backward_tile(plan, n, row0 + r, nrows, r, xt, &dy_n, lane, &mut lg, gate);
+                r += nrows;
+            }
+        });
+        if let Some(gi) = grads.input.as_mut() {
+            // dX[c, y, x] = sum over lanes, in lane order, of lane.dx[(y*W + x)*C + c]
+            let lanes = &lanes;
+            Zip::indexed(gi.index_axis_mut(Axis(0), n)).par_for_each(|(c, y, x), v| {
+                let at = (y * g.w + x) * g.c + c;
+                let mut s = zero;
+                for lane in lanes {
+                    s += lane.dx[at];
+                }
+                *v = T::from_acc(s);
+            });
+        }
+    }
+    if let Some(gw) = grads.weight.as_mut() {
+        for ((o, c, i, j), v) in gw.indexed_iter_mut() {
+            let (q, oc) = (o / coutg, o % coutg);
+            let at = ((i * g.kw + j) * cg + c) * coutg + oc;
+            let mut s = zero;
+            for lane in &lanes {
+                s += lane.dw[q][at];
+            }
+            *v = T::from_acc(s);
+        }
+    }
+    if let Some(gb) = grads.bias.as_mut() {
+        for (o, v) in gb.iter_mut().enumerate() {
+            let mut s = zero;
+            for lane in &lanes {
+                s += lane.db[o];
+            }
+            *v = T::from_acc(s);
+        }
+    }
+}
+
+/// Backward of output rows `[oh0, oh0 + nrows)` of image `n` into `lane`; `lr0` is the first
+/// row's index inside the lane's gradient views.
+#[allow(clippy::too_many_arguments)]
+fn backward_tile<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    n: usize,
+    oh0: usize,
+    nrows: usize,
+    lr0: usize,
+    xt: &[T::Acc],
+    dy_n: &ArrayView3<'_, T>,
+    lane: &mut Lane<T::Acc>,
+    lg: &mut LaneGrads<'_, T>,
+    gate: GradGate,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let one = T::Acc::one();
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let gk = g.deformable_groups * kk;
+    let px = nrows * g.wo;
+    let row_len = plan.row_len;
+    // dyt[p, o] = dY[n, o, oh0 + p / Wo, p % Wo]
+    let dyt = &mut lane.dyt[..px * g.cout];
+    for o in 0..g.cout {
+        for r in 0..nrows {
+            for ow in 0..g.wo {
+                dyt[(r * g.wo + ow) * g.cout + o] = dy_n[[o, oh0 + r, ow]].to_acc();
+            }
+        }
+    }
+    for p in 0..px {
+        for o in 0..g.cout {
+            lane.db[o] += dyt[p * g.cout + o];
+        }
+    }
+    let want_tap = !lane.acc.is_empty();
+    let acc = if want_tap {
+        &mut lane.acc[..px * gk * 4]
+    } else {
+        &mut lane.acc[..]
+    };
+    acc.iter_mut().for_each(|v| *v = zero);
+    for q in 0..g.groups {
+        let dyq = Mat {
+            data: &dyt[q * coutg..],
+            rows: px,
+            cols: coutg,
+            rs: g.cout,
+            cs: 1,
+        };
+        if !lane.dw.is_empty() {
+            let cols = &mut lane.cols[..px * row_len];
+            plan.columns(n, q, oh0, nrows, xt, cols);
+            // dW_q[K*Cg x Coutg] += cols^T * dY_q
+            gemm(
+                &mut lane.dw[q],
+                coutg,
+                true,
+                Mat {
+                    data: cols,
+                    rows: row_len,
+                    cols: px,
+                    rs: 1,
+                    cs: row_len,
+                },
+                dyq,
+            );
+        }
+        if lane.dx.is_empty() && !want_tap {
+            continue;
+        }
+        // dcol[P x K*Cg] = dY_q * Wp_q^T
+        let dcol = &mut lane.dcol[..px * row_len];
+        gemm(
+            dcol,
+            row_len,
+            false,
+            dyq,
+            Mat {
+                data: &plan.wp[q],
+                rows: coutg,
+                cols: row_len,
+                rs: 1,
+                cs: coutg,
+            },
+        );
+        let dcol = &*dcol;
+        let dx = &mut lane.dx;
+        plan.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
+            let s = plan.sample_at(n, dg, tap / g.kw, tap % g.kw, oh, ow, gate);
+            if !s.grad {
+                return;
+            }
+            let d = &dcol[p * row_len + tap * cg + off..][..chans.len()];
+            let base = s.idx.map(|i| i * g.c + chans.start);
+            if want_tap {
+                let a = (plan.k.dot4)(d, xt, base);
+                let at = (p * gk + dg * kk + tap) * 4;
+                for j in 0..4 {
+                    acc[at + j] += a[j];
+                }
+            }
+            if !dx.is_empty() && s.open {
+                (plan.k.scatter)(dx, d, base, s.w);
+            }
+        });
+    }
+    if !want_tap {
+        return;
+    }
+    for r in 0..nrows {
+        for ow in 0..g.wo {
+            let p = r * g.wo + ow;
+            for dg in 0..g.deformable_groups {
+                for tap in 0..kk {
+                    let ch = dg * kk + tap;
+                    let s = plan.sample_at(n, dg, tap / g.kw, tap % g.kw, oh0 + r, ow, gate);
+                    let (mut gy, mut gx, mut gm) = (zero, zero, zero);
+                    if s.grad {
+                        let a = &acc[(p * gk + ch) * 4..][..4];
+                        let (hy, hx) = (one - s.ly, one - s.lx);
+                        gy = s.m * (hx * (a[2] - a[0]) + s.lx * (a[3] - a[1]));
+                        gx = s.m * (hy * (a[1] - a[0]) + s.ly * (a[3] - a[2]));
+                        if s.open {
+                            gm = hy * hx * a[0]
+                                + hy * s.lx * a[1]
+                                + s.ly * hx * a[2]
+                                + s.ly * s.lx * a[3];
+                        }
+                    }
+                    let at = [ch, lr0 + r, ow];
+                    if let Some(v) = lg.oy.as_mut() {
+                        v[at] = T::from_acc(gy);
+                    }
+                    if let Some(v) = lg.ox.as_mut() {
+                        v[at] = T::from_acc(gx);
+                    }
+                    if let Some(v) = lg.m.as_mut() {
+                        v[at] = T::from_acc(gm);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,238 @@
+//! The engine against the reference oracle: random shapes (channel counts off the SIMD width,
+//! 1x1 images, several tiles and lanes), every edge offset, f32 and f64, every instruction set
+//! this CPU has, outputs poisoned with NaN before the kernels write them; and determinism.
+
+mod common;
+
+use common::{problem_sized, rng, Offsets, Problem};
+use deform_conv::engine::{set_num_threads, Isa};
+use deform_conv::op::{self, Backend, ForwardOutputs, GradOutputs, Operands};
+use deform_conv::{Element, GradGate};
+use ndarray::{Array1, Array4};
+
+struct Out<T> {
+    y: Array4<T>,
+    d: Array4<T>,
+    gx: Array4<T>,
+    goy: Array4<T>,
+    gox: Array4<T>,
+    gm: Array4<T>,
+    gw: Array4<T>,
+    gb: Array1<T>,
+}
+
+fn cast<T: Element>(a: &Array4<f64>) -> Array4<T> {
+    a.mapv(|v| T::from_acc(num_traits::cast::<f64, T::Acc>(v).unwrap()))
+}
+
+fn run<T: Element + num_traits::Float>(
+    p: &Problem,
+    dy: &Array4<f64>,
+    gate: GradGate,
+    backend: Backend,
+) -> Out<T> {
+    let (x, w, oy, ox) = (
+        cast::<T>(&p.x),
+        cast::<T>(&p.w),
+        cast::<T>(&p.oy),
+        cast::<T>(&p.ox),
+    );
+    let m = p.m.as_ref().map(cast::<T>);
+    let b =
+        p.b.as_ref()
+            .map(|b| b.mapv(|v| T::from_acc(num_traits::cast::<f64, T::Acc>(v).unwrap())));
+    let ops = Operands {
+        input: x.view(),
+        offset_y: oy.view(),
+        offset_x: ox.view(),
+        mask: m.as_ref().map(|m| m.view()),
+        weight: w.view(),
+        bias: b.as_ref().map(|b| b.view()),
+    };
+    let g = &p.geom;
+    let nan = T::nan();
+    let tap = g.tap_shape();
+    let mut o = Out {
+        y: Array4::from_elem(g.output_shape(), nan),
+        d: Array4::from_elem(g.deformed_shape(), nan),
+        gx: Array4::from_elem(x.raw_dim(), nan),
+        goy: Array4::from_elem(tap, nan),
+        gox: Array4::from_elem(tap, nan),
+        gm: Array4::from_elem(tap, nan),
+        gw: Array4::from_elem(w.raw_dim(), nan),
+        gb: Array1::from_elem(g.cout, nan),
+    };
+    op::forward(
+        g,
+        &ops,
+        ForwardOutputs {
+            output: o.y.view_mut(),
+            deformed: Some(o.d.view_mut()),
+        },
+        backend,
+    )
+    .unwrap();
+    let dyt = cast::<T>(dy);
+    op::backward(
+        g,
+        &ops,
+        dyt.view(),
+        GradOutputs {
+            input: Some(o.gx.view_mut()),
+            offset_y: Some(o.goy.view_mut()),
+            offset_x: Some(o.gox.view_mut()),
+            mask: m.is_some().then(|| o.gm.view_mut()),
+            weight: Some(o.gw.view_mut()),
+            bias: Some(o.gb.view_mut()),
+        },
+        gate,
+        backend,
+    )
+    .unwrap();
+    if m.is_none() {
+        o.gm.fill(T::zero());
+    }
+    o
+}
+
+/// Elementwise `|a - b| <= tol * (1 + max|b|)`, NaN-aware (a NaN where the oracle has a number fails).
+fn close<T: Element + num_traits::Float, D: ndarray::Dimension>(
+    what: &str,
+    a: &ndarray::Array<T, D>,
+    b: &ndarray::Array<T, D>,
+    tol: f64,
+) {
+    let f = |v: &T| num_traits::cast::<T, f64>(*v).unwrap();
+    let scale = b
+        .iter()
+        .map(f)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().map(f).zip(b.iter().map(f)).enumerate() {
+        assert!(
+            x.is_finite() == y.is_finite(),
+            "{what}[{i}]: engine {x}, reference {y}"
+        );
+        if y.is_finite() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + scale),
+                "{what}[{i}]: engine {x}, reference {y}, scale {scale}"
+            );
+        }
+    }
+}
+
+fn compare<T: Element + num_traits::Float>(e: &Out<T>, r: &Out<T>, tol: f64) {
+    close("output", &e.y, &r.y, tol);
+    close("deformed", &e.d, &r.d, tol);
+    close("grad input", &e.gx, &r.gx, tol);
+    close("grad offset y", &e.goy, &r.goy, tol);
+    close("grad offset x", &e.gox, &r.gox, tol);
+    close("grad mask", &e.gm, &r.gm, tol);
+    close("grad weight", &e.gw, &r.gw, tol);
+    close("grad bias", &e.gb, &r.gb, tol);
+}
+
+fn bitwise<T: Element + num_traits::Float>(a: &Out<T>, b: &Out<T>) -> bool {
+    let eq = |x: &Array4<T>, y: &Array4<T>| {
+        x.iter().zip(y.iter()).all(|(p, q)| {
+            p.to_acc().to_f64().unwrap().to_bits() == q.to_acc().to_f64().unwrap().to_bits()
+        })
+    };
+    eq(&a.y, &b.y)
+        && eq(&a.d, &b.d)
+        && eq(&a.gx, &b.gx)
+        && eq(&a.goy, &b.goy)
+        && eq(&a.gox, &b.gox)
+        && eq(&a.gm, &b.gm)
+        && eq(&a.gw, &b.gw)
+        && a.gb.iter().zip(b.gb.iter()).all(|(p, q)| {
+            p.to_acc().to_f64().unwrap().to_bits() == q.to_acc().to_f64().unwrap().to_bits()
+        })
+}
+
+use num_traits::ToPrimitive;
+
+#[test]
+fn engine_matches_reference_on_every_isa() {
+    let mut rng = rng("engine_matches_reference_on_every_isa");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    eprintln!("instruction sets under test: {isas:?}");
+    for case in 0..30 {
+        let (max_c, max_hw) = if case % 3 == 0 { (40, 40) } else { (12, 12) };
+        let p = problem_sized(&mut rng, Offsets::Edges, max_c, max_hw);
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        for gate in [GradGate::PerTap, GradGate::Open] {
+            let r64 = run::<f64>(&p, &dy, gate, Backend::Reference);
+            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
+            let mut first: Option<(Out<f64>, Out<f32>)> = None;
+            for &isa in &isas {
+                let e64 = run::<f64>(&p, &dy, gate, Backend::EngineIsa(isa));
+                compare(&e64, &r64, 1e-12);
+                let e32 = run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa));
+                compare(&e32, &r32, 2e-5);
+                match &first {
+                    None => first = Some((e64, e32)),
+                    Some((a, b)) => assert!(
+                        bitwise(a, &e64) && bitwise(b, &e32),
+                        "{isa:?} differs bitwise from {:?}",
+                        isas[0]
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_isa_is_an_error_not_a_crash() {
+    for isa in Isa::ALL.into_iter().filter(|i| !i.supported()) {
+        let mut rng = rng("unsupported_isa");
+        let p = problem_sized(&mut rng, Offsets::Smooth, 4, 5);
+        let ops = Operands {
+            input: p.x.view(),
+            offset_y: p.oy.view(),
+            offset_x: p.ox.view(),
+            mask: None,
+            weight: p.w.view(),
+            bias: None,
+        };
+        let mut y = Array4::zeros(p.geom.output_shape());
+        let r = op::forward(
+            &p.geom,
+            &ops,
+            ForwardOutputs {
+                output: y.view_mut(),
+                deformed: None,
+            },
+            Backend::EngineIsa(isa),
+        );
+        assert!(r.is_err(), "{isa:?} is not supported here but ran");
+    }
+}
+
+#[test]
+fn deterministic_across_runs_and_thread_counts() {
+    let mut rng = rng("deterministic_across_runs_and_thread_counts");
+    for _ in 0..6 {
+        let p = problem_sized(&mut rng, Offsets::Edges, 24, 48);
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        set_num_threads(1);
+        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(2);
+        let two = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(3);
+        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        assert!(
+            bitwise(&one, &two) && bitwise(&two, &three),
+            "results depend on the thread count"
+        );
+    }
+    set_num_threads(0);
+}
