@@ -27,6 +27,7 @@ else
 fi
 
 echo "== python: build and install deform_conv"
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python -m pip install --quiet --no-deps --force-reinstall --no-build-isolation . 2>&1 | tail -5
 
 echo "== python: tests"

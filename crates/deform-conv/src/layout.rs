@@ -24,7 +24,7 @@ pub fn split_interleaved<'a, T>(
     }
     Ok((
         offset.slice_move(s![.., 0..;2, .., ..]),
-        offset.clone().slice_move(s![.., 1..;2, .., ..]),
+        (*offset).slice_move(s![.., 1..;2, .., ..]),
     ))
 }
 
@@ -42,9 +42,9 @@ pub fn split_packed<'a, T>(
     }
     let gk = ch / 3;
     Ok((
-        packed.clone().slice_move(s![.., 0..gk, .., ..]),
-        packed.clone().slice_move(s![.., gk..2 * gk, .., ..]),
-        packed.clone().slice_move(s![.., 2 * gk..3 * gk, .., ..]),
+        (*packed).slice_move(s![.., 0..gk, .., ..]),
+        (*packed).slice_move(s![.., gk..2 * gk, .., ..]),
+        (*packed).slice_move(s![.., 2 * gk..3 * gk, .., ..]),
     ))
 }
 

@@ -94,16 +94,21 @@ pub fn active_isa() -> Isa {
     })
 }
 
+/// `dst[c] = sum_j w_j * s[b_j + c]`.
+pub(crate) type GatherFn<A> = fn(&mut [A], &[A], [usize; 4], [A; 4]);
+/// `[sum_c d[c] * s[b_j + c] for j in 0..4]`.
+pub(crate) type Dot4Fn<A> = fn(&[A], &[A], [usize; 4]) -> [A; 4];
+/// `dst[b_j + c] += w_j * d[c]`.
+pub(crate) type ScatterFn<A> = fn(&mut [A], &[A], [usize; 4], [A; 4]);
+
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
     /// `dst[c] = w0*s[b0+c] + w1*s[b1+c] + w2*s[b2+c] + w3*s[b3+c]` for `c < dst.len()`.
-    pub gather: fn(&mut [A], &[A], [usize; 4], [A; 4]),
+    pub gather: GatherFn<A>,
     /// `[sum_c d[c]*s[bj+c] for j in 0..4]`.
-    pub dot4: fn(&[A], &[A], [usize; 4]) -> [A; 4],
+    pub dot4: Dot4Fn<A>,
     /// `dst[bj+c] += wj*d[c]` for each corner `j`, in corner order.
-    pub scatter: fn(&mut [A], &[A], [usize; 4], [A; 4]),
-    /// Which instruction set these are.
-    pub isa: Isa,
+    pub scatter: ScatterFn<A>,
 }
 
 #[inline(always)]
@@ -138,7 +143,7 @@ fn dot_body<A: Real>(d: &[A], s: &[A]) -> A {
     while width > 1 {
         width /= 2;
         for l in 0..width {
-            acc[l] = acc[l] + acc[l + width];
+            acc[l] += acc[l + width];
         }
     }
     acc[0]
@@ -239,21 +244,18 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather: scalar_gather,
             dot4: scalar_dot4,
             scatter: scalar_scatter,
-            isa,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
             gather: x86::avx2_gather,
             dot4: x86::avx2_dot4,
             scatter: x86::avx2_scatter,
-            isa,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
             gather: x86::avx512_gather,
             dot4: x86::avx512_dot4,
             scatter: x86::avx512_scatter,
-            isa,
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,

@@ -109,20 +109,20 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         Zip::from(dst).and(src).par_for_each(|d, s| *d = s.to_acc());
     }
 
-    /// The descriptor of `(n, deformable group dg, tap (i, j), pixel (oh, ow))`.
+    /// The descriptor of `(n, deformable group dg, tap, pixel (oh, ow))`.
     #[inline(always)]
     fn sample_at(
         &self,
         n: usize,
         dg: usize,
-        i: usize,
-        j: usize,
+        tap: usize,
         oh: usize,
         ow: usize,
         gate: GradGate,
     ) -> sample::Sample<T::Acc> {
         let g = self.g;
-        let ch = dg * g.taps() + i * g.kw + j;
+        let (i, j) = (tap / g.kw, tap % g.kw);
+        let ch = dg * g.taps() + tap;
         let py = T::Acc::of_i64(g.grid_y(oh, i)) + self.ops.offset_y[[n, ch, oh, ow]].to_acc();
         let px = T::Acc::of_i64(g.grid_x(ow, j)) + self.ops.offset_x[[n, ch, oh, ow]].to_acc();
         let m = self
@@ -179,7 +179,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
     ) {
         let (g, row_len, cg) = (self.g, self.row_len, self.g.c_per_group());
         self.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
-            let s = self.sample_at(n, dg, tap / g.kw, tap % g.kw, oh, ow, GradGate::Open);
+            let s = self.sample_at(n, dg, tap, oh, ow, GradGate::Open);
             let start = p * row_len + tap * cg + off;
             let base = s.idx.map(|i| i * g.c + chans.start);
             (self.k.gather)(&mut cols[start..start + chans.len()], xt, base, s.w);
@@ -554,7 +554,7 @@ fn backward_tile<T: Element>(
         let dcol = &*dcol;
         let dx = &mut lane.dx;
         plan.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
-            let s = plan.sample_at(n, dg, tap / g.kw, tap % g.kw, oh, ow, gate);
+            let s = plan.sample_at(n, dg, tap, oh, ow, gate);
             if !s.grad {
                 return;
             }
@@ -581,7 +581,7 @@ fn backward_tile<T: Element>(
             for dg in 0..g.deformable_groups {
                 for tap in 0..kk {
                     let ch = dg * kk + tap;
-                    let s = plan.sample_at(n, dg, tap / g.kw, tap % g.kw, oh0 + r, ow, gate);
+                    let s = plan.sample_at(n, dg, tap, oh0 + r, ow, gate);
                     let (mut gy, mut gx, mut gm) = (zero, zero, zero);
                     if s.grad {
                         let a = &acc[(p * gk + ch) * 4..][..4];

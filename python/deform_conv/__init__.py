@@ -1,0 +1,98 @@
+"""deform_conv: exact, fast deformable convolution (DCN v1 and v2) for CPUs.
+
+numpy API (float16, float32, float64; any strides)::
+
+    import deform_conv as dc
+    y = dc.deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None)
+    g = dc.deform_conv2d_backward(grad_output, input, offset, weight, bias=None, mask=None, ...)
+    g.input, g.offset, g.mask, g.weight, g.bias
+
+Conventions: ``dc.onnx.deform_conv``, ``dc.mindspore.deformable_conv2d``,
+``dc.npu.npu_deformable_conv2d`` / ``npu_deformable_conv2dbk``; torch drop-ins in
+``deform_conv.torch`` (imported on use). Offsets of torchvision / ONNX are interleaved
+``(dy, dx)`` per (group, tap); MindSpore / torch_npu pack ``[all dx | all dy | all mask]``.
+Bad input raises ``ValueError`` (shapes, values) or ``TypeError`` (types, dtypes).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from ._args import array as _array
+from ._args import ints as _ints
+from ._core import active_isa, num_threads, set_num_threads, supported_isas
+
+__all__ = [
+    "deform_conv2d", "deform_conv2d_backward", "Gradients",
+    "interleaved_to_packed", "packed_to_interleaved",
+    "nchw_to_nhwc", "nhwc_to_nchw", "oihw_to_hwcn", "hwcn_to_oihw",
+    "set_num_threads", "num_threads", "active_isa", "supported_isas",
+    "onnx", "mindspore", "npu",
+]
+
+
+@dataclass
+class Gradients:
+    """Gradients of :func:`deform_conv2d`; ``mask`` / ``bias`` are None when not given."""
+    input: np.ndarray
+    offset: np.ndarray
+    mask: Optional[np.ndarray]
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None,
+                  *, backend="engine"):
+    """torchvision's ``deform_conv2d`` on numpy arrays.
+
+    Shapes: input [N, C, H, W], offset [N, 2*G*kh*kw, Ho, Wo] (interleaved dy, dx), weight
+    [Cout, C/groups, kh, kw], bias [Cout], mask [N, G*kh*kw, Ho, Wo] (None = DCN v1).
+    ``backend``: "engine" (default), "reference" (the plain oracle) or "engine:<isa>".
+    """
+    return _core.torchvision_forward(
+        _array("input", input), _array("offset", offset), _array("weight", weight), _array("bias", bias),
+        _array("mask", mask), _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                           dilation=(1, 1), mask=None, *, backend="engine"):
+    """Every gradient of :func:`deform_conv2d` for ``grad_output`` [N, Cout, Ho, Wo]."""
+    gi, go, gm, gw, gb = _core.torchvision_backward(
+        _array("grad_output", grad_output), _array("input", input), _array("offset", offset),
+        _array("weight", weight), _array("bias", bias), _array("mask", mask),
+        _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
+    return Gradients(gi, go, gm, gw, gb)
+
+
+def interleaved_to_packed(offset, mask=None):
+    """[N, 2GK, Ho, Wo] interleaved offset (+ [N, GK, Ho, Wo] mask, default ones) -> [N, 3GK, Ho, Wo] packed."""
+    return _core.interleaved_to_packed(_array("offset", offset), _array("mask", mask))
+
+
+def packed_to_interleaved(packed):
+    """[N, 3GK, Ho, Wo] packed -> (interleaved offset [N, 2GK, Ho, Wo], mask [N, GK, Ho, Wo])."""
+    return _core.packed_to_interleaved(_array("offset", packed))
+
+
+def nchw_to_nhwc(a):
+    """[N, C, H, W] -> [N, H, W, C] (a contiguous copy)."""
+    return _core.convert_layout(_array("array", a), "nchw_to_nhwc")
+
+
+def nhwc_to_nchw(a):
+    """[N, H, W, C] -> [N, C, H, W] (a contiguous copy)."""
+    return _core.convert_layout(_array("array", a), "nhwc_to_nchw")
+
+
+def oihw_to_hwcn(w):
+    """Weight [Cout, C/g, kh, kw] -> [kh, kw, C/g, Cout]."""
+    return _core.convert_layout(_array("array", w), "oihw_to_hwcn")
+
+
+def hwcn_to_oihw(w):
+    """Weight [kh, kw, C/g, Cout] -> [Cout, C/g, kh, kw]."""
+    return _core.convert_layout(_array("array", w), "hwcn_to_oihw")
+
+
+from . import mindspore, npu, onnx  # noqa: E402  (submodules use the helpers above)
