@@ -1,0 +1,66 @@
+//! `deform-conv`: the command line of deform-conv.
+//!
+//! * `demo`    the torch_npu documentation example, forward and backward, checked and drawn;
+//! * `run`     .npy inputs in a named convention → .npy output, deformed image, gradients;
+//! * `convert` offsets interleaved ⇄ packed, NCHW ⇄ NHWC, OIHW ⇄ HWCN;
+//! * `bench`   the benchmark shapes built in: times, GFLOP/s, ratio to the reference path;
+//! * `viz`     the sampling points of chosen output pixels over an image, as a PNG.
+//!
+//! Every error is one line on stderr and exit status 2; nothing panics on bad files.
+
+mod bench;
+mod data;
+mod demo;
+mod npy;
+mod run;
+mod viz;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exact, fast deformable convolution (DCN v1/v2) on the CPU.
+#[derive(Parser)]
+#[command(name = "deform-conv", version, about, long_about = None)]
+struct Cli {
+    /// Engine threads (default: one per core, or DEFORM_CONV_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the torch_npu documentation example forward and backward, check it against the
+    /// reference path, print shapes, time and GFLOP/s, and draw its sampling points.
+    Demo(demo::DemoArgs),
+    /// Run one convolution from .npy files in a named convention.
+    Run(run::RunArgs),
+    /// Convert offsets, masks, images or weights between layouts.
+    Convert(run::ConvertArgs),
+    /// Benchmark the built-in shapes (forward and backward) against the reference path.
+    Bench(bench::BenchArgs),
+    /// Draw the sampling points of output pixels over an image (PNG).
+    Viz(viz::VizArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        deform_conv::engine::set_num_threads(n);
+    }
+    let result = match cli.cmd {
+        Cmd::Demo(a) => demo::demo(&a),
+        Cmd::Run(a) => run::run(&a),
+        Cmd::Convert(a) => run::convert(&a),
+        Cmd::Bench(a) => bench::bench(&a),
+        Cmd::Viz(a) => viz::viz(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
