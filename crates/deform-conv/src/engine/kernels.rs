@@ -1,4 +1,4 @@
-//! Channel-vector kernels and their run-time dispatch.
+//! Row kernels (descriptors, gather, dot products, scatter) and their run-time dispatch.
 //!
 //! Each kernel body is written once, `#[inline(always)]` and generic over the accumulation type,
 //! over plain slices (one bounds check per channel run, none per element). Thin
@@ -11,6 +11,7 @@
 //! Reductions accumulate in [`LANE`] independent partial sums combined in a fixed order, and no
 //! body relies on fused multiply-add, so every instruction set gives bitwise the same result.
 
+use super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::element::Real;
 use std::sync::OnceLock;
 
@@ -94,34 +95,80 @@ pub fn active_isa() -> Isa {
     })
 }
 
-/// `dst[c] = sum_j w_j * s[b_j + c]`.
-pub(crate) type GatherFn<A> = fn(&mut [A], &[A], [usize; 4], [A; 4]);
-/// `[sum_c d[c] * s[b_j + c] for j in 0..4]`.
-pub(crate) type Dot4Fn<A> = fn(&[A], &[A], [usize; 4]) -> [A; 4];
-/// `dst[b_j + c] += w_j * d[c]`.
-pub(crate) type ScatterFn<A> = fn(&mut [A], &[A], [usize; 4], [A; 4]);
+/// One row's channel work: pixel `t` of the row reads the channel run `[lo, lo + len)` of the
+/// corner pixels `s.idx[j][t]` (row length `c` in the channels-last image) and meets row
+/// `t * stride` of the columns tile.
+pub(crate) struct RowJob<'a, A> {
+    pub s: &'a RowSamples<A>,
+    /// Pixels in the row.
+    pub n: usize,
+    /// Channels per image pixel (`C`).
+    pub c: usize,
+    /// First channel of the run.
+    pub lo: usize,
+    /// Channels in the run.
+    pub len: usize,
+    /// Columns-tile elements between consecutive pixels.
+    pub stride: usize,
+}
+
+/// Descriptors of one row.
+pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
+/// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
+pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
+/// `acc[4t + j] += sum_c' dcol[t*stride + c'] * X[idx_j[t], lo + c']` for gradient samples.
+pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
+/// `dX[idx_j[t], lo + c'] += w_j[t] * dcol[t*stride + c']` for open samples.
+pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
-    /// `dst[c] = w0*s[b0+c] + w1*s[b1+c] + w2*s[b2+c] + w3*s[b3+c]` for `c < dst.len()`.
-    pub gather: GatherFn<A>,
-    /// `[sum_c d[c]*s[bj+c] for j in 0..4]`.
-    pub dot4: Dot4Fn<A>,
-    /// `dst[bj+c] += wj*d[c]` for each corner `j`, in corner order.
-    pub scatter: ScatterFn<A>,
+    pub sample_row: SampleRowFn<A>,
+    pub gather_row: GatherRowFn<A>,
+    pub dot4_row: Dot4RowFn<A>,
+    pub scatter_row: ScatterRowFn<A>,
+}
+
+/// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N` (fully vectorised).
+#[inline(always)]
+fn gather_fixed<A: Real, const N: usize>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
+    let d: &mut [A; N] = (&mut dst[..N]).try_into().expect("N elements");
+    let s: [&[A; N]; 4] = s.map(|x| (&x[..N]).try_into().expect("N elements"));
+    for c in 0..N {
+        d[c] = w[0] * s[0][c] + w[1] * s[1][c] + w[2] * s[2][c] + w[3] * s[3][c];
+    }
 }
 
 #[inline(always)]
-fn gather_body<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
+fn gather_run<A: Real>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
     let n = dst.len();
-    let (s0, s1, s2, s3) = (
-        &s[b[0]..b[0] + n],
-        &s[b[1]..b[1] + n],
-        &s[b[2]..b[2] + n],
-        &s[b[3]..b[3] + n],
-    );
-    for c in 0..n {
-        dst[c] = w[0] * s0[c] + w[1] * s1[c] + w[2] * s2[c] + w[3] * s3[c];
+    match n {
+        4 => gather_fixed::<A, 4>(dst, s, w),
+        8 => gather_fixed::<A, 8>(dst, s, w),
+        16 => gather_fixed::<A, 16>(dst, s, w),
+        _ => {
+            let mut c = 0;
+            while c + LANE <= n {
+                gather_fixed::<A, LANE>(&mut dst[c..], s.map(|x| &x[c..]), w);
+                c += LANE;
+            }
+            for k in c..n {
+                dst[k] = w[0] * s[0][k] + w[1] * s[1][k] + w[2] * s[2][k] + w[3] * s[3][k];
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+    let (len, s) = (job.len, job.s);
+    for t in 0..job.n {
+        let src = std::array::from_fn(|j| {
+            let b = s.idx[j][t] * job.c + job.lo;
+            &xt[b..b + len]
+        });
+        let w = std::array::from_fn(|j| s.w[j][t]);
+        gather_run(&mut cols[t * job.stride..t * job.stride + len], src, w);
     }
 }
 
@@ -150,87 +197,127 @@ fn dot_body<A: Real>(d: &[A], s: &[A]) -> A {
 }
 
 #[inline(always)]
-fn dot4_body<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-    let n = d.len();
-    b.map(|bj| dot_body(d, &s[bj..bj + n]))
-}
-
-#[inline(always)]
-fn scatter_body<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-    let n = d.len();
-    for j in 0..4 {
-        let out = &mut dst[b[j]..b[j] + n];
-        for c in 0..n {
-            out[c] += w[j] * d[c];
+fn dot4_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+    let (len, s) = (job.len, job.s);
+    for t in 0..job.n {
+        if !s.grad[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let b = s.idx[j][t] * job.c + job.lo;
+            acc[4 * t + j] += dot_body(d, &xt[b..b + len]);
         }
     }
 }
 
-fn scalar_gather<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
-    gather_body(dst, s, b, w)
+#[inline(always)]
+fn scatter_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+    let (len, s) = (job.len, job.s);
+    for t in 0..job.n {
+        if !s.open[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let b = s.idx[j][t] * job.c + job.lo;
+            let w = s.w[j][t];
+            for (o, v) in dx[b..b + len].iter_mut().zip(d) {
+                *o += w * *v;
+            }
+        }
+    }
 }
-fn scalar_dot4<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-    dot4_body(d, s, b)
+
+fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
+    sample_row_body(a, out)
 }
-fn scalar_scatter<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-    scatter_body(dst, d, b, w)
+fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+    gather_row_body(job, xt, cols)
+}
+fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+    dot4_row_body(job, dcol, xt, acc)
+}
+fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+    scatter_row_body(job, dcol, dx)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! AVX2 and AVX-512 compilations of the kernel bodies.
+    //! AVX2 and AVX-512 compilations of the kernel bodies: a `#[target_feature]` function per
+    //! kernel and instruction set, and a safe entry point that the dispatch table stores. The
+    //! table for an instruction set is only built after `Isa::supported()` (see `table`).
     use super::*;
 
     #[target_feature(enable = "avx2,fma")]
-    fn avx2_gather_impl<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
-        gather_body(dst, s, b, w)
+    fn avx2_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
+        sample_row_body(a, out)
     }
     #[target_feature(enable = "avx2,fma")]
-    fn avx2_dot4_impl<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-        dot4_body(d, s, b)
+    fn avx2_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+        gather_row_body(job, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
-    fn avx2_scatter_impl<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-        scatter_body(dst, d, b, w)
+    fn avx2_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+        dot4_row_body(job, dcol, xt, acc)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        scatter_row_body(job, dcol, dx)
     }
     #[target_feature(enable = "avx512f")]
-    fn avx512_gather_impl<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
-        gather_body(dst, s, b, w)
+    fn avx512_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
+        sample_row_body(a, out)
     }
     #[target_feature(enable = "avx512f")]
-    fn avx512_dot4_impl<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-        dot4_body(d, s, b)
+    fn avx512_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+        gather_row_body(job, xt, cols)
     }
     #[target_feature(enable = "avx512f")]
-    fn avx512_scatter_impl<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-        scatter_body(dst, d, b, w)
+    fn avx512_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+        dot4_row_body(job, dcol, xt, acc)
+    }
+    #[target_feature(enable = "avx512f")]
+    fn avx512_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        scatter_row_body(job, dcol, dx)
     }
 
-    // The plain-`fn` entry points stored in the dispatch table. They are only put in a table
-    // whose `Isa` was checked as supported by this CPU (`table` below).
-    pub(super) fn avx2_gather<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
-        // SAFETY: reached only through a table built after `Isa::Avx2.supported()` returned true.
-        unsafe { avx2_gather_impl(dst, s, b, w) }
+    pub(super) fn avx2_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
+        // SAFETY: stored only in the table built after `Isa::Avx2.supported()` returned true.
+        unsafe { avx2_sample_row_impl(a, out) }
     }
-    pub(super) fn avx2_dot4<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-        // SAFETY: as for `avx2_gather`.
-        unsafe { avx2_dot4_impl(d, s, b) }
+    pub(super) fn avx2_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_gather_row_impl(job, xt, cols) }
     }
-    pub(super) fn avx2_scatter<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-        // SAFETY: as for `avx2_gather`.
-        unsafe { avx2_scatter_impl(dst, d, b, w) }
+    pub(super) fn avx2_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_dot4_row_impl(job, dcol, xt, acc) }
     }
-    pub(super) fn avx512_gather<A: Real>(dst: &mut [A], s: &[A], b: [usize; 4], w: [A; 4]) {
-        // SAFETY: reached only through a table built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_gather_impl(dst, s, b, w) }
+    pub(super) fn avx2_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_scatter_row_impl(job, dcol, dx) }
     }
-    pub(super) fn avx512_dot4<A: Real>(d: &[A], s: &[A], b: [usize; 4]) -> [A; 4] {
-        // SAFETY: as for `avx512_gather`.
-        unsafe { avx512_dot4_impl(d, s, b) }
+    pub(super) fn avx512_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
+        // SAFETY: stored only in the table built after `Isa::Avx512.supported()` returned true.
+        unsafe { avx512_sample_row_impl(a, out) }
     }
-    pub(super) fn avx512_scatter<A: Real>(dst: &mut [A], d: &[A], b: [usize; 4], w: [A; 4]) {
-        // SAFETY: as for `avx512_gather`.
-        unsafe { avx512_scatter_impl(dst, d, b, w) }
+    pub(super) fn avx512_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+        // SAFETY: as for `avx512_sample_row`.
+        unsafe { avx512_gather_row_impl(job, xt, cols) }
+    }
+    pub(super) fn avx512_dot4_row<A: Real>(
+        job: &RowJob<'_, A>,
+        dcol: &[A],
+        xt: &[A],
+        acc: &mut [A],
+    ) {
+        // SAFETY: as for `avx512_sample_row`.
+        unsafe { avx512_dot4_row_impl(job, dcol, xt, acc) }
+    }
+    pub(super) fn avx512_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        // SAFETY: as for `avx512_sample_row`.
+        unsafe { avx512_scatter_row_impl(job, dcol, dx) }
     }
 }
 
@@ -241,21 +328,24 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
     }
     Some(match isa {
         Isa::Scalar => Kernels {
-            gather: scalar_gather,
-            dot4: scalar_dot4,
-            scatter: scalar_scatter,
+            sample_row: scalar_sample_row,
+            gather_row: scalar_gather_row,
+            dot4_row: scalar_dot4_row,
+            scatter_row: scalar_scatter_row,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
-            gather: x86::avx2_gather,
-            dot4: x86::avx2_dot4,
-            scatter: x86::avx2_scatter,
+            sample_row: x86::avx2_sample_row,
+            gather_row: x86::avx2_gather_row,
+            dot4_row: x86::avx2_dot4_row,
+            scatter_row: x86::avx2_scatter_row,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
-            gather: x86::avx512_gather,
-            dot4: x86::avx512_dot4,
-            scatter: x86::avx512_scatter,
+            sample_row: x86::avx512_sample_row,
+            gather_row: x86::avx512_gather_row,
+            dot4_row: x86::avx512_dot4_row,
+            scatter_row: x86::avx512_scatter_row,
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,

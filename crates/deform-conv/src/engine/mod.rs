@@ -32,10 +32,11 @@ use crate::params::{Geometry, GradGate};
 use blocking::{rows_per_tile, LANES};
 use gemm::{gemm, Mat};
 use kernels::Kernels;
+use kernels::RowJob;
 use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis, Zip};
 use num_traits::{One, Zero};
 use rayon::prelude::*;
-use sample::sample;
+use sample::{RowArgs, RowSamples};
 
 fn kernels_for<A: Real>(isa: Isa) -> Result<Kernels<A>> {
     kernels::table::<A>(isa).ok_or_else(|| {
@@ -109,65 +110,65 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         Zip::from(dst).and(src).par_for_each(|d, s| *d = s.to_acc());
     }
 
-    /// The descriptor of `(n, deformable group dg, tap, pixel (oh, ow))`.
-    #[inline(always)]
-    fn sample_at(
+    /// The deformable-group segments of conv group `q`: `(dg, channel offset in the conv group,
+    /// channel range)`. Channels of one conv group may span several deformable groups and the
+    /// reverse.
+    fn segments(&self, q: usize) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
+        let g = self.g;
+        let (cg, cdg) = (g.c_per_group(), g.c_per_deformable_group());
+        let (c_start, c_end) = (q * cg, (q + 1) * cg);
+        (c_start / cdg..c_end.div_ceil(cdg)).map(move |dg| {
+            let lo = (dg * cdg).max(c_start);
+            let hi = ((dg + 1) * cdg).min(c_end);
+            (dg, lo - c_start, lo..hi)
+        })
+    }
+
+    /// Descriptors of image `n`, output row `oh`, deformable group `dg`, `tap`, into `rs.s`.
+    fn row_samples(
         &self,
         n: usize,
         dg: usize,
         tap: usize,
         oh: usize,
-        ow: usize,
         gate: GradGate,
-    ) -> sample::Sample<T::Acc> {
-        let g = self.g;
-        let (i, j) = (tap / g.kw, tap % g.kw);
-        let ch = dg * g.taps() + tap;
-        let py = T::Acc::of_i64(g.grid_y(oh, i)) + self.ops.offset_y[[n, ch, oh, ow]].to_acc();
-        let px = T::Acc::of_i64(g.grid_x(ow, j)) + self.ops.offset_x[[n, ch, oh, ow]].to_acc();
-        let m = self
-            .ops
-            .mask
-            .as_ref()
-            .map_or(T::Acc::one(), |m| m[[n, ch, oh, ow]].to_acc());
-        sample(py, px, m, g.h, g.w, gate)
-    }
-
-    /// Calls `f(pixel, tap, channel offset in the conv group, deformable group, channel range)`
-    /// for every (pixel, tap, deformable-group segment) of conv group `q` in rows
-    /// `[oh0, oh0 + nrows)`.
-    #[inline(always)]
-    fn for_segments(
-        &self,
-        q: usize,
-        oh0: usize,
-        nrows: usize,
-        mut f: impl FnMut([usize; 4], usize, usize, std::ops::Range<usize>),
+        rs: &mut RowScratch<T::Acc>,
     ) {
         let g = self.g;
-        let (cg, cdg) = (g.c_per_group(), g.c_per_deformable_group());
-        let (c_start, c_end) = (q * cg, (q + 1) * cg);
-        for r in 0..nrows {
-            for ow in 0..g.wo {
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        for dg in c_start / cdg..c_end.div_ceil(cdg) {
-                            let lo = (dg * cdg).max(c_start);
-                            let hi = ((dg + 1) * cdg).min(c_end);
-                            f(
-                                [r * g.wo + ow, oh0 + r, ow, i * g.kw + j],
-                                dg,
-                                lo - c_start,
-                                lo..hi,
-                            );
-                        }
-                    }
-                }
-            }
+        let ch = dg * g.taps() + tap;
+        let copy = |src: ndarray::ArrayView1<'_, T>, dst: &mut Vec<T::Acc>| {
+            dst.clear();
+            dst.extend(src.iter().map(|v| v.to_acc()));
+        };
+        copy(
+            self.ops.offset_y.slice(ndarray::s![n, ch, oh, ..]),
+            &mut rs.dy,
+        );
+        copy(
+            self.ops.offset_x.slice(ndarray::s![n, ch, oh, ..]),
+            &mut rs.dx,
+        );
+        match &self.ops.mask {
+            Some(m) => copy(m.slice(ndarray::s![n, ch, oh, ..]), &mut rs.m),
+            None => rs.m.clear(),
         }
+        let args = RowArgs {
+            y0: g.grid_y(oh, tap / g.kw),
+            x0: g.grid_x(0, tap % g.kw),
+            sx: g.stride[1] as i64,
+            dy: &rs.dy,
+            dx: &rs.dx,
+            m: &rs.m,
+            h: g.h,
+            w: g.w,
+            gate,
+        };
+        (self.k.sample_row)(&args, &mut rs.s);
     }
 
-    /// Builds the columns tile of conv group `q`, rows `[oh0, oh0 + nrows)` of image `n`.
+    /// Builds the columns tile of conv group `q`, rows `[oh0, oh0 + nrows)` of image `n`:
+    /// `cols[p, tap*Cg + c] = m * bilinear(X[c], py, px)`.
+    #[allow(clippy::too_many_arguments)]
     fn columns(
         &self,
         n: usize,
@@ -176,14 +177,48 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         nrows: usize,
         xt: &[T::Acc],
         cols: &mut [T::Acc],
+        rs: &mut RowScratch<T::Acc>,
     ) {
         let (g, row_len, cg) = (self.g, self.row_len, self.g.c_per_group());
-        self.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
-            let s = self.sample_at(n, dg, tap, oh, ow, GradGate::Open);
-            let start = p * row_len + tap * cg + off;
-            let base = s.idx.map(|i| i * g.c + chans.start);
-            (self.k.gather)(&mut cols[start..start + chans.len()], xt, base, s.w);
-        });
+        for r in 0..nrows {
+            for (dg, off, chans) in self.segments(q) {
+                for tap in 0..g.taps() {
+                    self.row_samples(n, dg, tap, oh0 + r, GradGate::Open, rs);
+                    let job = RowJob {
+                        s: &rs.s,
+                        n: g.wo,
+                        c: g.c,
+                        lo: chans.start,
+                        len: chans.len(),
+                        stride: row_len,
+                    };
+                    (self.k.gather_row)(&job, xt, &mut cols[r * g.wo * row_len + tap * cg + off..]);
+                }
+            }
+        }
+    }
+}
+
+/// One thread's row buffers: a row of offsets and mask in the accumulation type, and its
+/// descriptors.
+struct RowScratch<A> {
+    dy: Vec<A>,
+    dx: Vec<A>,
+    m: Vec<A>,
+    s: RowSamples<A>,
+    /// `[d dy, d dx, d mask]` of one row (backward).
+    grads: Vec<[A; 3]>,
+}
+
+impl<A: Real> RowScratch<A> {
+    fn new(wo: usize) -> Self {
+        RowScratch {
+            dy: Vec::with_capacity(wo),
+            dx: Vec::with_capacity(wo),
+            m: Vec::with_capacity(wo),
+            s: RowSamples::new(wo),
+            grads: Vec::with_capacity(wo),
+        }
     }
 }
 
@@ -202,6 +237,7 @@ pub(crate) fn forward<T: Element>(
 struct Scratch<A> {
     cols: Vec<A>,
     out: Vec<A>,
+    rows: RowScratch<A>,
 }
 
 fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, T>) {
@@ -235,13 +271,14 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
             || Scratch {
                 cols: vec![T::Acc::zero(); tile_px * plan.row_len],
                 out: vec![T::Acc::zero(); tile_px * coutg],
+                rows: RowScratch::new(g.wo),
             },
             |scr, (t, (mut y, mut d))| {
                 let (oh0, nrows) = (t * plan.rows, y.shape()[1]);
                 let px = nrows * g.wo;
                 for q in 0..g.groups {
                     let cols = &mut scr.cols[..px * plan.row_len];
-                    plan.columns(n, q, oh0, nrows, xt, cols);
+                    plan.columns(n, q, oh0, nrows, xt, cols, &mut scr.rows);
                     if let Some(d) = d.as_mut() {
                         // D[c, oh*kh + i, ow*kw + j] = col[pixel (oh, ow), tap (i, j), c]
                         for p in 0..px {
@@ -296,8 +333,9 @@ struct Lane<A> {
     cols: Vec<A>,
     dcol: Vec<A>,
     dyt: Vec<A>,
-    /// `a_j` sums per (pixel, deformable group * tap, corner).
+    /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`.
     acc: Vec<A>,
+    rows: RowScratch<A>,
 }
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
@@ -382,6 +420,7 @@ fn backward_impl<T: Element>(
             } else {
                 vec![]
             },
+            rows: RowScratch::new(g.wo),
         })
         .collect();
     let tiles = g.ho.div_ceil(plan.rows);
@@ -517,7 +556,7 @@ fn backward_tile<T: Element>(
         };
         if !lane.dw.is_empty() {
             let cols = &mut lane.cols[..px * row_len];
-            plan.columns(n, q, oh0, nrows, xt, cols);
+            plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
             // dW_q[K*Cg x Coutg] += cols^T * dY_q
             gemm(
                 &mut lane.dw[q],
@@ -552,58 +591,69 @@ fn backward_tile<T: Element>(
             },
         );
         let dcol = &*dcol;
-        let dx = &mut lane.dx;
-        plan.for_segments(q, oh0, nrows, |[p, oh, ow, tap], dg, off, chans| {
-            let s = plan.sample_at(n, dg, tap, oh, ow, gate);
-            if !s.grad {
-                return;
-            }
-            let d = &dcol[p * row_len + tap * cg + off..][..chans.len()];
-            let base = s.idx.map(|i| i * g.c + chans.start);
-            if want_tap {
-                let a = (plan.k.dot4)(d, xt, base);
-                let at = (p * gk + dg * kk + tap) * 4;
-                for j in 0..4 {
-                    acc[at + j] += a[j];
+        for r in 0..nrows {
+            for (dg, off, chans) in plan.segments(q) {
+                for tap in 0..kk {
+                    plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
+                    let job = RowJob {
+                        s: &lane.rows.s,
+                        n: g.wo,
+                        c: g.c,
+                        lo: chans.start,
+                        len: chans.len(),
+                        stride: row_len,
+                    };
+                    let d = &dcol[r * g.wo * row_len + tap * cg + off..];
+                    if want_tap {
+                        let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                        (plan.k.dot4_row)(&job, d, xt, &mut acc[at..at + 4 * g.wo]);
+                    }
+                    if !lane.dx.is_empty() {
+                        (plan.k.scatter_row)(&job, d, &mut lane.dx);
+                    }
                 }
             }
-            if !dx.is_empty() && s.open {
-                (plan.k.scatter)(dx, d, base, s.w);
-            }
-        });
+        }
     }
     if !want_tap {
         return;
     }
+    // d dy = m (hx (a10 - a00) + lx (a11 - a01)),  d dx = m (hy (a01 - a00) + ly (a11 - a10)),
+    // d mask = hy hx a00 + hy lx a01 + ly hx a10 + ly lx a11 (inside the open box only).
     for r in 0..nrows {
-        for ow in 0..g.wo {
-            let p = r * g.wo + ow;
-            for dg in 0..g.deformable_groups {
-                for tap in 0..kk {
-                    let ch = dg * kk + tap;
-                    let s = plan.sample_at(n, dg, tap, oh0 + r, ow, gate);
-                    let (mut gy, mut gx, mut gm) = (zero, zero, zero);
-                    if s.grad {
-                        let a = &acc[(p * gk + ch) * 4..][..4];
-                        let (hy, hx) = (one - s.ly, one - s.lx);
-                        gy = s.m * (hx * (a[2] - a[0]) + s.lx * (a[3] - a[1]));
-                        gx = s.m * (hy * (a[1] - a[0]) + s.ly * (a[3] - a[2]));
-                        if s.open {
-                            gm = hy * hx * a[0]
-                                + hy * s.lx * a[1]
-                                + s.ly * hx * a[2]
-                                + s.ly * s.lx * a[3];
+        for dg in 0..g.deformable_groups {
+            for tap in 0..kk {
+                let ch = dg * kk + tap;
+                plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
+                let s = &lane.rows.s;
+                let a_row = &acc[(r * gk + ch) * g.wo * 4..][..g.wo * 4];
+                let tmp = &mut lane.rows.grads;
+                tmp.clear();
+                tmp.extend((0..g.wo).map(|ow| {
+                    if !s.grad[ow] {
+                        return [zero; 3];
+                    }
+                    let a = &a_row[4 * ow..4 * ow + 4];
+                    let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
+                    let (hy, hx) = (one - ly, one - lx);
+                    let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
+                    let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
+                    let gm = if s.open[ow] {
+                        hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3]
+                    } else {
+                        zero
+                    };
+                    [gy, gx, gm]
+                }));
+                for (which, view) in [&mut lg.oy, &mut lg.ox, &mut lg.m].into_iter().enumerate() {
+                    if let Some(v) = view.as_mut() {
+                        for (o, g3) in v
+                            .slice_mut(ndarray::s![ch, lr0 + r, ..])
+                            .iter_mut()
+                            .zip(tmp.iter())
+                        {
+                            *o = T::from_acc(g3[which]);
                         }
-                    }
-                    let at = [ch, lr0 + r, ow];
-                    if let Some(v) = lg.oy.as_mut() {
-                        v[at] = T::from_acc(gy);
-                    }
-                    if let Some(v) = lg.ox.as_mut() {
-                        v[at] = T::from_acc(gx);
-                    }
-                    if let Some(v) = lg.m.as_mut() {
-                        v[at] = T::from_acc(gm);
                     }
                 }
             }

@@ -1,88 +1,125 @@
-//! The sampler: one bilinear descriptor per (pixel, tap, deformable group), shared by every
-//! channel of the group, by the forward and by the backward.
+//! The sampler: bilinear descriptors for one output row of one (deformable group, tap), shared
+//! by every channel of the group, by the forward and by the backward.
 //!
 //! The image is stored channels-last with one extra all-zero pixel at index `H*W`. A corner
 //! outside the image points at that zero pixel, so the channel loops that use a descriptor have
 //! no branches: `S(c) = sum_j w_j * X[idx_j, c]` is exactly SPEC §1's zero-extended bilinear
-//! formula. A sample outside `(-1, H) x (-1, W)`, NaN or infinite, gets four zero-pixel corners
-//! and zero weights: no index is ever formed from its coordinates.
+//! formula. A sample outside the region (`(-1, H) x (-1, W)`, or for [`GradGate::PerTap`]'s
+//! gradient also exactly -1), NaN or infinite, gets four zero-pixel corners and zero weights:
+//! no index is ever formed from its coordinates.
+//!
+//! Descriptors are computed a row at a time into a structure of arrays, inside the
+//! instruction-set-specific kernels (so `floor` is one instruction and the loop vectorises).
 
 use crate::element::Real;
 use crate::params::GradGate;
 
-/// Where and how to sample one (pixel, tap, group).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sample<A> {
+/// The descriptors of one output row for one (deformable group, tap), indexed by `ow`.
+#[derive(Debug, Default)]
+pub(crate) struct RowSamples<A> {
     /// Pixel indices `y*W + x` of the corners (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1); `H*W`
-    /// (the zero pixel) for a corner outside the image.
-    pub idx: [usize; 4],
-    /// `m*hy*hx, m*hy*lx, m*ly*hx, m*ly*lx` inside the open box, else 0.
-    pub w: [A; 4],
-    /// Fractional parts `ly`, `lx` (0 outside the gradient region).
-    pub ly: A,
-    pub lx: A,
-    /// The mask value (1 for v1).
-    pub m: A,
+    /// (the zero pixel) for a corner outside the image or a sample outside the region.
+    pub idx: [Vec<usize>; 4],
+    /// `m*hy*hx, m*hy*lx, m*ly*hx, m*ly*lx` for samples strictly inside `(-1, H) x (-1, W)`, else 0.
+    pub w: [Vec<A>; 4],
+    /// Fractional parts `ly`, `lx` (0 outside the region).
+    pub ly: Vec<A>,
+    pub lx: Vec<A>,
+    /// The mask value.
+    pub m: Vec<A>,
     /// Strictly inside `(-1, H) x (-1, W)`: the sample has a value, a mask and an input gradient.
-    pub open: bool,
+    pub open: Vec<bool>,
     /// Receives offset gradients: `open`, or for [`GradGate::PerTap`] also exactly on -1.
-    pub grad: bool,
+    pub grad: Vec<bool>,
 }
 
-/// Builds the descriptor of the sample at `(py, px)` with mask `m` in an `h x w` image.
+impl<A: Real> RowSamples<A> {
+    pub fn new(len: usize) -> Self {
+        let z = || vec![A::zero(); len];
+        RowSamples {
+            idx: std::array::from_fn(|_| vec![0; len]),
+            w: std::array::from_fn(|_| z()),
+            ly: z(),
+            lx: z(),
+            m: z(),
+            open: vec![false; len],
+            grad: vec![false; len],
+        }
+    }
+}
+
+/// The inputs of one row: `py = y0 + dy[t]`, `px = x0 + t*sx + dx[t]`, mask `m[t]`.
+pub(crate) struct RowArgs<'a, A> {
+    /// Integer grid row `oh*stride_h - pad_top + i*dil_h`.
+    pub y0: i64,
+    /// Integer grid column of `ow = 0`: `-pad_left + j*dil_w`.
+    pub x0: i64,
+    /// `stride_w`.
+    pub sx: i64,
+    pub dy: &'a [A],
+    pub dx: &'a [A],
+    /// Mask values; empty for DCN v1 (mask 1).
+    pub m: &'a [A],
+    pub h: usize,
+    pub w: usize,
+    /// Which samples get descriptors: [`GradGate::Open`] for the forward.
+    pub gate: GradGate,
+}
+
+/// Fills `out` for the row `a` (`a.dy.len()` samples). Written once; compiled per instruction set
+/// by the kernels module.
 #[inline(always)]
-pub(crate) fn sample<A: Real>(py: A, px: A, m: A, h: usize, w: usize, gate: GradGate) -> Sample<A> {
+pub(crate) fn sample_row_body<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
     let one = A::one();
     let zero = A::zero();
-    let (hf, wf) = (A::of_i64(h as i64), A::of_i64(w as i64));
-    let open = py > -one && px > -one && py < hf && px < wf;
-    let grad = match gate {
-        GradGate::Open => open,
-        GradGate::PerTap => py >= -one && px >= -one && py < hf && px < wf,
-    };
-    let outside = h * w;
-    if !grad {
-        return Sample {
-            idx: [outside; 4],
-            w: [zero; 4],
-            ly: zero,
-            lx: zero,
-            m,
-            open: false,
-            grad: false,
+    let (hf, wf) = (A::of_i64(a.h as i64), A::of_i64(a.w as i64));
+    let outside = a.h * a.w;
+    let n = a.dy.len();
+    let (dy, dx) = (&a.dy[..n], &a.dx[..n]);
+    let [i0, i1, i2, i3] = &mut out.idx;
+    let (i0, i1, i2, i3) = (&mut i0[..n], &mut i1[..n], &mut i2[..n], &mut i3[..n]);
+    let [w0, w1, w2, w3] = &mut out.w;
+    let (w0, w1, w2, w3) = (&mut w0[..n], &mut w1[..n], &mut w2[..n], &mut w3[..n]);
+    let (oly, olx, om) = (&mut out.ly[..n], &mut out.lx[..n], &mut out.m[..n]);
+    let (oopen, ograd) = (&mut out.open[..n], &mut out.grad[..n]);
+    let y0 = A::of_i64(a.y0);
+    let per_tap = a.gate == GradGate::PerTap;
+    for t in 0..n {
+        let py = y0 + dy[t];
+        let px = A::of_i64(a.x0 + t as i64 * a.sx) + dx[t];
+        let m = if a.m.is_empty() { one } else { a.m[t] };
+        let open = py > -one && px > -one && py < hf && px < wf;
+        let closed = py >= -one && px >= -one && py < hf && px < wf;
+        let grad = if per_tap { closed } else { open };
+        // Outside the region every coordinate is replaced by 0 before any index is formed.
+        let (py, px) = if grad { (py, px) } else { (zero, zero) };
+        let (fy, fx) = (py.floor(), px.floor());
+        let (ly, lx) = (py - fy, px - fx);
+        let (hy, hx) = (one - ly, one - lx);
+        // In the region -1 <= floor <= size - 1: exact, and a small non-negative shift by 1.
+        let (yi, xi) = (fy.to_i64().unwrap_or(0), fx.to_i64().unwrap_or(0));
+        let (y_lo, y_hi) = (grad && yi >= 0, grad && yi + 1 < a.h as i64);
+        let (x_lo, x_hi) = (grad && xi >= 0, grad && xi + 1 < a.w as i64);
+        let at = |ok: bool, y: i64, x: i64| {
+            if ok {
+                (y * a.w as i64 + x) as usize
+            } else {
+                outside
+            }
         };
-    }
-    let (y0, x0) = (py.floor(), px.floor());
-    let (ly, lx) = (py - y0, px - x0);
-    let (hy, hx) = (one - ly, one - lx);
-    // In the gradient region -1 <= y0 <= h-1 and -1 <= x0 <= w-1: these casts are exact.
-    let yi = y0.to_i64().unwrap_or(-1);
-    let xi = x0.to_i64().unwrap_or(-1);
-    let at = |y: i64, x: i64| {
-        if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
-            y as usize * w + x as usize
-        } else {
-            outside
-        }
-    };
-    let idx = [
-        at(yi, xi),
-        at(yi, xi + 1),
-        at(yi + 1, xi),
-        at(yi + 1, xi + 1),
-    ];
-    let w = if open {
-        [m * (hy * hx), m * (hy * lx), m * (ly * hx), m * (ly * lx)]
-    } else {
-        [zero; 4]
-    };
-    Sample {
-        idx,
-        w,
-        ly,
-        lx,
-        m,
-        open,
-        grad,
+        i0[t] = at(y_lo && x_lo, yi, xi);
+        i1[t] = at(y_lo && x_hi, yi, xi + 1);
+        i2[t] = at(y_hi && x_lo, yi + 1, xi);
+        i3[t] = at(y_hi && x_hi, yi + 1, xi + 1);
+        let mo = if open { m } else { zero };
+        w0[t] = mo * (hy * hx);
+        w1[t] = mo * (hy * lx);
+        w2[t] = mo * (ly * hx);
+        w3[t] = mo * (ly * lx);
+        oly[t] = ly;
+        olx[t] = lx;
+        om[t] = m;
+        oopen[t] = open;
+        ograd[t] = grad;
     }
 }
