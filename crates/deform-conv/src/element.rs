@@ -16,6 +16,8 @@ pub trait Real:
 {
     /// `v` as this type (exact for the integer grid positions the op forms).
     fn of_i64(v: i64) -> Self;
+    /// Truncation to i32, saturating (NaN gives 0): Rust's `as`, well defined for every value.
+    fn to_i32_sat(self) -> i32;
 }
 
 impl Real for f32 {
@@ -23,12 +25,20 @@ impl Real for f32 {
     fn of_i64(v: i64) -> Self {
         v as f32
     }
+    #[inline(always)]
+    fn to_i32_sat(self) -> i32 {
+        self as i32
+    }
 }
 
 impl Real for f64 {
     #[inline(always)]
     fn of_i64(v: i64) -> Self {
         v as f64
+    }
+    #[inline(always)]
+    fn to_i32_sat(self) -> i32 {
+        self as i32
     }
 }
 

@@ -133,6 +133,10 @@ pub fn forward<T: Element>(
         same_shape("deformed image", d.shape(), &g.deformed_shape())?;
     }
     match backend {
+        Backend::Engine | Backend::EngineIsa(_) if !crate::engine::supports(g) => {
+            crate::reference::forward(g, ops, out);
+            Ok(())
+        }
         Backend::Engine => crate::engine::forward(g, ops, out, crate::engine::active_isa()),
         Backend::EngineIsa(isa) => crate::engine::forward(g, ops, out, isa),
         Backend::Reference => {
@@ -185,6 +189,10 @@ pub fn backward<T: Element>(
         same_shape("grad_bias", v.shape(), &[g.cout])?;
     }
     match backend {
+        Backend::Engine | Backend::EngineIsa(_) if !crate::engine::supports(g) => {
+            crate::reference::backward(g, ops, grad_output, grads, gate);
+            Ok(())
+        }
         Backend::Engine => crate::engine::backward(
             g,
             ops,

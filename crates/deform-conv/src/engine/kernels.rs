@@ -161,14 +161,32 @@ fn gather_run<A: Real>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
 
 #[inline(always)]
 fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    let (len, s) = (job.len, job.s);
-    for t in 0..job.n {
-        let src = std::array::from_fn(|j| {
-            let b = s.idx[j][t] * job.c + job.lo;
-            &xt[b..b + len]
-        });
-        let w = std::array::from_fn(|j| s.w[j][t]);
-        gather_run(&mut cols[t * job.stride..t * job.stride + len], src, w);
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let (i0, i1, i2, i3) = (
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    );
+    let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
+    for t in 0..n {
+        let b = [
+            i0[t] as usize * c + lo,
+            i1[t] as usize * c + lo,
+            i2[t] as usize * c + lo,
+            i3[t] as usize * c + lo,
+        ];
+        let src = [
+            &xt[b[0]..b[0] + len],
+            &xt[b[1]..b[1] + len],
+            &xt[b[2]..b[2] + len],
+            &xt[b[3]..b[3] + len],
+        ];
+        gather_run(
+            &mut cols[t * job.stride..t * job.stride + len],
+            src,
+            [w0[t], w1[t], w2[t], w3[t]],
+        );
     }
 }
 
@@ -205,7 +223,7 @@ fn dot4_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [
         }
         let d = &dcol[t * job.stride..t * job.stride + len];
         for j in 0..4 {
-            let b = s.idx[j][t] * job.c + job.lo;
+            let b = s.idx[j][t] as usize * job.c + job.lo;
             acc[4 * t + j] += dot_body(d, &xt[b..b + len]);
         }
     }
@@ -220,7 +238,7 @@ fn scatter_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
         }
         let d = &dcol[t * job.stride..t * job.stride + len];
         for j in 0..4 {
-            let b = s.idx[j][t] * job.c + job.lo;
+            let b = s.idx[j][t] as usize * job.c + job.lo;
             let w = s.w[j][t];
             for (o, v) in dx[b..b + len].iter_mut().zip(d) {
                 *o += w * *v;

@@ -38,6 +38,15 @@ use num_traits::{One, Zero};
 use rayon::prelude::*;
 use sample::{RowArgs, RowSamples};
 
+/// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
+/// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path.
+pub(crate) fn supports(g: &Geometry) -> bool {
+    g.h.checked_mul(g.w)
+        .is_some_and(|hw| hw < i32::MAX as usize)
+        && g.w < i32::MAX as usize
+        && g.h < i32::MAX as usize
+}
+
 fn kernels_for<A: Real>(isa: Isa) -> Result<Kernels<A>> {
     kernels::table::<A>(isa).ok_or_else(|| {
         DeformError::parameter(
@@ -138,7 +147,10 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let ch = dg * g.taps() + tap;
         let copy = |src: ndarray::ArrayView1<'_, T>, dst: &mut Vec<T::Acc>| {
             dst.clear();
-            dst.extend(src.iter().map(|v| v.to_acc()));
+            match src.as_slice() {
+                Some(row) => dst.extend(row.iter().map(|v| v.to_acc())),
+                None => dst.extend(src.iter().map(|v| v.to_acc())),
+            }
         };
         copy(
             self.ops.offset_y.slice(ndarray::s![n, ch, oh, ..]),

@@ -18,8 +18,9 @@ use crate::params::GradGate;
 #[derive(Debug, Default)]
 pub(crate) struct RowSamples<A> {
     /// Pixel indices `y*W + x` of the corners (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1); `H*W`
-    /// (the zero pixel) for a corner outside the image or a sample outside the region.
-    pub idx: [Vec<usize>; 4],
+    /// (the zero pixel) for a corner outside the image or a sample outside the region. `u32`:
+    /// the engine runs images of fewer than 2^31 pixels ([`super::supports`]).
+    pub idx: [Vec<u32>; 4],
     /// `m*hy*hx, m*hy*lx, m*ly*hx, m*ly*lx` for samples strictly inside `(-1, H) x (-1, W)`, else 0.
     pub w: [Vec<A>; 4],
     /// Fractional parts `ly`, `lx` (0 outside the region).
@@ -37,7 +38,7 @@ impl<A: Real> RowSamples<A> {
     pub fn new(len: usize) -> Self {
         let z = || vec![A::zero(); len];
         RowSamples {
-            idx: std::array::from_fn(|_| vec![0; len]),
+            idx: std::array::from_fn(|_| vec![0u32; len]),
             w: std::array::from_fn(|_| z()),
             ly: z(),
             lx: z(),
@@ -84,33 +85,29 @@ pub(crate) fn sample_row_body<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<
     let (oopen, ograd) = (&mut out.open[..n], &mut out.grad[..n]);
     let y0 = A::of_i64(a.y0);
     let per_tap = a.gate == GradGate::PerTap;
+    let (h, w) = (a.h as i32, a.w as i32);
+    let outside = outside as i32;
     for t in 0..n {
         let py = y0 + dy[t];
         let px = A::of_i64(a.x0 + t as i64 * a.sx) + dx[t];
         let m = if a.m.is_empty() { one } else { a.m[t] };
-        let open = py > -one && px > -one && py < hf && px < wf;
-        let closed = py >= -one && px >= -one && py < hf && px < wf;
+        let open = (py > -one) & (px > -one) & (py < hf) & (px < wf);
+        let closed = (py >= -one) & (px >= -one) & (py < hf) & (px < wf);
         let grad = if per_tap { closed } else { open };
         // Outside the region every coordinate is replaced by 0 before any index is formed.
         let (py, px) = if grad { (py, px) } else { (zero, zero) };
         let (fy, fx) = (py.floor(), px.floor());
         let (ly, lx) = (py - fy, px - fx);
         let (hy, hx) = (one - ly, one - lx);
-        // In the region -1 <= floor <= size - 1: exact, and a small non-negative shift by 1.
-        let (yi, xi) = (fy.to_i64().unwrap_or(0), fx.to_i64().unwrap_or(0));
-        let (y_lo, y_hi) = (grad && yi >= 0, grad && yi + 1 < a.h as i64);
-        let (x_lo, x_hi) = (grad && xi >= 0, grad && xi + 1 < a.w as i64);
-        let at = |ok: bool, y: i64, x: i64| {
-            if ok {
-                (y * a.w as i64 + x) as usize
-            } else {
-                outside
-            }
-        };
-        i0[t] = at(y_lo && x_lo, yi, xi);
-        i1[t] = at(y_lo && x_hi, yi, xi + 1);
-        i2[t] = at(y_hi && x_lo, yi + 1, xi);
-        i3[t] = at(y_hi && x_hi, yi + 1, xi + 1);
+        // In the region -1 <= floor <= size - 1 < 2^31: the casts are exact.
+        let (yi, xi) = (fy.to_i32_sat(), fx.to_i32_sat());
+        let (y_lo, y_hi) = (grad & (yi >= 0), grad & (yi + 1 < h));
+        let (x_lo, x_hi) = (grad & (xi >= 0), grad & (xi + 1 < w));
+        let base = yi * w + xi;
+        i0[t] = (if y_lo & x_lo { base } else { outside }) as u32;
+        i1[t] = (if y_lo & x_hi { base + 1 } else { outside }) as u32;
+        i2[t] = (if y_hi & x_lo { base + w } else { outside }) as u32;
+        i3[t] = (if y_hi & x_hi { base + w + 1 } else { outside }) as u32;
         let mo = if open { m } else { zero };
         w0[t] = mo * (hy * hx);
         w1[t] = mo * (hy * lx);
