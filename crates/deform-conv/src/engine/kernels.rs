@@ -129,14 +129,22 @@ pub(crate) struct Kernels<A> {
     pub scatter_row: ScatterRowFn<A>,
 }
 
-/// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N` (fully vectorised).
+/// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
+/// over a register-sized accumulator, a shape the vectoriser turns into full-width vectors.
 #[inline(always)]
 fn gather_fixed<A: Real, const N: usize>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
-    let d: &mut [A; N] = (&mut dst[..N]).try_into().expect("N elements");
-    let s: [&[A; N]; 4] = s.map(|x| (&x[..N]).try_into().expect("N elements"));
+    let s0: &[A; N] = (&s[0][..N]).try_into().expect("N elements");
+    let mut acc = [A::zero(); N];
     for c in 0..N {
-        d[c] = w[0] * s[0][c] + w[1] * s[1][c] + w[2] * s[2][c] + w[3] * s[3][c];
+        acc[c] = w[0] * s0[c];
     }
+    for j in 1..4 {
+        let sj: &[A; N] = (&s[j][..N]).try_into().expect("N elements");
+        for c in 0..N {
+            acc[c] += w[j] * sj[c];
+        }
+    }
+    dst[..N].copy_from_slice(&acc);
 }
 
 #[inline(always)]
