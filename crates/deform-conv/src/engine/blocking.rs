@@ -12,7 +12,7 @@ pub(crate) const TILE_PIXELS: usize = 256;
 /// Upper bound on the bytes of one thread's columns tile (`P * K * C/Gc` accumulators). 2 MiB
 /// stays inside the L2 + a slice of L3 of the machines we target and bounds memory per thread
 /// independently of the batch.
-pub(crate) const COLS_BUDGET_BYTES: usize = 2 << 20;
+pub(crate) const COLS_BUDGET_BYTES: usize = 8 << 20;
 
 /// Work lanes of the backward. Each lane owns its grad-input and grad-weight buffers and walks
 /// a fixed, contiguous range of tiles; lanes are reduced in lane order. The count is a constant,

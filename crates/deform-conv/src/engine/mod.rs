@@ -78,20 +78,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
         let row_len = kk * cg;
         let wp = (0..g.groups)
-            .map(|q| {
-                let mut p = vec![T::Acc::zero(); row_len * coutg];
-                for o in 0..coutg {
-                    for c in 0..cg {
-                        for i in 0..g.kh {
-                            for j in 0..g.kw {
-                                p[((i * g.kw + j) * cg + c) * coutg + o] =
-                                    ops.weight[[q * coutg + o, c, i, j]].to_acc();
-                            }
-                        }
-                    }
-                }
-                p
-            })
+            .map(|q| pack_weight(g, &ops.weight, q))
             .collect();
         let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
         Ok(Plan {
@@ -234,6 +221,49 @@ impl<A: Real> RowScratch<A> {
     }
 }
 
+/// `Wp_q[(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`: each output channel's
+/// `[Cg, K]` block is read in order and reordered to `[K, Cg]` (small, in cache), then one blocked
+/// transpose `[Coutg, K*Cg]` → `[K*Cg, Coutg]` keeps both sides cache-friendly.
+fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -> Vec<T::Acc> {
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let row_len = kk * cg;
+    let mut rows = vec![T::Acc::zero(); coutg * row_len];
+    rows.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(o, row)| {
+            let w_o = weight.index_axis(Axis(0), q * coutg + o); // [Cg, kh, kw]
+            match w_o.as_slice() {
+                Some(src) => {
+                    for c in 0..cg {
+                        for tap in 0..kk {
+                            row[tap * cg + c] = src[c * kk + tap].to_acc();
+                        }
+                    }
+                }
+                None => {
+                    for ((c, i, j), v) in w_o.indexed_iter() {
+                        row[(i * g.kw + j) * cg + c] = v.to_acc();
+                    }
+                }
+            }
+        });
+    const B: usize = 32;
+    let mut out = vec![T::Acc::zero(); row_len * coutg];
+    out.par_chunks_mut(B * coutg)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let r0 = blk * B;
+            for o0 in (0..coutg).step_by(B) {
+                for (dr, drow) in dst.chunks_exact_mut(coutg).enumerate() {
+                    for o in o0..(o0 + B).min(coutg) {
+                        drow[o] = rows[o * row_len + r0 + dr];
+                    }
+                }
+            }
+        });
+    out
+}
+
 /// Engine forward; see the module documentation.
 pub(crate) fn forward<T: Element>(
     g: &Geometry,
@@ -241,9 +271,11 @@ pub(crate) fn forward<T: Element>(
     out: ForwardOutputs<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    let plan = Plan::new(g, ops, isa)?;
-    threads::pool().install(|| forward_impl(&plan, out));
-    Ok(())
+    threads::pool().install(|| {
+        let plan = Plan::new(g, ops, isa)?;
+        forward_impl(&plan, out);
+        Ok(())
+    })
 }
 
 struct Scratch<A> {
@@ -264,28 +296,46 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
                 .map_or(T::Acc::zero(), |b| b[o].to_acc())
         })
         .collect();
-    let mut xt = vec![T::Acc::zero(); (g.h * g.w + 1) * g.c];
-    for n in 0..g.n {
-        plan.image_nhwc(n, &mut xt);
-        let mut y_n = out.output.index_axis_mut(Axis(0), n);
-        let y_tiles = y_n.axis_chunks_iter_mut(Axis(1), plan.rows);
-        let mut d_n = out.deformed.as_mut().map(|d| d.index_axis_mut(Axis(0), n));
-        let d_tiles: Vec<Option<ArrayViewMut3<'_, T>>> = match d_n.as_mut() {
-            Some(d) => d
-                .axis_chunks_iter_mut(Axis(1), plan.rows * g.kh)
-                .map(Some)
-                .collect(),
-            None => (0..y_tiles.len()).map(|_| None).collect(),
-        };
-        let tiles: Vec<_> = y_tiles.zip(d_tiles).enumerate().collect();
-        let xt = &xt;
+    // Images go in waves of LANES: each gets its own channels-last copy and all tiles of a wave
+    // run together, so small images still fill every thread. Memory: LANES images, whatever N.
+    let wave = LANES.min(g.n.max(1));
+    let mut xts: Vec<Vec<T::Acc>> = (0..wave)
+        .map(|_| vec![T::Acc::zero(); (g.h * g.w + 1) * g.c])
+        .collect();
+    let tiles_per_image = g.ho.div_ceil(plan.rows);
+    let lens: Vec<usize> = (0..tiles_per_image)
+        .map(|t| plan.rows.min(g.ho - t * plan.rows))
+        .collect();
+    let d_lens: Vec<usize> = lens.iter().map(|l| l * g.kh).collect();
+    let mut y_imgs = out.output.axis_iter_mut(Axis(0));
+    let mut d_imgs = out.deformed.as_mut().map(|d| d.axis_iter_mut(Axis(0)));
+    for n0 in (0..g.n).step_by(wave) {
+        let nw = wave.min(g.n - n0);
+        xts[..nw]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, xt)| plan.image_nhwc(n0 + i, xt));
+        let mut tiles = Vec::with_capacity(nw * tiles_per_image);
+        for i in 0..nw {
+            let y_n = y_imgs.next().expect("one output view per image");
+            let d_n = d_imgs
+                .as_mut()
+                .map(|it| it.next().expect("one deformed view per image"));
+            let ys = split_rows(Some(y_n), &lens);
+            let ds = split_rows(d_n, &d_lens);
+            for (t, (y, d)) in ys.into_iter().zip(ds).enumerate() {
+                tiles.push((n0 + i, t, y.expect("split of Some"), d));
+            }
+        }
+        let xts = &xts;
         tiles.into_par_iter().for_each_init(
             || Scratch {
                 cols: vec![T::Acc::zero(); tile_px * plan.row_len],
                 out: vec![T::Acc::zero(); tile_px * coutg],
                 rows: RowScratch::new(g.wo),
             },
-            |scr, (t, (mut y, mut d))| {
+            |scr, (n, t, mut y, mut d)| {
+                let xt = &xts[n - n0];
                 let (oh0, nrows) = (t * plan.rows, y.shape()[1]);
                 let px = nrows * g.wo;
                 for q in 0..g.groups {
@@ -357,6 +407,13 @@ struct LaneGrads<'a, T> {
     m: Option<ArrayViewMut3<'a, T>>,
 }
 
+/// The next image's view of an optional per-image iterator.
+fn next_view<'a, T>(
+    it: &mut Option<ndarray::iter::AxisIterMut<'a, T, ndarray::Ix3>>,
+) -> Option<ArrayViewMut3<'a, T>> {
+    it.as_mut().map(|i| i.next().expect("one view per image"))
+}
+
 /// Splits `v` along axis 1 into consecutive pieces of the given lengths.
 fn split_rows<'a, T>(
     v: Option<ArrayViewMut3<'a, T>>,
@@ -383,9 +440,11 @@ pub(crate) fn backward<T: Element>(
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
-    let plan = Plan::new(g, ops, isa)?;
-    threads::pool().install(|| backward_impl(&plan, dy, grads, gate));
-    Ok(())
+    threads::pool().install(|| {
+        let plan = Plan::new(g, ops, isa)?;
+        backward_impl(&plan, dy, grads, gate);
+        Ok(())
+    })
 }
 
 fn backward_impl<T: Element>(
@@ -396,11 +455,7 @@ fn backward_impl<T: Element>(
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
-    let (cg, coutg, gk) = (
-        g.c_per_group(),
-        g.cout_per_group(),
-        g.deformable_groups * g.taps(),
-    );
+    let (coutg, gk) = (g.cout_per_group(), g.deformable_groups * g.taps());
     let tile_px = plan.rows * g.wo;
     let want_dx = grads.input.is_some();
     let want_dw = grads.weight.is_some();
@@ -436,6 +491,48 @@ fn backward_impl<T: Element>(
         })
         .collect();
     let tiles = g.ho.div_ceil(plan.rows);
+    if tiles < LANES && g.n > 1 {
+        // Few tiles per image: lane l takes whole images n0 + l of each wave of LANES images,
+        // and writes their input gradient directly (an image belongs to one lane: no reduction).
+        let mut xts: Vec<Vec<T::Acc>> = (0..LANES)
+            .map(|_| vec![zero; (g.h * g.w + 1) * g.c])
+            .collect();
+        let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        for n0 in (0..g.n).step_by(LANES) {
+            let nw = LANES.min(g.n - n0);
+            let mut work = Vec::with_capacity(nw);
+            for ((l, lane), xt) in lanes.iter_mut().enumerate().take(nw).zip(xts.iter_mut()) {
+                let lg = LaneGrads {
+                    oy: next_view(&mut oy_imgs),
+                    ox: next_view(&mut ox_imgs),
+                    m: next_view(&mut om_imgs),
+                };
+                work.push((n0 + l, lane, xt, lg, next_view(&mut gi_imgs)));
+            }
+            work.into_par_iter().for_each(|(n, lane, xt, mut lg, gi)| {
+                plan.image_nhwc(n, xt);
+                if want_dx {
+                    lane.dx.iter_mut().for_each(|v| *v = zero);
+                }
+                let dy_n = dy.index_axis(Axis(0), n);
+                for t in 0..tiles {
+                    let oh0 = t * plan.rows;
+                    let nrows = plan.rows.min(g.ho - oh0);
+                    backward_tile(plan, n, oh0, nrows, oh0, xt, &dy_n, lane, &mut lg, gate);
+                }
+                if let Some(mut gi) = gi {
+                    for ((c, y, x), v) in gi.indexed_iter_mut() {
+                        *v = T::from_acc(lane.dx[(y * g.w + x) * g.c + c]);
+                    }
+                }
+            });
+        }
+        reduce_weight_bias(plan, &lanes, &mut grads);
+        return;
+    }
     // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
     let bounds: Vec<usize> = (0..=LANES)
         .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
@@ -493,21 +590,47 @@ fn backward_impl<T: Element>(
             });
         }
     }
+    reduce_weight_bias(plan, &lanes, &mut grads);
+}
+
+/// `dW` and `db`: the lanes' partial sums added in lane order.
+fn reduce_weight_bias<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    lanes: &[Lane<T::Acc>],
+    grads: &mut GradOutputs<'_, T>,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let (cg, coutg) = (g.c_per_group(), g.cout_per_group());
+    let row_len = plan.row_len;
     if let Some(gw) = grads.weight.as_mut() {
-        for ((o, c, i, j), v) in gw.indexed_iter_mut() {
-            let (q, oc) = (o / coutg, o % coutg);
-            let at = ((i * g.kw + j) * cg + c) * coutg + oc;
-            let mut s = zero;
-            for lane in &lanes {
-                s += lane.dw[q][at];
+        for q in 0..g.groups {
+            // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
+            let mut sum = vec![zero; row_len * coutg];
+            for lane in lanes {
+                sum.par_chunks_mut(4096)
+                    .zip(lane.dw[q].par_chunks(4096))
+                    .for_each(|(s, d)| {
+                        s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
+                    });
             }
-            *v = T::from_acc(s);
+            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], output channels in parallel.
+            let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
+            block
+                .axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(o, mut w_o)| {
+                    for ((c, i, j), v) in w_o.indexed_iter_mut() {
+                        *v = T::from_acc(sum[((i * g.kw + j) * cg + c) * coutg + o]);
+                    }
+                });
         }
     }
     if let Some(gb) = grads.bias.as_mut() {
         for (o, v) in gb.iter_mut().enumerate() {
             let mut s = zero;
-            for lane in &lanes {
+            for lane in lanes {
                 s += lane.db[o];
             }
             *v = T::from_acc(s);
