@@ -2,14 +2,21 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use deform_conv::error::check_rank;
+use half::f16;
 use ndarray::{Array, ArrayD, Dimension, Ix1, Ix4};
-use ndarray_npy::{ReadNpyError, ReadNpyExt, WritableElement, WriteNpyExt};
+use ndarray_npy::{
+    ReadDataError, ReadNpyError, ReadNpyExt, ReadableElement, WritableElement, WriteDataError,
+    WriteNpyExt,
+};
+use py_literal::Value as PyValue;
 use std::fs::File;
 use std::io::BufWriter;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// A loaded array of a supported dtype.
 pub enum Tensor {
+    F16(ArrayD<f16>),
     F32(ArrayD<f32>),
     F64(ArrayD<f64>),
 }
@@ -17,9 +24,59 @@ pub enum Tensor {
 impl Tensor {
     pub fn dtype(&self) -> &'static str {
         match self {
+            Tensor::F16(_) => "float16",
             Tensor::F32(_) => "float32",
             Tensor::F64(_) => "float64",
         }
+    }
+}
+
+/// numpy's `<f2` (IEEE half) as an .npy element: ndarray-npy has none. Stored as `half::f16`.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct NpyF16(pub f16);
+
+fn f2() -> PyValue {
+    PyValue::String("<f2".into())
+}
+
+impl ReadableElement for NpyF16 {
+    fn read_to_end_exact_vec<R: Read>(
+        mut reader: R,
+        type_desc: &PyValue,
+        len: usize,
+    ) -> Result<Vec<Self>, ReadDataError> {
+        if *type_desc != f2() {
+            return Err(ReadDataError::WrongDescriptor(type_desc.clone()));
+        }
+        let mut bytes = vec![0u8; len.checked_mul(2).ok_or(ReadDataError::MissingData)?];
+        reader
+            .read_exact(&mut bytes)
+            .map_err(|_| ReadDataError::MissingData)?;
+        let mut extra = Vec::new();
+        reader.read_to_end(&mut extra).map_err(ReadDataError::Io)?;
+        if !extra.is_empty() {
+            return Err(ReadDataError::ExtraBytes(extra.len()));
+        }
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| NpyF16(f16::from_le_bytes([b[0], b[1]])))
+            .collect())
+    }
+}
+
+impl WritableElement for NpyF16 {
+    fn type_descriptor() -> PyValue {
+        f2()
+    }
+    fn write<W: Write>(&self, mut writer: W) -> Result<(), WriteDataError> {
+        writer
+            .write_all(&self.0.to_le_bytes())
+            .map_err(WriteDataError::Io)
+    }
+    fn write_slice<W: Write>(slice: &[Self], mut writer: W) -> Result<(), WriteDataError> {
+        let bytes: Vec<u8> = slice.iter().flat_map(|v| v.0.to_le_bytes()).collect();
+        writer.write_all(&bytes).map_err(WriteDataError::Io)
     }
 }
 
@@ -35,10 +92,15 @@ pub fn load(path: &Path, what: &str) -> Result<Tensor> {
         Err(e) => return Err(bad(path, what, e)),
     }
     match ArrayD::<f64>::read_npy(open(path, what)?) {
-        Ok(a) => Ok(Tensor::F64(a)),
+        Ok(a) => return Ok(Tensor::F64(a)),
+        Err(ReadNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(bad(path, what, e)),
+    }
+    match ArrayD::<NpyF16>::read_npy(open(path, what)?) {
+        Ok(a) => Ok(Tensor::F16(a.mapv(|v| v.0))),
         Err(ReadNpyError::WrongDescriptor(d)) => {
             bail!(
-                "{what} {}: expected dtype float32 or float64, got {d}",
+                "{what} {}: expected dtype float16, float32 or float64, got {d}",
                 path.display()
             )
         }
@@ -61,6 +123,19 @@ impl Pick for f32 {
             Tensor::F32(a) => Ok(a),
             other => bail!(
                 "{what} {}: expected dtype float32 (the input's), got {}",
+                path.display(),
+                other.dtype()
+            ),
+        }
+    }
+}
+
+impl Pick for f16 {
+    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<f16>> {
+        match t {
+            Tensor::F16(a) => Ok(a),
+            other => bail!(
+                "{what} {}: expected dtype float16 (the input's), got {}",
                 path.display(),
                 other.dtype()
             ),
@@ -95,9 +170,37 @@ pub fn load1<T: Pick>(path: &Path, what: &str) -> Result<Array<T, Ix1>> {
     Ok(a.into_dimensionality::<Ix1>().expect("rank checked"))
 }
 
-/// Writes an array as .npy.
-pub fn save<T: WritableElement, D: Dimension>(path: &Path, a: &Array<T, D>) -> Result<()> {
+/// An element the CLI can write as .npy.
+pub trait Save: Copy {
+    /// Writes `a` to `path`.
+    fn save<D: Dimension>(path: &Path, a: &Array<Self, D>) -> Result<()>;
+}
+
+fn write<T: WritableElement, D: Dimension>(path: &Path, a: &Array<T, D>) -> Result<()> {
     let f = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
     a.write_npy(BufWriter::new(f))
         .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+impl Save for f32 {
+    fn save<D: Dimension>(path: &Path, a: &Array<f32, D>) -> Result<()> {
+        write(path, a)
+    }
+}
+
+impl Save for f64 {
+    fn save<D: Dimension>(path: &Path, a: &Array<f64, D>) -> Result<()> {
+        write(path, a)
+    }
+}
+
+impl Save for f16 {
+    fn save<D: Dimension>(path: &Path, a: &Array<f16, D>) -> Result<()> {
+        write(path, &a.mapv(NpyF16))
+    }
+}
+
+/// Writes an array as .npy (float16, float32 or float64).
+pub fn save<T: Save, D: Dimension>(path: &Path, a: &Array<T, D>) -> Result<()> {
+    T::save(path, a)
 }

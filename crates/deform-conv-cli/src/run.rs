@@ -6,7 +6,6 @@ use clap::{Args, ValueEnum};
 use deform_conv::conventions::{int_or_pair, mindspore, npu, onnx, torchvision, Layout};
 use deform_conv::{layout, Backend, Element};
 use ndarray::{Array1, Array4};
-use ndarray_npy::WritableElement;
 use std::path::{Path, PathBuf};
 
 /// A convention of SPEC §3.
@@ -100,6 +99,7 @@ pub struct RunArgs {
 
 pub fn run(a: &RunArgs) -> Result<()> {
     match npy::load(&a.input, "input")? {
+        Tensor::F16(_) => run_typed::<half::f16>(a),
         Tensor::F32(_) => run_typed::<f32>(a),
         Tensor::F64(_) => run_typed::<f64>(a),
     }
@@ -113,10 +113,7 @@ fn kernel_from_weight(w: &Array4<impl Copy>, c: Convention) -> Vec<i64> {
     }
 }
 
-fn write_grads<T: WritableElement>(
-    dir: &Path,
-    list: Vec<(&str, Option<GradArray<T>>)>,
-) -> Result<()> {
+fn write_grads<T: npy::Save>(dir: &Path, list: Vec<(&str, Option<GradArray<T>>)>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     for (name, g) in list {
         let path = dir.join(format!("{name}.npy"));
@@ -135,7 +132,7 @@ enum GradArray<T> {
     One(Array1<T>),
 }
 
-fn run_typed<T: Element + Pick + WritableElement + num_traits::One>(a: &RunArgs) -> Result<()> {
+fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Result<()> {
     let x = npy::load4::<T>(&a.input, "input")?;
     let off = npy::load4::<T>(&a.offset, "offset")?;
     let w = npy::load4::<T>(&a.weight, "weight")?;
@@ -362,14 +359,13 @@ pub struct ConvertArgs {
 
 pub fn convert(a: &ConvertArgs) -> Result<()> {
     match npy::load(&a.input, "input")? {
+        Tensor::F16(_) => convert_typed::<half::f16>(a),
         Tensor::F32(_) => convert_typed::<f32>(a),
         Tensor::F64(_) => convert_typed::<f64>(a),
     }
 }
 
-fn convert_typed<T: Element + Pick + WritableElement + num_traits::One>(
-    a: &ConvertArgs,
-) -> Result<()> {
+fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArgs) -> Result<()> {
     let x = npy::load4::<T>(&a.input, "input")?;
     if a.mask.is_some() && !matches!(a.conversion, Conversion::InterleavedToPacked) {
         bail!("--mask: only interleaved-to-packed takes a mask");

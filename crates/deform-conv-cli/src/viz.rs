@@ -215,6 +215,7 @@ fn pair(name: &str, v: &[usize]) -> Result<[usize; 2]> {
 
 pub fn viz(a: &VizArgs) -> Result<()> {
     let off = match npy::load(&a.offset, "offset")? {
+        Tensor::F16(x) => x.mapv(f64::from),
         Tensor::F32(x) => x.mapv(f64::from),
         Tensor::F64(x) => x,
     };

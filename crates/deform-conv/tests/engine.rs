@@ -236,3 +236,92 @@ fn deterministic_across_runs_and_thread_counts() {
     }
     set_num_threads(0);
 }
+
+/// Half storage, f32 arithmetic: against the f64 reference on the same (half-rounded) inputs,
+/// every output and gradient is within the output's rounding (2^-11 for f16, 2^-8 for bf16,
+/// relative) plus f32 accumulation error, on every instruction set.
+#[test]
+fn half_storage_is_f32_exact_up_to_output_rounding() {
+    fn check<H: Element + num_traits::Float>(name: &str, p: &Problem, dy: &Array4<f64>, eps: f64) {
+        let round =
+            |a: &Array4<f64>| a.mapv(|v| num_traits::cast::<H, f64>(cast_one::<H>(v)).unwrap());
+        let mut q = p.clone();
+        q.x = round(&p.x);
+        q.w = round(&p.w);
+        q.oy = round(&p.oy);
+        q.ox = round(&p.ox);
+        q.m = p.m.as_ref().map(round);
+        q.b =
+            p.b.as_ref()
+                .map(|b| b.mapv(|v| num_traits::cast::<H, f64>(cast_one::<H>(v)).unwrap()));
+        let dy = round(dy);
+        let r = run::<f64>(&q, &dy, GradGate::PerTap, Backend::Reference);
+        for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+            let e = run::<H>(&q, &dy, GradGate::PerTap, Backend::EngineIsa(isa));
+            let pairs: [(&str, Vec<f64>, Vec<f64>); 6] = [
+                (
+                    "output",
+                    e.y.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.y.iter().copied().collect(),
+                ),
+                (
+                    "grad input",
+                    e.gx.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.gx.iter().copied().collect(),
+                ),
+                (
+                    "grad offset y",
+                    e.goy.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.goy.iter().copied().collect(),
+                ),
+                (
+                    "grad offset x",
+                    e.gox.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.gox.iter().copied().collect(),
+                ),
+                (
+                    "grad mask",
+                    e.gm.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.gm.iter().copied().collect(),
+                ),
+                (
+                    "grad weight",
+                    e.gw.iter().map(|v| v.to_f64().unwrap()).collect(),
+                    r.gw.iter().copied().collect(),
+                ),
+            ];
+            for (what, got, want) in pairs {
+                let scale = want
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold(0.0f64, |m, v| m.max(v.abs()));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.is_finite() == w.is_finite(),
+                        "{name} {isa:?} {what}[{i}]: {g} vs {w}"
+                    );
+                    if w.is_finite() {
+                        assert!(
+                            (g - w).abs() <= eps * w.abs() + 2e-5 * (1.0 + scale),
+                            "{name} {isa:?} {what}[{i}]: {g} vs {w} (scale {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut rng = rng("half_storage_is_f32_exact_up_to_output_rounding");
+    for _ in 0..12 {
+        let p = problem_sized(&mut rng, Offsets::Edges, 20, 16);
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        check::<half::f16>("f16", &p, &dy, 2f64.powi(-11));
+        check::<half::bf16>("bf16", &p, &dy, 2f64.powi(-8));
+    }
+}
+
+fn cast_one<H: Element>(v: f64) -> H {
+    H::from_acc(num_traits::cast::<f64, H::Acc>(v).unwrap())
+}
