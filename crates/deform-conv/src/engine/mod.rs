@@ -342,14 +342,22 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
                     let cols = &mut scr.cols[..px * plan.row_len];
                     plan.columns(n, q, oh0, nrows, xt, cols, &mut scr.rows);
                     if let Some(d) = d.as_mut() {
-                        // D[c, oh*kh + i, ow*kw + j] = col[pixel (oh, ow), tap (i, j), c]
-                        for p in 0..px {
-                            let (r, ow) = (p / g.wo, p % g.wo);
-                            for tap in 0..g.taps() {
-                                let (i, j) = (tap / g.kw, tap % g.kw);
-                                let row = &cols[p * plan.row_len + tap * cg..][..cg];
-                                for (c, v) in row.iter().enumerate() {
-                                    d[[q * cg + c, r * g.kh + i, ow * g.kw + j]] = T::from_acc(*v);
+                        // D[c, oh*kh + i, ow*kw + j] = col[pixel (oh, ow), tap (i, j), c], one
+                        // D row (fixed c, oh, i) at a time.
+                        let row_len = plan.row_len;
+                        for c in 0..cg {
+                            for r in 0..nrows {
+                                for i in 0..g.kh {
+                                    let mut drow =
+                                        d.slice_mut(ndarray::s![q * cg + c, r * g.kh + i, ..]);
+                                    for (x, v) in drow.iter_mut().enumerate() {
+                                        let (ow, j) = (x / g.kw, x % g.kw);
+                                        *v = T::from_acc(
+                                            cols[(r * g.wo + ow) * row_len
+                                                + (i * g.kw + j) * cg
+                                                + c],
+                                        );
+                                    }
                                 }
                             }
                         }
