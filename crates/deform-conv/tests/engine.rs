@@ -325,3 +325,21 @@ fn half_storage_is_f32_exact_up_to_output_rounding() {
 fn cast_one<H: Element>(v: f64) -> H {
     H::from_acc(num_traits::cast::<f64, H::Acc>(v).unwrap())
 }
+
+/// A forced instruction set is really the one that runs: each names its kernels, and the
+/// explicit AVX-512 f32 bodies are taken on a CPU that has AVX-512.
+#[test]
+fn forced_isa_runs_its_own_kernels() {
+    use deform_conv::engine::kernels::kernels_name;
+    for isa in Isa::ALL {
+        let (n32, n64) = (kernels_name::<f32>(isa), kernels_name::<f64>(isa));
+        assert_eq!(n32.is_some(), isa.supported(), "{isa:?}");
+        if let (Some(a), Some(b)) = (n32, n64) {
+            assert!(a.starts_with(isa.name()) && b.starts_with(isa.name()), "{isa:?}: {a} / {b}");
+        }
+    }
+    if Isa::Avx512.supported() {
+        assert!(kernels_name::<f32>(Isa::Avx512).unwrap().contains("explicit f32"));
+        assert!(kernels_name::<f64>(Isa::Avx512).unwrap().contains("generic"));
+    }
+}

@@ -123,6 +123,8 @@ pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
+    /// What runs: `"avx512 (f32 descriptors and gather explicit)"`, `"avx2 (generic bodies)"`, ...
+    pub name: &'static str,
     pub sample_row: SampleRowFn<A>,
     pub gather_row: GatherRowFn<A>,
     pub dot4_row: Dot4RowFn<A>,
@@ -347,13 +349,48 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_f32;
+
+/// The AVX-512 f32 table: the explicit descriptor and gather bodies of `avx512_f32`, the generic
+/// dot and scatter bodies compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+fn avx512_f32_table() -> Kernels<f32> {
+    fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
+        unsafe { avx512_f32::sample_row(a, out) }
+    }
+    fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx512_f32::gather_row(job, xt, cols) }
+    }
+    Kernels {
+        name: "avx512 (explicit f32 descriptors and gather; generic dot and scatter)",
+        sample_row,
+        gather_row,
+        dot4_row: x86::avx512_dot4_row,
+        scatter_row: x86::avx512_scatter_row,
+    }
+}
+
+/// What the engine runs for accumulation type `A` on `isa` (`None`: not supported here).
+pub fn kernels_name<A: Real>(isa: Isa) -> Option<&'static str> {
+    table::<A>(isa).map(|k| k.name)
+}
+
 /// The kernel table of `isa`, or `None` when this CPU does not support it.
 pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
     if !isa.supported() {
         return None;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
+        let table: Box<dyn std::any::Any> = Box::new(avx512_f32_table());
+        return table.downcast::<Kernels<A>>().ok().map(|k| *k);
+    }
     Some(match isa {
         Isa::Scalar => Kernels {
+            name: "scalar (generic bodies)",
             sample_row: scalar_sample_row,
             gather_row: scalar_gather_row,
             dot4_row: scalar_dot4_row,
@@ -361,6 +398,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
+            name: "avx2 (generic bodies)",
             sample_row: x86::avx2_sample_row,
             gather_row: x86::avx2_gather_row,
             dot4_row: x86::avx2_dot4_row,
@@ -368,6 +406,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
+            name: "avx512 (generic bodies)",
             sample_row: x86::avx512_sample_row,
             gather_row: x86::avx512_gather_row,
             dot4_row: x86::avx512_dot4_row,
