@@ -335,11 +335,18 @@ fn forced_isa_runs_its_own_kernels() {
         let (n32, n64) = (kernels_name::<f32>(isa), kernels_name::<f64>(isa));
         assert_eq!(n32.is_some(), isa.supported(), "{isa:?}");
         if let (Some(a), Some(b)) = (n32, n64) {
-            assert!(a.starts_with(isa.name()) && b.starts_with(isa.name()), "{isa:?}: {a} / {b}");
+            assert!(
+                a.starts_with(isa.name()) && b.starts_with(isa.name()),
+                "{isa:?}: {a} / {b}"
+            );
         }
     }
     if Isa::Avx512.supported() {
-        assert!(kernels_name::<f32>(Isa::Avx512).unwrap().contains("explicit f32"));
-        assert!(kernels_name::<f64>(Isa::Avx512).unwrap().contains("generic"));
+        assert!(kernels_name::<f32>(Isa::Avx512)
+            .unwrap()
+            .contains("explicit f32"));
+        assert!(kernels_name::<f64>(Isa::Avx512)
+            .unwrap()
+            .contains("generic"));
     }
 }

@@ -96,14 +96,29 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let g = self.g;
         let (hw, c) = (g.h * g.w, g.c);
         buf[hw * c..].iter_mut().for_each(|v| *v = T::Acc::zero());
-        let dst = ndarray::ArrayViewMut3::from_shape((g.h, g.w, c), &mut buf[..hw * c])
-            .expect("buffer sized H*W*C");
-        let src = self
-            .ops
-            .input
-            .index_axis(Axis(0), n)
-            .permuted_axes([1, 2, 0]);
-        Zip::from(dst).and(src).par_for_each(|d, s| *d = s.to_acc());
+        let image = self.ops.input.index_axis(Axis(0), n); // [C, H, W]
+                                                           // One image row at a time (in parallel): read each channel's row (contiguous in NCHW),
+                                                           // write it strided into the row's [W, C] block, which stays in cache.
+        buf[..hw * c]
+            .par_chunks_mut(g.w * c)
+            .enumerate()
+            .for_each(|(y, dst)| {
+                for ch in 0..c {
+                    let row = image.slice(ndarray::s![ch, y, ..]);
+                    match row.as_slice() {
+                        Some(src) => {
+                            for (x, v) in src.iter().enumerate() {
+                                dst[x * c + ch] = v.to_acc();
+                            }
+                        }
+                        None => {
+                            for (x, v) in row.iter().enumerate() {
+                                dst[x * c + ch] = v.to_acc();
+                            }
+                        }
+                    }
+                }
+            });
     }
 
     /// The deformable-group segments of conv group `q`: `(dg, channel offset in the conv group,
@@ -384,9 +399,12 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
                     );
                     for oc in 0..coutg {
                         let b = bias[q * coutg + oc];
-                        let mut plane = y.index_axis_mut(Axis(0), q * coutg + oc);
-                        for ((r, ow), v) in plane.indexed_iter_mut() {
-                            *v = T::from_acc(o[(r * g.wo + ow) * coutg + oc] + b);
+                        for r in 0..nrows {
+                            let mut yrow = y.slice_mut(ndarray::s![q * coutg + oc, r, ..]);
+                            let src = o[r * g.wo * coutg + oc..].iter().step_by(coutg);
+                            for (v, out) in yrow.iter_mut().zip(src) {
+                                *v = T::from_acc(*out + b);
+                            }
                         }
                     }
                 }

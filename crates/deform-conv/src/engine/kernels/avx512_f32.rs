@@ -20,14 +20,19 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     let n = a.dy.len();
     // The integer grid columns x0 + t*sx are formed in i32 lanes: fall back to the portable body
     // when they (or the image) do not fit.
-    let last = a.x0.checked_add((n as i64).saturating_sub(1).saturating_mul(a.sx));
+    let last =
+        a.x0.checked_add((n as i64).saturating_sub(1).saturating_mul(a.sx));
     let fits = |v: i64| v >= i32::MIN as i64 && v <= i32::MAX as i64;
     let image_fits = (a.h as u64).saturating_mul(a.w as u64) < i32::MAX as u64;
     if !(fits(a.x0) && last.is_some_and(fits) && fits(a.sx) && image_fits) {
         return sample_row_body(a, out);
     }
     let (dy, dx) = (&a.dy[..n], &a.dx[..n]);
-    let m = if a.m.is_empty() { None } else { Some(&a.m[..n]) };
+    let m = if a.m.is_empty() {
+        None
+    } else {
+        Some(&a.m[..n])
+    };
     let [i0, i1, i2, i3] = &mut out.idx;
     let (i0, i1, i2, i3) = (&mut i0[..n], &mut i1[..n], &mut i2[..n], &mut i3[..n]);
     let [w0, w1, w2, w3] = &mut out.w;
@@ -45,7 +50,10 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     let ione = _mm512_set1_epi32(1);
     let izero = _mm512_setzero_si512();
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let (x0, sx) = (_mm512_set1_epi32(a.x0 as i32), _mm512_set1_epi32(a.sx as i32));
+    let (x0, sx) = (
+        _mm512_set1_epi32(a.x0 as i32),
+        _mm512_set1_epi32(a.sx as i32),
+    );
     let per_tap = a.gate == GradGate::PerTap;
     let mut t = 0;
     while t < n {
@@ -64,7 +72,10 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             )
         };
         let py = _mm512_add_ps(y0, vdy);
-        let grid_x = _mm512_add_epi32(x0, _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(t as i32), iota), sx));
+        let grid_x = _mm512_add_epi32(
+            x0,
+            _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(t as i32), iota), sx),
+        );
         let px = _mm512_add_ps(_mm512_cvtepi32_ps(grid_x), vdx);
         let open = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
             & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one)
@@ -125,14 +136,29 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
-    let (i0, i1, i2, i3) = (&s.idx[0][..n], &s.idx[1][..n], &s.idx[2][..n], &s.idx[3][..n]);
+    let (i0, i1, i2, i3) = (
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    );
     let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
     for t in 0..n {
         let at = |i: u32| i as usize * c + lo;
         // Bounds-checked runs; the vector code below stays inside them.
-        let src = [&xt[at(i0[t])..][..len], &xt[at(i1[t])..][..len], &xt[at(i2[t])..][..len], &xt[at(i3[t])..][..len]];
+        let src = [
+            &xt[at(i0[t])..][..len],
+            &xt[at(i1[t])..][..len],
+            &xt[at(i2[t])..][..len],
+            &xt[at(i3[t])..][..len],
+        ];
         let dst = &mut cols[t * job.stride..t * job.stride + len];
-        let w = [_mm512_set1_ps(w0[t]), _mm512_set1_ps(w1[t]), _mm512_set1_ps(w2[t]), _mm512_set1_ps(w3[t])];
+        let w = [
+            _mm512_set1_ps(w0[t]),
+            _mm512_set1_ps(w1[t]),
+            _mm512_set1_ps(w2[t]),
+            _mm512_set1_ps(w3[t]),
+        ];
         let mut i = 0;
         while i < len {
             let rem = len - i;
