@@ -15,7 +15,7 @@ use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
 pub fn split_interleaved<'a, T>(
     offset: &ArrayView4<'a, T>,
 ) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>)> {
-    if offset.shape()[1] % 2 != 0 {
+    if !offset.shape()[1].is_multiple_of(2) {
         return Err(DeformError::shape(
             "offset",
             "[N, 2*G*K, Ho, Wo] (an even channel count)",
@@ -33,7 +33,7 @@ pub fn split_packed<'a, T>(
     packed: &ArrayView4<'a, T>,
 ) -> Result<(ArrayView4<'a, T>, ArrayView4<'a, T>, ArrayView4<'a, T>)> {
     let ch = packed.shape()[1];
-    if ch % 3 != 0 {
+    if !ch.is_multiple_of(3) {
         return Err(DeformError::shape(
             "offset",
             "[N, 3*G*K, Ho, Wo] (a channel count divisible by 3)",

@@ -64,7 +64,7 @@ pub fn infer_groups(
 ) -> Result<(i64, i64)> {
     let c = input[1];
     let [_, cg, kh, kw] = weight;
-    if cg == 0 || c % cg != 0 {
+    if cg == 0 || !c.is_multiple_of(cg) {
         return Err(DeformError::shape(
             "weight",
             format!("[Cout, C/groups, kh, kw] with C/groups a divisor of C = {c}"),
@@ -75,7 +75,7 @@ pub fn infer_groups(
         .checked_mul(kw)
         .and_then(|k| k.checked_mul(2))
         .unwrap_or(0);
-    if taps2 == 0 || offset[1] == 0 || offset[1] % taps2 != 0 {
+    if taps2 == 0 || offset[1] == 0 || !offset[1].is_multiple_of(taps2) {
         return Err(DeformError::shape(
             "offset",
             format!("[N, 2*deformable_groups*kh*kw, Ho, Wo]: channels a positive multiple of 2*kh*kw = {taps2}"),
