@@ -33,7 +33,7 @@ use blocking::{rows_per_tile, LANES};
 use gemm::{gemm, Mat};
 use kernels::Kernels;
 use kernels::RowJob;
-use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis, Zip};
+use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis};
 use num_traits::{One, Zero};
 use rayon::prelude::*;
 use sample::{RowArgs, RowSamples};
@@ -550,8 +550,12 @@ fn backward_impl<T: Element>(
                     backward_tile(plan, n, oh0, nrows, oh0, xt, &dy_n, lane, &mut lg, gate);
                 }
                 if let Some(mut gi) = gi {
-                    for ((c, y, x), v) in gi.indexed_iter_mut() {
-                        *v = T::from_acc(lane.dx[(y * g.w + x) * g.c + c]);
+                    for (c, mut plane) in gi.outer_iter_mut().enumerate() {
+                        for (y, mut row) in plane.outer_iter_mut().enumerate() {
+                            for (x, v) in row.iter_mut().enumerate() {
+                                *v = T::from_acc(lane.dx[(y * g.w + x) * g.c + c]);
+                            }
+                        }
                     }
                 }
             });
@@ -606,14 +610,23 @@ fn backward_impl<T: Element>(
         if let Some(gi) = grads.input.as_mut() {
             // dX[c, y, x] = sum over lanes, in lane order, of lane.dx[(y*W + x)*C + c]
             let lanes = &lanes;
-            Zip::indexed(gi.index_axis_mut(Axis(0), n)).par_for_each(|(c, y, x), v| {
-                let at = (y * g.w + x) * g.c + c;
-                let mut s = zero;
-                for lane in lanes {
-                    s += lane.dx[at];
-                }
-                *v = T::from_acc(s);
-            });
+            gi.index_axis_mut(Axis(0), n)
+                .axis_iter_mut(Axis(1))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(y, mut rows)| {
+                    // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
+                    for (c, mut row) in rows.outer_iter_mut().enumerate() {
+                        for (x, v) in row.iter_mut().enumerate() {
+                            let at = (y * g.w + x) * g.c + c;
+                            let mut s = zero;
+                            for lane in lanes {
+                                s += lane.dx[at];
+                            }
+                            *v = T::from_acc(s);
+                        }
+                    }
+                });
         }
     }
     reduce_weight_bias(plan, &lanes, &mut grads);

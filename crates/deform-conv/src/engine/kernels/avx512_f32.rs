@@ -177,3 +177,86 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
         }
     }
 }
+
+/// The generic `dot_body`'s reduction of 16 partial sums, in its order: `acc[l] += acc[l + 8]`,
+/// then `+ 4`, `+ 2`, `+ 1`.
+#[target_feature(enable = "avx512f")]
+fn reduce16(acc: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(acc);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+    let v8 = _mm256_add_ps(lo, hi);
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples: 16
+/// partial sums per dot product (masked tail adds leave the other lanes untouched), reduced as
+/// the generic body reduces them.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let acc = &mut acc[..4 * n];
+    for t in 0..n {
+        if !s.grad[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        let src = [0, 1, 2, 3].map(|j| &xt[s.idx[j][t] as usize * c + lo..][..len]);
+        let mut sums = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < len {
+            let rem = len - i;
+            let k: __mmask16 = if rem >= 16 { 0xFFFF } else { (1u16 << rem) - 1 };
+            // SAFETY: lanes in `k` address elements i..i+min(rem,16) of the length-`len` runs.
+            let dv = unsafe { _mm512_maskz_loadu_ps(k, d.as_ptr().add(i)) };
+            for j in 0..4 {
+                // SAFETY: as above.
+                let sv = unsafe { _mm512_maskz_loadu_ps(k, src[j].as_ptr().add(i)) };
+                sums[j] = _mm512_mask_add_ps(sums[j], k, sums[j], _mm512_mul_ps(dv, sv));
+            }
+            i += 16;
+        }
+        for j in 0..4 {
+            acc[4 * t + j] += reduce16(sums[j]);
+        }
+    }
+}
+
+/// `dX[idx_j[t], lo + c] += w_j[t] * dcol[t*stride + c]` for open samples, corner by corner.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    for t in 0..n {
+        if !s.open[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let w = _mm512_set1_ps(s.w[j][t]);
+            let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
+            let mut i = 0;
+            while i < len {
+                let rem = len - i;
+                let k: __mmask16 = if rem >= 16 { 0xFFFF } else { (1u16 << rem) - 1 };
+                // SAFETY: lanes in `k` address elements i..i+min(rem,16) of the length-`len`
+                // runs `d` and `out`; masked-off lanes are neither read nor written.
+                unsafe {
+                    let o = _mm512_maskz_loadu_ps(k, out.as_ptr().add(i));
+                    let v = _mm512_add_ps(
+                        o,
+                        _mm512_mul_ps(w, _mm512_maskz_loadu_ps(k, d.as_ptr().add(i))),
+                    );
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), k, v);
+                }
+                i += 16;
+            }
+        }
+    }
+}

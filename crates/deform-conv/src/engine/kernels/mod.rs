@@ -352,8 +352,7 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 mod avx512_f32;
 
-/// The AVX-512 f32 table: the explicit descriptor and gather bodies of `avx512_f32`, the generic
-/// dot and scatter bodies compiled for AVX-512.
+/// The AVX-512 f32 table: the explicit bodies of `avx512_f32`.
 #[cfg(target_arch = "x86_64")]
 fn avx512_f32_table() -> Kernels<f32> {
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
@@ -364,12 +363,20 @@ fn avx512_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx512_f32::gather_row(job, xt, cols) }
     }
+    fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx512_f32::dot4_row(job, dcol, xt, acc) }
+    }
+    fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx512_f32::scatter_row(job, dcol, dx) }
+    }
     Kernels {
-        name: "avx512 (explicit f32 descriptors and gather; generic dot and scatter)",
+        name: "avx512 (explicit f32 kernels)",
         sample_row,
         gather_row,
-        dot4_row: x86::avx512_dot4_row,
-        scatter_row: x86::avx512_scatter_row,
+        dot4_row,
+        scatter_row,
     }
 }
 
