@@ -65,7 +65,8 @@ struct Plan<'p, 'a, T: Element> {
     g: &'p Geometry,
     ops: &'p Operands<'a, T>,
     k: Kernels<T::Acc>,
-    /// `wp[q][(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`.
+    /// `wp[q][o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i, j]`: one tap-major row per output
+    /// channel; the GEMMs read it through strides (gemm packs its operands itself).
     wp: Vec<Vec<T::Acc>>,
     /// Columns per pixel of one conv group: `K * C/Gc`.
     row_len: usize,
@@ -236,9 +237,9 @@ impl<A: Real> RowScratch<A> {
     }
 }
 
-/// `Wp_q[(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`: each output channel's
-/// `[Cg, K]` block is read in order and reordered to `[K, Cg]` (small, in cache), then one blocked
-/// transpose `[Coutg, K*Cg]` → `[K*Cg, Coutg]` keeps both sides cache-friendly.
+/// `Wp_q[o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i, j]`: each output channel's `[Cg, K]` block
+/// reordered to `[K, Cg]` (small, in cache), output channels in parallel. No transpose: the GEMMs
+/// take this `[Coutg, K*Cg]` matrix through strides.
 fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -> Vec<T::Acc> {
     let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let row_len = kk * cg;
@@ -262,21 +263,7 @@ fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -
                 }
             }
         });
-    const B: usize = 32;
-    let mut out = vec![T::Acc::zero(); row_len * coutg];
-    out.par_chunks_mut(B * coutg)
-        .enumerate()
-        .for_each(|(blk, dst)| {
-            let r0 = blk * B;
-            for o0 in (0..coutg).step_by(B) {
-                for (dr, drow) in dst.chunks_exact_mut(coutg).enumerate() {
-                    for o in o0..(o0 + B).min(coutg) {
-                        drow[o] = rows[o * row_len + r0 + dr];
-                    }
-                }
-            }
-        });
-    out
+    rows
 }
 
 /// Engine forward; see the module documentation.
@@ -393,8 +380,8 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
                             data: &plan.wp[q],
                             rows: plan.row_len,
                             cols: coutg,
-                            rs: coutg,
-                            cs: 1,
+                            rs: 1,
+                            cs: plan.row_len,
                         },
                     );
                     for oc in 0..coutg {
@@ -760,8 +747,8 @@ fn backward_tile<T: Element>(
                 data: &plan.wp[q],
                 rows: coutg,
                 cols: row_len,
-                rs: 1,
-                cs: coutg,
+                rs: row_len,
+                cs: 1,
             },
         );
         let dcol = &*dcol;
