@@ -65,8 +65,10 @@ struct Plan<'p, 'a, T: Element> {
     g: &'p Geometry,
     ops: &'p Operands<'a, T>,
     k: Kernels<T::Acc>,
-    /// `wp[q][o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i, j]`: one tap-major row per output
-    /// channel; the GEMMs read it through strides (gemm packs its operands itself).
+    /// The packed weight of each conv group. Forward: `wp[q][o*K*Cg + tap*Cg + c] =
+    /// Wt[q*Coutg + o, c, i, j]`, read by the GEMM through strides. Backward: its transpose
+    /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on (measured:
+    /// stride2_c5 backward 59 ms against 75 ms with the forward layout).
     wp: Vec<Vec<T::Acc>>,
     /// Columns per pixel of one conv group: `K * C/Gc`.
     row_len: usize,
@@ -75,11 +77,18 @@ struct Plan<'p, 'a, T: Element> {
 }
 
 impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
-    fn new(g: &'p Geometry, ops: &'p Operands<'a, T>, isa: Isa) -> Result<Self> {
+    fn new(g: &'p Geometry, ops: &'p Operands<'a, T>, isa: Isa, transposed: bool) -> Result<Self> {
         let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
         let row_len = kk * cg;
         let wp = (0..g.groups)
-            .map(|q| pack_weight(g, &ops.weight, q))
+            .map(|q| {
+                let rows = pack_weight(g, &ops.weight, q);
+                if transposed {
+                    transpose(&rows, coutg, row_len)
+                } else {
+                    rows
+                }
+            })
             .collect();
         let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
         Ok(Plan {
@@ -266,6 +275,25 @@ fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -
     rows
 }
 
+/// `[rows x cols]` → `[cols x rows]` in 32x32 blocks, blocks of output rows in parallel.
+fn transpose<A: Real>(src: &[A], rows: usize, cols: usize) -> Vec<A> {
+    const B: usize = 32;
+    let mut out = vec![A::zero(); rows * cols];
+    out.par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let c0 = blk * B;
+            for r0 in (0..rows).step_by(B) {
+                for (dc, drow) in dst.chunks_exact_mut(rows).enumerate() {
+                    for r in r0..(r0 + B).min(rows) {
+                        drow[r] = src[r * cols + c0 + dc];
+                    }
+                }
+            }
+        });
+    out
+}
+
 /// Engine forward; see the module documentation.
 pub(crate) fn forward<T: Element>(
     g: &Geometry,
@@ -274,7 +302,7 @@ pub(crate) fn forward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     threads::pool().install(|| {
-        let plan = Plan::new(g, ops, isa)?;
+        let plan = Plan::new(g, ops, isa, false)?;
         forward_impl(&plan, out);
         Ok(())
     })
@@ -454,7 +482,7 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     threads::pool().install(|| {
-        let plan = Plan::new(g, ops, isa)?;
+        let plan = Plan::new(g, ops, isa, true)?;
         backward_impl(&plan, dy, grads, gate);
         Ok(())
     })
@@ -747,8 +775,8 @@ fn backward_tile<T: Element>(
                 data: &plan.wp[q],
                 rows: coutg,
                 cols: row_len,
-                rs: row_len,
-                cs: 1,
+                rs: 1,
+                cs: coutg,
             },
         );
         let dcol = &*dcol;
