@@ -350,7 +350,26 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2_f32;
+#[cfg(target_arch = "x86_64")]
 mod avx512_f32;
+
+/// The AVX2 f32 table: the explicit descriptor body of `avx2_f32`, the generic gather, dot and
+/// scatter bodies compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+fn avx2_f32_table() -> Kernels<f32> {
+    fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
+        // SAFETY: this table is only built after `Isa::Avx2.supported()` returned true.
+        unsafe { avx2_f32::sample_row(a, out) }
+    }
+    Kernels {
+        name: "avx2 (explicit f32 descriptors; generic gather, dot and scatter)",
+        sample_row,
+        gather_row: x86::avx2_gather_row,
+        dot4_row: x86::avx2_dot4_row,
+        scatter_row: x86::avx2_scatter_row,
+    }
+}
 
 /// The AVX-512 f32 table: the explicit bodies of `avx512_f32`.
 #[cfg(target_arch = "x86_64")]
@@ -391,8 +410,11 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
-        let table: Box<dyn std::any::Any> = Box::new(avx512_f32_table());
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() && isa != Isa::Scalar {
+        let table: Box<dyn std::any::Any> = match isa {
+            Isa::Avx512 => Box::new(avx512_f32_table()),
+            _ => Box::new(avx2_f32_table()),
+        };
         return table.downcast::<Kernels<A>>().ok().map(|k| *k);
     }
     Some(match isa {
