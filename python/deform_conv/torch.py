@@ -52,6 +52,19 @@ def _pair(name, v) -> List[int]:
     return v
 
 
+def _check(dtype, **tensors):
+    """Every given tensor is a CPU torch.Tensor of `dtype` (the input's), or a clear error."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {t.dtype}")
+
+
 def _out_size(size, pad, k, dil, stride) -> int:
     num = size + 2 * pad - (dil * (k - 1) + 1)
     q = num // stride if num >= 0 else -((-num) // stride)  # C truncation, as torchvision
@@ -115,14 +128,7 @@ _dcn.register_autograd(_dcn_grad, setup_context=_dcn_setup)
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask: Optional[Tensor] = None) -> Tensor:
     """``torchvision.ops.deform_conv2d``: same signature, semantics and gradients, on CPU."""
-    for name, t in (("input", input), ("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
-        if t is not None:
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-            if t.device.type != "cpu":
-                raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
-            if t.dtype != input.dtype:
-                raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
+    _check(getattr(input, "dtype", None), input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     return _dcn(input, offset, weight, bias, mask, _pair("stride", stride), _pair("padding", padding),
                 _pair("dilation", dilation))
 
@@ -237,14 +243,7 @@ def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: O
                           modulated: bool = True) -> Tuple[Tensor, Tensor]:
     """``torch_npu.npu_deformable_conv2d``: returns (output, deformable_offset), autograd through the output
     with torch_npu's gradient rule (zero gradients for samples outside (-1, H) x (-1, W))."""
-    for name, t in (("input", input), ("weight", weight), ("offset", offset), ("bias", bias)):
-        if t is not None:
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-            if t.device.type != "cpu":
-                raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
-            if t.dtype != input.dtype:
-                raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
+    _check(getattr(input, "dtype", None), input=input, weight=weight, offset=offset, bias=bias)
     from ._args import ints
     return _npu(input, weight, offset, bias, ints("kernel_size", kernel_size), ints("stride", stride),
                 ints("padding", padding), ints("dilation", dilation), int(groups), int(deformable_groups),

@@ -67,6 +67,18 @@ pub(crate) struct RowArgs<'a, A> {
     pub gate: GradGate,
 }
 
+impl<A> RowArgs<'_, A> {
+    /// Can the row's integer grid columns `x0 + t*sx` and pixel indices be formed in i32 lanes?
+    /// The SIMD bodies need it; when not, they run the portable body.
+    pub fn fits_i32_lanes(&self) -> bool {
+        let n = self.dy.len() as i64;
+        let last = self.x0.checked_add((n - 1).max(0).saturating_mul(self.sx));
+        let fits = |v: i64| v >= i32::MIN as i64 && v <= i32::MAX as i64;
+        let image = (self.h as u64).saturating_mul(self.w as u64) < i32::MAX as u64;
+        fits(self.x0) && last.is_some_and(fits) && fits(self.sx) && image
+    }
+}
+
 /// Fills `out` for the row `a` (`a.dy.len()` samples). Written once; compiled per instruction set
 /// by the kernels module.
 #[inline(always)]

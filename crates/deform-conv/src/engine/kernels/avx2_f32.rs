@@ -17,11 +17,8 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
     let n = a.dy.len();
-    let last =
-        a.x0.checked_add((n as i64).saturating_sub(1).saturating_mul(a.sx));
-    let fits = |v: i64| v >= i32::MIN as i64 && v <= i32::MAX as i64;
-    let image_fits = (a.h as u64).saturating_mul(a.w as u64) < i32::MAX as u64;
-    if !(fits(a.x0) && last.is_some_and(fits) && fits(a.sx) && image_fits) {
+    // The grid columns and pixel indices are formed in i32 lanes.
+    if !a.fits_i32_lanes() {
         return sample_row_body(a, out);
     }
     let one = _mm256_set1_ps(1.0);
