@@ -131,3 +131,18 @@ def test_thread_count_does_not_change_bits(rng):
     for r in results[1:]:
         for a, b_ in zip(results[0], r):
             assert np.array_equal(a, b_, equal_nan=True)
+
+
+def test_any_strides_and_order(rng):
+    """Negative strides, Fortran order and sliced views give the same bits as contiguous copies."""
+    cfg = random_config(rng, max_c=8, max_hw=10)
+    x, off, w, b, m = make_tensors(rng, cfg)
+    args = (cfg["stride"], cfg["pad"], cfg["dil"])
+    want = dc.deform_conv2d(x, off, w, b, *args, m)
+    flipped = np.ascontiguousarray(x[:, :, ::-1])[:, :, ::-1]  # same values, negative row stride
+    assert np.array_equal(dc.deform_conv2d(flipped, off, w, b, *args, m), want)
+    assert np.array_equal(dc.deform_conv2d(np.asfortranarray(x), np.asfortranarray(off), np.asfortranarray(w), b,
+                                           *args, None if m is None else np.asfortranarray(m)), want)
+    wide = np.zeros(x.shape[:3] + (2 * x.shape[3],))
+    wide[..., ::2] = x
+    assert np.array_equal(dc.deform_conv2d(wide[..., ::2], off, w, b, *args, m), want)
