@@ -350,3 +350,46 @@ fn forced_isa_runs_its_own_kernels() {
             .contains("generic"));
     }
 }
+
+/// A layer large enough for the GEMM to use its own parallel path: results are still bitwise
+/// identical for 1, 2 and 3 threads.
+#[test]
+fn deterministic_on_a_large_layer() {
+    use deform_conv::conventions::torchvision::{deform_conv2d, deform_conv2d_backward, Params};
+    let mut rng = rng("deterministic_on_a_large_layer");
+    let x = common::normal(&mut rng, (2, 256, 16, 16)).mapv(|v| v as f32);
+    let w = common::normal(&mut rng, (256, 256, 3, 3)).mapv(|v| v as f32 * 0.02);
+    let off = common::normal(&mut rng, (2, 18, 8, 8)).mapv(|v| v as f32 * 2.0);
+    let m = common::normal(&mut rng, (2, 9, 8, 8)).mapv(|v| v as f32);
+    let gy = common::normal(&mut rng, (2, 256, 8, 8)).mapv(|v| v as f32);
+    let p = Params {
+        stride: [2, 2],
+        padding: [1, 1],
+        ..Params::default()
+    };
+    let run = || {
+        let y = deform_conv2d(x.view(), off.view(), w.view(), None, Some(m.view()), &p).unwrap();
+        let g = deform_conv2d_backward(
+            gy.view(),
+            x.view(),
+            off.view(),
+            w.view(),
+            None,
+            Some(m.view()),
+            &p,
+        )
+        .unwrap();
+        (y, g.input, g.offset, g.weight)
+    };
+    let mut results = vec![];
+    for t in [1, 2, 3] {
+        set_num_threads(t);
+        results.push(run());
+    }
+    set_num_threads(0);
+    let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for r in &results[1..] {
+        assert!(bits(&r.0) == bits(&results[0].0) && bits(&r.1) == bits(&results[0].1));
+        assert!(bits(&r.2) == bits(&results[0].2) && bits(&r.3) == bits(&results[0].3));
+    }
+}
