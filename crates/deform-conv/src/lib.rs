@@ -12,7 +12,7 @@
 //!
 //! The flow of the crate follows the data:
 //! [`params`] (one validation) → [`conventions`] and [`layout`] (thin layers over strided views)
-//! → [`op`] (canonical operator) → [`engine`] (fast path) or [`reference`] (the oracle).
+//! → [`op`] (canonical operator) → [`engine`] (fast path) or [`reference`](mod@reference) (the oracle).
 
 pub mod conventions;
 pub mod element;

@@ -1,6 +1,6 @@
 //! The four conventions of SPEC §3 as thin layers over [`crate::op`].
 //!
-//! Each convention turns its own parameters into one [`DeformParams`], validates it with the
+//! Each convention turns its own parameters into one [`DeformParams`](crate::DeformParams), validates it with the
 //! shapes as the caller gave them (so errors name the caller's tensors), then hands strided views
 //! to the canonical op. Outputs are allocated in the convention's layout and written in place
 //! through permuted views, so channels-last results cost no extra copy.

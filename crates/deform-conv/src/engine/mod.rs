@@ -1,8 +1,8 @@
 //! The fast engine: channels-last sampling feeding a GEMM, tile by tile.
 //!
-//! **Forward.** Images go in waves of [`blocking::LANES`]; each is copied once to channels-last
-//! (`T` → accumulation type, plus one zero pixel, see [`sample`]). The output is walked in tiles of
-//! whole output rows ([`blocking`]); per tile and convolution group the sampler builds the columns
+//! **Forward.** Images go in waves of `blocking::LANES`; each is copied once to channels-last
+//! (`T` → accumulation type, plus one zero pixel, see `sample`). The output is walked in tiles of
+//! whole output rows (`blocking`); per tile and convolution group the sampler builds the columns
 //! tile `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor) from one bilinear
 //! descriptor per (pixel, tap, deformable group), reused for every channel of the group, and one
 //! GEMM `out[P x Cout/Gc] = cols * Wp` reads the weight, packed once per call as `[Cout/Gc, K*C/Gc]`
@@ -12,7 +12,7 @@
 //! **Backward.** Per tile: the same columns (for `dW += cols^T dY`), `dcols = dY Wp^T` by GEMM,
 //! then per descriptor four channel dot products `a_j = sum_c dcol[c] X[idx_j, c]` give the
 //! offset and mask gradients (SPEC §2) and a scatter `dX[idx_j, c] += w_j dcol[c]` the input
-//! gradient. Tiles are dealt to [`blocking::LANES`] fixed lanes (contiguous row ranges of one image,
+//! gradient. Tiles are dealt to `blocking::LANES` fixed lanes (contiguous row ranges of one image,
 //! or whole images when an image has fewer tiles than lanes), each owning its `dX`, `dW` and `db`
 //! buffers, reduced in lane order: bitwise identical results for any thread count, no atomics.
 //!

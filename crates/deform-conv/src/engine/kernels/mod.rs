@@ -8,7 +8,7 @@
 //! `DEFORM_CONV_ISA=scalar|avx2|avx512`, and each call can also force one ([`Isa`] in
 //! [`crate::op::Backend::EngineIsa`]).
 //!
-//! Reductions accumulate in [`LANE`] independent partial sums combined in a fixed order, and no
+//! Reductions accumulate in `LANE` independent partial sums combined in a fixed order, and no
 //! body relies on fused multiply-add, so every instruction set gives bitwise the same result.
 
 use super::sample::{sample_row_body, RowArgs, RowSamples};
