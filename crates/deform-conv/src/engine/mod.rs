@@ -24,6 +24,7 @@ mod blocking;
 mod gemm;
 pub mod kernels;
 mod sample;
+mod scratch;
 mod threads;
 
 pub use kernels::{active_isa, Isa};
@@ -41,6 +42,7 @@ use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis};
 use num_traits::{One, Zero};
 use rayon::prelude::*;
 use sample::{RowArgs, RowSamples};
+use scratch::{take, take_zeroed, Buf};
 
 /// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
 /// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path.
@@ -73,7 +75,7 @@ struct Plan<'p, 'a, T: Element> {
     /// Wt[q*Coutg + o, c, i, j]`, read by the GEMM through strides. Backward: its transpose
     /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on (measured:
     /// stride2_c5 backward 59 ms against 75 ms with the forward layout).
-    wp: Vec<Vec<T::Acc>>,
+    wp: Vec<Buf<T::Acc>>,
     /// Columns per pixel of one conv group: `K * C/Gc`.
     row_len: usize,
     /// Output rows per tile.
@@ -253,10 +255,10 @@ impl<A: Real> RowScratch<A> {
 /// `Wp_q[o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i, j]`: each output channel's `[Cg, K]` block
 /// reordered to `[K, Cg]` (small, in cache), output channels in parallel. No transpose: the GEMMs
 /// take this `[Coutg, K*Cg]` matrix through strides.
-fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -> Vec<T::Acc> {
+fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -> Buf<T::Acc> {
     let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let row_len = kk * cg;
-    let mut rows = vec![T::Acc::zero(); coutg * row_len];
+    let mut rows = take(coutg * row_len, T::Acc::zero()); // every element is written below
     rows.par_chunks_mut(row_len)
         .enumerate()
         .for_each(|(o, row)| {
@@ -280,9 +282,9 @@ fn pack_weight<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, q: usize) -
 }
 
 /// `[rows x cols]` → `[cols x rows]` in 32x32 blocks, blocks of output rows in parallel.
-fn transpose<A: Real>(src: &[A], rows: usize, cols: usize) -> Vec<A> {
+fn transpose<A: Real>(src: &[A], rows: usize, cols: usize) -> Buf<A> {
     const B: usize = 32;
-    let mut out = vec![A::zero(); rows * cols];
+    let mut out = take(rows * cols, A::zero()); // every element is written below
     out.par_chunks_mut(B * rows)
         .enumerate()
         .for_each(|(blk, dst)| {
@@ -312,9 +314,9 @@ pub(crate) fn forward<T: Element>(
     })
 }
 
-struct Scratch<A> {
-    cols: Vec<A>,
-    out: Vec<A>,
+struct Scratch<A: Real> {
+    cols: Buf<A>,
+    out: Buf<A>,
     rows: RowScratch<A>,
 }
 
@@ -333,8 +335,8 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
     // Images go in waves of LANES: each gets its own channels-last copy and all tiles of a wave
     // run together, so small images still fill every thread. Memory: LANES images, whatever N.
     let wave = LANES.min(g.n.max(1));
-    let mut xts: Vec<Vec<T::Acc>> = (0..wave)
-        .map(|_| vec![T::Acc::zero(); (g.h * g.w + 1) * g.c])
+    let mut xts: Vec<Buf<T::Acc>> = (0..wave)
+        .map(|_| take((g.h * g.w + 1) * g.c, T::Acc::zero())) // image_nhwc writes every element
         .collect();
     let tiles_per_image = g.ho.div_ceil(plan.rows);
     let lens: Vec<usize> = (0..tiles_per_image)
@@ -364,8 +366,8 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
         let xts = &xts;
         tiles.into_par_iter().for_each_init(
             || Scratch {
-                cols: vec![T::Acc::zero(); tile_px * plan.row_len],
-                out: vec![T::Acc::zero(); tile_px * coutg],
+                cols: take(tile_px * plan.row_len, T::Acc::zero()),
+                out: take(tile_px * coutg, T::Acc::zero()),
                 rows: RowScratch::new(g.wo),
             },
             |scr, (n, t, mut y, mut d)| {
@@ -433,15 +435,18 @@ fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardOutputs<'_, 
 }
 
 /// One backward lane: its own gradient accumulators and scratch.
-struct Lane<A> {
-    dx: Vec<A>,
-    dw: Vec<Vec<A>>,
+struct Lane<A: Real> {
+    /// `dX` of the current image, channels-last plus a garbage row for the zero pixel; zeroed per
+    /// image.
+    dx: Buf<A>,
+    /// `dW` partial sums per conv group; start at zero, accumulate over the whole call.
+    dw: Vec<Buf<A>>,
     db: Vec<A>,
-    cols: Vec<A>,
-    dcol: Vec<A>,
-    dyt: Vec<A>,
-    /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`.
-    acc: Vec<A>,
+    cols: Buf<A>,
+    dcol: Buf<A>,
+    dyt: Buf<A>,
+    /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`; zeroed per tile.
+    acc: Buf<A>,
     rows: RowScratch<A>,
 }
 
@@ -505,33 +510,24 @@ fn backward_impl<T: Element>(
     let want_dx = grads.input.is_some();
     let want_dw = grads.weight.is_some();
     let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    // Buffers come from the scratch pool; `take` leaves stale contents where every element is
+    // written before it is read, `take_zeroed` where the code accumulates.
+    let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
     let mut lanes: Vec<Lane<T::Acc>> = (0..LANES)
         .map(|_| Lane {
-            dx: if want_dx {
-                vec![zero; (g.h * g.w + 1) * g.c]
-            } else {
-                vec![]
-            },
+            dx: some(want_dx, (g.h * g.w + 1) * g.c),
             dw: if want_dw {
                 (0..g.groups)
-                    .map(|_| vec![zero; plan.row_len * coutg])
+                    .map(|_| take_zeroed(plan.row_len * coutg, zero))
                     .collect()
             } else {
                 vec![]
             },
             db: vec![zero; g.cout],
-            cols: if want_dw {
-                vec![zero; tile_px * plan.row_len]
-            } else {
-                vec![]
-            },
-            dcol: vec![zero; tile_px * plan.row_len],
-            dyt: vec![zero; tile_px * g.cout],
-            acc: if want_tap {
-                vec![zero; tile_px * gk * 4]
-            } else {
-                vec![]
-            },
+            cols: some(want_dw, tile_px * plan.row_len),
+            dcol: take(tile_px * plan.row_len, zero),
+            dyt: take(tile_px * g.cout, zero),
+            acc: some(want_tap, tile_px * gk * 4),
             rows: RowScratch::new(g.wo),
         })
         .collect();
@@ -539,8 +535,8 @@ fn backward_impl<T: Element>(
     if tiles < LANES && g.n > 1 {
         // Few tiles per image: lane l takes whole images n0 + l of each wave of LANES images,
         // and writes their input gradient directly (an image belongs to one lane: no reduction).
-        let mut xts: Vec<Vec<T::Acc>> = (0..LANES)
-            .map(|_| vec![zero; (g.h * g.w + 1) * g.c])
+        let mut xts: Vec<Buf<T::Acc>> = (0..LANES)
+            .map(|_| take((g.h * g.w + 1) * g.c, zero))
             .collect();
         let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
@@ -587,7 +583,7 @@ fn backward_impl<T: Element>(
         .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
         .collect();
     let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut xt = vec![zero; (g.h * g.w + 1) * g.c];
+    let mut xt = take((g.h * g.w + 1) * g.c, zero);
     for n in 0..g.n {
         plan.image_nhwc(n, &mut xt);
         let oy = split_rows(

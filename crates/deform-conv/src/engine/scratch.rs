@@ -1,0 +1,91 @@
+//! Reused scratch buffers.
+//!
+//! The engine's buffers (columns tiles, channels-last image copies, packed weights, backward lane
+//! buffers) are megabytes each. Allocated fresh per call, they cost page faults and zeroing.
+//! Measured with the pool (2 threads, interleaved runs): stride2_c5 backward 74 → 60 ms, forward
+//! 12.6 → 10.8 ms; edvr backward 57 → 49 ms; the other forwards unchanged. A buffer taken here
+//! comes back to the pool when its guard drops. The pool keeps at most [`KEEP_BYTES`], so memory stays bounded by the
+//! largest call's working set, and never by the batch.
+//!
+//! A reused buffer's contents are stale: every user either overwrites the part it reads or asks
+//! for [`take_zeroed`].
+
+use std::any::Any;
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
+/// Most bytes the pool keeps between calls.
+const KEEP_BYTES: usize = 512 << 20;
+
+static POOL: Mutex<Vec<Box<dyn Any + Send>>> = Mutex::new(Vec::new());
+
+/// A pooled `Vec<A>`, returned to the pool on drop.
+pub(crate) struct Buf<A: Copy + Send + 'static> {
+    v: Vec<A>,
+}
+
+impl<A: Copy + Send + 'static> Deref for Buf<A> {
+    type Target = [A];
+    fn deref(&self) -> &[A] {
+        &self.v
+    }
+}
+
+impl<A: Copy + Send + 'static> DerefMut for Buf<A> {
+    fn deref_mut(&mut self) -> &mut [A] {
+        &mut self.v
+    }
+}
+
+impl<A: Copy + Send + 'static> Drop for Buf<A> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.v);
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
+        if kept + v.capacity() * std::mem::size_of::<A>() <= KEEP_BYTES {
+            pool.push(Box::new(v));
+        }
+    }
+}
+
+fn bytes_of(b: &(dyn Any + Send)) -> usize {
+    if let Some(v) = b.downcast_ref::<Vec<f32>>() {
+        v.capacity() * 4
+    } else if let Some(v) = b.downcast_ref::<Vec<f64>>() {
+        v.capacity() * 8
+    } else {
+        0
+    }
+}
+
+/// A buffer of `len` elements with unspecified (stale or `fill`) contents.
+pub(crate) fn take<A: Copy + Send + 'static>(len: usize, fill: A) -> Buf<A> {
+    let found = {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // The smallest pooled Vec<A> that is large enough.
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.downcast_ref::<Vec<A>>().map(|v| (i, v.capacity())))
+            .filter(|&(_, cap)| cap >= len)
+            .min_by_key(|&(_, cap)| cap)
+            .map(|(i, _)| i);
+        best.map(|i| pool.swap_remove(i))
+    };
+    let mut v = match found.map(|b| b.downcast::<Vec<A>>()) {
+        Some(Ok(v)) => *v,
+        _ => Vec::with_capacity(len),
+    };
+    v.resize(len, fill);
+    Buf { v }
+}
+
+/// A buffer of `len` copies of `zero`.
+pub(crate) fn take_zeroed<A: Copy + Send + 'static>(len: usize, zero: A) -> Buf<A> {
+    let mut b = take(len, zero);
+    b.fill(zero);
+    b
+}
