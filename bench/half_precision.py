@@ -9,7 +9,6 @@ rounding), not the inputs' quantisation. torchvision on CPU computes in the half
 import argparse
 import json
 import pathlib
-import time
 
 import numpy as np
 import torch
@@ -17,18 +16,9 @@ import torchvision
 
 import deform_conv as dc
 import deform_conv.torch as dct
+from compare import median_ms  # bench/ is on sys.path when this script runs
 
 SHAPES = json.loads((pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench-shapes.json").read_text())["shapes"]
-
-
-def median_ms(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2] * 1e3
 
 
 def main():

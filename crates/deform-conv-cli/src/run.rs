@@ -113,16 +113,25 @@ fn kernel_from_weight(w: &Array4<impl Copy>, c: Convention) -> Vec<i64> {
     }
 }
 
+/// Writes `a` to `path` and reports it on stdout.
+fn write_out<T: npy::Save, D: ndarray::Dimension>(
+    path: &Path,
+    a: &ndarray::Array<T, D>,
+) -> Result<()> {
+    npy::save(path, a)?;
+    println!("wrote {} {:?}", path.display(), a.shape());
+    Ok(())
+}
+
 fn write_grads<T: npy::Save>(dir: &Path, list: Vec<(&str, Option<GradArray<T>>)>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     for (name, g) in list {
         let path = dir.join(format!("{name}.npy"));
         match g {
-            Some(GradArray::Four(a)) => npy::save(&path, &a)?,
-            Some(GradArray::One(a)) => npy::save(&path, &a)?,
-            None => continue,
+            Some(GradArray::Four(a)) => write_out(&path, &a)?,
+            Some(GradArray::One(a)) => write_out(&path, &a)?,
+            None => {}
         }
-        println!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -184,8 +193,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 m.as_ref().map(|m| m.view()),
                 &p,
             )?;
-            npy::save(&a.output, &y)?;
-            println!("wrote {} {:?}", a.output.display(), y.shape());
+            write_out(&a.output, &y)?;
             if let Some(gy) = gy {
                 let g = torchvision::deform_conv2d_backward(
                     gy.view(),
@@ -229,8 +237,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 m.as_ref().map(|m| m.view()),
                 &attrs,
             )?;
-            npy::save(&a.output, &y)?;
-            println!("wrote {} {:?}", a.output.display(), y.shape());
+            write_out(&a.output, &y)?;
         }
         Convention::Mindspore | Convention::Npu | Convention::NpuNhwc => {
             let attrs = mindspore::Attributes {
@@ -254,8 +261,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                     b.as_ref().map(|b| b.view()),
                     &attrs,
                 )?;
-                npy::save(&a.output, &y)?;
-                println!("wrote {} {:?}", a.output.display(), y.shape());
+                write_out(&a.output, &y)?;
                 if let Some(gy) = gy {
                     let g = mindspore::deformable_conv2d_backward(
                         gy.view(),
@@ -290,11 +296,9 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 b.as_ref().map(|b| b.view()),
                 &na,
             )?;
-            npy::save(&a.output, &y)?;
-            println!("wrote {} {:?}", a.output.display(), y.shape());
+            write_out(&a.output, &y)?;
             if let Some(p) = &a.deformed {
-                npy::save(p, &d)?;
-                println!("wrote {} {:?}", p.display(), d.shape());
+                write_out(p, &d)?;
             }
             if let Some(gy) = gy {
                 let g = npu::npu_deformable_conv2dbk(
@@ -382,8 +386,7 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
         Conversion::PackedToInterleaved => {
             let (o, m) = layout::packed_to_interleaved(x.view())?;
             if let Some(p) = &a.mask_output {
-                npy::save(p, &m)?;
-                println!("wrote {} {:?}", p.display(), m.shape());
+                write_out(p, &m)?;
             }
             o
         }
@@ -392,7 +395,6 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
         Conversion::OihwToHwcn => layout::oihw_to_hwcn(x.view()),
         Conversion::HwcnToOihw => layout::hwcn_to_oihw(x.view()),
     };
-    npy::save(&a.output, &out)?;
-    println!("wrote {} {:?}", a.output.display(), out.shape());
+    write_out(&a.output, &out)?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::mindspore::{packed_backward, packed_operands, Attributes};
 use super::{canonical, dims, forward as run_forward, Layout};
 use crate::element::Element;
 use crate::error::{DeformError, Result};
-use crate::op::{Backend, Operands};
+use crate::op::Operands;
 use crate::params::GradGate;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
@@ -112,9 +112,5 @@ impl NpuAttributes {
             attrs: Attributes::new(kernel_size),
             layout: Layout::Nchw,
         }
-    }
-    /// Which implementation computes.
-    pub fn backend(&self) -> Backend {
-        self.attrs.backend
     }
 }
