@@ -1,7 +1,7 @@
 """Side-by-side benchmark: deform_conv against torch's plain conv2d, torchvision, onnxruntime and OpenVINO.
 
 Every implementation runs in this one process on the same inputs (float32, offsets ~ N(0, 2^2),
-mask ~ U(0, 1), the shapes of shared/bench-shapes.json), with the same thread count; the table
+mask ~ U(0, 1), the shapes of bench/shapes.json), with the same thread count; the table
 reports medians and ratios. Each peer's output is checked against ours before it is timed.
 
     .venv/bin/pip install -r bench/requirements.txt          # OpenVINO (optional: skipped when absent)
@@ -24,20 +24,11 @@ import deform_conv as dc
 torch = torchvision = None  # imported in main(): the memory child must not carry torch's footprint
 
 HERE = pathlib.Path(__file__).resolve().parent
-SHAPES_FILE = HERE.parent.parent / "shared" / "bench-shapes.json"
-FALLBACK_SHAPES = {
-    "npu_doc_example": [16, 32, 32, 32, 32, 5, 1, 2, 1, 1, 1],
-    "resnet_c4_dcn": [1, 256, 64, 64, 256, 3, 1, 1, 1, 1, 1],
-    "resnet_c3_dcn_b4": [4, 128, 56, 56, 128, 3, 1, 1, 1, 1, 1],
-    "edvr_align_dg8": [1, 64, 128, 128, 64, 3, 1, 1, 1, 1, 8],
-    "stride2_c5": [2, 512, 32, 32, 512, 3, 2, 1, 1, 1, 1],
-}
+SHAPES_FILE = HERE / "shapes.json"  # the one list of benchmark shapes (the CLI embeds it too)
 
 
 def load_shapes():
-    if SHAPES_FILE.exists():
-        return json.loads(SHAPES_FILE.read_text())["shapes"]
-    return FALLBACK_SHAPES
+    return json.loads(SHAPES_FILE.read_text())["shapes"]
 
 
 def median_ms(fn, repeat):
@@ -107,8 +98,14 @@ def check(name, got, want):
 
 
 def geomean(v):
+    """Geometric mean of the measured values; absent peers (nan) are left out. None if none."""
     v = [x for x in v if x and x == x]
-    return math.exp(sum(math.log(x) for x in v) / len(v)) if v else float("nan")
+    return math.exp(sum(math.log(x) for x in v) / len(v)) if v else None
+
+
+def g(v, fmt="{:.2f}"):
+    """A geomean for the table: '-' when no shape had the peer."""
+    return "-" if v is None else fmt.format(v)
 
 
 def hwm_mib():
@@ -208,7 +205,7 @@ def main():
         print(f"  measured {name}", file=sys.stderr)
 
     def f(v, fmt="{:8.2f}"):
-        return fmt.format(v) if v == v else "     n/a"
+        return fmt.format(v) if v == v else "       -"
 
     print("\nForward, float32 (ms; ratios = their time / ours, conv = ours / plain conv)")
     print("| shape | GFLOP | ours ms | GFLOP/s | conv2d ms | ours/conv | onnxruntime ms | ×ours | OpenVINO ms | ×ours | torchvision ms | ×ours |")
@@ -218,11 +215,12 @@ def main():
               f"{r['conv_fwd']:.2f} | {r['ours_fwd'] / r['conv_fwd']:.2f} | {f(r['ort_fwd'])} | "
               f"{f(r['ort_fwd'] / r['ours_fwd'])} | {f(r['ov_fwd'])} | {f(r['ov_fwd'] / r['ours_fwd'])} | "
               f"{f(r.get('tv_fwd', float('nan')))} | {f(r.get('tv_fwd', float('nan')) / r['ours_fwd'])} |")
-    gm = lambda key: geomean([r[key] for r in rows])
-    best_peer = geomean([min(r["ort_fwd"], r["ov_fwd"]) / r["ours_fwd"] for r in rows
-                         if r["ort_fwd"] == r["ort_fwd"] and r["ov_fwd"] == r["ov_fwd"]])
-    print(f"\ngeomean ours/conv2d forward: {geomean([r['ours_fwd'] / r['conv_fwd'] for r in rows]):.2f}   "
-          f"geomean min(onnxruntime, OpenVINO)/ours: {best_peer:.2f}")
+    def best(r):
+        present = [v for v in (r["ort_fwd"], r["ov_fwd"]) if v == v]
+        return min(present) / r["ours_fwd"] if present else float("nan")
+    best_peer = geomean([best(r) for r in rows])
+    print(f"\ngeomean ours/conv2d forward: {g(geomean([r['ours_fwd'] / r['conv_fwd'] for r in rows]))}   "
+          f"geomean min(onnxruntime, OpenVINO)/ours: {g(best_peer)}")
     print("\nForward + backward (all gradients), float32 (ms)")
     print("| shape | ours ms | conv2d ms | ours/conv | torchvision ms | ×ours |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -230,8 +228,8 @@ def main():
         tv = r.get("tv_fb", float("nan"))
         print(f"| {r['shape']} | {r['ours_fb']:.2f} | {r['conv_fb']:.2f} | {r['ours_fb'] / r['conv_fb']:.2f} | {f(tv)} | "
               f"{f(tv / r['ours_fb'])} |")
-    print(f"\ngeomean ours/conv2d forward+backward: {geomean([r['ours_fb'] / r['conv_fb'] for r in rows]):.2f}   "
-          f"geomean torchvision/ours: {geomean([r.get('tv_fb', float('nan')) / r['ours_fb'] for r in rows]):.1f}")
+    print(f"\ngeomean ours/conv2d forward+backward: {g(geomean([r['ours_fb'] / r['conv_fb'] for r in rows]))}   "
+          f"geomean torchvision/ours: {g(geomean([r.get('tv_fb', float('nan')) / r['ours_fb'] for r in rows]), '{:.1f}')}")
     if a.memory:
         spec = shapes.get("resnet_c3_dcn_b4", next(iter(shapes.values())))
         print("\nMemory (resnet_c3_dcn_b4 layer, forward + backward, deform_conv)")

@@ -18,7 +18,7 @@ import deform_conv as dc
 import deform_conv.torch as dct
 from compare import median_ms  # bench/ is on sys.path when this script runs
 
-SHAPES = json.loads((pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench-shapes.json").read_text())["shapes"]
+SHAPES = json.loads((pathlib.Path(__file__).resolve().parent / "shapes.json").read_text())["shapes"]
 
 
 def main():

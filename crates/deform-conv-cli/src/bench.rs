@@ -1,30 +1,30 @@
 //! `bench`: the benchmark shapes built in, forward and backward through the engine, with the
 //! ratio to the reference path (measured once per shape; it is slow by design).
 
-use crate::data::{problem, SHAPES};
+use crate::data::{problem, shapes};
 use anyhow::{bail, Result};
 use clap::Args;
 use deform_conv::conventions::torchvision::{deform_conv2d, deform_conv2d_backward, Params};
 use deform_conv::Backend;
 use ndarray::Array4;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 /// Arguments of `bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Only these shapes (names as in shared/bench-shapes.json), comma-separated.
+    /// Only these shapes (names as in bench/shapes.json), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub shapes: Option<Vec<String>>,
-    /// Timed repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub repeat: usize,
+    /// Timed repetitions per measurement (the median is reported); at least 1.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// Skip the reference path (it takes seconds to minutes per shape).
     #[arg(long)]
     pub no_reference: bool,
 }
 
-fn median(mut f: impl FnMut(), repeat: usize) -> f64 {
+fn median(mut f: impl FnMut(), repeat: u32) -> f64 {
     f();
     let mut t: Vec<f64> = (0..repeat.max(1))
         .map(|_| {
@@ -37,27 +37,48 @@ fn median(mut f: impl FnMut(), repeat: usize) -> f64 {
     t[t.len() / 2]
 }
 
+/// A progress line on stderr, redrawn in place on a terminal; nothing when stderr is a file or a
+/// pipe (no escape codes in logs).
 fn progress(msg: &str) {
-    eprint!("\r\x1b[2K{msg}");
-    let _ = std::io::stderr().flush();
+    let err = std::io::stderr();
+    if err.is_terminal() {
+        eprint!("\r\x1b[2K{msg}");
+        let _ = err.lock().flush();
+    }
+}
+
+/// A ratio column: `-` when the reference was not measured.
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}x"))
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
-    let chosen: Vec<_> = SHAPES
+    let all = shapes();
+    if let Some(names) = &a.shapes {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|n| !all.iter().any(|s| &s.name == *n))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "--shapes: {} is not a built-in shape; expected names from {}",
+                unknown.join(", "),
+                all.iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let chosen: Vec<_> = all
         .iter()
         .filter(|s| {
             a.shapes
                 .as_ref()
-                .is_none_or(|names| names.iter().any(|n| n == s.name))
+                .is_none_or(|names| names.iter().any(|n| n == &s.name))
         })
         .collect();
-    if chosen.is_empty() {
-        bail!(
-            "--shapes: none of {:?} is a built-in shape ({})",
-            a.shapes,
-            SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
-        );
-    }
     println!(
         "deform-conv bench: float32, {} threads, {} kernels, median of {} runs",
         deform_conv::engine::num_threads(),
@@ -109,8 +130,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         progress(&format!("[{}/{steps}] {}: backward", i + 1, s.name));
         let tb = median(|| drop(bwd(&eng)), a.repeat);
         let flop = 2.0 * (s.n * s.cout * ho * wo * (s.c / s.groups) * s.k * s.k) as f64;
-        let (rf, rb) = if a.no_reference {
-            (f64::NAN, f64::NAN)
+        let reference = if a.no_reference {
+            None
         } else {
             progress(&format!(
                 "[{}/{steps}] {}: reference forward",
@@ -124,20 +145,19 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 i + 1,
                 s.name
             ));
-            (rf, median(|| drop(bwd(&rp)), 0))
+            Some((rf, median(|| drop(bwd(&rp)), 0)))
         };
         progress("");
-        eprint!("\r\x1b[2K");
         println!(
-            "{:<18} {:>9.2} {:>9.2} {:>9.1} {:>10.2} {:>9.1} {:>9.1}x {:>9.1}x",
+            "{:<18} {:>9.2} {:>9.2} {:>9.1} {:>10.2} {:>9.1} {:>10} {:>10}",
             s.name,
             flop / 1e9,
             tf * 1e3,
             flop / tf / 1e9,
             (tf + tb) * 1e3,
             3.0 * flop / (tf + tb) / 1e9,
-            rf / tf,
-            (rf + rb) / (tf + tb),
+            ratio(reference.map(|(rf, _)| rf / tf)),
+            ratio(reference.map(|(rf, rb)| (rf + rb) / (tf + tb))),
         );
     }
     println!("GFLOP counts 2*N*Cout*Ho*Wo*(C/groups)*kh*kw per forward; forward+backward counts 3x that.");

@@ -28,9 +28,9 @@ impl Rng {
 }
 
 /// One benchmark layer: `[N, C, H, W, Cout, k, stride, pad, dilation, groups, deformable_groups]`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Shape {
-    pub name: &'static str,
+    pub name: String,
     pub n: usize,
     pub c: usize,
     pub h: usize,
@@ -44,31 +44,43 @@ pub struct Shape {
     pub dg: usize,
 }
 
-const fn shape(name: &'static str, v: [usize; 11]) -> Shape {
-    Shape {
-        name,
-        n: v[0],
-        c: v[1],
-        h: v[2],
-        w: v[3],
-        cout: v[4],
-        k: v[5],
-        stride: v[6],
-        pad: v[7],
-        dil: v[8],
-        groups: v[9],
-        dg: v[10],
-    }
-}
+/// `bench/shapes.json`, the repository's one list of benchmark shapes (`bench/compare.py` reads
+/// the same file), built into the binary.
+const SHAPES_JSON: &str = include_str!("../../../bench/shapes.json");
 
-/// The shapes of `shared/bench-shapes.json`: real DCNv2 layers.
-pub const SHAPES: [Shape; 5] = [
-    shape("npu_doc_example", [16, 32, 32, 32, 32, 5, 1, 2, 1, 1, 1]),
-    shape("resnet_c4_dcn", [1, 256, 64, 64, 256, 3, 1, 1, 1, 1, 1]),
-    shape("resnet_c3_dcn_b4", [4, 128, 56, 56, 128, 3, 1, 1, 1, 1, 1]),
-    shape("edvr_align_dg8", [1, 64, 128, 128, 64, 3, 1, 1, 1, 1, 8]),
-    shape("stride2_c5", [2, 512, 32, 32, 512, 3, 2, 1, 1, 1, 1]),
-];
+/// The benchmark shapes: real DCNv2 layers, in the file's order.
+pub fn shapes() -> Vec<Shape> {
+    let v: serde_json::Value =
+        serde_json::from_str(SHAPES_JSON).expect("bench/shapes.json is JSON");
+    let map = v["shapes"]
+        .as_object()
+        .expect("bench/shapes.json has a shapes object");
+    map.iter()
+        .map(|(name, dims)| {
+            let d: Vec<usize> = dims
+                .as_array()
+                .expect("a shape is a list")
+                .iter()
+                .map(|x| x.as_u64().expect("a shape entry is a size") as usize)
+                .collect();
+            assert_eq!(d.len(), 11, "{name}: 11 fields");
+            Shape {
+                name: name.clone(),
+                n: d[0],
+                c: d[1],
+                h: d[2],
+                w: d[3],
+                cout: d[4],
+                k: d[5],
+                stride: d[6],
+                pad: d[7],
+                dil: d[8],
+                groups: d[9],
+                dg: d[10],
+            }
+        })
+        .collect()
+}
 
 impl Shape {
     pub fn out(&self, size: usize) -> usize {

@@ -3,7 +3,8 @@
 //! engine, checked against the reference path, timed, and its sampling points drawn.
 
 use crate::data::Rng;
-use crate::viz::{points, render, synthetic, Grid};
+use crate::npy::Outputs;
+use crate::viz::{centre, points, render, synthetic, Drawn, Grid};
 use anyhow::{bail, Result};
 use clap::Args;
 use deform_conv::conventions::mindspore::Attributes;
@@ -189,18 +190,30 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
     let pixels = [(8, 8), (8, 24), (24, 8), (24, 24), (16, 16)];
     let sets: Vec<_> = pixels
         .iter()
-        .map(|&(oh, ow)| points(&grid, &dy.view(), &dx.view(), 0, 0, oh, ow))
+        .map(|&(oh, ow)| Drawn {
+            pixel: (oh, ow),
+            centre: centre(&grid, oh, ow),
+            points: points(&grid, &dy.view(), &dx.view(), 0, 0, oh, ow),
+        })
         .collect();
-    let img = render(&synthetic(h, w), &sets, 20);
-    img.save(&a.picture)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write PNG ({e})", a.picture.display()))?;
-    println!(
-        "sampling points       wrote {} ({} output pixels x {} taps over the 32x32 input)",
-        a.picture.display(),
-        pixels.len(),
-        kh * kw
-    );
-    Ok(())
+    let png = render(
+        &synthetic(h, w),
+        &sets,
+        20,
+        "torch_npu documentation example: 5x5 kernel, padding 2, batch 0",
+    )?;
+    let mut out = Outputs::default();
+    out.add_bytes(
+        &a.picture,
+        png,
+        format!(
+            "({} output pixels x {} taps over the 32x32 input)",
+            pixels.len(),
+            kh * kw
+        ),
+    )?;
+    print!("sampling points       ");
+    out.commit()
 }
 
 /// `(16, 32, 32, 32)`, as Python prints a shape.

@@ -1,18 +1,23 @@
 //! .npy files in and out, with errors that name the file and what was wrong.
+//!
+//! **Reading trusts nothing.** The header is parsed and checked against the file before anything
+//! is allocated: the declared shape times the item size must equal, exactly, the bytes the file
+//! really holds after its header (overflow-checked). A truncated, corrupt, lying or huge header is
+//! an error naming the file, never a panic or an allocation abort.
+//!
+//! **Writing is all or nothing.** [`Outputs`] collects every array a command produces; only when
+//! all are computed are they written, each to a temporary file beside its target, and only when
+//! every temporary file is complete are they renamed into place. A failure leaves no file behind.
 
 use anyhow::{anyhow, bail, Context, Result};
 use deform_conv::error::check_rank;
 use half::f16;
-use ndarray::{Array, ArrayD, Dimension, Ix1, Ix4};
-use ndarray_npy::{
-    ReadDataError, ReadNpyError, ReadNpyExt, ReadableElement, WritableElement, WriteDataError,
-    WriteNpyExt,
-};
+use ndarray::{Array, ArrayD, Dimension, Ix1, Ix4, IxDyn, ShapeBuilder};
+use ndarray_npy::{WritableElement, WriteDataError, WriteNpyExt};
 use py_literal::Value as PyValue;
 use std::fs::File;
-use std::io::BufWriter;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 /// A loaded array of a supported dtype.
 pub enum Tensor {
@@ -31,127 +36,228 @@ impl Tensor {
     }
 }
 
-/// numpy's `<f2` (IEEE half) as an .npy element: ndarray-npy has none. Stored as `half::f16`.
-#[derive(Clone, Copy, Default, Debug, PartialEq)]
-#[repr(transparent)]
-pub struct NpyF16(pub f16);
-
-fn f2() -> PyValue {
-    PyValue::String("<f2".into())
+/// The element types a file may hold, as numpy's little-endian descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F16,
+    F32,
+    F64,
 }
 
-impl ReadableElement for NpyF16 {
-    fn read_to_end_exact_vec<R: Read>(
-        mut reader: R,
-        type_desc: &PyValue,
-        len: usize,
-    ) -> Result<Vec<Self>, ReadDataError> {
-        if *type_desc != f2() {
-            return Err(ReadDataError::WrongDescriptor(type_desc.clone()));
+impl DType {
+    fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
         }
-        let mut bytes = vec![0u8; len.checked_mul(2).ok_or(ReadDataError::MissingData)?];
-        reader
-            .read_exact(&mut bytes)
-            .map_err(|_| ReadDataError::MissingData)?;
-        let mut extra = Vec::new();
-        reader.read_to_end(&mut extra).map_err(ReadDataError::Io)?;
-        if !extra.is_empty() {
-            return Err(ReadDataError::ExtraBytes(extra.len()));
-        }
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|b| NpyF16(f16::from_le_bytes([b[0], b[1]])))
-            .collect())
     }
 }
 
-impl WritableElement for NpyF16 {
-    fn type_descriptor() -> PyValue {
-        f2()
-    }
-    fn write<W: Write>(&self, mut writer: W) -> Result<(), WriteDataError> {
-        writer
-            .write_all(&self.0.to_le_bytes())
-            .map_err(WriteDataError::Io)
-    }
-    fn write_slice<W: Write>(slice: &[Self], mut writer: W) -> Result<(), WriteDataError> {
-        let bytes: Vec<u8> = slice.iter().flat_map(|v| v.0.to_le_bytes()).collect();
-        writer.write_all(&bytes).map_err(WriteDataError::Io)
-    }
+/// What a checked header says: dtype, shape, order, and where the data starts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Header {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub fortran_order: bool,
+    /// Bytes before the data (magic, version, length, header text).
+    pub data_offset: usize,
 }
 
-fn open(path: &Path, what: &str) -> Result<File> {
-    File::open(path).with_context(|| format!("{what} {}: cannot open", path.display()))
-}
+const MAGIC: &[u8] = b"\x93NUMPY";
+/// Longest header text accepted. numpy writes a few hundred bytes; this bound only stops a
+/// hostile length field from making us read megabytes of "header".
+const MAX_HEADER: usize = 1 << 20;
 
-/// Reads a float32 or float64 .npy file.
-pub fn load(path: &Path, what: &str) -> Result<Tensor> {
-    match ArrayD::<f32>::read_npy(open(path, what)?) {
-        Ok(a) => return Ok(Tensor::F32(a)),
-        Err(ReadNpyError::WrongDescriptor(_)) => {}
-        Err(e) => return Err(bad(path, what, e)),
+/// Parses and checks the header of an .npy file of `file_len` bytes whose start is `head`
+/// (at least the whole header, or the whole file if shorter). Pure: fuzzed by the tests.
+pub fn parse_header(head: &[u8], file_len: u64) -> std::result::Result<Header, String> {
+    if head.len() < 10 || &head[..6] != MAGIC {
+        return Err("not an .npy file (no \\x93NUMPY magic)".into());
     }
-    match ArrayD::<f64>::read_npy(open(path, what)?) {
-        Ok(a) => return Ok(Tensor::F64(a)),
-        Err(ReadNpyError::WrongDescriptor(_)) => {}
-        Err(e) => return Err(bad(path, what, e)),
-    }
-    match ArrayD::<NpyF16>::read_npy(open(path, what)?) {
-        Ok(a) => Ok(Tensor::F16(a.mapv(|v| v.0))),
-        Err(ReadNpyError::WrongDescriptor(d)) => {
-            bail!(
-                "{what} {}: expected dtype float16, float32 or float64, got {d}",
-                path.display()
+    let (len, prefix) = match head[6] {
+        1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        2 | 3 => {
+            if head.len() < 12 {
+                return Err("truncated header".into());
+            }
+            (
+                u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
+                12,
             )
         }
-        Err(e) => Err(bad(path, what, e)),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    if len > MAX_HEADER {
+        return Err(format!("header length {len} is implausible"));
     }
+    let data_offset = prefix + len;
+    if head.len() < data_offset || (file_len as u128) < data_offset as u128 {
+        return Err(format!(
+            "truncated header: declares {len} header bytes, the file has {file_len} in all"
+        ));
+    }
+    let text = std::str::from_utf8(&head[prefix..data_offset])
+        .map_err(|_| "header is not text".to_string())?;
+    let value: PyValue = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("header is not a Python literal ({e})"))?;
+    let PyValue::Dict(items) = value else {
+        return Err("header is not a dict".into());
+    };
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    for (k, v) in items {
+        match (k, v) {
+            (PyValue::String(k), PyValue::String(d)) if k == "descr" => descr = Some(d),
+            (PyValue::String(k), PyValue::Boolean(b)) if k == "fortran_order" => fortran = Some(b),
+            (PyValue::String(k), PyValue::Tuple(t)) if k == "shape" => {
+                let dims = t
+                    .iter()
+                    .map(|d| match d {
+                        PyValue::Integer(i) => usize::try_from(i.clone())
+                            .map_err(|_| format!("shape entry {i} is not a size")),
+                        other => Err(format!("shape entry {other} is not an integer")),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                shape = Some(dims);
+            }
+            (PyValue::String(k), v) => {
+                return Err(format!("header entry '{k}' has an unexpected value {v}"))
+            }
+            (k, _) => return Err(format!("header key {k} is not a string")),
+        }
+    }
+    let descr = descr.ok_or("header has no 'descr'")?;
+    let fortran_order = fortran.ok_or("header has no 'fortran_order'")?;
+    let shape = shape.ok_or("header has no 'shape'")?;
+    let dtype = match descr.as_str() {
+        "<f2" => DType::F16,
+        "<f4" => DType::F32,
+        "<f8" => DType::F64,
+        other => {
+            return Err(format!(
+                "expected dtype float16, float32 or float64 (little-endian '<f2', '<f4', '<f8'), got '{other}'"
+            ))
+        }
+    };
+    let want = shape
+        .iter()
+        .try_fold(dtype.size() as u128, |acc, &d| acc.checked_mul(d as u128))
+        .filter(|&b| b <= isize::MAX as u128)
+        .ok_or_else(|| format!("shape {shape:?} is too large to exist"))?;
+    let have = file_len as u128 - data_offset as u128;
+    if want != have {
+        return Err(format!(
+            "header declares shape {shape:?} of {} ({want} bytes of data), the file holds {have}",
+            descr
+        ));
+    }
+    Ok(Header {
+        dtype,
+        shape,
+        fortran_order,
+        data_offset,
+    })
 }
 
-fn bad(path: &Path, what: &str, e: ReadNpyError) -> anyhow::Error {
-    anyhow!("{what} {}: not a readable .npy file ({e})", path.display())
+fn from_le<T, const B: usize>(bytes: &[u8], f: impl Fn([u8; B]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(B)
+        .map(|c| f(c.try_into().expect("chunks of B bytes")))
+        .collect()
+}
+
+fn shaped<T>(h: &Header, v: Vec<T>) -> ArrayD<T> {
+    let shape = IxDyn(&h.shape);
+    let shape = if h.fortran_order {
+        shape.f()
+    } else {
+        shape.into_shape_with_order()
+    };
+    Array::from_shape_vec(shape, v).expect("length checked against the header")
+}
+
+/// Reads a float16, float32 or float64 .npy file, checking its header against its real size.
+pub fn load(path: &Path, what: &str) -> Result<Tensor> {
+    let ctx = || format!("{what} {}", path.display());
+    let mut f = File::open(path).with_context(|| format!("{}: cannot open", ctx()))?;
+    let file_len = f
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", ctx()))?
+        .len();
+    let mut head = Vec::new();
+    (&mut f)
+        .take((MAX_HEADER + 12) as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{}: cannot read", ctx()))?;
+    let h = parse_header(&head, file_len)
+        .map_err(|e| anyhow!("{}: not a readable .npy file: {e}", ctx()))?;
+    // The data: what was read past the header plus the rest, exactly as many bytes as checked.
+    let total = file_len as usize - h.data_offset;
+    let mut data = Vec::new();
+    data.try_reserve_exact(total)
+        .map_err(|_| anyhow!("{}: cannot allocate {total} bytes", ctx()))?;
+    data.extend_from_slice(&head[h.data_offset.min(head.len())..]);
+    f.read_to_end(&mut data)
+        .with_context(|| format!("{}: cannot read", ctx()))?;
+    if data.len() != total {
+        bail!(
+            "{}: the file changed while it was read ({} of {total} data bytes)",
+            ctx(),
+            data.len()
+        );
+    }
+    Ok(match h.dtype {
+        DType::F16 => Tensor::F16(shaped(&h, from_le(&data, f16::from_le_bytes))),
+        DType::F32 => Tensor::F32(shaped(&h, from_le(&data, f32::from_le_bytes))),
+        DType::F64 => Tensor::F64(shaped(&h, from_le(&data, f64::from_le_bytes))),
+    })
 }
 
 /// The array of `t` as `T`, or an error naming the file when its dtype differs from the call's.
 pub trait Pick: Sized + Clone {
-    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<Self>>;
-}
-
-impl Pick for f32 {
-    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<f32>> {
-        match t {
-            Tensor::F32(a) => Ok(a),
-            other => bail!(
-                "{what} {}: expected dtype float32 (the input's), got {}",
+    /// numpy's name of `Self`.
+    const NAME: &'static str;
+    fn take(t: Tensor) -> std::result::Result<ArrayD<Self>, Tensor>;
+    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<Self>> {
+        Self::take(t).map_err(|other| {
+            anyhow!(
+                "{what} {}: expected dtype {} (the input's), got {}",
                 path.display(),
+                Self::NAME,
                 other.dtype()
-            ),
-        }
+            )
+        })
     }
 }
 
 impl Pick for f16 {
-    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<f16>> {
+    const NAME: &'static str = "float16";
+    fn take(t: Tensor) -> std::result::Result<ArrayD<Self>, Tensor> {
         match t {
             Tensor::F16(a) => Ok(a),
-            other => bail!(
-                "{what} {}: expected dtype float16 (the input's), got {}",
-                path.display(),
-                other.dtype()
-            ),
+            o => Err(o),
+        }
+    }
+}
+
+impl Pick for f32 {
+    const NAME: &'static str = "float32";
+    fn take(t: Tensor) -> std::result::Result<ArrayD<Self>, Tensor> {
+        match t {
+            Tensor::F32(a) => Ok(a),
+            o => Err(o),
         }
     }
 }
 
 impl Pick for f64 {
-    fn pick(t: Tensor, what: &str, path: &Path) -> Result<ArrayD<f64>> {
+    const NAME: &'static str = "float64";
+    fn take(t: Tensor) -> std::result::Result<ArrayD<Self>, Tensor> {
         match t {
             Tensor::F64(a) => Ok(a),
-            other => bail!(
-                "{what} {}: expected dtype float64 (the input's), got {}",
-                path.display(),
-                other.dtype()
-            ),
+            o => Err(o),
         }
     }
 }
@@ -170,37 +276,227 @@ pub fn load1<T: Pick>(path: &Path, what: &str) -> Result<Array<T, Ix1>> {
     Ok(a.into_dimensionality::<Ix1>().expect("rank checked"))
 }
 
-/// An element the CLI can write as .npy.
-pub trait Save: Copy {
-    /// Writes `a` to `path`.
-    fn save<D: Dimension>(path: &Path, a: &Array<Self, D>) -> Result<()>;
+/// numpy's `<f2` (IEEE half) as an .npy element for writing: ndarray-npy has none.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct NpyF16(pub f16);
+
+impl WritableElement for NpyF16 {
+    fn type_descriptor() -> PyValue {
+        PyValue::String("<f2".into())
+    }
+    fn write<W: Write>(&self, mut writer: W) -> Result<(), WriteDataError> {
+        writer
+            .write_all(&self.0.to_le_bytes())
+            .map_err(WriteDataError::Io)
+    }
+    fn write_slice<W: Write>(slice: &[Self], mut writer: W) -> Result<(), WriteDataError> {
+        let bytes: Vec<u8> = slice.iter().flat_map(|v| v.0.to_le_bytes()).collect();
+        writer.write_all(&bytes).map_err(WriteDataError::Io)
+    }
 }
 
-fn write<T: WritableElement, D: Dimension>(path: &Path, a: &Array<T, D>) -> Result<()> {
-    let f = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
-    a.write_npy(BufWriter::new(f))
-        .with_context(|| format!("{}: cannot write", path.display()))
+/// An element the CLI can write as .npy: the bytes of a whole array, ready to write.
+pub trait Save: Copy {
+    /// The .npy encoding of `a`.
+    fn encode<D: Dimension>(a: &Array<Self, D>) -> Result<Vec<u8>>;
+}
+
+fn encode<T: WritableElement, D: Dimension>(a: &Array<T, D>) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    a.write_npy(&mut buf)
+        .map_err(|e| anyhow!("cannot encode .npy ({e})"))?;
+    Ok(buf)
 }
 
 impl Save for f32 {
-    fn save<D: Dimension>(path: &Path, a: &Array<f32, D>) -> Result<()> {
-        write(path, a)
+    fn encode<D: Dimension>(a: &Array<f32, D>) -> Result<Vec<u8>> {
+        encode(a)
     }
 }
 
 impl Save for f64 {
-    fn save<D: Dimension>(path: &Path, a: &Array<f64, D>) -> Result<()> {
-        write(path, a)
+    fn encode<D: Dimension>(a: &Array<f64, D>) -> Result<Vec<u8>> {
+        encode(a)
     }
 }
 
 impl Save for f16 {
-    fn save<D: Dimension>(path: &Path, a: &Array<f16, D>) -> Result<()> {
-        write(path, &a.mapv(NpyF16))
+    fn encode<D: Dimension>(a: &Array<f16, D>) -> Result<Vec<u8>> {
+        encode(&a.mapv(NpyF16))
     }
 }
 
-/// Writes an array as .npy (float16, float32 or float64).
-pub fn save<T: Save, D: Dimension>(path: &Path, a: &Array<T, D>) -> Result<()> {
-    T::save(path, a)
+/// The files one command writes, written together or not at all.
+#[derive(Default)]
+pub struct Outputs {
+    files: Vec<(PathBuf, Vec<u8>, String)>,
+}
+
+/// The folder `path` is written into must exist already: `--output` and `--grad-dir` alike.
+pub fn check_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+impl Outputs {
+    /// Adds an array to write to `path`; `note` is printed after the path when written.
+    pub fn add<T: Save, D: Dimension>(&mut self, path: &Path, a: &Array<T, D>) -> Result<()> {
+        check_parent(path)?;
+        self.files.push((
+            path.to_path_buf(),
+            T::encode(a).with_context(|| path.display().to_string())?,
+            format!("{:?}", a.shape()),
+        ));
+        Ok(())
+    }
+
+    /// Adds raw bytes (a PNG, for example) to write to `path`.
+    pub fn add_bytes(&mut self, path: &Path, bytes: Vec<u8>, note: String) -> Result<()> {
+        check_parent(path)?;
+        self.files.push((path.to_path_buf(), bytes, note));
+        Ok(())
+    }
+
+    /// Writes every file through a temporary file beside it, then renames them all into place.
+    /// On any failure, the temporary files are removed and no target is touched.
+    pub fn commit(self) -> Result<()> {
+        let mut temps: Vec<(PathBuf, &Path)> = Vec::new();
+        let result = (|| -> Result<()> {
+            for (path, bytes, _) in &self.files {
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
+                let mut tmp_name = std::ffi::OsString::from(".");
+                tmp_name.push(name);
+                tmp_name.push(format!(".{}.tmp", std::process::id()));
+                let tmp = path.with_file_name(tmp_name);
+                temps.push((tmp.clone(), path));
+                let f = File::create(&tmp)
+                    .with_context(|| format!("{}: cannot create", path.display()))?;
+                let mut w = BufWriter::new(f);
+                w.write_all(bytes)
+                    .and_then(|_| w.flush())
+                    .with_context(|| format!("{}: cannot write", path.display()))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for (tmp, _) in &temps {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        for (tmp, path) in &temps {
+            if let Err(e) = std::fs::rename(tmp, path) {
+                for (t, _) in &temps {
+                    let _ = std::fs::remove_file(t);
+                }
+                return Err(anyhow!("{}: cannot write ({e})", path.display()));
+            }
+        }
+        for (path, _, note) in &self.files {
+            println!("wrote {} {note}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn npy(header: &str, version: u8, data: usize) -> Vec<u8> {
+        let mut v = b"\x93NUMPY".to_vec();
+        v.extend_from_slice(&[version, 0]);
+        if version == 1 {
+            v.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        } else {
+            v.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        }
+        v.extend_from_slice(header.as_bytes());
+        v.extend(std::iter::repeat_n(0u8, data));
+        v
+    }
+
+    #[test]
+    fn an_honest_header_is_read_and_a_lying_one_is_refused() {
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n";
+        let ok = npy(h, 1, 24);
+        let got = parse_header(&ok, ok.len() as u64).unwrap();
+        assert_eq!((got.dtype, got.shape.clone()), (DType::F32, vec![2, 3]));
+        for (file, why) in [
+            (npy(h, 1, 23), "holds 23"),
+            (npy(h, 1, 25), "holds 25"),
+            (npy(h, 7, 24), "version 7"),
+            (npy(&h.replace("<f4", ">f4"), 1, 24), "'>f4'"),
+            (npy(&h.replace("(2, 3)", "(-2, 3)"), 1, 24), "not a size"),
+            (
+                npy(&h.replace("(2, 3)", "(2**70, 3)"), 1, 24),
+                "Python literal",
+            ),
+            (
+                npy(
+                    &h.replace("(2, 3)", "(18446744073709551615, 18446744073709551615)"),
+                    1,
+                    24,
+                ),
+                "too large",
+            ),
+            (
+                npy(&h.replace("'shape': (2, 3), ", ""), 1, 24),
+                "no 'shape'",
+            ),
+        ] {
+            let e = parse_header(&file, file.len() as u64).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // A header length beyond the file.
+        let mut cut = ok.clone();
+        cut.truncate(20);
+        assert!(parse_header(&cut, 20).unwrap_err().contains("truncated"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Random bytes, random truncations and random corruptions of a valid file: never a
+        /// panic, and every accepted header describes exactly the bytes the file holds.
+        #[test]
+        fn any_bytes_give_a_checked_header_or_an_error(
+            keep in 0usize..200,
+            flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..6),
+            claimed_extra in 0u64..1_000_000_000_000,
+            junk in proptest::collection::vec(any::<u8>(), 0..100),
+            which in 0u8..3,
+        ) {
+            let h = "{'descr': '<f8', 'fortran_order': True, 'shape': (3, 1, 2), }      \n";
+            let mut file = match which {
+                0 => npy(h, 1, 48),
+                1 => npy(h, 2, 48),
+                _ => junk,
+            };
+            for (i, b) in flips {
+                if let Some(v) = file.get_mut(i) { *v = b; }
+            }
+            file.truncate(keep.max(1).min(file.len()));
+            for len in [file.len() as u64, file.len() as u64 + claimed_extra] {
+                if let Ok(hd) = parse_header(&file, len) {
+                    let bytes: u128 = hd.shape.iter().map(|&d| d as u128).product::<u128>()
+                        * hd.dtype.size() as u128;
+                    prop_assert_eq!(bytes, len as u128 - hd.data_offset as u128);
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `run` and `convert`: .npy files through the crate's conventions and layout converters.
 
-use crate::npy::{self, Pick, Tensor};
-use anyhow::{bail, Context, Result};
+use crate::npy::{self, Outputs, Pick, Tensor};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use deform_conv::conventions::{int_or_pair, mindspore, npu, onnx, torchvision, Layout};
 use deform_conv::{layout, Backend, Element};
@@ -21,6 +21,19 @@ pub enum Convention {
     Npu,
     /// torch_npu, channels-last reading of its document: NHWC input, HWCN weight, NHWC offset.
     NpuNhwc,
+}
+
+impl Convention {
+    /// The convention's name as users know it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Convention::Torchvision => "torchvision",
+            Convention::Onnx => "ONNX DeformConv",
+            Convention::Mindspore => "MindSpore",
+            Convention::Npu => "torch_npu",
+            Convention::NpuNhwc => "torch_npu (NHWC)",
+        }
+    }
 }
 
 /// Which implementation computes.
@@ -113,23 +126,20 @@ fn kernel_from_weight(w: &Array4<impl Copy>, c: Convention) -> Vec<i64> {
     }
 }
 
-/// Writes `a` to `path` and reports it on stdout.
-fn write_out<T: npy::Save, D: ndarray::Dimension>(
-    path: &Path,
-    a: &ndarray::Array<T, D>,
+/// Queues the gradients that exist as `dir/<name>.npy`.
+fn add_grads<T: npy::Save>(
+    out: &mut Outputs,
+    dir: &Path,
+    list: Vec<(&str, Option<GradArray<T>>)>,
 ) -> Result<()> {
-    npy::save(path, a)?;
-    println!("wrote {} {:?}", path.display(), a.shape());
-    Ok(())
-}
-
-fn write_grads<T: npy::Save>(dir: &Path, list: Vec<(&str, Option<GradArray<T>>)>) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("--grad-dir {}: the folder does not exist", dir.display());
+    }
     for (name, g) in list {
         let path = dir.join(format!("{name}.npy"));
         match g {
-            Some(GradArray::Four(a)) => write_out(&path, &a)?,
-            Some(GradArray::One(a)) => write_out(&path, &a)?,
+            Some(GradArray::Four(a)) => out.add(&path, &a)?,
+            Some(GradArray::One(a)) => out.add(&path, &a)?,
             None => {}
         }
     }
@@ -161,6 +171,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
         .map(|p| npy::load4::<T>(p, "grad_output"))
         .transpose()?;
     let backend: Backend = a.backend.into();
+    let mut out = Outputs::default();
     let packed = matches!(
         a.convention,
         Convention::Mindspore | Convention::Npu | Convention::NpuNhwc
@@ -193,7 +204,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 m.as_ref().map(|m| m.view()),
                 &p,
             )?;
-            write_out(&a.output, &y)?;
+            out.add(&a.output, &y)?;
             if let Some(gy) = gy {
                 let g = torchvision::deform_conv2d_backward(
                     gy.view(),
@@ -204,7 +215,8 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                     m.as_ref().map(|m| m.view()),
                     &p,
                 )?;
-                write_grads(
+                add_grads(
+                    &mut out,
                     &a.grad_dir,
                     vec![
                         ("grad_input", Some(GradArray::Four(g.input))),
@@ -237,7 +249,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 m.as_ref().map(|m| m.view()),
                 &attrs,
             )?;
-            write_out(&a.output, &y)?;
+            out.add(&a.output, &y)?;
         }
         Convention::Mindspore | Convention::Npu | Convention::NpuNhwc => {
             let attrs = mindspore::Attributes {
@@ -261,7 +273,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                     b.as_ref().map(|b| b.view()),
                     &attrs,
                 )?;
-                write_out(&a.output, &y)?;
+                out.add(&a.output, &y)?;
                 if let Some(gy) = gy {
                     let g = mindspore::deformable_conv2d_backward(
                         gy.view(),
@@ -271,7 +283,8 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                         b.as_ref().map(|b| b.view()),
                         &attrs,
                     )?;
-                    write_grads(
+                    add_grads(
+                        &mut out,
                         &a.grad_dir,
                         vec![
                             ("grad_input", Some(GradArray::Four(g.input))),
@@ -281,7 +294,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                         ],
                     )?;
                 }
-                return Ok(());
+                return out.commit();
             }
             let layout = if a.convention == Convention::NpuNhwc {
                 Layout::Nhwc
@@ -296,9 +309,9 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 b.as_ref().map(|b| b.view()),
                 &na,
             )?;
-            write_out(&a.output, &y)?;
+            out.add(&a.output, &y)?;
             if let Some(p) = &a.deformed {
-                write_out(p, &d)?;
+                out.add(p, &d)?;
             }
             if let Some(gy) = gy {
                 let g = npu::npu_deformable_conv2dbk(
@@ -309,7 +322,8 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                     off.view(),
                     &na,
                 )?;
-                write_grads(
+                add_grads(
+                    &mut out,
                     &a.grad_dir,
                     vec![
                         ("grad_input", Some(GradArray::Four(g.input))),
@@ -321,7 +335,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
             }
         }
     }
-    Ok(())
+    out.commit()
 }
 
 /// A layout conversion.
@@ -374,6 +388,10 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
     if a.mask.is_some() && !matches!(a.conversion, Conversion::InterleavedToPacked) {
         bail!("--mask: only interleaved-to-packed takes a mask");
     }
+    if a.mask_output.is_some() && !matches!(a.conversion, Conversion::PackedToInterleaved) {
+        bail!("--mask-output: only packed-to-interleaved writes a mask");
+    }
+    let mut files = Outputs::default();
     let out = match a.conversion {
         Conversion::InterleavedToPacked => {
             let m = a
@@ -386,7 +404,7 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
         Conversion::PackedToInterleaved => {
             let (o, m) = layout::packed_to_interleaved(x.view())?;
             if let Some(p) = &a.mask_output {
-                write_out(p, &m)?;
+                files.add(p, &m)?;
             }
             o
         }
@@ -395,6 +413,6 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
         Conversion::OihwToHwcn => layout::oihw_to_hwcn(x.view()),
         Conversion::HwcnToOihw => layout::hwcn_to_oihw(x.view()),
     };
-    write_out(&a.output, &out)?;
-    Ok(())
+    files.add(&a.output, &out)?;
+    files.commit()
 }

@@ -3,12 +3,14 @@
 //! small grey squares, a line leads from each grid point to where the offset moved it, and the
 //! sampled point is a filled disc of the pixel's colour.
 
+use crate::npy::Outputs;
 use crate::npy::{self, Tensor};
 use crate::run::Convention;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use image::{Rgb, RgbImage};
 use ndarray::{Array4, ArrayView4};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 use std::path::PathBuf;
 
 /// Arguments of `viz`.
@@ -110,79 +112,214 @@ pub fn synthetic(h: usize, w: usize) -> image::GrayImage {
 }
 
 /// The colour of the `i`-th drawn output pixel.
-pub fn palette(i: usize) -> Rgb<u8> {
-    const P: [[u8; 3]; 9] = [
-        [230, 25, 75],
-        [60, 180, 75],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [255, 225, 25],
+pub fn palette(i: usize) -> RGBColor {
+    const P: [(u8, u8, u8); 9] = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (0, 170, 170),
+        (240, 50, 230),
+        (128, 128, 0),
+        (170, 110, 40),
     ];
-    Rgb(P[i % P.len()])
+    let (r, g, b) = P[i % P.len()];
+    RGBColor(r, g, b)
 }
 
-/// Canvas position of an input-pixel coordinate (pixel centres at integers).
-pub fn canvas(p: (f64, f64), scale: usize) -> (f64, f64) {
-    ((p.0 + 0.5) * scale as f64, (p.1 + 0.5) * scale as f64)
+/// Largest canvas side, in pixels: `--size` and `--scale` beyond it are refused, not allocated.
+pub const MAX_CANVAS: usize = 8192;
+
+/// One output pixel to draw: its position `(oh, ow)`, where its window centre lies in the input,
+/// and its taps.
+pub struct Drawn {
+    pub pixel: (usize, usize),
+    pub centre: (f64, f64),
+    pub points: Points,
 }
 
-fn put(img: &mut RgbImage, y: f64, x: f64, c: Rgb<u8>) {
-    if y >= 0.0 && x >= 0.0 && (y as u32) < img.height() && (x as u32) < img.width() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-fn disc(img: &mut RgbImage, (cy, cx): (f64, f64), r: f64, c: Rgb<u8>) {
-    let ri = r.ceil() as i64;
-    for dy in -ri..=ri {
-        for dx in -ri..=ri {
-            if ((dy * dy + dx * dx) as f64) <= r * r {
-                put(img, cy + dy as f64, cx + dx as f64, c);
-            }
-        }
-    }
-}
-
-fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>) {
-    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).clamp(1, 4096);
-    for s in 0..=steps {
-        let t = s as f64 / steps as f64;
-        put(img, a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1), c);
-    }
-}
-
-/// Draws `sets` (one per output pixel) over `bg` magnified by `scale`.
-pub fn render(bg: &image::GrayImage, sets: &[Points], scale: usize) -> RgbImage {
-    let (w, h) = (bg.width() as usize * scale, bg.height() as usize * scale);
-    let mut img = RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let v = bg.get_pixel(x / scale as u32, y / scale as u32).0[0];
-        let v = (v as u16 * 3 / 4 + 32) as u8; // dimmed, so the points stand out
-        Rgb([v, v, v])
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // DejaVu Sans ships inside the binary: no system font is needed.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
-    let r = (scale as f64 / 3.0).clamp(2.0, 7.0);
-    for (i, set) in sets.iter().enumerate() {
-        let c = palette(i);
-        for &(grid, at) in set {
-            line(&mut img, canvas(grid, scale), canvas(at, scale), c);
-        }
-        for &(grid, _) in set {
-            let (gy, gx) = canvas(grid, scale);
-            for d in -1..=1 {
-                put(&mut img, gy + d as f64, gx - 1.0, Rgb([90, 90, 90]));
-                put(&mut img, gy + d as f64, gx + 1.0, Rgb([90, 90, 90]));
-                put(&mut img, gy - 1.0, gx + d as f64, Rgb([90, 90, 90]));
-                put(&mut img, gy + 1.0, gx + d as f64, Rgb([90, 90, 90]));
+}
+
+/// Draws `sets` over `bg` (input pixel `(y, x)` covers `[y-0.5, y+0.5] x [x-0.5, x+0.5]`) with a
+/// title, axes in input pixels and a legend; `scale` canvas pixels per input pixel. Returns the
+/// PNG bytes.
+pub fn render(bg: &image::GrayImage, sets: &[Drawn], scale: usize, title: &str) -> Result<Vec<u8>> {
+    register_font();
+    let (ih, iw) = (bg.height() as usize, bg.width() as usize);
+    let (pw, ph) = (iw * scale, ih * scale);
+    // Canvas: title band on top, y labels left, x labels below, legend right. The plotting
+    // area is exactly `pw x ph`, so one input pixel is `scale` canvas pixels.
+    let (margin, ylab, xlab, top) = (12usize, 70usize, 50usize, 40usize);
+    let title_w = title.chars().count() * 9 + 2 * margin;
+    let left = margin + ylab;
+    let right = 230usize.max(title_w.saturating_sub(left + pw));
+    let (cw, ch) = (left + pw + right, top + ph + xlab + margin);
+    if cw > MAX_CANVAS || ch > MAX_CANVAS {
+        bail!(
+            "the picture would be {cw}x{ch} pixels (image {iw}x{ih} at --scale {scale}); \
+             expected at most {MAX_CANVAS} per side: lower --scale or --size"
+        );
+    }
+    let mut buf = vec![255u8; cw * ch * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (cw as u32, ch as u32)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| anyhow!("drawing the picture: {e}");
+        root.draw(&Text::new(
+            title.to_string(),
+            (margin as i32, 12),
+            ("sans-serif", 17).into_font(),
+        ))
+        .map_err(|e| err(&e))?;
+        let area = root.margin(top as u32, margin as u32, margin as u32, right as u32);
+        let mut chart = ChartBuilder::on(&area)
+            .x_label_area_size(xlab as u32)
+            .y_label_area_size(ylab as u32)
+            .build_cartesian_2d(-0.5..iw as f64 - 0.5, ih as f64 - 0.5..-0.5)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("x (input column, pixels)")
+            .y_desc("y (input row, pixels)")
+            .label_style(("sans-serif", 13))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        // The image, dimmed so the points stand out, scaled to the plotting area.
+        let (xr, yr) = chart.plotting_area().get_pixel_range();
+        let (aw, ah) = ((xr.end - xr.start) as usize, (yr.end - yr.start) as usize);
+        let mut px = Vec::with_capacity(aw * ah * 3);
+        for y in 0..ah {
+            for x in 0..aw {
+                let v = bg
+                    .get_pixel((x * iw / aw.max(1)) as u32, (y * ih / ah.max(1)) as u32)
+                    .0[0];
+                let v = (v as u16 * 3 / 5 + 90) as u8;
+                px.extend_from_slice(&[v, v, v]);
             }
         }
-        for &(_, at) in set {
-            disc(&mut img, canvas(at, scale), r, c);
+        if let Some(img) =
+            BitMapElement::with_owned_buffer((-0.5, -0.5), (aw as u32, ah as u32), px)
+        {
+            chart
+                .draw_series(std::iter::once(img))
+                .map_err(|e| err(&e))?;
         }
+        let grey = RGBColor(40, 40, 40);
+        let r = (scale as f64 / 4.0).clamp(3.0, 7.0) as i32;
+        for (i, set) in sets.iter().enumerate() {
+            let c = palette(i);
+            let lines = set.points.iter().map(|&(g, at)| {
+                PathElement::new(vec![(g.1, g.0), (at.1, at.0)], c.stroke_width(2))
+            });
+            chart.draw_series(lines).map_err(|e| err(&e))?;
+            let grid = set.points.iter().map(|&(g, _)| {
+                EmptyElement::at((g.1, g.0))
+                    + Rectangle::new([(-3, -3), (3, 3)], grey.stroke_width(1))
+            });
+            chart.draw_series(grid).map_err(|e| err(&e))?;
+            chart
+                .draw_series(
+                    set.points
+                        .iter()
+                        .map(|&(_, at)| Circle::new((at.1, at.0), r, c.filled())),
+                )
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(std::iter::once(Cross::new(
+                    (set.centre.1, set.centre.0),
+                    7,
+                    c.stroke_width(3),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+        // The legend, in the right margin: one colour per output pixel, then the markers.
+        let (lx, ly) = ((left + pw + 20) as i32, (top + 10) as i32);
+        let font = ("sans-serif", 14).into_font();
+        let mut row = 0;
+        let mut entry = |marker: &dyn Fn(i32, i32) -> Result<()>, text: &str| -> Result<()> {
+            let y = ly + 22 * row;
+            marker(lx + 8, y)?;
+            root.draw(&Text::new(text.to_string(), (lx + 24, y - 8), font.clone()))
+                .map_err(|e| err(&e))?;
+            row += 1;
+            Ok(())
+        };
+        for (i, set) in sets.iter().enumerate() {
+            let c = palette(i);
+            let (oh, ow) = set.pixel;
+            entry(
+                &|x, y| {
+                    root.draw(&Circle::new((x, y), 5, c.filled()))
+                        .map_err(|e| err(&e))
+                },
+                &format!("output pixel ({oh}, {ow})"),
+            )?;
+        }
+        entry(
+            &|x, y| {
+                root.draw(&Circle::new((x, y), 5, BLACK.filled()))
+                    .map_err(|e| err(&e))
+            },
+            "deformed sample",
+        )?;
+        entry(
+            &|x, y| {
+                root.draw(&PathElement::new(
+                    vec![(x - 10, y), (x + 6, y)],
+                    BLACK.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))
+            },
+            "offset (grid -> sample)",
+        )?;
+        entry(
+            &|x, y| {
+                root.draw(&Rectangle::new(
+                    [(x - 3, y - 3), (x + 3, y + 3)],
+                    grey.stroke_width(1),
+                ))
+                .map_err(|e| err(&e))
+            },
+            "regular grid (no offset)",
+        )?;
+        entry(
+            &|x, y| {
+                root.draw(&Cross::new((x, y), 5, BLACK.stroke_width(2)))
+                    .map_err(|e| err(&e))
+            },
+            "window centre",
+        )?;
+        root.present().map_err(|e| err(&e))?;
     }
-    img
+    let img = image::RgbImage::from_raw(cw as u32, ch as u32, buf)
+        .ok_or_else(|| anyhow!("picture buffer has the wrong size"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| anyhow!("encoding the PNG: {e}"))?;
+    Ok(png)
+}
+
+/// Where the window of output pixel `(oh, ow)` is centred in the input (no offsets).
+pub fn centre(grid: &Grid, oh: usize, ow: usize) -> (f64, f64) {
+    let c = |o: usize, a: usize| {
+        (o * grid.stride[a]) as f64 - grid.pad[a] as f64
+            + (grid.kernel[a] - 1) as f64 * grid.dil[a] as f64 / 2.0
+    };
+    (c(oh, 0), c(ow, 1))
 }
 
 /// The offsets of a file in `conv` as (dy, dx) views `[N, G*K, Ho, Wo]` in f64.
@@ -251,14 +388,30 @@ pub fn viz(a: &VizArgs) -> Result<()> {
         );
     }
     let bg = match &a.image {
-        Some(p) => image::open(p)
-            .with_context(|| format!("image {}: cannot decode", p.display()))?
-            .to_luma8(),
+        Some(p) => {
+            let img = image::open(p)
+                .with_context(|| format!("image {}: cannot decode", p.display()))?
+                .to_luma8();
+            let (eh, ew) = (ho * grid.stride[0], wo * grid.stride[1]);
+            if (img.height() as usize, img.width() as usize) != (eh, ew) {
+                eprintln!(
+                    "warning: image {} is {}x{}, but the offsets imply an input of about {eh}x{ew} \
+                     (output {ho}x{wo} x stride): the points may not line up with the picture",
+                    p.display(),
+                    img.height(),
+                    img.width()
+                );
+            }
+            img
+        }
         None => {
             let [h, w] = match &a.size {
                 Some(s) => pair("size", s)?,
                 None => [ho * grid.stride[0], wo * grid.stride[1]],
             };
+            if h == 0 || w == 0 || h > MAX_CANVAS || w > MAX_CANVAS {
+                bail!("--size: expected H,W between 1 and {MAX_CANVAS}, got {h},{w}");
+            }
             synthetic(h, w)
         }
     };
@@ -281,23 +434,42 @@ pub fn viz(a: &VizArgs) -> Result<()> {
             .flat_map(|i| (1..4).map(move |j| (ho * i / 4, wo * j / 4)))
             .collect(),
     };
-    let scale = a
-        .scale
-        .unwrap_or_else(|| (640 / bg.width().max(bg.height()).max(1) as usize).clamp(1, 64));
-    let sets: Vec<Points> = pixels
+    let side = bg.width().max(bg.height()).max(1) as usize;
+    let scale = match a.scale {
+        Some(0) => bail!("--scale: expected at least 1 canvas pixel per input pixel, got 0"),
+        Some(s) if s.saturating_mul(side) > MAX_CANVAS => bail!(
+            "--scale {s}: the {side}-pixel image would be {} canvas pixels across; expected at most {MAX_CANVAS}",
+            s.saturating_mul(side)
+        ),
+        Some(s) => s,
+        None => (640 / side).clamp(1, 64),
+    };
+    let sets: Vec<Drawn> = pixels
         .iter()
-        .map(|&(y, x)| points(&grid, &dy.view(), &dx.view(), a.batch, a.group, y, x))
+        .map(|&(y, x)| Drawn {
+            pixel: (y, x),
+            centre: centre(&grid, y, x),
+            points: points(&grid, &dy.view(), &dx.view(), a.batch, a.group, y, x),
+        })
         .collect();
-    let img = render(&bg, &sets, scale);
-    img.save(&a.output)
-        .with_context(|| format!("{}: cannot write PNG", a.output.display()))?;
-    println!(
-        "wrote {} ({}x{} px, {} output pixels, {} points each)",
-        a.output.display(),
-        img.width(),
-        img.height(),
-        sets.len(),
-        k
+    let title = format!(
+        "{} offsets, kernel {}x{}, stride {}x{}, dilation {}x{}: batch {}, deformable group {}",
+        a.convention.name(),
+        grid.kernel[0],
+        grid.kernel[1],
+        grid.stride[0],
+        grid.stride[1],
+        grid.dil[0],
+        grid.dil[1],
+        a.batch,
+        a.group
     );
-    Ok(())
+    let png = render(&bg, &sets, scale, &title)?;
+    let mut out = Outputs::default();
+    out.add_bytes(
+        &a.output,
+        png,
+        format!("({} output pixels, {} points each)", sets.len(), k),
+    )?;
+    out.commit()
 }

@@ -84,12 +84,19 @@ fn demo_prints_shapes_and_writes_its_picture() {
         "{out}"
     );
     let img = image::open(&png).unwrap();
-    assert_eq!((img.width(), img.height()), (640, 640));
+    // 32 input pixels at 20 canvas pixels each, plus axes, title and legend.
+    assert!(
+        img.width() > 640 && img.height() > 640,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
 }
 
 #[test]
 fn run_torchvision_matches_the_library_and_writes_gradients() {
     let f = Files::new();
+    std::fs::create_dir(f.at("grads")).unwrap();
     let out = ok(&[
         "run",
         "--convention",
@@ -267,54 +274,210 @@ fn bench_prints_a_table() {
     );
 }
 
+/// Canvas pixels per input pixel in the viz test: large enough that the canvas is not widened
+/// for the title, so the legend is the right 230 pixels.
+const SCALE: i64 = 80;
+
+fn viz_png(dir: &Path, name: &str, off: &Array4<f32>) -> image::RgbImage {
+    write_npy(dir.join(format!("{name}.npy")), off).unwrap();
+    let png = p(dir, &format!("{name}.png"));
+    ok(&[
+        "viz",
+        "--offset",
+        &p(dir, &format!("{name}.npy")),
+        "--size",
+        "6,6",
+        "--pixels",
+        "1,2",
+        "--scale",
+        &SCALE.to_string(),
+        "--output",
+        &png,
+    ]);
+    image::open(&png).unwrap().to_rgb8()
+}
+
 #[test]
 fn viz_draws_the_points_where_they_belong() {
     let dir = tempfile::tempdir().unwrap();
-    // One output pixel (1, 2), 3x3 kernel, stride 1, no padding: offsets move every tap by
-    // (+0.0, +1.0) except the centre tap, moved by (+2.0, -1.0).
+    let colour = deform_conv_palette0();
+    // Zero offsets: the 3x3 discs of output pixel (1, 2) sit on its regular grid; the centre of
+    // their bounding box is the centre tap, input (1+1, 2+1) = (2, 3).
+    let still = viz_png(dir.path(), "still", &Array4::<f32>::zeros((1, 18, 4, 4)));
+    // The legend's disc of the same colour is in the right margin (230 canvas pixels wide).
+    let plot_right = still.width() - 230;
+    let hits: Vec<(u32, u32)> = still
+        .enumerate_pixels()
+        .filter(|(x, _, px)| px.0 == colour && *x < plot_right)
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    assert!(!hits.is_empty(), "no point drawn");
+    let (x0, x1) = (
+        hits.iter().map(|h| h.0).min().unwrap(),
+        hits.iter().map(|h| h.0).max().unwrap(),
+    );
+    let (y0, y1) = (
+        hits.iter().map(|h| h.1).min().unwrap(),
+        hits.iter().map(|h| h.1).max().unwrap(),
+    );
+    // Two input pixels between the outer taps, plus a disc on each side.
+    let span = 2 * SCALE as u32..2 * SCALE as u32 + 20;
+    assert!(
+        span.contains(&(x1 - x0)) && span.contains(&(y1 - y0)),
+        "{x0}..{x1} x {y0}..{y1}"
+    );
+    let (cx, cy) = ((x0 + x1) as i64 / 2, (y0 + y1) as i64 / 2);
+    // Every tap moved by (+0, +1) except the centre tap, moved by (+2, -1).
     let mut off = Array4::<f32>::zeros((1, 18, 4, 4));
     for t in 0..9 {
         off[[0, 2 * t + 1, 1, 2]] = 1.0;
     }
     off[[0, 8, 1, 2]] = 2.0;
     off[[0, 9, 1, 2]] = -1.0;
-    write_npy(dir.path().join("off.npy"), &off).unwrap();
-    let png = p(dir.path(), "viz.png");
-    ok(&[
-        "viz",
-        "--offset",
-        &p(dir.path(), "off.npy"),
-        "--size",
-        "6,6",
-        "--pixels",
-        "1,2",
-        "--scale",
-        "10",
-        "--output",
-        &png,
-    ]);
-    let img = image::open(&png).unwrap().to_rgb8();
-    assert_eq!((img.width(), img.height()), (60, 60));
-    let colour = deform_conv_palette0();
-    // Tap (0, 0): grid (1, 2) + (0, 1) = (1, 3) → canvas (15, 35). Centre tap: (2, 3) + (2, -1) = (4, 2) → (45, 25).
-    for (y, x) in [(15, 35), (45, 25), (15, 45), (35, 55)] {
+    let moved = viz_png(dir.path(), "moved", &off);
+    assert_eq!(moved.dimensions(), still.dimensions());
+    let at = |dy: i64, dx: i64| {
+        moved
+            .get_pixel((cx + SCALE * dx) as u32, (cy + SCALE * dy) as u32)
+            .0
+    };
+    // Centre tap: (0, 0) + (2, -1). Tap (0, 0): (-1, -1) + (0, 1) = (-1, 0). Tap (2, 2): (1, 2).
+    for (dy, dx) in [(2, -1), (-1, 0), (1, 2), (-1, 2)] {
         assert_eq!(
-            img.get_pixel(x, y).0,
+            at(dy, dx),
             colour,
-            "no point at canvas ({y}, {x})"
+            "no point at input offset ({dy}, {dx}) from the centre ({cy}, {cx})"
         );
     }
-    // Where no point was sampled, no point colour.
-    assert_ne!(img.get_pixel(5, 5).0, colour);
-    assert_ne!(
-        img.get_pixel(5, 55).0,
-        colour,
-        "nothing was sampled near input pixel (5, 0)"
-    );
+    // The bottom-left tap has left its grid point (1, -1): only its horizontal line starts there,
+    // so a little below the grid point there is no disc any more (there was one at rest).
+    let below = ((cx - SCALE) as u32, (cy + SCALE + 5) as u32);
+    assert_eq!(still.get_pixel(below.0, below.1).0, colour);
+    assert_ne!(moved.get_pixel(below.0, below.1).0, colour);
+    // Nothing lands far outside.
+    assert_ne!(at(-2, -2), colour);
 }
 
 fn deform_conv_palette0() -> [u8; 3] {
     [230, 25, 75]
+}
+
+/// A header that declares far more data than the file holds.
+fn lying_npy(shape: &str) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = dict.into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    v.extend_from_slice(&header);
+    v.extend_from_slice(&[0u8; 64]);
+    v
+}
+
+#[test]
+fn hostile_files_and_sizes_are_refused_before_anything_is_allocated_or_written() {
+    let f = Files::new();
+    let dir = f.dir.path();
+    std::fs::write(dir.join("huge.npy"), lying_npy("(1, 1, 100000, 100000)")).unwrap();
+    std::fs::write(
+        dir.join("overflow.npy"),
+        lying_npy("(4294967296, 4294967296, 4294967296, 1)"),
+    )
+    .unwrap();
+    let run_with = |input: &str, offset: &str, extra: &[&str]| {
+        let mut v = vec![
+            "run".to_string(),
+            "--convention".into(),
+            "torchvision".into(),
+            "--input".into(),
+            input.into(),
+            "--offset".into(),
+            offset.into(),
+            "--weight".into(),
+            f.at("w.npy"),
+            "--padding".into(),
+            "1".into(),
+            "--output".into(),
+            f.at("y.npy"),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let call = |v: Vec<String>, words: &str| {
+        fails(&v.iter().map(String::as_str).collect::<Vec<_>>(), words)
+    };
+    call(
+        run_with(&f.at("huge.npy"), &f.at("off.npy"), &[]),
+        "the file holds 64",
+    );
+    call(
+        run_with(&f.at("x.npy"), &f.at("huge.npy"), &[]),
+        "header declares shape [1, 1, 100000, 100000]",
+    );
+    call(
+        run_with(&f.at("overflow.npy"), &f.at("off.npy"), &[]),
+        "too large to exist",
+    );
+    // A wrong grad_output shape fails before the output is written.
+    call(
+        run_with(
+            &f.at("x.npy"),
+            &f.at("off.npy"),
+            &["--grad-output", &f.at("x.npy")],
+        ),
+        "grad_output: expected shape",
+    );
+    assert!(!dir.join("y.npy").exists(), "a failed run wrote its output");
+    // Folders are never created, for --output and --grad-dir alike; nothing is written.
+    let gone = dir.join("no/such");
+    call(
+        run_with(
+            &f.at("x.npy"),
+            &f.at("off.npy"),
+            &[
+                "--grad-output",
+                &f.at("gy.npy"),
+                "--grad-dir",
+                gone.to_str().unwrap(),
+            ],
+        ),
+        "does not exist",
+    );
+    assert!(!dir.join("y.npy").exists() && !gone.exists());
+    let mut v = run_with(&f.at("x.npy"), &f.at("off.npy"), &[]);
+    v[12] = p(dir, "no/such/y.npy");
+    call(v, "does not exist");
+    // No temporary file is left behind by any of the failures.
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // viz: huge sizes and scales are refused, a zero scale too, and no PNG is left.
+    let png = p(dir, "v.png");
+    for (flag, value, words) in [
+        ("--size", "100000,100000", "--size"),
+        ("--scale", "100000", "--scale"),
+        ("--scale", "0", "--scale"),
+    ] {
+        fails(
+            &[
+                "viz",
+                "--offset",
+                &f.at("off.npy"),
+                flag,
+                value,
+                "--output",
+                &png,
+            ],
+            words,
+        );
+        assert!(!Path::new(&png).exists(), "{flag} {value} left a file");
+    }
 }
 
 #[test]

@@ -70,6 +70,16 @@ pub enum DeformError {
         /// Which product overflowed.
         detail: String,
     },
+    /// A result buffer could not be allocated (the shapes are valid but too large for this machine).
+    #[error("{name}: cannot allocate {bytes} bytes for shape {shape:?}")]
+    Allocation {
+        /// The output or gradient.
+        name: String,
+        /// Requested bytes.
+        bytes: usize,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
     /// An unsupported or mixed element type (raised as `TypeError` in Python).
     #[error("{name}: expected dtype {expected}, got {got}")]
     DType {
@@ -132,4 +142,30 @@ pub fn checked_product(name: &str, dims: &[usize]) -> Result<usize> {
             detail: format!("product of {dims:?}"),
         })
     })
+}
+
+/// A zero-filled (`T::default()`) array of `shape`, or [`DeformError::Allocation`] /
+/// [`DeformError::Overflow`] instead of an abort when the machine cannot hold it.
+pub fn try_alloc<T: Default + Clone, D: ndarray::Dimension>(
+    name: &str,
+    shape: D,
+) -> Result<ndarray::Array<T, D>> {
+    let dims = shape.slice().to_vec();
+    let len = checked_product(name, &dims)?;
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| DeformError::Overflow {
+            name: name.to_string(),
+            detail: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
+        })?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| DeformError::Allocation {
+            name: name.to_string(),
+            bytes,
+            shape: dims.clone(),
+        })?;
+    v.resize(len, T::default());
+    Ok(ndarray::Array::from_shape_vec(shape, v).expect("length is the product of the shape"))
 }

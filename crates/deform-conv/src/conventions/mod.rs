@@ -11,10 +11,10 @@ pub mod onnx;
 pub mod torchvision;
 
 use crate::element::Element;
-use crate::error::{DeformError, Result};
+use crate::error::{try_alloc, DeformError, Result};
 use crate::op::{self, Backend, ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
-use ndarray::{s, Array1, Array4, ArrayView4, ArrayViewMut4};
+use ndarray::{s, Array1, Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4};
 
 /// Memory layout of image-like tensors (input, offset, outputs) and of the weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,12 +50,13 @@ pub struct Gradients<T> {
     pub bias: Option<Array1<T>>,
 }
 
-/// Allocates a tensor whose canonical (NCHW-indexed) shape is `shape`, stored in `layout`.
-fn alloc<T: Element>(shape: [usize; 4], layout: Layout) -> Array4<T> {
+/// Allocates a tensor whose canonical (NCHW-indexed) shape is `shape`, stored in `layout`; an
+/// error, not an abort, when the machine cannot hold it.
+fn alloc<T: Element>(name: &str, shape: [usize; 4], layout: Layout) -> Result<Array4<T>> {
     let [a, b, c, d] = shape;
     match layout {
-        Layout::Nchw => Array4::default((a, b, c, d)),
-        Layout::Nhwc => Array4::default((a, c, d, b)),
+        Layout::Nchw => try_alloc(name, Ix4(a, b, c, d)),
+        Layout::Nhwc => try_alloc(name, Ix4(a, c, d, b)),
     }
 }
 
@@ -91,8 +92,10 @@ pub(crate) fn forward<T: Element>(
     layout: Layout,
     backend: Backend,
 ) -> Result<(Array4<T>, Option<Array4<T>>)> {
-    let mut y = alloc::<T>(g.output_shape(), layout);
-    let mut d = deformed.then(|| alloc::<T>(g.deformed_shape(), layout));
+    let mut y = alloc::<T>("output", g.output_shape(), layout)?;
+    let mut d = deformed
+        .then(|| alloc::<T>("deformed image", g.deformed_shape(), layout))
+        .transpose()?;
     op::forward(
         g,
         ops,
@@ -122,19 +125,23 @@ pub(crate) fn backward<T: Element>(
     spec: BackwardSpec,
 ) -> Result<Gradients<T>> {
     let [n, gk, ho, wo] = g.tap_shape();
-    let mut gx = alloc::<T>([g.n, g.c, g.h, g.w], spec.layout);
+    let mut gx = alloc::<T>("grad_input", [g.n, g.c, g.h, g.w], spec.layout)?;
     let mut gw = match spec.layout {
-        Layout::Nchw => Array4::default((g.cout, g.c_per_group(), g.kh, g.kw)),
-        Layout::Nhwc => Array4::default((g.kh, g.kw, g.c_per_group(), g.cout)),
+        Layout::Nchw => try_alloc("grad_weight", Ix4(g.cout, g.c_per_group(), g.kh, g.kw))?,
+        Layout::Nhwc => try_alloc("grad_weight", Ix4(g.kh, g.kw, g.c_per_group(), g.cout))?,
     };
-    let mut gb = spec.bias.then(|| Array1::default(g.cout));
+    let mut gb = spec
+        .bias
+        .then(|| try_alloc("grad_bias", Ix1(g.cout)))
+        .transpose()?;
     let per_tap = match spec.offsets {
         OffsetLayout::Interleaved => 2,
         OffsetLayout::Packed => 3,
     };
-    let mut goff = alloc::<T>([n, per_tap * gk, ho, wo], spec.layout);
+    let mut goff = alloc::<T>("grad_offset", [n, per_tap * gk, ho, wo], spec.layout)?;
     let mut gmask = (spec.offsets == OffsetLayout::Interleaved && ops.mask.is_some())
-        .then(|| Array4::default((n, gk, ho, wo)));
+        .then(|| try_alloc("grad_mask", Ix4(n, gk, ho, wo)))
+        .transpose()?;
     {
         let off = canonical_mut(&mut goff, spec.layout);
         let (oy, ox, om) = match spec.offsets {
