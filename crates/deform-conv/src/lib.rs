@@ -12,7 +12,9 @@
 //!
 //! The flow of the crate follows the data:
 //! [`params`] (one validation) → [`conventions`] and [`layout`] (thin layers over strided views)
-//! → [`op`] (canonical operator) → [`engine`] (fast path) or [`reference`](mod@reference) (the oracle).
+//! → [`op`] (canonical operator over the [`operands`]) → [`engine`] (fast path) or
+//! [`reference`](mod@reference) (the oracle). `engine` and `reference` read only [`operands`] and
+//! [`params`]; neither knows of `op` or of the other.
 
 pub mod conventions;
 pub mod element;
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod op;
+pub mod operands;
 pub mod params;
 pub mod reference;
 

@@ -3,7 +3,7 @@
 //! Every sum is formed in `T::Acc` (f64 for f64 inputs).
 
 use crate::element::{Element, Real};
-use crate::op::{ForwardOutputs, GradOutputs, Operands};
+use crate::operands::{ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
 use ndarray::{Array1, Array4, ArrayView2, ArrayView4};
 use num_traits::{One, Zero};

@@ -1,0 +1,416 @@
+//! The backward: per tile, the same columns, `dcols = dY * Wp^T`, then the offset/mask dot
+//! products and the input scatter, in fixed lanes reduced in order; see the engine's
+//! documentation.
+
+use super::blocking::LANES;
+use super::gemm::{gemm, Mat};
+use super::kernels::Isa;
+use super::kernels::RowJob;
+use super::plan::{split_rows, Plan, RowScratch};
+use super::scratch::{take, take_zeroed, Buf};
+use crate::element::{Element, Real};
+use crate::error::Result;
+use crate::operands::{GradOutputs, Operands};
+use crate::params::{Geometry, GradGate};
+use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis};
+use num_traits::{One, Zero};
+use rayon::prelude::*;
+
+/// One backward lane: its own gradient accumulators and scratch.
+pub(super) struct Lane<A: Real> {
+    /// `dX` of the current image, channels-last plus a garbage row for the zero pixel; zeroed per
+    /// image.
+    dx: Buf<A>,
+    /// `dW` partial sums per conv group; start at zero, accumulate over the whole call.
+    dw: Vec<Buf<A>>,
+    db: Vec<A>,
+    cols: Buf<A>,
+    dcol: Buf<A>,
+    dyt: Buf<A>,
+    /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`; zeroed per tile.
+    acc: Buf<A>,
+    rows: RowScratch<A>,
+}
+
+/// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
+pub(super) struct LaneGrads<'a, T> {
+    oy: Option<ArrayViewMut3<'a, T>>,
+    ox: Option<ArrayViewMut3<'a, T>>,
+    m: Option<ArrayViewMut3<'a, T>>,
+}
+
+/// The next image's view of an optional per-image iterator.
+pub(super) fn next_view<'a, T>(
+    it: &mut Option<ndarray::iter::AxisIterMut<'a, T, ndarray::Ix3>>,
+) -> Option<ArrayViewMut3<'a, T>> {
+    it.as_mut().map(|i| i.next().expect("one view per image"))
+}
+
+/// Engine backward; see the module documentation.
+pub(crate) fn backward<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    dy: ArrayView4<'_, T>,
+    grads: GradOutputs<'_, T>,
+    gate: GradGate,
+    isa: Isa,
+) -> Result<()> {
+    super::threads::pool().install(|| {
+        let plan = Plan::new(g, ops, isa, true)?;
+        backward_impl(&plan, dy, grads, gate);
+        Ok(())
+    })
+}
+
+pub(super) fn backward_impl<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    dy: ArrayView4<'_, T>,
+    mut grads: GradOutputs<'_, T>,
+    gate: GradGate,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let (coutg, gk) = (g.cout_per_group(), g.deformable_groups * g.taps());
+    let tile_px = plan.rows * g.wo;
+    let want_dx = grads.input.is_some();
+    let want_dw = grads.weight.is_some();
+    let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    // Buffers come from the scratch pool; `take` leaves stale contents where every element is
+    // written before it is read, `take_zeroed` where the code accumulates.
+    let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
+    let mut lanes: Vec<Lane<T::Acc>> = (0..LANES)
+        .map(|_| Lane {
+            dx: some(want_dx, (g.h * g.w + 1) * g.c),
+            dw: if want_dw {
+                (0..g.groups)
+                    .map(|_| take_zeroed(plan.row_len * coutg, zero))
+                    .collect()
+            } else {
+                vec![]
+            },
+            db: vec![zero; g.cout],
+            cols: some(want_dw, tile_px * plan.row_len),
+            dcol: take(tile_px * plan.row_len, zero),
+            dyt: take(tile_px * g.cout, zero),
+            acc: some(want_tap, tile_px * gk * 4),
+            rows: RowScratch::new(g.wo),
+        })
+        .collect();
+    let tiles = g.ho.div_ceil(plan.rows);
+    if tiles < LANES && g.n > 1 {
+        // Few tiles per image: lane l takes whole images n0 + l of each wave of LANES images,
+        // and writes their input gradient directly (an image belongs to one lane: no reduction).
+        let mut xts: Vec<Buf<T::Acc>> = (0..LANES)
+            .map(|_| take((g.h * g.w + 1) * g.c, zero))
+            .collect();
+        let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+        for n0 in (0..g.n).step_by(LANES) {
+            let nw = LANES.min(g.n - n0);
+            let mut work = Vec::with_capacity(nw);
+            for ((l, lane), xt) in lanes.iter_mut().enumerate().take(nw).zip(xts.iter_mut()) {
+                let lg = LaneGrads {
+                    oy: next_view(&mut oy_imgs),
+                    ox: next_view(&mut ox_imgs),
+                    m: next_view(&mut om_imgs),
+                };
+                work.push((n0 + l, lane, xt, lg, next_view(&mut gi_imgs)));
+            }
+            work.into_par_iter().for_each(|(n, lane, xt, mut lg, gi)| {
+                plan.image_nhwc(n, xt);
+                if want_dx {
+                    lane.dx.iter_mut().for_each(|v| *v = zero);
+                }
+                let dy_n = dy.index_axis(Axis(0), n);
+                for t in 0..tiles {
+                    let oh0 = t * plan.rows;
+                    let nrows = plan.rows.min(g.ho - oh0);
+                    backward_tile(plan, n, oh0, nrows, oh0, xt, &dy_n, lane, &mut lg, gate);
+                }
+                if let Some(mut gi) = gi {
+                    for (c, mut plane) in gi.outer_iter_mut().enumerate() {
+                        for (y, mut row) in plane.outer_iter_mut().enumerate() {
+                            for (x, v) in row.iter_mut().enumerate() {
+                                *v = T::from_acc(lane.dx[(y * g.w + x) * g.c + c]);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        reduce_weight_bias(plan, &lanes, &mut grads);
+        return;
+    }
+    // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
+    let bounds: Vec<usize> = (0..=LANES)
+        .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
+        .collect();
+    let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+    let mut xt = take((g.h * g.w + 1) * g.c, zero);
+    for n in 0..g.n {
+        plan.image_nhwc(n, &mut xt);
+        let oy = split_rows(
+            grads
+                .offset_y
+                .as_mut()
+                .map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let ox = split_rows(
+            grads
+                .offset_x
+                .as_mut()
+                .map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let om = split_rows(
+            grads.mask.as_mut().map(|v| v.index_axis_mut(Axis(0), n)),
+            &lens,
+        );
+        let work: Vec<_> = lanes
+            .iter_mut()
+            .zip(oy.into_iter().zip(ox).zip(om))
+            .enumerate()
+            .map(|(l, (lane, ((oy, ox), m)))| (bounds[l], lens[l], lane, LaneGrads { oy, ox, m }))
+            .collect();
+        let (xt, dy_n) = (&xt, dy.index_axis(Axis(0), n));
+        work.into_par_iter().for_each(|(row0, len, lane, mut lg)| {
+            if want_dx {
+                lane.dx.iter_mut().for_each(|v| *v = zero);
+            }
+            let mut r = 0;
+            while r < len {
+                let nrows = plan.rows.min(len - r);
+                backward_tile(plan, n, row0 + r, nrows, r, xt, &dy_n, lane, &mut lg, gate);
+                r += nrows;
+            }
+        });
+        if let Some(gi) = grads.input.as_mut() {
+            // dX[c, y, x] = sum over lanes, in lane order, of lane.dx[(y*W + x)*C + c]
+            let lanes = &lanes;
+            gi.index_axis_mut(Axis(0), n)
+                .axis_iter_mut(Axis(1))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(y, mut rows)| {
+                    // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
+                    for (c, mut row) in rows.outer_iter_mut().enumerate() {
+                        for (x, v) in row.iter_mut().enumerate() {
+                            let at = (y * g.w + x) * g.c + c;
+                            let mut s = zero;
+                            for lane in lanes {
+                                s += lane.dx[at];
+                            }
+                            *v = T::from_acc(s);
+                        }
+                    }
+                });
+        }
+    }
+    reduce_weight_bias(plan, &lanes, &mut grads);
+}
+
+/// `dW` and `db`: the lanes' partial sums added in lane order.
+pub(super) fn reduce_weight_bias<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    lanes: &[Lane<T::Acc>],
+    grads: &mut GradOutputs<'_, T>,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let (cg, coutg) = (g.c_per_group(), g.cout_per_group());
+    let row_len = plan.row_len;
+    if let Some(gw) = grads.weight.as_mut() {
+        for q in 0..g.groups {
+            // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
+            let mut sum = vec![zero; row_len * coutg];
+            for lane in lanes {
+                sum.par_chunks_mut(4096)
+                    .zip(lane.dw[q].par_chunks(4096))
+                    .for_each(|(s, d)| {
+                        s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
+                    });
+            }
+            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], output channels in parallel.
+            let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
+            block
+                .axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(o, mut w_o)| {
+                    for ((c, i, j), v) in w_o.indexed_iter_mut() {
+                        *v = T::from_acc(sum[((i * g.kw + j) * cg + c) * coutg + o]);
+                    }
+                });
+        }
+    }
+    if let Some(gb) = grads.bias.as_mut() {
+        for (o, v) in gb.iter_mut().enumerate() {
+            let mut s = zero;
+            for lane in lanes {
+                s += lane.db[o];
+            }
+            *v = T::from_acc(s);
+        }
+    }
+}
+
+/// Backward of output rows `[oh0, oh0 + nrows)` of image `n` into `lane`; `lr0` is the first
+/// row's index inside the lane's gradient views.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_tile<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    n: usize,
+    oh0: usize,
+    nrows: usize,
+    lr0: usize,
+    xt: &[T::Acc],
+    dy_n: &ArrayView3<'_, T>,
+    lane: &mut Lane<T::Acc>,
+    lg: &mut LaneGrads<'_, T>,
+    gate: GradGate,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let one = T::Acc::one();
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let gk = g.deformable_groups * kk;
+    let px = nrows * g.wo;
+    let row_len = plan.row_len;
+    // dyt[p, o] = dY[n, o, oh0 + p / Wo, p % Wo]
+    let dyt = &mut lane.dyt[..px * g.cout];
+    for o in 0..g.cout {
+        for r in 0..nrows {
+            for ow in 0..g.wo {
+                dyt[(r * g.wo + ow) * g.cout + o] = dy_n[[o, oh0 + r, ow]].to_acc();
+            }
+        }
+    }
+    for p in 0..px {
+        for o in 0..g.cout {
+            lane.db[o] += dyt[p * g.cout + o];
+        }
+    }
+    let want_tap = !lane.acc.is_empty();
+    let acc = if want_tap {
+        &mut lane.acc[..px * gk * 4]
+    } else {
+        &mut lane.acc[..]
+    };
+    acc.iter_mut().for_each(|v| *v = zero);
+    for q in 0..g.groups {
+        let dyq = Mat {
+            data: &dyt[q * coutg..],
+            rows: px,
+            cols: coutg,
+            rs: g.cout,
+            cs: 1,
+        };
+        if !lane.dw.is_empty() {
+            let cols = &mut lane.cols[..px * row_len];
+            plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
+            // dW_q[K*Cg x Coutg] += cols^T * dY_q
+            gemm(
+                &mut lane.dw[q],
+                coutg,
+                true,
+                Mat {
+                    data: cols,
+                    rows: row_len,
+                    cols: px,
+                    rs: 1,
+                    cs: row_len,
+                },
+                dyq,
+            );
+        }
+        if lane.dx.is_empty() && !want_tap {
+            continue;
+        }
+        // dcol[P x K*Cg] = dY_q * Wp_q^T
+        let dcol = &mut lane.dcol[..px * row_len];
+        gemm(
+            dcol,
+            row_len,
+            false,
+            dyq,
+            Mat {
+                data: &plan.wp[q],
+                rows: coutg,
+                cols: row_len,
+                rs: 1,
+                cs: coutg,
+            },
+        );
+        let dcol = &*dcol;
+        for r in 0..nrows {
+            for (dg, off, chans) in plan.segments(q) {
+                for tap in 0..kk {
+                    plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
+                    let job = RowJob {
+                        s: &lane.rows.s,
+                        n: g.wo,
+                        c: g.c,
+                        lo: chans.start,
+                        len: chans.len(),
+                        stride: row_len,
+                    };
+                    let d = &dcol[r * g.wo * row_len + tap * cg + off..];
+                    if want_tap {
+                        let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                        (plan.k.dot4_row)(&job, d, xt, &mut acc[at..at + 4 * g.wo]);
+                    }
+                    if !lane.dx.is_empty() {
+                        (plan.k.scatter_row)(&job, d, &mut lane.dx);
+                    }
+                }
+            }
+        }
+    }
+    if !want_tap {
+        return;
+    }
+    // d dy = m (hx (a10 - a00) + lx (a11 - a01)),  d dx = m (hy (a01 - a00) + ly (a11 - a10)),
+    // d mask = hy hx a00 + hy lx a01 + ly hx a10 + ly lx a11 (inside the open box only).
+    for r in 0..nrows {
+        for dg in 0..g.deformable_groups {
+            for tap in 0..kk {
+                let ch = dg * kk + tap;
+                plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
+                let s = &lane.rows.s;
+                let a_row = &acc[(r * gk + ch) * g.wo * 4..][..g.wo * 4];
+                let tmp = &mut lane.rows.grads;
+                tmp.clear();
+                tmp.extend((0..g.wo).map(|ow| {
+                    if !s.grad[ow] {
+                        return [zero; 3];
+                    }
+                    let a = &a_row[4 * ow..4 * ow + 4];
+                    let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
+                    let (hy, hx) = (one - ly, one - lx);
+                    let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
+                    let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
+                    let gm = if s.open[ow] {
+                        hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3]
+                    } else {
+                        zero
+                    };
+                    [gy, gx, gm]
+                }));
+                for (which, view) in [&mut lg.oy, &mut lg.ox, &mut lg.m].into_iter().enumerate() {
+                    if let Some(v) = view.as_mut() {
+                        for (o, g3) in v
+                            .slice_mut(ndarray::s![ch, lr0 + r, ..])
+                            .iter_mut()
+                            .zip(tmp.iter())
+                        {
+                            *o = T::from_acc(g3[which]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
