@@ -10,6 +10,24 @@
 //! `modulated` must be true (the mask block is always read). Offset and mask gradients follow the
 //! per-tap rule of MindSpore's CPU kernel (no gate at -1).
 
+//!
+//! ```
+//! use deform_conv::conventions::mindspore::{deformable_conv2d, deformable_conv2d_backward, Attributes};
+//! use ndarray::Array4;
+//! let x = Array4::<f32>::from_shape_fn((2, 3, 5, 7), |(n, c, y, x)| (n + c + y * x) as f32 * 0.1);
+//! let w = Array4::<f32>::from_elem((4, 3, 3, 3), 0.1);
+//! // Packed offsets [N, 3*G*K, Ho, Wo]: all dx, then all dy, then the mask (here 0.5 everywhere).
+//! let mut offsets = Array4::<f32>::zeros((2, 27, 5, 7));
+//! offsets.slice_mut(ndarray::s![.., 18.., .., ..]).fill(0.5);
+//! let mut attrs = Attributes::new([3, 3]);
+//! attrs.padding = vec![1, 1, 1, 1]; // (top, bottom, left, right)
+//! let y = deformable_conv2d(x.view(), w.view(), offsets.view(), None, &attrs)?;
+//! assert_eq!(y.shape(), &[2, 4, 5, 7]);
+//! let g = deformable_conv2d_backward(Array4::ones(y.raw_dim()).view(), x.view(), w.view(), offsets.view(), None, &attrs)?;
+//! assert_eq!(g.offset.shape(), offsets.shape()); // [d dx | d dy | d mask]
+//! # Ok::<(), deform_conv::DeformError>(())
+//! ```
+
 use super::{
     backward as run_backward, canonical, canonical_weight, dims, forward as run_forward, list,
     nchw_list, BackwardSpec, Gradients, Layout, OffsetLayout,

@@ -9,6 +9,35 @@
 //! `[N, H, W, C]`, weight `[kh, kw, C/groups, Cout]`, offset `[N, Ho, Wo, 3*G*K]`, output
 //! `[N, Ho, Wo, Cout]`, deformed image `[N, Ho*kh, Wo*kw, C]`, and gradients in the same layouts.
 
+//!
+//! ```
+//! use deform_conv::conventions::npu::{npu_deformable_conv2d, npu_deformable_conv2dbk, NpuAttributes};
+//! use deform_conv::{layout, Layout};
+//! use ndarray::Array4;
+//! // The torch_npu documentation's shapes, smaller: input [N, C, H, W], kernel 5x5, padding 2.
+//! let x = Array4::<f32>::from_shape_fn((2, 4, 8, 8), |(n, c, y, x)| ((n * 7 + c * 3 + y * x) % 5) as f32);
+//! let w = Array4::<f32>::from_elem((4, 4, 5, 5), 0.01);
+//! let mut offset = Array4::<f32>::from_elem((2, 75, 8, 8), 0.3);
+//! offset.slice_mut(ndarray::s![.., 50.., .., ..]).fill(1.0); // the mask block
+//! let mut a = NpuAttributes::new([5, 5]);
+//! a.attrs.padding = vec![2, 2, 2, 2];
+//! let (y, d) = npu_deformable_conv2d(x.view(), w.view(), offset.view(), None, &a)?;
+//! assert_eq!((y.shape(), d.shape()), (&[2, 4, 8, 8][..], &[2, 4, 40, 40][..]));
+//! let g = npu_deformable_conv2dbk(x.view(), Array4::ones(y.raw_dim()).view(), d.view(), w.view(), offset.view(), &a)?;
+//! assert_eq!(g.bias.len(), 4);
+//! // The channels-last reading: NHWC input and offset, HWCN weight; the same numbers.
+//! a.layout = Layout::Nhwc;
+//! let (y2, _) = npu_deformable_conv2d(
+//!     layout::nchw_to_nhwc(x.view()).view(),
+//!     layout::oihw_to_hwcn(w.view()).view(),
+//!     layout::nchw_to_nhwc(offset.view()).view(),
+//!     None,
+//!     &a,
+//! )?;
+//! assert_eq!(layout::nhwc_to_nchw(y2.view()), y);
+//! # Ok::<(), deform_conv::DeformError>(())
+//! ```
+
 use super::mindspore::{packed_backward, packed_operands, Attributes};
 use super::{canonical, dims, forward as run_forward, Layout};
 use crate::element::Element;

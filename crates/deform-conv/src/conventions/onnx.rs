@@ -9,6 +9,21 @@
 //!
 //! ONNX defines no gradient for this operator.
 
+//!
+//! ```
+//! use deform_conv::conventions::onnx::{deform_conv, Attributes};
+//! use ndarray::{Array1, Array4};
+//! // X [1, 4, 6, 6], W [2, 2, 3, 3] with group = 2, offset_group = 2, pads [top, left, bottom, right].
+//! let x = Array4::<f32>::from_shape_fn((1, 4, 6, 6), |(_, c, y, x)| (c * 36 + y * 6 + x) as f32);
+//! let w = Array4::<f32>::from_elem((2, 2, 3, 3), 0.5);
+//! let offset = Array4::<f32>::from_elem((1, 2 * 2 * 9, 6, 6), 0.25); // interleaved (dy, dx)
+//! let b = Array1::from(vec![1.0f32, -1.0]);
+//! let attrs = Attributes { group: 2, offset_group: 2, pads: Some(vec![1, 1, 1, 1]), ..Attributes::default() };
+//! let y = deform_conv(x.view(), w.view(), offset.view(), Some(b.view()), None, &attrs)?;
+//! assert_eq!(y.shape(), &[1, 2, 6, 6]);
+//! # Ok::<(), deform_conv::DeformError>(())
+//! ```
+
 use super::{dims, forward as run_forward, list, Layout};
 use crate::element::Element;
 use crate::error::Result;
