@@ -30,5 +30,17 @@ echo "== python: build and install deform_conv"
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python -m pip install --quiet --no-deps --force-reinstall --no-build-isolation . 2>&1 | tail -5
 
+echo "== python: wheel and sdist, installed without Rust"
+rm -rf dist
+maturin build --release --quiet --out dist 2>&1 | grep -v "^\s*$" | tail -2
+maturin sdist --out dist 2>&1 | tail -1
+wheel_env=$(mktemp -d)
+"$PY" -m venv "$wheel_env/venv"
+# No cargo, rustc or maturin on PATH: only the fresh venv and the system.
+env PATH="$wheel_env/venv/bin:/usr/local/bin:/usr/bin:/bin" sh -c '
+    pip install --quiet dist/deform_conv-*-abi3-*.whl &&
+    cd "$0" && python "$1"' "$wheel_env" "$PWD/tests/wheel/smoke.py"
+rm -rf "$wheel_env"
+
 echo "== python: tests"
 .venv/bin/python -m pytest -q tests/python

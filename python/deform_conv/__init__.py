@@ -21,7 +21,8 @@ import numpy as np
 from . import _core
 from ._args import array as _array
 from ._args import ints as _ints
-from ._core import active_isa, num_threads, set_num_threads, supported_isas
+from ._args import count as _count
+from ._core import active_isa, num_threads, supported_isas
 
 __all__ = [
     "deform_conv2d", "deform_conv2d_backward", "Gradients",
@@ -63,6 +64,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         _array("weight", weight), _array("bias", bias), _array("mask", mask),
         _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
     return Gradients(gi, go, gm, gw, gb)
+
+
+def set_num_threads(n):
+    """Sets the engine's thread count for the numpy API (0 = one per core). Results do not depend
+    on it. Under ``deform_conv.torch`` the engine runs on torch's threads instead (see README)."""
+    _core.set_num_threads(_count("set_num_threads: n", n))
 
 
 def interleaved_to_packed(offset, mask=None):

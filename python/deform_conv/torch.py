@@ -53,7 +53,13 @@ def _pair(name, v) -> List[int]:
 
 
 def _check(dtype, **tensors):
-    """Every given tensor is a CPU torch.Tensor of `dtype` (the input's), or a clear error."""
+    """Every given tensor is a CPU torch.Tensor of `dtype` (the input's), or a clear error.
+
+    The input is checked first and on its own, so an input of an unsupported dtype is blamed, not
+    the first tensor that differs from it."""
+    first = tensors.get("input")
+    if isinstance(first, Tensor) and first.dtype not in _DTYPES:
+        raise TypeError(f"input: expected dtype float16, bfloat16, float32 or float64, got {first.dtype}")
     for name, t in tensors.items():
         if t is None:
             continue

@@ -49,6 +49,13 @@ PACKED = np.zeros((1, 27, 4, 4), np.float32)
     (lambda: dc.onnx.deform_conv(X, W, OFF, pads=[0, 0]), ValueError, "pads"),
     (lambda: dc.onnx.deform_conv(X, W, OFF, group=0), ValueError, "group"),
     (lambda: dc.interleaved_to_packed(OFF[:, :17]), ValueError, "offset"),
+    (lambda: dc.deform_conv2d(X, OFF, W, padding=2**70), ValueError, "padding: expected an integer that fits in 64"),
+    (lambda: dc.deform_conv2d(X, OFF, W, stride=(1, -2**80)), ValueError, "stride: expected an integer"),
+    (lambda: dc.set_num_threads(-1), ValueError, "set_num_threads: n: expected an int between 0"),
+    (lambda: dc.set_num_threads(2.5), TypeError, "set_num_threads: n: expected an int"),
+    (lambda: dc.deform_conv2d(X.tolist(), OFF, W), TypeError, "input: expected a numpy array, got list"),
+    (lambda: dct.deform_conv2d(torch.zeros((1, 4, 6, 6), dtype=torch.int64), torch.from_numpy(OFF),
+                               torch.from_numpy(W)), TypeError, "input: expected dtype float16, bfloat16"),
 ])
 def test_bad_input_raises(call, exc, words):
     with pytest.raises(exc) as info:
