@@ -3,11 +3,23 @@
 The ops are ``torch.library.custom_op``s with registered autograd formulas and fake kernels, so
 they work under ``torch.compile(fullgraph=True)``. CPU tensors of float16, bfloat16, float32 and
 float64 come back in the same dtype (half types are sampled and accumulated in float32).
+
+**Threads.** Inside a torch program the engine runs on torch's own intra-op threads: on import,
+this module finds the OpenMP runtime torch loaded (``GOMP_parallel`` in its libgomp) and every op
+runs its tasks there, the calling thread taking part, with ``torch.get_num_threads()`` workers.
+Nothing of ours spins against torch's next op and nothing of torch's against ours. When no such
+runtime is found (a torch built without OpenMP), a one-line warning says so and the engine's own
+pool is used. Results are bitwise identical either way and for any thread count.
+
+**No hidden copies.** Tensors of any strides (``channels_last``, slices) are read in place;
+bfloat16 is passed as its bits (numpy has no bfloat16); outputs are wrapped, not copied.
 """
+import ctypes
 import math
+import os
+import warnings
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -18,8 +30,65 @@ __all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d"]
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _find_openmp():
+    """(GOMP_parallel, omp_get_thread_num) addresses of the OpenMP runtime torch loaded, or None."""
+    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if len(line.split()) >= 6}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        base = os.path.basename(path)
+        if not (base.startswith("libgomp") or base.startswith("libiomp")):
+            continue
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same library, no second copy
+            return (ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value,
+                    ctypes.cast(lib.omp_get_thread_num, ctypes.c_void_p).value)
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_OPENMP = _find_openmp()
+if _OPENMP is not None:
+    _core.use_openmp(*_OPENMP, torch.get_num_threads())
+else:
+    warnings.warn("deform_conv.torch: torch's OpenMP runtime was not found; the engine runs on its own "
+                  "thread pool (deform_conv.set_num_threads), which may contend with torch's threads",
+                  RuntimeWarning, stacklevel=2)
+_threads = [torch.get_num_threads()]
+
+
+class _TorchCall:
+    """Runs the ``_core`` calls inside it in torch mode: on torch's threads, bfloat16 as bits."""
+
+    def __enter__(self):
+        n = torch.get_num_threads()
+        if n != _threads[0]:
+            _threads[0] = n
+            _core.set_host_threads(n)
+        self.prev = _core.torch_call(True)
+
+    def __exit__(self, *exc):
+        _core.torch_call(self.prev)
+
+
+def executor() -> str:
+    """Where the engine runs for torch ops: "openmp" (torch's threads) or "rayon" (its own pool)."""
+    return _core.host_executor()
+
+
+def set_executor(name: str) -> None:
+    """Chooses where torch ops run: "openmp" (torch's threads, the default when found) or "rayon"
+    (the engine's own pool, sized by ``deform_conv.set_num_threads``). Results are the same bits."""
+    _core.set_host_executor(name)
+
+
 def _np(name: str, t: Optional[Tensor]):
-    """A numpy view of a CPU tensor (bfloat16 goes through float32: numpy has no bfloat16)."""
+    """A numpy view of a CPU tensor, any strides, no copy (bfloat16 as its 16-bit pattern)."""
     if t is None:
         return None
     if not isinstance(t, Tensor):
@@ -30,13 +99,14 @@ def _np(name: str, t: Optional[Tensor]):
         raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}")
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        t = t.float()
+        return t.view(torch.uint16).numpy()
     return t.numpy()
 
 
 def _back(a, dtype) -> Tensor:
-    t = torch.from_numpy(np.asarray(a))
-    return t.to(dtype) if t.dtype != dtype else t
+    """The result array as a tensor of `dtype`, sharing its memory."""
+    t = torch.from_numpy(a)
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
 def _pair(name, v) -> List[int]:
@@ -82,8 +152,9 @@ def _out_size(size, pad, k, dil, stride) -> int:
 @torch.library.custom_op("deform_conv::deform_conv2d", mutates_args=())
 def _dcn(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
          stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
-    y = _core.torchvision_forward(_np("input", input), _np("offset", offset), _np("weight", weight),
-                                  _np("bias", bias), _np("mask", mask), stride, padding, dilation)
+    with _TorchCall():
+        y = _core.torchvision_forward(_np("input", input), _np("offset", offset), _np("weight", weight),
+                                      _np("bias", bias), _np("mask", mask), stride, padding, dilation)
     return _back(y, input.dtype)
 
 
@@ -98,9 +169,10 @@ def _(input, offset, weight, bias, mask, stride, padding, dilation):
 def _dcn_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
                   mask: Optional[Tensor], stride: List[int], padding: List[int],
                   dilation: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    gi, go, gm, gw, gb = _core.torchvision_backward(
-        _np("grad_output", grad), _np("input", input), _np("offset", offset), _np("weight", weight),
-        _np("bias", bias), _np("mask", mask), stride, padding, dilation)
+    with _TorchCall():
+        gi, go, gm, gw, gb = _core.torchvision_backward(
+            _np("grad_output", grad), _np("input", input), _np("offset", offset), _np("weight", weight),
+            _np("bias", bias), _np("mask", mask), stride, padding, dilation)
     dt = input.dtype
     gm = _back(gm, dt) if gm is not None else input.new_empty((0,))
     gb = _back(gb, dt) if gb is not None else input.new_empty((0,))
@@ -190,8 +262,10 @@ class DeformConv2d(nn.Module):
 def _npu(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size: List[int],
          stride: List[int], padding: List[int], dilation: List[int], groups: int, deformable_groups: int,
          modulated: bool) -> Tuple[Tensor, Tensor]:
-    y, d = _core.npu_forward(_np("input", input), _np("weight", weight), _np("offset", offset), _np("bias", bias),
-                             kernel_size, stride, padding, dilation, groups, deformable_groups, modulated)
+    with _TorchCall():
+        y, d = _core.npu_forward(_np("input", input), _np("weight", weight), _np("offset", offset),
+                                 _np("bias", bias), kernel_size, stride, padding, dilation, groups,
+                                 deformable_groups, modulated)
     return _back(y, input.dtype), _back(d, input.dtype)
 
 
@@ -212,9 +286,11 @@ def _(input, weight, offset, bias, kernel_size, stride, padding, dilation, group
 def _npu_backward(input: Tensor, grad_output: Tensor, offset_out: Tensor, weight: Tensor, offset: Tensor,
                   kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int], groups: int,
                   deformable_groups: int, modulated: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    gi, gw, go, gb = _core.npu_backward(
-        _np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out), _np("weight", weight),
-        _np("offset", offset), kernel_size, stride, padding, dilation, groups, deformable_groups, modulated)
+    with _TorchCall():
+        gi, gw, go, gb = _core.npu_backward(
+            _np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out),
+            _np("weight", weight), _np("offset", offset), kernel_size, stride, padding, dilation, groups,
+            deformable_groups, modulated)
     dt = input.dtype
     return _back(gi, dt), _back(gw, dt), _back(go, dt), _back(gb, dt)
 

@@ -4,10 +4,10 @@ use deform_conv::conventions::Layout;
 use deform_conv::engine::Isa;
 use deform_conv::error::check_rank;
 use deform_conv::{Backend, DeformError, Element};
-use half::f16;
+use half::{bf16, f16};
+use ndarray::{Array, ArrayView, Ix1, Ix4};
 use numpy::{
-    PyArray1, PyArray4, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray4,
-    PyUntypedArray, PyUntypedArrayMethods,
+    PyArray1, PyArray4, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,6 +24,7 @@ pub(crate) fn err(e: DeformError) -> PyErr {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum DType {
     F16,
+    BF16,
     F32,
     F64,
 }
@@ -32,13 +33,16 @@ impl DType {
     pub(crate) fn name(self) -> &'static str {
         match self {
             DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
             DType::F32 => "float32",
             DType::F64 => "float64",
         }
     }
 }
 
-/// A numpy array's dtype, or a TypeError naming the tensor.
+/// A numpy array's dtype, or a TypeError naming the tensor. A 16-bit integer array is bfloat16
+/// storage only inside a torch call ([`crate::threads::torch_mode`]): numpy has no bfloat16, so
+/// `deform_conv.torch` hands torch's bfloat16 tensors over as their bits, without a copy.
 pub(crate) fn dtype_of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<DType> {
     let a = obj.cast::<PyUntypedArray>().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -54,6 +58,8 @@ pub(crate) fn dtype_of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<DType> {
         Ok(DType::F64)
     } else if dt.is_equiv_to(&numpy::dtype::<f16>(py)) {
         Ok(DType::F16)
+    } else if crate::threads::torch_mode() && dt.is_equiv_to(&numpy::dtype::<u16>(py)) {
+        Ok(DType::BF16)
     } else {
         Err(err(DeformError::DType {
             name: name.into(),
@@ -61,6 +67,97 @@ pub(crate) fn dtype_of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<DType> {
             got: dt.to_string(),
         }))
     }
+}
+
+/// An element type as numpy stores it: itself, or its bits (`u16`) for bfloat16.
+pub(crate) trait PyElement: Element {
+    /// The numpy element type holding `Self`.
+    type Np: numpy::Element;
+    /// `a` read as `Self`, same memory, same strides.
+    fn view<D: ndarray::Dimension>(a: ArrayView<'_, Self::Np, D>) -> ArrayView<'_, Self, D>;
+    /// `a` as numpy elements, without a copy.
+    fn to_np<D: ndarray::Dimension>(a: Array<Self, D>) -> Array<Self::Np, D>;
+}
+
+macro_rules! native {
+    ($($t:ty),*) => {$(
+        impl PyElement for $t {
+            type Np = $t;
+            fn view<D: ndarray::Dimension>(a: ArrayView<'_, $t, D>) -> ArrayView<'_, $t, D> {
+                a
+            }
+            fn to_np<D: ndarray::Dimension>(a: Array<$t, D>) -> Array<$t, D> {
+                a
+            }
+        }
+    )*};
+}
+native!(f16, f32, f64);
+
+impl PyElement for bf16 {
+    type Np = u16;
+    fn view<D: ndarray::Dimension>(a: ArrayView<'_, u16, D>) -> ArrayView<'_, bf16, D> {
+        let raw = a.raw_view().cast::<bf16>();
+        // SAFETY: `bf16` is `repr(transparent)` over `u16`: same size and alignment, and every bit
+        // pattern is a valid `bf16`. The view keeps `a`'s shape, strides and lifetime, and is
+        // read-only like `a`.
+        unsafe { raw.deref_into_view() }
+    }
+    fn to_np<D: ndarray::Dimension>(a: Array<bf16, D>) -> Array<u16, D> {
+        use half::vec::HalfFloatVecExt;
+        let dim = a.raw_dim();
+        let standard = a.as_standard_layout().into_owned(); // no copy: outputs are standard
+        let (v, offset) = standard.into_raw_vec_and_offset();
+        debug_assert!(offset.unwrap_or(0) == 0);
+        Array::from_shape_vec(dim, v.reinterpret_into()).expect("same length")
+    }
+}
+
+/// A read-only numpy array argument, viewed as `T`.
+pub(crate) struct In<'py, T: PyElement, D: ndarray::Dimension> {
+    a: numpy::PyReadonlyArray<'py, T::Np, D>,
+}
+
+impl<T: PyElement, D: ndarray::Dimension> In<'_, T, D> {
+    /// The array as `T`, any strides.
+    pub(crate) fn as_array(&self) -> ArrayView<'_, T, D> {
+        T::view(self.a.as_array())
+    }
+}
+
+fn arr<'py, T: PyElement, D: ndarray::Dimension, const R: usize>(
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<In<'py, T, D>> {
+    let dt = dtype_of(name, obj)?;
+    let a = obj.cast::<PyUntypedArray>()?;
+    check_rank::<R>(name, a.shape()).map_err(err)?;
+    let typed = obj.cast::<numpy::PyArray<T::Np, D>>().map_err(|_| {
+        err(DeformError::DType {
+            name: name.into(),
+            expected: format!("{} (the input's dtype)", T::NAME),
+            got: dt.name().into(),
+        })
+    })?;
+    Ok(In {
+        a: typed.readonly(),
+    })
+}
+
+/// The 4-D array `obj` as `T` (the call's dtype), or a clear error.
+pub(crate) fn arr4<'py, T: PyElement>(
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<In<'py, T, Ix4>> {
+    arr::<T, Ix4, 4>(name, obj)
+}
+
+/// The 1-D array `obj` as `T` (the call's dtype), or a clear error.
+pub(crate) fn arr1<'py, T: PyElement>(
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<In<'py, T, Ix1>> {
+    arr::<T, Ix1, 1>(name, obj)
 }
 
 pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -71,40 +168,6 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 /// The 4-D array `obj` as `T` (the call's dtype), or a clear error.
-pub(crate) fn arr4<'py, T: Element + numpy::Element>(
-    name: &str,
-    obj: &Bound<'py, PyAny>,
-) -> PyResult<PyReadonlyArray4<'py, T>> {
-    let dt = dtype_of(name, obj)?;
-    let a = obj.cast::<PyUntypedArray>()?;
-    check_rank::<4>(name, a.shape()).map_err(err)?;
-    let typed = obj.cast::<PyArray4<T>>().map_err(|_| {
-        err(DeformError::DType {
-            name: name.into(),
-            expected: format!("{} (the input's dtype)", T::NAME),
-            got: dt.name().into(),
-        })
-    })?;
-    Ok(typed.readonly())
-}
-
-pub(crate) fn arr1<'py, T: Element + numpy::Element>(
-    name: &str,
-    obj: &Bound<'py, PyAny>,
-) -> PyResult<PyReadonlyArray1<'py, T>> {
-    let dt = dtype_of(name, obj)?;
-    let a = obj.cast::<PyUntypedArray>()?;
-    check_rank::<1>(name, a.shape()).map_err(err)?;
-    let typed = obj.cast::<PyArray1<T>>().map_err(|_| {
-        err(DeformError::DType {
-            name: name.into(),
-            expected: format!("{} (the input's dtype)", T::NAME),
-            got: dt.name().into(),
-        })
-    })?;
-    Ok(typed.readonly())
-}
-
 pub(crate) fn backend(name: &str) -> PyResult<Backend> {
     match name {
         "engine" => Ok(Backend::Engine),
@@ -130,16 +193,28 @@ pub(crate) fn layout_of(name: &str) -> PyResult<Layout> {
 
 pub(crate) type Obj<'py> = Bound<'py, PyAny>;
 
-pub(crate) fn out4<'py, T: Element + numpy::Element>(
-    py: Python<'py>,
-    a: ndarray::Array4<T>,
-) -> Obj<'py> {
-    PyArray4::from_owned_array(py, a).into_any()
+/// An owned result as a numpy array (no copy).
+pub(crate) fn out4<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array4<T>) -> Obj<'py> {
+    PyArray4::from_owned_array(py, T::to_np(a)).into_any()
 }
 
-pub(crate) fn opt_out4<'py, T: Element + numpy::Element>(
+/// An owned 1-D result as a numpy array (no copy).
+pub(crate) fn out1<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array1<T>) -> Obj<'py> {
+    PyArray1::from_owned_array(py, T::to_np(a)).into_any()
+}
+
+/// An optional result: the array, or None.
+pub(crate) fn opt_out4<'py, T: PyElement>(
     py: Python<'py>,
     a: Option<ndarray::Array4<T>>,
 ) -> Obj<'py> {
     a.map_or_else(|| py.None().into_bound(py), |a| out4(py, a))
+}
+
+/// Runs `f` without the GIL, on the host's threads when called from a torch op.
+pub(crate) fn compute<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
+    match crate::threads::call_executor() {
+        Some(ex) => py.detach(|| deform_conv::engine::with_executor(ex, f)),
+        None => py.detach(f),
+    }
 }

@@ -2,13 +2,11 @@
 
 use crate::common::*;
 use deform_conv::layout;
-use deform_conv::Element;
-use half::f16;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-fn i2p<'py, T: Element + numpy::Element + num_traits::One>(
+fn i2p<'py, T: PyElement + num_traits::One>(
     py: Python<'py>,
     offset: &Obj<'py>,
     mask: Option<&Obj<'py>>,
@@ -22,17 +20,13 @@ fn i2p<'py, T: Element + numpy::Element + num_traits::One>(
     ))
 }
 
-fn p2i<'py, T: Element + numpy::Element>(py: Python<'py>, packed: &Obj<'py>) -> PyResult<Obj<'py>> {
+fn p2i<'py, T: PyElement>(py: Python<'py>, packed: &Obj<'py>) -> PyResult<Obj<'py>> {
     let p = arr4::<T>("offset", packed)?;
     let (o, m) = layout::packed_to_interleaved(p.as_array()).map_err(err)?;
     Ok(PyTuple::new(py, [out4(py, o), out4(py, m)])?.into_any())
 }
 
-fn permute<'py, T: Element + numpy::Element>(
-    py: Python<'py>,
-    a: &Obj<'py>,
-    which: &str,
-) -> PyResult<Obj<'py>> {
+fn permute<'py, T: PyElement>(py: Python<'py>, a: &Obj<'py>, which: &str) -> PyResult<Obj<'py>> {
     let v = arr4::<T>("array", a)?;
     let v = v.as_array();
     let out = match which {

@@ -15,7 +15,8 @@ use pyo3::prelude::*;
 macro_rules! by_dtype {
     ($dt:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $dt {
-            DType::F16 => $f::<f16>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            DType::BF16 => $f::<half::bf16>($($arg),*),
             DType::F32 => $f::<f32>($($arg),*),
             DType::F64 => $f::<f64>($($arg),*),
         }
@@ -47,5 +48,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(threads::num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::active_isa, m)?)?;
     m.add_function(wrap_pyfunction!(threads::supported_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::torch_call, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::use_openmp, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::set_host_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::host_executor, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::set_host_executor, m)?)?;
     Ok(())
 }

@@ -2,9 +2,6 @@
 
 use crate::common::*;
 use deform_conv::conventions::mindspore;
-use deform_conv::Element;
-use half::f16;
-use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -31,7 +28,7 @@ pub(crate) fn packed_attrs(
     })
 }
 
-fn ms_fwd<'py, T: Element + numpy::Element>(
+fn ms_fwd<'py, T: PyElement>(
     py: Python<'py>,
     x: &Obj<'py>,
     weight: &Obj<'py>,
@@ -51,13 +48,11 @@ fn ms_fwd<'py, T: Element + numpy::Element>(
         oa.as_array(),
         ba.as_ref().map(|b| b.as_array()),
     );
-    let y = py
-        .detach(|| mindspore::deformable_conv2d(xv, wv, ov, bv, a))
-        .map_err(err)?;
+    let y = compute(py, || mindspore::deformable_conv2d(xv, wv, ov, bv, a)).map_err(err)?;
     Ok(out4(py, y))
 }
 
-fn ms_bwd<'py, T: Element + numpy::Element>(
+fn ms_bwd<'py, T: PyElement>(
     py: Python<'py>,
     grad_output: &Obj<'py>,
     x: &Obj<'py>,
@@ -80,14 +75,14 @@ fn ms_bwd<'py, T: Element + numpy::Element>(
         oa.as_array(),
         ba.as_ref().map(|b| b.as_array()),
     );
-    let g = py
-        .detach(|| mindspore::deformable_conv2d_backward(gv, xv, wv, ov, bv, a))
-        .map_err(err)?;
-    let gb = PyArray1::from_owned_array(
+    let g = compute(py, || {
+        mindspore::deformable_conv2d_backward(gv, xv, wv, ov, bv, a)
+    })
+    .map_err(err)?;
+    let gb = out1(
         py,
         g.bias.expect("packed backward returns the bias gradient"),
-    )
-    .into_any();
+    );
     Ok(PyTuple::new(
         py,
         [

@@ -3,13 +3,10 @@
 use crate::common::*;
 use crate::mindspore::packed_attrs;
 use deform_conv::conventions::npu;
-use deform_conv::Element;
-use half::f16;
-use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-fn npu_fwd<'py, T: Element + numpy::Element>(
+fn npu_fwd<'py, T: PyElement>(
     py: Python<'py>,
     input: &Obj<'py>,
     weight: &Obj<'py>,
@@ -29,14 +26,12 @@ fn npu_fwd<'py, T: Element + numpy::Element>(
         oa.as_array(),
         ba.as_ref().map(|b| b.as_array()),
     );
-    let (y, d) = py
-        .detach(|| npu::npu_deformable_conv2d(xv, wv, ov, bv, a))
-        .map_err(err)?;
+    let (y, d) = compute(py, || npu::npu_deformable_conv2d(xv, wv, ov, bv, a)).map_err(err)?;
     Ok(PyTuple::new(py, [out4(py, y), out4(py, d)])?.into_any())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn npu_bwd<'py, T: Element + numpy::Element>(
+fn npu_bwd<'py, T: PyElement>(
     py: Python<'py>,
     input: &Obj<'py>,
     grad_output: &Obj<'py>,
@@ -58,16 +53,14 @@ fn npu_bwd<'py, T: Element + numpy::Element>(
         wa.as_array(),
         oa.as_array(),
     );
-    let g = py
-        .detach(|| npu::npu_deformable_conv2dbk(xv, gv, dv, wv, ov, a))
-        .map_err(err)?;
+    let g = compute(py, || npu::npu_deformable_conv2dbk(xv, gv, dv, wv, ov, a)).map_err(err)?;
     Ok(PyTuple::new(
         py,
         [
             out4(py, g.input),
             out4(py, g.weight),
             out4(py, g.offset),
-            PyArray1::from_owned_array(py, g.bias).into_any(),
+            out1(py, g.bias),
         ],
     )?
     .into_any())

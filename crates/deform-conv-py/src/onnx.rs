@@ -2,11 +2,9 @@
 
 use crate::common::*;
 use deform_conv::conventions::onnx;
-use deform_conv::Element;
-use half::f16;
 use pyo3::prelude::*;
 
-fn onnx_fwd<'py, T: Element + numpy::Element>(
+fn onnx_fwd<'py, T: PyElement>(
     py: Python<'py>,
     x: &Obj<'py>,
     w: &Obj<'py>,
@@ -29,9 +27,7 @@ fn onnx_fwd<'py, T: Element + numpy::Element>(
         ba.as_ref().map(|b| b.as_array()),
         ma.as_ref().map(|m| m.as_array()),
     );
-    let y = py
-        .detach(|| onnx::deform_conv(xv, wv, ov, bv, mv, a))
-        .map_err(err)?;
+    let y = compute(py, || onnx::deform_conv(xv, wv, ov, bv, mv, a)).map_err(err)?;
     Ok(out4(py, y))
 }
 

@@ -1,7 +1,133 @@
-//! Threads and instruction sets of the engine.
+//! Threads and instruction sets of the engine, and the torch calling mode.
+//!
+//! Under `deform_conv.torch` every call runs in *torch mode* ([`torch_call`]): the engine's work
+//! goes to the OpenMP runtime torch loaded (registered once by [`use_openmp`]), on torch's
+//! intra-op threads with the calling thread taking part, and 16-bit integer arrays are read as
+//! bfloat16 storage. The numpy API keeps the engine's own rayon pool.
 
-use deform_conv::engine::{self, Isa};
+use deform_conv::engine::{self, Executor, GompParallel, Isa, OmpThreadNum, OpenMpExecutor};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+thread_local! {
+    static TORCH_MODE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The host's OpenMP entry points and the executor over them at the current thread count.
+struct Host {
+    parallel: GompParallel,
+    thread_num: OmpThreadNum,
+    executor: Arc<OpenMpExecutor>,
+}
+
+static HOST: RwLock<Option<Host>> = RwLock::new(None);
+
+/// Whether torch calls use the registered host runtime (true) or the engine's own pool.
+static HOST_ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// True inside a torch call on this thread.
+pub(crate) fn torch_mode() -> bool {
+    TORCH_MODE.get()
+}
+
+/// The executor of a call made now on this thread: the host's in torch mode, if registered.
+pub(crate) fn call_executor() -> Option<Arc<dyn Executor>> {
+    if !torch_mode() || !HOST_ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let host = HOST.read().unwrap_or_else(|e| e.into_inner());
+    host.as_ref()
+        .map(|h| h.executor.clone() as Arc<dyn Executor>)
+}
+
+/// Enters (`true`) or leaves torch mode on this thread; returns the previous state.
+#[pyfunction]
+pub(crate) fn torch_call(on: bool) -> bool {
+    TORCH_MODE.replace(on)
+}
+
+/// Registers the process's OpenMP runtime (libgomp) for torch calls, from the addresses of its
+/// `GOMP_parallel` and `omp_get_thread_num` (as `deform_conv.torch` finds them with ctypes in the
+/// libgomp torch loaded), with `threads` workers (torch.get_num_threads()).
+///
+/// The addresses must be those two functions of one loaded libgomp; `deform_conv.torch` is the
+/// only caller and resolves them by name from the library torch itself loaded.
+#[pyfunction]
+pub(crate) fn use_openmp(
+    gomp_parallel: usize,
+    omp_get_thread_num: usize,
+    threads: usize,
+) -> PyResult<()> {
+    if gomp_parallel == 0 || omp_get_thread_num == 0 {
+        return Err(PyValueError::new_err(
+            "use_openmp: expected the addresses of GOMP_parallel and omp_get_thread_num, got 0",
+        ));
+    }
+    // SAFETY: the caller passes the addresses of libgomp's `GOMP_parallel` and
+    // `omp_get_thread_num` (resolved by name with ctypes from the loaded library, which stays
+    // loaded while torch is); the function pointer types match their C signatures.
+    let (parallel, thread_num) = unsafe {
+        (
+            std::mem::transmute::<usize, GompParallel>(gomp_parallel),
+            std::mem::transmute::<usize, OmpThreadNum>(omp_get_thread_num),
+        )
+    };
+    // SAFETY: as above: the two entry points of one OpenMP runtime.
+    let executor = Arc::new(unsafe { OpenMpExecutor::new(parallel, thread_num, threads) });
+    *HOST.write().unwrap_or_else(|e| e.into_inner()) = Some(Host {
+        parallel,
+        thread_num,
+        executor,
+    });
+    Ok(())
+}
+
+/// Follows the host's thread count (torch.get_num_threads()); a no-op when unchanged.
+#[pyfunction]
+pub(crate) fn set_host_threads(threads: usize) {
+    let mut host = HOST.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = host.as_mut() {
+        if h.executor.threads() != threads.max(1) {
+            // SAFETY: the same entry points `use_openmp` registered.
+            h.executor =
+                Arc::new(unsafe { OpenMpExecutor::new(h.parallel, h.thread_num, threads) });
+        }
+    }
+}
+
+/// Which executor torch calls use: "openmp" or "rayon".
+#[pyfunction]
+pub(crate) fn host_executor() -> &'static str {
+    if HOST_ENABLED.load(Ordering::Relaxed)
+        && HOST.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    {
+        "openmp"
+    } else {
+        "rayon"
+    }
+}
+
+/// Chooses the executor of torch calls: "openmp" (the registered host runtime) or "rayon".
+#[pyfunction]
+pub(crate) fn set_host_executor(name: &str) -> PyResult<()> {
+    match name {
+        "openmp" if HOST.read().unwrap_or_else(|e| e.into_inner()).is_none() => {
+            Err(PyValueError::new_err(
+                "executor: 'openmp' needs torch's OpenMP runtime, which was not found",
+            ))
+        }
+        "openmp" | "rayon" => {
+            HOST_ENABLED.store(name == "openmp", Ordering::Relaxed);
+            Ok(())
+        }
+        other => Err(PyValueError::new_err(format!(
+            "executor: expected 'openmp' or 'rayon', got {other:?}"
+        ))),
+    }
+}
 
 /// Sets the engine's thread count (0 = one per core).
 #[pyfunction]

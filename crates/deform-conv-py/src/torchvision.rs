@@ -2,14 +2,11 @@
 
 use crate::common::*;
 use deform_conv::conventions::torchvision;
-use deform_conv::Element;
-use half::f16;
-use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 #[allow(clippy::too_many_arguments)]
-fn tv_forward<'py, T: Element + numpy::Element>(
+fn tv_forward<'py, T: PyElement>(
     py: Python<'py>,
     input: &Obj<'py>,
     offset: &Obj<'py>,
@@ -32,14 +29,12 @@ fn tv_forward<'py, T: Element + numpy::Element>(
         b.as_ref().map(|b| b.as_array()),
         m.as_ref().map(|m| m.as_array()),
     );
-    let y = py
-        .detach(|| torchvision::deform_conv2d(xv, ov, wv, bv, mv, p))
-        .map_err(err)?;
+    let y = compute(py, || torchvision::deform_conv2d(xv, ov, wv, bv, mv, p)).map_err(err)?;
     Ok(out4(py, y))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn tv_backward<'py, T: Element + numpy::Element>(
+fn tv_backward<'py, T: PyElement>(
     py: Python<'py>,
     grad_output: &Obj<'py>,
     input: &Obj<'py>,
@@ -65,13 +60,13 @@ fn tv_backward<'py, T: Element + numpy::Element>(
         b.as_ref().map(|b| b.as_array()),
         m.as_ref().map(|m| m.as_array()),
     );
-    let g = py
-        .detach(|| torchvision::deform_conv2d_backward(gv, xv, ov, wv, bv, mv, p))
-        .map_err(err)?;
-    let gb = g.bias.map_or_else(
-        || py.None().into_bound(py),
-        |b| PyArray1::from_owned_array(py, b).into_any(),
-    );
+    let g = compute(py, || {
+        torchvision::deform_conv2d_backward(gv, xv, ov, wv, bv, mv, p)
+    })
+    .map_err(err)?;
+    let gb = g
+        .bias
+        .map_or_else(|| py.None().into_bound(py), |b| out1(py, b));
     Ok(PyTuple::new(
         py,
         [

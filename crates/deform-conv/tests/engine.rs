@@ -5,7 +5,29 @@
 mod common;
 
 use common::{problem_sized, rng, Offsets, Problem};
-use deform_conv::engine::{set_num_threads, Isa};
+use deform_conv::engine::{set_num_threads, with_executor, Executor, Isa, Task};
+use std::sync::Arc;
+
+/// An executor as a host might bring: 3 threads of its own, tasks dealt round-robin and each
+/// thread's share run in reverse order, so that the order differs from rayon's.
+struct Scrambled;
+
+impl Executor for Scrambled {
+    fn threads(&self) -> usize {
+        3
+    }
+    fn run(&self, n: usize, f: Task<'_>) {
+        std::thread::scope(|s| {
+            for w in 0..3 {
+                s.spawn(move || {
+                    for i in (w..n).step_by(3).collect::<Vec<_>>().into_iter().rev() {
+                        f(i, w);
+                    }
+                });
+            }
+        });
+    }
+}
 use deform_conv::op::{self, Backend, ForwardOutputs, GradOutputs, Operands};
 use deform_conv::{Element, GradGate};
 use ndarray::{Array1, Array4};
@@ -352,7 +374,7 @@ fn forced_isa_runs_its_own_kernels() {
 }
 
 /// A layer large enough for the GEMM to use its own parallel path: results are still bitwise
-/// identical for 1, 2 and 3 threads.
+/// identical for 1, 2 and 3 threads and for a host executor that runs tasks in another order.
 #[test]
 fn deterministic_on_a_large_layer() {
     use deform_conv::conventions::torchvision::{deform_conv2d, deform_conv2d_backward, Params};
@@ -387,6 +409,8 @@ fn deterministic_on_a_large_layer() {
         results.push(run());
     }
     set_num_threads(0);
+    // A host's executor of its own: tasks dealt round-robin to 3 threads, each in reverse order.
+    results.push(with_executor(Arc::new(Scrambled), run));
     let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     for r in &results[1..] {
         assert!(bits(&r.0) == bits(&results[0].0) && bits(&r.1) == bits(&results[0].1));

@@ -8,13 +8,13 @@ use super::kernels::Isa;
 use super::kernels::RowJob;
 use super::plan::{split_rows, Plan, RowScratch};
 use super::scratch::{take, take_zeroed, Buf};
+use super::threads::{for_each_chunk, for_each_item};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::operands::{GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
 use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis};
 use num_traits::{One, Zero};
-use rayon::prelude::*;
 
 /// One backward lane: its own gradient accumulators and scratch.
 pub(super) struct Lane<A: Real> {
@@ -55,11 +55,9 @@ pub(crate) fn backward<T: Element>(
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
-    super::threads::pool().install(|| {
-        let plan = Plan::new(g, ops, isa, true)?;
-        backward_impl(&plan, dy, grads, gate);
-        Ok(())
-    })
+    let plan = Plan::new(g, ops, isa, true)?;
+    backward_impl(&plan, dy, grads, gate);
+    Ok(())
 }
 
 pub(super) fn backward_impl<T: Element>(
@@ -118,7 +116,7 @@ pub(super) fn backward_impl<T: Element>(
                 };
                 work.push((n0 + l, lane, xt, lg, next_view(&mut gi_imgs)));
             }
-            work.into_par_iter().for_each(|(n, lane, xt, mut lg, gi)| {
+            for_each_item(work, |(n, lane, xt, mut lg, gi), _| {
                 plan.image_nhwc(n, xt);
                 if want_dx {
                     lane.dx.iter_mut().for_each(|v| *v = zero);
@@ -176,7 +174,7 @@ pub(super) fn backward_impl<T: Element>(
             .map(|(l, (lane, ((oy, ox), m)))| (bounds[l], lens[l], lane, LaneGrads { oy, ox, m }))
             .collect();
         let (xt, dy_n) = (&xt, dy.index_axis(Axis(0), n));
-        work.into_par_iter().for_each(|(row0, len, lane, mut lg)| {
+        for_each_item(work, |(row0, len, lane, mut lg), _| {
             if want_dx {
                 lane.dx.iter_mut().for_each(|v| *v = zero);
             }
@@ -190,23 +188,21 @@ pub(super) fn backward_impl<T: Element>(
         if let Some(gi) = grads.input.as_mut() {
             // dX[c, y, x] = sum over lanes, in lane order, of lane.dx[(y*W + x)*C + c]
             let lanes = &lanes;
-            gi.index_axis_mut(Axis(0), n)
-                .axis_iter_mut(Axis(1))
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(y, mut rows)| {
-                    // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
-                    for (c, mut row) in rows.outer_iter_mut().enumerate() {
-                        for (x, v) in row.iter_mut().enumerate() {
-                            let at = (y * g.w + x) * g.c + c;
-                            let mut s = zero;
-                            for lane in lanes {
-                                s += lane.dx[at];
-                            }
-                            *v = T::from_acc(s);
+            let mut gi_n = gi.index_axis_mut(Axis(0), n);
+            let rows: Vec<_> = gi_n.axis_iter_mut(Axis(1)).enumerate().collect();
+            for_each_item(rows, |(y, mut rows), _| {
+                // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
+                for (c, mut row) in rows.outer_iter_mut().enumerate() {
+                    for (x, v) in row.iter_mut().enumerate() {
+                        let at = (y * g.w + x) * g.c + c;
+                        let mut s = zero;
+                        for lane in lanes {
+                            s += lane.dx[at];
                         }
+                        *v = T::from_acc(s);
                     }
-                });
+                }
+            });
         }
     }
     reduce_weight_bias(plan, &lanes, &mut grads);
@@ -227,23 +223,20 @@ pub(super) fn reduce_weight_bias<T: Element>(
             // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
             let mut sum = vec![zero; row_len * coutg];
             for lane in lanes {
-                sum.par_chunks_mut(4096)
-                    .zip(lane.dw[q].par_chunks(4096))
-                    .for_each(|(s, d)| {
-                        s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
-                    });
+                let dw = &lane.dw[q];
+                for_each_chunk(&mut sum, 4096, |k, s, _| {
+                    let d = &dw[k * 4096..];
+                    s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
+                });
             }
             // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], output channels in parallel.
             let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
-            block
-                .axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(o, mut w_o)| {
-                    for ((c, i, j), v) in w_o.indexed_iter_mut() {
-                        *v = T::from_acc(sum[((i * g.kw + j) * cg + c) * coutg + o]);
-                    }
-                });
+            let outs: Vec<_> = block.axis_iter_mut(Axis(0)).enumerate().collect();
+            for_each_item(outs, |(o, mut w_o), _| {
+                for ((c, i, j), v) in w_o.indexed_iter_mut() {
+                    *v = T::from_acc(sum[((i * g.kw + j) * cg + c) * coutg + o]);
+                }
+            });
         }
     }
     if let Some(gb) = grads.bias.as_mut() {

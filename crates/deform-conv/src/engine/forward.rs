@@ -5,13 +5,13 @@ use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
 use super::plan::{split_rows, Plan, RowScratch};
 use super::scratch::{take, Buf};
+use super::threads::{for_each_item, PerWorker};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::operands::{ForwardOutputs, Operands};
 use crate::params::Geometry;
 use ndarray::Axis;
 use num_traits::Zero;
-use rayon::prelude::*;
 
 /// Engine forward; see the module documentation.
 pub(crate) fn forward<T: Element>(
@@ -20,11 +20,9 @@ pub(crate) fn forward<T: Element>(
     out: ForwardOutputs<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    super::threads::pool().install(|| {
-        let plan = Plan::new(g, ops, isa, false)?;
-        forward_impl(&plan, out);
-        Ok(())
-    })
+    let plan = Plan::new(g, ops, isa, false)?;
+    forward_impl(&plan, out);
+    Ok(())
 }
 
 pub(super) struct Scratch<A: Real> {
@@ -60,10 +58,10 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
     let mut d_imgs = out.deformed.as_mut().map(|d| d.axis_iter_mut(Axis(0)));
     for n0 in (0..g.n).step_by(wave) {
         let nw = wave.min(g.n - n0);
-        xts[..nw]
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, xt)| plan.image_nhwc(n0 + i, xt));
+        plan.images_nhwc(
+            n0,
+            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
+        );
         let mut tiles = Vec::with_capacity(nw * tiles_per_image);
         for i in 0..nw {
             let y_n = y_imgs.next().expect("one output view per image");
@@ -77,13 +75,14 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
             }
         }
         let xts = &xts;
-        tiles.into_par_iter().for_each_init(
-            || Scratch {
+        let scratch = PerWorker::new();
+        for_each_item(tiles, |(n, t, mut y, mut d), w| {
+            let init = || Scratch {
                 cols: take(tile_px * plan.row_len, T::Acc::zero()),
                 out: take(tile_px * coutg, T::Acc::zero()),
                 rows: RowScratch::new(g.wo),
-            },
-            |scr, (n, t, mut y, mut d)| {
+            };
+            scratch.with(w, init, |scr| {
                 let xt = &xts[n - n0];
                 let (oh0, nrows) = (t * plan.rows, y.shape()[1]);
                 let px = nrows * g.wo;
@@ -142,7 +141,7 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
                         }
                     }
                 }
-            },
-        );
+            })
+        });
     }
 }

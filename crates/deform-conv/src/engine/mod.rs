@@ -31,7 +31,10 @@ mod scratch;
 mod threads;
 
 pub use kernels::{active_isa, Isa};
-pub use threads::{num_threads, set_num_threads};
+pub use threads::{
+    num_threads, set_num_threads, with_executor, Executor, GompParallel, OmpThreadNum,
+    OpenMpExecutor, RayonExecutor, Task,
+};
 
 pub(crate) use backward::backward;
 pub(crate) use forward::forward;

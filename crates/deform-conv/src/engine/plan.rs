@@ -8,13 +8,13 @@ use super::kernels::RowJob;
 use super::kernels::{self, Isa, Kernels};
 use super::sample::{RowArgs, RowSamples};
 use super::scratch::{take, Buf};
+use super::threads::{for_each_chunk, for_each_item};
 use crate::element::{Element, Real};
 use crate::error::{DeformError, Result};
 use crate::operands::Operands;
 use crate::params::{Geometry, GradGate};
 use ndarray::{ArrayView4, ArrayViewMut3, Axis};
 use num_traits::Zero;
-use rayon::prelude::*;
 
 /// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
 /// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path.
@@ -86,32 +86,45 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
 
     /// Image `n` as channels-last `[H*W + 1, C]` in `buf`; the last pixel is zero.
     pub(super) fn image_nhwc(&self, n: usize, buf: &mut [T::Acc]) {
+        self.images_nhwc(n, &mut [buf]);
+    }
+
+    /// Images `n0, n0 + 1, ...` as channels-last `[H*W + 1, C]`, one per buffer of `bufs`; the
+    /// last pixel is zero. One task per image row (all images' rows in one parallel loop): read
+    /// each channel's row (contiguous in NCHW), write it strided into the row's `[W, C]` block,
+    /// which stays in cache.
+    pub(super) fn images_nhwc(&self, n0: usize, bufs: &mut [&mut [T::Acc]]) {
         let g = self.g;
         let (hw, c) = (g.h * g.w, g.c);
-        buf[hw * c..].iter_mut().for_each(|v| *v = T::Acc::zero());
-        let image = self.ops.input.index_axis(Axis(0), n); // [C, H, W]
-                                                           // One image row at a time (in parallel): read each channel's row (contiguous in NCHW),
-                                                           // write it strided into the row's [W, C] block, which stays in cache.
-        buf[..hw * c]
-            .par_chunks_mut(g.w * c)
-            .enumerate()
-            .for_each(|(y, dst)| {
-                for ch in 0..c {
-                    let row = image.slice(ndarray::s![ch, y, ..]);
-                    match row.as_slice() {
-                        Some(src) => {
-                            for (x, v) in src.iter().enumerate() {
-                                dst[x * c + ch] = v.to_acc();
-                            }
+        let mut rows = Vec::with_capacity(bufs.len() * g.h);
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            let (pixels, zero_pixel) = buf.split_at_mut(hw * c);
+            zero_pixel.iter_mut().for_each(|v| *v = T::Acc::zero());
+            rows.extend(
+                pixels
+                    .chunks_mut(g.w * c)
+                    .enumerate()
+                    .map(|(y, dst)| (n0 + i, y, dst)),
+            );
+        }
+        for_each_item(rows, |(n, y, dst), _| {
+            let image = self.ops.input.index_axis(Axis(0), n); // [C, H, W]
+            for ch in 0..c {
+                let row = image.slice(ndarray::s![ch, y, ..]);
+                match row.as_slice() {
+                    Some(src) => {
+                        for (x, v) in src.iter().enumerate() {
+                            dst[x * c + ch] = v.to_acc();
                         }
-                        None => {
-                            for (x, v) in row.iter().enumerate() {
-                                dst[x * c + ch] = v.to_acc();
-                            }
+                    }
+                    None => {
+                        for (x, v) in row.iter().enumerate() {
+                            dst[x * c + ch] = v.to_acc();
                         }
                     }
                 }
-            });
+            }
+        });
     }
 
     /// The deformable-group segments of conv group `q`: `(dg, channel offset in the conv group,
@@ -243,25 +256,23 @@ pub(super) fn pack_weight<T: Element>(
     let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let row_len = kk * cg;
     let mut rows = take(coutg * row_len, T::Acc::zero()); // every element is written below
-    rows.par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(o, row)| {
-            let w_o = weight.index_axis(Axis(0), q * coutg + o); // [Cg, kh, kw]
-            match w_o.as_slice() {
-                Some(src) => {
-                    for c in 0..cg {
-                        for tap in 0..kk {
-                            row[tap * cg + c] = src[c * kk + tap].to_acc();
-                        }
-                    }
-                }
-                None => {
-                    for ((c, i, j), v) in w_o.indexed_iter() {
-                        row[(i * g.kw + j) * cg + c] = v.to_acc();
+    for_each_chunk(&mut rows, row_len, |o, row, _| {
+        let w_o = weight.index_axis(Axis(0), q * coutg + o); // [Cg, kh, kw]
+        match w_o.as_slice() {
+            Some(src) => {
+                for c in 0..cg {
+                    for tap in 0..kk {
+                        row[tap * cg + c] = src[c * kk + tap].to_acc();
                     }
                 }
             }
-        });
+            None => {
+                for ((c, i, j), v) in w_o.indexed_iter() {
+                    row[(i * g.kw + j) * cg + c] = v.to_acc();
+                }
+            }
+        }
+    });
     rows
 }
 
@@ -269,18 +280,16 @@ pub(super) fn pack_weight<T: Element>(
 pub(super) fn transpose<A: Real>(src: &[A], rows: usize, cols: usize) -> Buf<A> {
     const B: usize = 32;
     let mut out = take(rows * cols, A::zero()); // every element is written below
-    out.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(blk, dst)| {
-            let c0 = blk * B;
-            for r0 in (0..rows).step_by(B) {
-                for (dc, drow) in dst.chunks_exact_mut(rows).enumerate() {
-                    for r in r0..(r0 + B).min(rows) {
-                        drow[r] = src[r * cols + c0 + dc];
-                    }
+    for_each_chunk(&mut out, B * rows, |blk, dst, _| {
+        let c0 = blk * B;
+        for r0 in (0..rows).step_by(B) {
+            for (dc, drow) in dst.chunks_exact_mut(rows).enumerate() {
+                for r in r0..(r0 + B).min(rows) {
+                    drow[r] = src[r * cols + c0 + dc];
                 }
             }
-        });
+        }
+    });
     out
 }
 

@@ -1,18 +1,170 @@
-//! The engine's thread pool: rayon, sized once (or by [`set_num_threads`]).
+//! Where the engine's parallel loops run: one small executor interface.
+//!
+//! Every parallel loop of the engine is "run tasks `0..n`, each independent, and return when all
+//! are done" ([`run`]). Which threads run them is the [`Executor`]'s business:
+//!
+//! * [`RayonExecutor`] (the default for Rust, the CLI and the numpy API): a rayon pool of its own,
+//!   sized by [`set_num_threads`] or `DEFORM_CONV_NUM_THREADS`.
+//! * [`OpenMpExecutor`]: the OpenMP runtime already loaded in the process (libgomp's
+//!   `GOMP_parallel`), so that under a host such as torch the work runs on the host's own
+//!   intra-op threads, the calling thread taking part: nothing of ours spins against the host and
+//!   nothing of the host's spins against us. `deform_conv.torch` registers torch's libgomp.
+//! * Any other: a host implements [`Executor`] and runs a call under [`with_executor`].
+//!
+//! **Same bits on every executor.** The engine splits work into tasks whose number and contents
+//! depend only on the problem, never on the thread count; every result element is written by one
+//! task, and every reduction adds fixed partial sums in a fixed order. Tasks are handed out
+//! dynamically; the `worker` index a task receives selects only scratch memory.
+//!
+//! A loop inside a task runs serially on that task's thread (no nested parallel regions).
 
-use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::{Arc, RwLock};
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_uint, c_void};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+/// A task body: `f(task, worker)`, with `task < n` and `worker < threads()`.
+pub type Task<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
-fn build(n: usize) -> Arc<ThreadPool> {
-    Arc::new(
-        ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("deform-conv-{i}"))
-            .build()
-            .expect("rayon builds a thread pool"),
-    )
+/// Runs independent tasks on some threads.
+pub trait Executor: Send + Sync {
+    /// How many workers [`Executor::run`] may use (the bound on the `worker` index).
+    fn threads(&self) -> usize;
+    /// Runs `f(i, worker)` for every `i < n`, each exactly once, and returns when all are done.
+    /// A panic in a task is propagated to the caller after every task has stopped.
+    fn run(&self, n: usize, f: Task<'_>);
+}
+
+thread_local! {
+    /// True on a thread that is running a task: loops inside it run serially.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// The executor chosen for calls made on this thread ([`with_executor`]).
+    static CURRENT: RefCell<Option<Arc<dyn Executor>>> = const { RefCell::new(None) };
+}
+
+/// Marks the current thread as inside a task for the duration of `f`.
+fn as_task<R>(f: impl FnOnce() -> R) -> R {
+    let prev = IN_TASK.replace(true);
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.set(prev);
+    r.unwrap_or_else(|p| resume_unwind(p))
+}
+
+/// Runs `f(i, worker)` for `i < n` on the current executor (serially inside a task).
+pub(crate) fn run(n: usize, f: impl Fn(usize, usize) + Sync) {
+    if n == 0 {
+        return;
+    }
+    let ex = current();
+    if n == 1 || IN_TASK.get() || ex.threads() <= 1 {
+        as_task(|| (0..n).for_each(|i| f(i, 0)));
+        return;
+    }
+    // Every task is marked as one, whichever executor runs it (a host's own too), so loops
+    // inside it stay on its thread.
+    ex.run(n, &|i, w| as_task(|| f(i, w)));
+}
+
+/// The number of workers of the current executor: the bound on a task's `worker` index.
+pub(crate) fn workers() -> usize {
+    if IN_TASK.get() {
+        1
+    } else {
+        current().threads().max(1)
+    }
+}
+
+/// Runs `f(item, worker)` once for each item, in parallel; items are moved into their task.
+pub(crate) fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(T, usize) + Sync) {
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|x| Mutex::new(Some(x))).collect();
+    run(slots.len(), |i, w| {
+        let item = slots[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("each task takes its own item once");
+        f(item, w)
+    });
+}
+
+/// Runs `f(index, chunk, worker)` on each `chunk`-sized piece of `data`, in parallel.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T], usize) + Sync,
+) {
+    for_each_item(
+        data.chunks_mut(chunk.max(1)).enumerate().collect(),
+        |(i, c), w| f(i, c, w),
+    );
+}
+
+/// Per-worker scratch for one parallel loop, made on first use by each worker.
+pub(crate) struct PerWorker<S> {
+    slots: Vec<Mutex<Option<S>>>,
+}
+
+impl<S> PerWorker<S> {
+    /// One slot per worker of the current executor.
+    pub(crate) fn new() -> Self {
+        PerWorker {
+            slots: (0..workers()).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Runs `f` with worker `w`'s scratch, made by `init` the first time.
+    pub(crate) fn with<R>(
+        &self,
+        w: usize,
+        init: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> R {
+        let mut slot = self.slots[w.min(self.slots.len() - 1)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f(slot.get_or_insert_with(init))
+    }
+}
+
+// ------------------------------------------------------------------------------------ rayon
+
+/// The default executor: a rayon pool of its own.
+pub struct RayonExecutor {
+    pool: rayon::ThreadPool,
+}
+
+impl RayonExecutor {
+    /// A pool of `n` threads (0 = one per core).
+    pub fn new(n: usize) -> Self {
+        let n = if n == 0 { cores() } else { n };
+        RayonExecutor {
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("deform-conv-{i}"))
+                .build()
+                .expect("rayon builds a thread pool"),
+        }
+    }
+}
+
+impl Executor for RayonExecutor {
+    fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    fn run(&self, n: usize, f: Task<'_>) {
+        use rayon::prelude::*;
+        self.pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .for_each(|i| f(i, rayon::current_thread_index().unwrap_or(0)))
+        })
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn default_threads() -> usize {
@@ -20,31 +172,140 @@ fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(cores)
 }
 
-/// The pool the engine runs on.
-pub(crate) fn pool() -> Arc<ThreadPool> {
-    if let Some(p) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        return p.clone();
+static DEFAULT: RwLock<Option<Arc<dyn Executor>>> = RwLock::new(None);
+
+fn default_executor() -> Arc<dyn Executor> {
+    if let Some(e) = DEFAULT.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return e.clone();
     }
-    let mut guard = POOL.write().unwrap_or_else(|e| e.into_inner());
-    guard
-        .get_or_insert_with(|| build(default_threads()))
+    DEFAULT
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| Arc::new(RayonExecutor::new(default_threads())))
         .clone()
 }
 
-/// Sets the number of engine threads (0 = one per core). Results do not depend on it.
-pub fn set_num_threads(n: usize) {
-    let n = if n == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        n
-    };
-    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(build(n));
+fn current() -> Arc<dyn Executor> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(default_executor)
 }
 
-/// The number of engine threads.
+/// Sets the number of threads of the default (rayon) executor (0 = one per core). Results do not
+/// depend on it.
+pub fn set_num_threads(n: usize) {
+    *DEFAULT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(RayonExecutor::new(n)));
+}
+
+/// The number of threads the engine uses for calls made on this thread.
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    current().threads()
+}
+
+/// Runs `f` with the engine's work on `executor` (for calls made on this thread, inside `f`).
+pub fn with_executor<R>(executor: Arc<dyn Executor>, f: impl FnOnce() -> R) -> R {
+    let prev = CURRENT.with(|c| c.replace(Some(executor)));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    CURRENT.with(|c| *c.borrow_mut() = prev);
+    r.unwrap_or_else(|p| resume_unwind(p))
+}
+
+// ------------------------------------------------------------------------------------ OpenMP
+
+/// libgomp's `void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)`.
+pub type GompParallel =
+    unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+/// OpenMP's `int omp_get_thread_num(void)`.
+pub type OmpThreadNum = unsafe extern "C" fn() -> c_int;
+
+/// The host's OpenMP threads (libgomp), the calling thread taking part.
+pub struct OpenMpExecutor {
+    parallel: GompParallel,
+    thread_num: OmpThreadNum,
+    threads: usize,
+}
+
+impl OpenMpExecutor {
+    /// An executor over the OpenMP runtime whose entry points are given, with `threads` workers.
+    ///
+    /// # Safety
+    ///
+    /// `parallel` must be libgomp's `GOMP_parallel` and `thread_num` the `omp_get_thread_num` of
+    /// the same runtime, both loaded for as long as the executor is used.
+    pub unsafe fn new(parallel: GompParallel, thread_num: OmpThreadNum, threads: usize) -> Self {
+        OpenMpExecutor {
+            parallel,
+            thread_num,
+            threads: threads.max(1),
+        }
+    }
+}
+
+/// What every thread of one OpenMP team reads: the task counter and the body.
+struct Team<'a> {
+    n: usize,
+    next: AtomicUsize,
+    f: Task<'a>,
+    thread_num: OmpThreadNum,
+    threads: usize,
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+/// The function every thread of the team runs: take tasks until none is left.
+extern "C" fn team_member(data: *mut c_void) {
+    // SAFETY: `data` is the `&Team` that `OpenMpExecutor::run` passed to GOMP_parallel; it lives
+    // on that caller's stack until GOMP_parallel returns, which is after every member returned.
+    let team = unsafe { &*(data as *const Team<'_>) };
+    // SAFETY: `thread_num` is the runtime's omp_get_thread_num (OpenMpExecutor::new's contract).
+    let w = (unsafe { (team.thread_num)() }).max(0) as usize;
+    let w = w.min(team.threads - 1);
+    // No unwinding across the C frames of the runtime: a panic is kept and re-raised by `run`.
+    let r = catch_unwind(AssertUnwindSafe(|| loop {
+        let i = team.next.fetch_add(1, Ordering::Relaxed);
+        if i >= team.n {
+            break;
+        }
+        (team.f)(i, w);
+    }));
+    if let Err(p) = r {
+        team.next.store(team.n, Ordering::Relaxed);
+        team.panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(p);
+    }
+}
+
+impl Executor for OpenMpExecutor {
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(&self, n: usize, f: Task<'_>) {
+        let team = Team {
+            n,
+            next: AtomicUsize::new(0),
+            f,
+            thread_num: self.thread_num,
+            threads: self.threads,
+            panic: Mutex::new(None),
+        };
+        let teams = self.threads.min(n) as c_uint;
+        // SAFETY: `parallel` is GOMP_parallel (contract of `new`); `team` outlives the call, which
+        // returns only when every member has returned; `team_member` never unwinds.
+        unsafe {
+            (self.parallel)(
+                team_member,
+                &team as *const Team<'_> as *mut c_void,
+                teams,
+                0,
+            )
+        };
+        if let Some(p) = team.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            resume_unwind(p);
+        }
+    }
 }
