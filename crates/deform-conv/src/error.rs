@@ -144,28 +144,55 @@ pub fn checked_product(name: &str, dims: &[usize]) -> Result<usize> {
     })
 }
 
-/// A zero-filled (`T::default()`) array of `shape`, or [`DeformError::Allocation`] /
-/// [`DeformError::Overflow`] instead of an abort when the machine cannot hold it.
-pub fn try_alloc<T: Default + Clone, D: ndarray::Dimension>(
+/// A zero array of `shape`, or [`DeformError::Allocation`] / [`DeformError::Overflow`] instead
+/// of an abort when the machine cannot hold it.
+///
+/// The memory comes from the allocator's zeroed allocation (`calloc`): a large buffer is fresh
+/// pages the kernel provides as zeros, so no pass writes zeros over an output that the op then
+/// overwrites in full.
+pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
     name: &str,
     shape: D,
 ) -> Result<ndarray::Array<T, D>> {
     let dims = shape.slice().to_vec();
     let len = checked_product(name, &dims)?;
-    let bytes = len
-        .checked_mul(std::mem::size_of::<T>())
-        .filter(|&b| b <= isize::MAX as usize)
-        .ok_or_else(|| DeformError::Overflow {
-            name: name.to_string(),
-            detail: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
-        })?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| DeformError::Allocation {
-            name: name.to_string(),
-            bytes,
-            shape: dims.clone(),
-        })?;
-    v.resize(len, T::default());
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| DeformError::Overflow {
+        name: name.to_string(),
+        detail: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
+    })?;
+    let v = if layout.size() == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: `layout` has a non-zero size. A non-null result is a zeroed allocation of
+        // `len` elements of `T` with `T`'s alignment, made by the global allocator with exactly
+        // `layout`, which is what `Vec::from_raw_parts` needs (capacity = length = `len`), and
+        // all-zero bytes are a valid `T` (the `ZeroBits` contract).
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+            if ptr.is_null() {
+                return Err(DeformError::Allocation {
+                    name: name.to_string(),
+                    bytes: layout.size(),
+                    shape: dims,
+                });
+            }
+            Vec::from_raw_parts(ptr, len, len)
+        }
+    };
     Ok(ndarray::Array::from_shape_vec(shape, v).expect("length is the product of the shape"))
 }
+
+/// Types for which all-zero bytes are a valid value (zero).
+///
+/// # Safety
+///
+/// An implementor must be valid, and equal to zero, when every byte of it is 0.
+pub unsafe trait ZeroBits: Copy {}
+// SAFETY: IEEE +0.0 is all-zero bits in each of these formats.
+unsafe impl ZeroBits for f32 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for f64 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for half::f16 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for half::bf16 {}
