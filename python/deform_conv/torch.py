@@ -25,9 +25,11 @@ from torch import Tensor, nn
 
 from . import _core
 
-__all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d"]
+__all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d", "install", "uninstall", "installed",
+           "onnx_translations", "DeformConvError", "DeformConvTypeError", "executor", "set_executor"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 
 def _find_openmp():
@@ -87,16 +89,109 @@ def set_executor(name: str) -> None:
     _core.set_host_executor(name)
 
 
+
+# ------------------------------------------------------------------ errors
+
+
+class DeformConvError(RuntimeError, ValueError):
+    """A bad shape or parameter: a ``RuntimeError`` as torchvision raises, and a ``ValueError``."""
+
+
+class DeformConvTypeError(RuntimeError, TypeError):
+    """A bad type, dtype or device: a ``RuntimeError`` as torchvision raises, and a ``TypeError``."""
+
+
+def _fail(msg: str, type_error: bool = False) -> None:
+    """Raises `msg` as DeformConvError / DeformConvTypeError (eager) or RuntimeError (TorchScript)."""
+    if torch.jit.is_scripting():
+        raise RuntimeError(msg)
+    else:
+        if type_error:
+            raise DeformConvTypeError(msg)
+        raise DeformConvError(msg)
+
+
+def _core_call(fn, *args, **kwargs):
+    """A ``_core`` call in torch mode, its errors raised as the classes above."""
+    try:
+        with _TorchCall():
+            return fn(*args, **kwargs)
+    except TypeError as e:
+        raise DeformConvTypeError(str(e)) from None
+    except ValueError as e:
+        raise DeformConvError(str(e)) from None
+
+
+# ------------------------------------------------------------------ argument checks (TorchScript-compatible)
+
+
+def _is_supported(dtype: torch.dtype) -> bool:
+    return dtype == torch.float32 or dtype == torch.float64 or dtype == torch.float16 or dtype == torch.bfloat16
+
+
+def _check_rank(name: str, t: Tensor, rank: int) -> None:
+    if t.dim() != rank:
+        _fail(name + ": expected a " + str(rank) + "-D tensor, got " + str(t.dim()) + "-D with shape "
+              + str(t.shape))
+
+
+def _check_tensors(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                   mask: Optional[Tensor]) -> None:
+    """torchvision's checks, in its order: ranks and shapes first, then dtypes and devices.
+
+    The messages name the tensor and say what was expected and what came; where torchvision has
+    a wording of its own ("the shape of the offset", "mask.shape[1] is not valid"), it is kept.
+    """
+    _check_rank("input", input, 4)
+    _check_rank("offset", offset, 4)
+    _check_rank("weight", weight, 4)
+    kh, kw = weight.shape[2], weight.shape[3]
+    taps = kh * kw
+    if taps == 0 or offset.shape[1] == 0 or offset.shape[1] % (2 * taps) != 0:
+        _fail("offset: the shape of the offset tensor at dimension 1 is not valid: expected a positive multiple "
+              "of 2 * kh * kw = " + str(2 * taps) + ", got offset.shape[1] = " + str(offset.shape[1]))
+    groups = offset.shape[1] // (2 * max(taps, 1))
+    if weight.shape[1] == 0 or input.shape[1] % weight.shape[1] != 0:
+        _fail("weight: expected weight.shape[1] = C / groups to divide the input's C = " + str(input.shape[1])
+              + ", got weight shape " + str(weight.shape))
+    if offset.shape[0] != input.shape[0]:
+        _fail("offset: expected batch " + str(input.shape[0]) + " (the input's), got offset shape "
+              + str(offset.shape))
+    if mask is not None:
+        _check_rank("mask", mask, 4)
+        if mask.shape[1] != groups * taps:
+            _fail("mask: mask.shape[1] is not valid: expected offset groups * kh * kw = " + str(groups * taps)
+                  + ", got mask.shape[1] = " + str(mask.shape[1]))
+        if mask.shape[0] != input.shape[0] or mask.shape[2] != offset.shape[2] or mask.shape[3] != offset.shape[3]:
+            _fail("mask: expected shape [" + str(input.shape[0]) + ", " + str(groups * taps) + ", "
+                  + str(offset.shape[2]) + ", " + str(offset.shape[3]) + "] (the offset's), got " + str(mask.shape))
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            _fail("bias: expected shape [" + str(weight.shape[0]) + "] (Cout), got " + str(bias.shape))
+    if not _is_supported(input.dtype):
+        _fail("input: expected dtype float16, bfloat16, float32 or float64, got " + str(input.dtype), True)
+    _check_like("offset", offset, input)
+    _check_like("weight", weight, input)
+    if bias is not None:
+        _check_like("bias", bias, input)
+    if mask is not None:
+        _check_like("mask", mask, input)
+    if input.device.type != "cpu":
+        _fail("input: expected a CPU tensor, got a tensor on " + str(input.device))
+
+
+def _check_like(name: str, t: Tensor, input: Tensor) -> None:
+    """`t` has the input's dtype and is on the CPU."""
+    if t.dtype != input.dtype:
+        _fail(name + ": expected dtype " + str(input.dtype) + " (the input's), got " + str(t.dtype), True)
+    if t.device.type != "cpu":
+        _fail(name + ": expected a CPU tensor, got a tensor on " + str(t.device))
+
+
 def _np(name: str, t: Optional[Tensor]):
     """A numpy view of a CPU tensor, any strides, no copy (bfloat16 as its 16-bit pattern)."""
     if t is None:
         return None
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}")
     t = t.detach()
     if t.dtype == torch.bfloat16:
         return t.view(torch.uint16).numpy()
@@ -109,39 +204,24 @@ def _back(a, dtype) -> Tensor:
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
-def _pair(name, v) -> List[int]:
+def _eager_pair(name: str, v) -> Tuple[int, int]:
+    """An int or a pair of ints as a pair (eager calls; TorchScript callers pass pairs)."""
     if isinstance(v, bool):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got bool")
+        _fail(name + ": expected an int or a pair of ints, got bool", True)
     if isinstance(v, int):
-        return [v, v]
-    v = list(v)
+        return (v, v)
+    try:
+        v = tuple(v)
+    except TypeError:
+        _fail(f"{name}: expected an int or a pair of ints, got {type(v).__name__}", True)
     if len(v) == 1:
         v = v * 2
     if len(v) != 2 or not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return v
+        _fail(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return (int(v[0]), int(v[1]))
 
 
-def _check(dtype, **tensors):
-    """Every given tensor is a CPU torch.Tensor of `dtype` (the input's), or a clear error.
-
-    The input is checked first and on its own, so an input of an unsupported dtype is blamed, not
-    the first tensor that differs from it."""
-    first = tensors.get("input")
-    if isinstance(first, Tensor) and first.dtype not in _DTYPES:
-        raise TypeError(f"input: expected dtype float16, bfloat16, float32 or float64, got {first.dtype}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
-        if t.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {t.dtype}")
-
-
-def _out_size(size, pad, k, dil, stride) -> int:
+def _out_size(size: int, pad: int, k: int, dil: int, stride: int) -> int:
     num = size + 2 * pad - (dil * (k - 1) + 1)
     q = num // stride if num >= 0 else -((-num) // stride)  # C truncation, as torchvision
     return q + 1
@@ -149,17 +229,17 @@ def _out_size(size, pad, k, dil, stride) -> int:
 
 # ------------------------------------------------------------------ torchvision
 
+
 @torch.library.custom_op("deform_conv::deform_conv2d", mutates_args=())
 def _dcn(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
-         stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
-    with _TorchCall():
-        y = _core.torchvision_forward(_np("input", input), _np("offset", offset), _np("weight", weight),
-                                      _np("bias", bias), _np("mask", mask), stride, padding, dilation)
+         stride: List[int], padding: List[int], dilation: List[int], open_gate: bool = False) -> Tensor:
+    y = _core_call(_core.torchvision_forward, _np("input", input), _np("offset", offset), _np("weight", weight),
+                   _np("bias", bias), _np("mask", mask), stride, padding, dilation)
     return _back(y, input.dtype)
 
 
 @_dcn.register_fake
-def _(input, offset, weight, bias, mask, stride, padding, dilation):
+def _(input, offset, weight, bias, mask, stride, padding, dilation, open_gate=False):
     ho = _out_size(input.shape[2], padding[0], weight.shape[2], dilation[0], stride[0])
     wo = _out_size(input.shape[3], padding[1], weight.shape[3], dilation[1], stride[1])
     return input.new_empty((input.shape[0], weight.shape[0], ho, wo))
@@ -167,12 +247,12 @@ def _(input, offset, weight, bias, mask, stride, padding, dilation):
 
 @torch.library.custom_op("deform_conv::deform_conv2d_backward", mutates_args=())
 def _dcn_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
-                  mask: Optional[Tensor], stride: List[int], padding: List[int],
-                  dilation: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    with _TorchCall():
-        gi, go, gm, gw, gb = _core.torchvision_backward(
-            _np("grad_output", grad), _np("input", input), _np("offset", offset), _np("weight", weight),
-            _np("bias", bias), _np("mask", mask), stride, padding, dilation)
+                  mask: Optional[Tensor], stride: List[int], padding: List[int], dilation: List[int],
+                  open_gate: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    gi, go, gm, gw, gb = _core_call(
+        _core.torchvision_backward, _np("grad_output", grad), _np("input", input), _np("offset", offset),
+        _np("weight", weight), _np("bias", bias), _np("mask", mask), stride, padding, dilation,
+        gate="open" if open_gate else "per_tap")
     dt = input.dtype
     gm = _back(gm, dt) if gm is not None else input.new_empty((0,))
     gb = _back(gb, dt) if gb is not None else input.new_empty((0,))
@@ -180,39 +260,55 @@ def _dcn_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, b
 
 
 @_dcn_backward.register_fake
-def _(grad, input, offset, weight, bias, mask, stride, padding, dilation):
+def _(grad, input, offset, weight, bias, mask, stride, padding, dilation, open_gate=False):
     gm = torch.empty_like(mask) if mask is not None else input.new_empty((0,))
     gb = torch.empty_like(bias) if bias is not None else input.new_empty((0,))
     return torch.empty_like(input), torch.empty_like(offset), gm, torch.empty_like(weight), gb
 
 
 def _dcn_setup(ctx, inputs, output):
-    input, offset, weight, bias, mask, stride, padding, dilation = inputs
+    input, offset, weight, bias, mask, stride, padding, dilation, open_gate = inputs
     ctx.save_for_backward(input, offset, weight, bias, mask)
-    ctx.conv = (stride, padding, dilation)
+    ctx.conv = (stride, padding, dilation, open_gate)
     ctx.has = (bias is not None, mask is not None)
 
 
 def _dcn_grad(ctx, grad):
     input, offset, weight, bias, mask = ctx.saved_tensors
-    gi, go, gm, gw, gb = _dcn_backward(grad, input, offset, weight, bias, mask, *ctx.conv)
+    gi, go, gm, gw, gb = _dcn_backward(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)
     has_bias, has_mask = ctx.has
-    return gi, go, gw, (gb if has_bias else None), (gm if has_mask else None), None, None, None
+    return gi, go, gw, (gb if has_bias else None), (gm if has_mask else None), None, None, None, None
 
 
 _dcn.register_autograd(_dcn_grad, setup_context=_dcn_setup)
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                  stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask: Optional[Tensor] = None) -> Tensor:
-    """``torchvision.ops.deform_conv2d``: same signature, semantics and gradients, on CPU."""
-    _check(getattr(input, "dtype", None), input=input, offset=offset, weight=weight, bias=bias, mask=mask)
-    return _dcn(input, offset, weight, bias, mask, _pair("stride", stride), _pair("padding", padding),
-                _pair("dilation", dilation))
+                  stride: Tuple[int, int] = (1, 1), padding: Tuple[int, int] = (0, 0),
+                  dilation: Tuple[int, int] = (1, 1), mask: Optional[Tensor] = None) -> Tensor:
+    """``torchvision.ops.deform_conv2d``: same signature, semantics and gradients, on CPU.
+
+    TorchScript-compatible (``torch.jit.script`` a module or function calling it; pass the pairs
+    as tuples there). Bad shapes raise :class:`DeformConvError` (a ``RuntimeError`` and a
+    ``ValueError``), bad dtypes :class:`DeformConvTypeError`; shapes are checked first.
+    """
+    if not torch.jit.is_scripting():
+        if not isinstance(input, Tensor):
+            _fail(f"input: expected a torch.Tensor, got {type(input).__name__}", True)
+        for name, t in (("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
+            if t is not None and not isinstance(t, Tensor):
+                _fail(f"{name}: expected a torch.Tensor, got {type(t).__name__}", True)
+        stride = _eager_pair("stride", stride)
+        padding = _eager_pair("padding", padding)
+        dilation = _eager_pair("dilation", dilation)
+    _check_tensors(input, offset, weight, bias, mask)
+    return torch.ops.deform_conv.deform_conv2d(input, offset, weight, bias, mask, [stride[0], stride[1]],
+                                               [padding[0], padding[1]], [dilation[0], dilation[1]], False)
 
 
 class DeformConv2d(nn.Module):
-    """``torchvision.ops.DeformConv2d``: same constructor, parameters, initialisation and state_dict."""
+    """``torchvision.ops.DeformConv2d``: same constructor, parameters, initialisation and state_dict;
+    scriptable with ``torch.jit.script``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True):
@@ -223,10 +319,10 @@ class DeformConv2d(nn.Module):
             raise ValueError("out_channels must be divisible by groups")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = tuple(_pair("kernel_size", kernel_size))
-        self.stride = tuple(_pair("stride", stride))
-        self.padding = tuple(_pair("padding", padding))
-        self.dilation = tuple(_pair("dilation", dilation))
+        self.kernel_size = _eager_pair("kernel_size", kernel_size)
+        self.stride = _eager_pair("stride", stride)
+        self.padding = _eager_pair("padding", padding)
+        self.dilation = _eager_pair("dilation", dilation)
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
@@ -262,10 +358,9 @@ class DeformConv2d(nn.Module):
 def _npu(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size: List[int],
          stride: List[int], padding: List[int], dilation: List[int], groups: int, deformable_groups: int,
          modulated: bool) -> Tuple[Tensor, Tensor]:
-    with _TorchCall():
-        y, d = _core.npu_forward(_np("input", input), _np("weight", weight), _np("offset", offset),
-                                 _np("bias", bias), kernel_size, stride, padding, dilation, groups,
-                                 deformable_groups, modulated)
+    y, d = _core_call(_core.npu_forward, _np("input", input), _np("weight", weight), _np("offset", offset),
+                      _np("bias", bias), kernel_size, stride, padding, dilation, groups, deformable_groups,
+                      modulated)
     return _back(y, input.dtype), _back(d, input.dtype)
 
 
@@ -286,11 +381,10 @@ def _(input, weight, offset, bias, kernel_size, stride, padding, dilation, group
 def _npu_backward(input: Tensor, grad_output: Tensor, offset_out: Tensor, weight: Tensor, offset: Tensor,
                   kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int], groups: int,
                   deformable_groups: int, modulated: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    with _TorchCall():
-        gi, gw, go, gb = _core.npu_backward(
-            _np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out),
-            _np("weight", weight), _np("offset", offset), kernel_size, stride, padding, dilation, groups,
-            deformable_groups, modulated)
+    gi, gw, go, gb = _core_call(
+        _core.npu_backward, _np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out),
+        _np("weight", weight), _np("offset", offset), kernel_size, stride, padding, dilation, groups,
+        deformable_groups, modulated)
     dt = input.dtype
     return _back(gi, dt), _back(gw, dt), _back(go, dt), _back(gb, dt)
 
@@ -325,8 +419,156 @@ def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: O
                           modulated: bool = True) -> Tuple[Tensor, Tensor]:
     """``torch_npu.npu_deformable_conv2d``: returns (output, deformable_offset), autograd through the output
     with torch_npu's gradient rule (zero gradients for samples outside (-1, H) x (-1, W))."""
-    _check(getattr(input, "dtype", None), input=input, weight=weight, offset=offset, bias=bias)
+    for name, t in (("input", input), ("weight", weight), ("offset", offset), ("bias", bias)):
+        if t is not None and not isinstance(t, Tensor):
+            _fail(f"{name}: expected a torch.Tensor, got {type(t).__name__}", True)
+    for name, t in (("input", input), ("weight", weight), ("offset", offset)):
+        _check_rank(name, t, 4)
+    if not _is_supported(input.dtype):
+        _fail(f"input: expected dtype float16, bfloat16, float32 or float64, got {input.dtype}", True)
+    for name, t in (("weight", weight), ("offset", offset), ("bias", bias)):
+        if t is not None:
+            _check_like(name, t, input)
     from ._args import ints
     return _npu(input, weight, offset, bias, ints("kernel_size", kernel_size), ints("stride", stride),
                 ints("padding", padding), ints("dilation", dilation), int(groups), int(deformable_groups),
                 bool(modulated))
+
+
+# ------------------------------------------------------------------ install(): torchvision's own ops on our kernel
+
+_installed: list = []
+
+
+def _tv_forward(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                offset_groups, use_mask):
+    y = _core_call(_core.torchvision_forward, _np("input", input), _np("offset", offset), _np("weight", weight),
+                   _np("bias", bias), _np("mask", mask) if use_mask else None, [stride_h, stride_w],
+                   [pad_h, pad_w], [dil_h, dil_w])
+    return _back(y, input.dtype)
+
+
+def _tv_backward(grad, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                 offset_groups, use_mask):
+    gi, go, gm, gw, gb = _core_call(
+        _core.torchvision_backward, _np("grad_output", grad.contiguous()), _np("input", input),
+        _np("offset", offset), _np("weight", weight), _np("bias", bias), _np("mask", mask) if use_mask else None,
+        [stride_h, stride_w], [pad_h, pad_w], [dil_h, dil_w])
+    dt = input.dtype
+    gm = _back(gm, dt) if gm is not None else torch.zeros_like(mask)
+    return _back(gi, dt), _back(gw, dt), _back(go, dt), gm, _back(gb, dt)
+
+
+def install() -> None:
+    """Runs torchvision's own deformable convolution on this package's CPU kernel, for the whole
+    process: ``torchvision.ops.deform_conv2d``, ``torchvision.ops.DeformConv2d``,
+    ``torch.ops.torchvision.deform_conv2d``, models already built and models already scripted.
+
+    Our forward and backward become the CPU kernels of ``torchvision::deform_conv2d`` and
+    ``torchvision::_deform_conv2d_backward``; torchvision's autograd, argument checks and every
+    other device stay its own. The one line that speeds up an existing model (mmdet, BiRefNet, ...).
+    Idempotent; :func:`uninstall` restores torchvision's kernels.
+    """
+    if _installed:
+        return
+    import torchvision  # noqa: F401  (registers the torchvision ops)
+
+    lib = torch.library.Library("torchvision", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": that is the point
+        lib.impl("deform_conv2d", _tv_forward, "CPU")
+        lib.impl("_deform_conv2d_backward", _tv_backward, "CPU")
+    _installed.append(lib)
+
+
+def uninstall() -> None:
+    """Restores torchvision's own CPU kernels (undoes :func:`install`)."""
+    while _installed:
+        _installed.pop()._destroy()
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    return bool(_installed)
+
+
+# ------------------------------------------------------------------ ONNX export
+
+
+def _onnx_attrs(input_shape, weight_shape, offset_channels, stride, padding, dilation):
+    c, cg = input_shape[1], weight_shape[1]
+    taps = weight_shape[2] * weight_shape[3]
+    return dict(group=c // cg, offset_group=offset_channels // (2 * taps), kernel_shape=list(weight_shape[2:]),
+                pads=[padding[0], padding[1], padding[0], padding[1]], strides=list(stride),
+                dilations=list(dilation))
+
+
+def _register_onnx_symbolics():
+    """The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): our op and
+    torchvision's become the standard ``DeformConv`` node (opset 19)."""
+    try:
+        from torch.onnx import register_custom_op_symbolic, symbolic_helper as sh
+    except ImportError:  # pragma: no cover - torch without the TorchScript exporter
+        return
+
+    def emit(g, input, weight, offset, bias, mask, stride, padding, dilation):
+        shapes = [sh._get_tensor_sizes(t) for t in (input, weight, offset)]
+        if any(s is None or any(d is None for d in s[1:]) for s in shapes):
+            raise RuntimeError("DeformConv export: the channel and kernel sizes of input, weight and offset must be "
+                               "static")
+        a = _onnx_attrs(shapes[0], shapes[1], shapes[2][1], stride, padding, dilation)
+        if bias is None or sh._is_none(bias):
+            bias = g.op("Constant", value_t=torch.zeros(shapes[1][0]))
+        ins = [input, weight, offset, bias] + ([] if mask is None or sh._is_none(mask) else [mask])
+        return g.op("DeformConv", *ins, dilations_i=a["dilations"], group_i=a["group"],
+                    kernel_shape_i=a["kernel_shape"], offset_group_i=a["offset_group"], pads_i=a["pads"],
+                    strides_i=a["strides"])
+
+    @sh.parse_args("v", "v", "v", "v", "v", "is", "is", "is", "b")
+    def ours(g, input, offset, weight, bias, mask, stride, padding, dilation, open_gate):
+        return emit(g, input, weight, offset, bias, mask, stride, padding, dilation)
+
+    @sh.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def torchvisions(g, input, weight, offset, mask, bias, sh_, sw, ph, pw, dh, dw, groups, offset_groups, use_mask):
+        return emit(g, input, weight, offset, bias, mask if use_mask else None, (sh_, sw), (ph, pw), (dh, dw))
+
+    register_custom_op_symbolic("deform_conv::deform_conv2d", ours, 19)
+    register_custom_op_symbolic("torchvision::deform_conv2d", torchvisions, 19)
+
+
+_register_onnx_symbolics()
+
+
+def onnx_translations() -> dict:
+    """Translations for the dynamo exporter:
+    ``torch.onnx.export(model, args, f, opset_version=19, custom_translation_table=onnx_translations())``.
+    Our op (and torchvision's, after :func:`install` or not) become the standard ``DeformConv``.
+    Needs ``onnxscript``.
+    """
+    from onnxscript import opset19 as op
+
+    def _shape(v):
+        return [int(d) for d in v.shape]
+
+    def ours(input, offset, weight, bias=None, mask=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+             open_gate=False):
+        a = _onnx_attrs(_shape(input), _shape(weight), _shape(offset)[1], stride, padding, dilation)
+        return op.DeformConv(input, weight, offset, bias, mask, dilations=a["dilations"], group=a["group"],
+                             kernel_shape=a["kernel_shape"], offset_group=a["offset_group"], pads=a["pads"],
+                             strides=a["strides"])
+
+    def torchvisions(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                     offset_groups, use_mask):
+        a = _onnx_attrs(_shape(input), _shape(weight), _shape(offset)[1], (stride_h, stride_w), (pad_h, pad_w),
+                        (dil_h, dil_w))
+        return op.DeformConv(input, weight, offset, bias, mask if use_mask else None, dilations=a["dilations"],
+                             group=a["group"], kernel_shape=a["kernel_shape"], offset_group=a["offset_group"],
+                             pads=a["pads"], strides=a["strides"])
+
+    table = {torch.ops.deform_conv.deform_conv2d.default: ours}
+    try:
+        import torchvision  # noqa: F401
+        table[torch.ops.torchvision.deform_conv2d.default] = torchvisions
+    except ImportError:  # pragma: no cover
+        pass
+    return table

@@ -98,6 +98,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             padding: [s.pad as i64; 2],
             dilation: [s.dil as i64; 2],
             backend,
+            ..Params::default()
         };
         let eng = params(Backend::Engine);
         let (ho, wo) = (s.out(s.h), s.out(s.w));

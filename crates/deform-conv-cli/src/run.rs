@@ -195,6 +195,7 @@ fn run_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &RunArgs) -> Re
                 padding: int_or_pair("padding", a.padding.as_deref().unwrap_or(&[0]))?,
                 dilation: int_or_pair("dilation", a.dilation.as_deref().unwrap_or(&[1]))?,
                 backend,
+                ..torchvision::Params::default()
             };
             let y = torchvision::deform_conv2d(
                 x.view(),

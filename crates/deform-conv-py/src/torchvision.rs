@@ -85,6 +85,7 @@ fn tv_params(
     padding: Vec<i64>,
     dilation: Vec<i64>,
     backend_name: &str,
+    gate: &str,
 ) -> PyResult<torchvision::Params> {
     use deform_conv::conventions::int_or_pair;
     Ok(torchvision::Params {
@@ -92,6 +93,15 @@ fn tv_params(
         padding: int_or_pair("padding", &padding).map_err(err)?,
         dilation: int_or_pair("dilation", &dilation).map_err(err)?,
         backend: backend(backend_name)?,
+        gate: match gate {
+            "per_tap" => deform_conv::GradGate::PerTap,
+            "open" => deform_conv::GradGate::Open,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "gate: expected 'per_tap' (torchvision) or 'open' (mmcv), got {other:?}"
+                )))
+            }
+        },
     })
 }
 
@@ -111,7 +121,7 @@ pub(crate) fn torchvision_forward<'py>(
     dilation: Vec<i64>,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
-    let p = tv_params(stride, padding, dilation, backend)?;
+    let p = tv_params(stride, padding, dilation, backend, "per_tap")?;
     by_dtype!(
         dtype_of("input", &input)?,
         tv_forward(
@@ -128,7 +138,7 @@ pub(crate) fn torchvision_forward<'py>(
 
 /// torchvision's backward; returns (grad_input, grad_offset, grad_mask|None, grad_weight, grad_bias|None).
 #[pyfunction]
-#[pyo3(signature = (grad_output, input, offset, weight, bias, mask, stride, padding, dilation, backend="engine"))]
+#[pyo3(signature = (grad_output, input, offset, weight, bias, mask, stride, padding, dilation, backend="engine", gate="per_tap"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn torchvision_backward<'py>(
     py: Python<'py>,
@@ -142,8 +152,9 @@ pub(crate) fn torchvision_backward<'py>(
     padding: Vec<i64>,
     dilation: Vec<i64>,
     backend: &str,
+    gate: &str,
 ) -> PyResult<Obj<'py>> {
-    let p = tv_params(stride, padding, dilation, backend)?;
+    let p = tv_params(stride, padding, dilation, backend, gate)?;
     by_dtype!(
         dtype_of("input", &input)?,
         tv_backward(

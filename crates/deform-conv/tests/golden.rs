@@ -139,6 +139,7 @@ fn torchvision_convention_matches_torchvision() {
                 padding: [c.p[2], c.p[4]],
                 dilation: [c.p[6], c.p[7]],
                 backend,
+                ..Default::default()
             };
             let (x, off, w) = (c.t4("input"), c.t4("offset"), c.t4("weight"));
             let (b, m) = (c.opt1("bias"), c.opt4("mask"));

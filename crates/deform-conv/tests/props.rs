@@ -279,7 +279,7 @@ proptest! {
         let (xa, wa, oa, ma) = (arr(&x), arr(&w), arr(&o), arr(&m));
         let ba = Array1::from_elem(w[0], 0.5);
         let backend = if engine { Backend::Engine } else { Backend::Reference };
-        let tv = torchvision::Params { stride: [ints[0], ints[1]], padding: [ints[2], ints[3]], dilation: [ints[4], ints[5]], backend };
+        let tv = torchvision::Params { stride: [ints[0], ints[1]], padding: [ints[2], ints[3]], dilation: [ints[4], ints[5]], backend, ..Default::default() };
         let _ = torchvision::deform_conv2d(xa.view(), oa.view(), wa.view(), Some(ba.view()), Some(ma.view()), &tv);
         let _ = torchvision::deform_conv2d_backward(oa.view(), xa.view(), oa.view(), wa.view(), None, None, &tv);
         let on = onnx::Attributes { group: ints[6], offset_group: ints[7], pads: Some(vec![ints[2], ints[3], ints[8], ints[9]]), backend, ..Default::default() };

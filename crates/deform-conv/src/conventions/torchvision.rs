@@ -43,6 +43,9 @@ pub struct Params {
     pub dilation: [i64; 2],
     /// Which implementation computes.
     pub backend: Backend,
+    /// The offset/mask gradient rule at the border: [`GradGate::PerTap`] is torchvision's;
+    /// [`GradGate::Open`] is mmcv's (same layouts, gradients zero outside `(-1, H) x (-1, W)`).
+    pub gate: GradGate,
 }
 
 impl Default for Params {
@@ -52,6 +55,7 @@ impl Default for Params {
             padding: [0, 0],
             dilation: [1, 1],
             backend: Backend::Engine,
+            gate: GradGate::PerTap,
         }
     }
 }
@@ -167,7 +171,7 @@ pub fn deform_conv2d_backward<'a, T: Element>(
         &ops,
         grad_output,
         BackwardSpec {
-            gate: GradGate::PerTap,
+            gate: p.gate,
             layout: Layout::Nchw,
             offsets: OffsetLayout::Interleaved,
             bias: has_bias,
