@@ -442,6 +442,7 @@ _installed: list = []
 
 def _tv_forward(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
                 offset_groups, use_mask):
+    _check_tensors(input, offset, weight, bias, mask if use_mask else None)
     y = _core_call(_core.torchvision_forward, _np("input", input), _np("offset", offset), _np("weight", weight),
                    _np("bias", bias), _np("mask", mask) if use_mask else None, [stride_h, stride_w],
                    [pad_h, pad_w], [dil_h, dil_w])
