@@ -2,7 +2,9 @@
 # Runs every test of deform-conv. Installs what it needs on a fresh machine:
 #   - Rust crates (cargo fetches them),
 #   - a Python venv at .venv with requirements-dev.txt (reused when already complete),
-#   - the deform_conv Python package, built by maturin into that venv.
+#   - the deform_conv Python package, built by maturin into that venv,
+#   - an abi3 wheel and an sdist (dist/), the wheel smoke-tested in a fresh venv without Rust,
+#   - a venv at .venv-ms with MindSpore 2.10 (requirements-mindspore.txt) and that wheel.
 # Prints cargo's and pytest's summaries; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,4 +45,19 @@ env PATH="$wheel_env/venv/bin:/usr/local/bin:/usr/bin:/bin" sh -c '
 rm -rf "$wheel_env"
 
 echo "== python: tests"
-.venv/bin/python -m pytest -q tests/python
+.venv/bin/python -m pytest -q -p no:warnings tests/python
+
+echo "== mindspore: venv (MindSpore 2.10 wants numpy < 2: a venv of its own) and tests"
+ms_stamp=".venv-ms/.deform-conv-complete"
+ms_want=$(sha256sum requirements-mindspore.txt | cut -d' ' -f1)
+if [ ! -f "$ms_stamp" ] || [ "$(cat "$ms_stamp")" != "$ms_want" ]; then
+    [ -x .venv-ms/bin/python ] || "$PY" -m venv .venv-ms
+    .venv-ms/bin/python -m pip install --quiet --upgrade pip
+    .venv-ms/bin/python -m pip install --quiet -r requirements-mindspore.txt
+    echo "$ms_want" > "$ms_stamp"
+else
+    echo "reusing complete .venv-ms"
+fi
+.venv-ms/bin/python -m pip install --quiet --no-deps --force-reinstall dist/deform_conv-*-abi3-*.whl
+.venv-ms/bin/python -m pytest -q -p no:warnings tests/mindspore 2>&1 | grep -v '^\[WARNING\]'
+test "${PIPESTATUS[0]}" -eq 0

@@ -39,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(onnx::onnx_forward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_forward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(mindspore::mindspore_output_shape, m)?)?;
     m.add_function(wrap_pyfunction!(npu::npu_forward, m)?)?;
     m.add_function(wrap_pyfunction!(npu::npu_backward, m)?)?;
     m.add_function(wrap_pyfunction!(layout::interleaved_to_packed, m)?)?;

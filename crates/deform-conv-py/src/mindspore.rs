@@ -165,3 +165,33 @@ pub(crate) fn mindspore_backward<'py>(
         ms_bwd(py, &grad_output, &x, &weight, &offsets, bias.as_ref(), &a)
     )
 }
+
+/// The output shape of `mindspore_forward` for tensors of these shapes, or its error; no data.
+#[pyfunction]
+#[pyo3(signature = (x, weight, offsets, bias, kernel_size, strides, padding, dilations, groups, deformable_groups, modulated))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mindspore_output_shape(
+    x: Vec<usize>,
+    weight: Vec<usize>,
+    offsets: Vec<usize>,
+    bias: Option<Vec<usize>>,
+    kernel_size: Vec<i64>,
+    strides: Vec<i64>,
+    padding: Vec<i64>,
+    dilations: Vec<i64>,
+    groups: i64,
+    deformable_groups: i64,
+    modulated: bool,
+) -> PyResult<[usize; 4]> {
+    let a = packed_attrs(
+        kernel_size,
+        strides,
+        padding,
+        dilations,
+        groups,
+        deformable_groups,
+        modulated,
+        "engine",
+    )?;
+    mindspore::output_shape(&x, &weight, &offsets, bias.as_deref(), &a).map_err(err)
+}

@@ -33,7 +33,7 @@ use super::{
     nchw_list, BackwardSpec, Gradients, Layout, OffsetLayout,
 };
 use crate::element::Element;
-use crate::error::{DeformError, Result};
+use crate::error::{check_rank, DeformError, Result};
 use crate::layout::split_packed;
 use crate::op::{Backend, Operands};
 use crate::params::{DeformParams, Geometry, GradGate, OutputRounding, ShapeSet};
@@ -130,6 +130,31 @@ pub(crate) fn packed_operands<'a, T: Element>(
             bias,
         },
     ))
+}
+
+/// The output shape `[N, Cout, Ho, Wo]` of a call with tensors of these shapes (NCHW), or the
+/// error the call would raise: the same validation, without any data. Frameworks that infer
+/// shapes before running (MindSpore's `Custom`, tract) use it.
+pub fn output_shape(
+    input: &[usize],
+    weight: &[usize],
+    offset: &[usize],
+    bias: Option<&[usize]>,
+    attrs: &Attributes,
+) -> Result<[usize; 4]> {
+    let bias = match bias {
+        Some(b) => Some(check_rank::<1>("bias", b)?[0]),
+        None => None,
+    };
+    let g = attrs.params()?.validate(&ShapeSet {
+        input: check_rank("x", input)?,
+        weight: check_rank("weight", weight)?,
+        offset: check_rank("offsets", offset)?,
+        offset_per_tap: 3,
+        mask: None,
+        bias,
+    })?;
+    Ok(g.output_shape())
 }
 
 /// Backward of a packed convention; `grad_output` in `layout`.
