@@ -17,20 +17,10 @@ from mindspore import Tensor, ops
 
 import deform_conv as dc
 import deform_conv.mindspore as dcm
+from compare import median_ms  # bench/ is on sys.path when this script runs
 
 ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 SHAPES = json.loads((pathlib.Path(__file__).resolve().parent / "shapes.json").read_text())["shapes"]
-
-
-def median_s(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def main():
@@ -66,9 +56,9 @@ def main():
         err = float(np.abs(ours(x, wt, off, b).asnumpy() - theirs(x, wt, off, b).asnumpy()).max())
         row = []
         for f, rep in ((theirs, a.their_repeat), (ours, a.repeat)):
-            fwd = median_s(lambda: f(x, wt, off, b).asnumpy(), rep)
+            fwd = median_ms(lambda: f(x, wt, off, b).asnumpy(), rep) / 1e3
             grad = ms.grad(lambda *t: f(*t).sum(), grad_position=(0, 1, 2, 3))
-            fb = median_s(lambda: [t.asnumpy() for t in grad(x, wt, off, b)], rep)
+            fb = median_ms(lambda: [t.asnumpy() for t in grad(x, wt, off, b)], rep) / 1e3
             row.append((fwd, fb))
         (tf, tfb), (of, ofb) = row
         print(f"| {name} | {tf * 1e3:.0f} | {of * 1e3:.1f} | {tf / of:.0f} | {tfb * 1e3:.0f} | {ofb * 1e3:.1f} | "

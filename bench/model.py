@@ -28,6 +28,7 @@ import torchvision
 from torch import nn
 
 import deform_conv.torch as dct
+from compare import median_ms  # bench/ is on sys.path when this script runs
 
 
 class DCNv2(nn.Module):
@@ -91,17 +92,6 @@ MODELS = {
     "resnet50_dcn": (resnet50_dcn, (1, 3, 512, 512), (2, 3, 256, 256)),
     "edvr_align": (EdvrAlign, (1, 128, 128, 128), (2, 128, 96, 96)),
 }
-
-
-def median_ms(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2] * 1e3
 
 
 def variants(name):

@@ -136,26 +136,10 @@ class DeformConv2d(nn.Module):
                 "bias=False)")
 
 
-class DeformConv2dPack(DeformConv2d):
-    """``mmcv.ops.DeformConv2dPack``: DCN v1 with its offset conv ``conv_offset`` (zero-initialised)."""
+class _OffsetKeysV1:
+    """Loads mmcv's version-1 checkpoints, whose offset conv is named ``<layer>_offset``."""
 
     _version = 2
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 2 * self.kernel_size[0]
-                                     * self.kernel_size[1], kernel_size=self.kernel_size, stride=self.stride,
-                                     padding=self.padding, dilation=self.dilation, bias=True)
-        self.init_offset()
-
-    def init_offset(self):
-        self.conv_offset.weight.data.zero_()
-        self.conv_offset.bias.data.zero_()
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        offset = self.conv_offset(x)
-        return deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation, self.groups,
-                             self.deform_groups, False, self.im2col_step)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -172,6 +156,26 @@ def _upgrade_offset_keys(state_dict, prefix, local_metadata):
             new, old = prefix + "conv_offset." + suffix, prefix[:-1] + "_offset." + suffix
             if new not in state_dict and old in state_dict:
                 state_dict[new] = state_dict.pop(old)
+
+
+class DeformConv2dPack(_OffsetKeysV1, DeformConv2d):
+    """``mmcv.ops.DeformConv2dPack``: DCN v1 with its offset conv ``conv_offset`` (zero-initialised)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 2 * self.kernel_size[0]
+                                     * self.kernel_size[1], kernel_size=self.kernel_size, stride=self.stride,
+                                     padding=self.padding, dilation=self.dilation, bias=True)
+        self.init_offset()
+
+    def init_offset(self):
+        self.conv_offset.weight.data.zero_()
+        self.conv_offset.bias.data.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        offset = self.conv_offset(x)
+        return deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation, self.groups,
+                             self.deform_groups, False, self.im2col_step)
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -213,12 +217,10 @@ class ModulatedDeformConv2d(nn.Module):
                                        self.dilation, self.groups, self.deform_groups)
 
 
-class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
+class ModulatedDeformConv2dPack(_OffsetKeysV1, ModulatedDeformConv2d):
     """``mmcv.ops.ModulatedDeformConv2dPack`` (mmdet's ``DCNv2``): its ``conv_offset`` gives
     ``[o1 | o2 | mask]`` chunks; the offset is ``cat(o1, o2)`` read interleaved, the mask
     ``sigmoid(mask)``; ``conv_offset`` starts at zero."""
-
-    _version = 2
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -240,9 +242,3 @@ class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
         mask = torch.sigmoid(mask)
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups, self.deform_groups)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        _upgrade_offset_keys(state_dict, prefix, local_metadata)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
