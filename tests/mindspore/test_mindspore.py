@@ -173,7 +173,7 @@ def test_training_steps_match_mindspores_op(rng, mode):
         x = Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
         target = Tensor(rng.standard_normal((2, 6, 8, 8)).astype(np.float32))
         nets = [Net(True), Net(False)]
-        start = {p.name: p.asnumpy() for p in nets[0].trainable_params()}
+        start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
         for net in nets:
             for p in net.trainable_params():
                 p.set_data(Tensor(start[p.name]))
@@ -181,17 +181,18 @@ def test_training_steps_match_mindspores_op(rng, mode):
             net.dcn.conv_offset.weight.set_data(Tensor(rng.normal(0, 0.3, net.dcn.conv_offset.weight.shape)
                                                        .astype(np.float32)) if net is nets[0] else
                                                 nets[0].dcn.conv_offset.weight.value())
+        start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
         for net in nets:
             loss = nn.WithLossCell(net, nn.MSELoss())
             step = nn.TrainOneStepCell(loss, nn.SGD(net.trainable_params(), learning_rate=0.05))
             for _ in range(3):
                 step(x, target)
-        p0 = {p.name: p.asnumpy() for p in nets[0].trainable_params()}
-        p1 = {p.name: p.asnumpy() for p in nets[1].trainable_params()}
+        p0 = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
+        p1 = {p.name: p.asnumpy().copy() for p in nets[1].trainable_params()}
         moved = 0
         for name in p0:
             np.testing.assert_allclose(p0[name], p1[name], rtol=1e-4, atol=1e-5, err_msg=name)
-            moved += not np.allclose(p0[name], start[name])
-        assert moved >= 4, "the training did not move the parameters"
+            moved += not np.array_equal(p0[name], start[name])
+        assert moved >= 4, f"the training moved only {moved} parameters"
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)

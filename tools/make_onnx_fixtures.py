@@ -1,0 +1,99 @@
+"""ONNX fixtures for crates/deform-conv-tract (committed; rerun to regenerate):
+
+* ONNX's own DeformConv node test cases, from the onnx package's test-case generator
+  (onnx.backend.test.case.node): model.onnx and their inputs and expected outputs as .npy.
+* mmcv_modulated: one mmcv::MMCVModulatedDeformConv2d node (mmcv's symbolic: inputs input, offset,
+  mask, weight, bias; attributes stride, padding, dilation, groups, deform_groups), expected output
+  from torchvision.ops.deform_conv2d.
+* dcn_block: a model exported from torch (conv -> offset/mask -> DeformConv -> ReLU, opset 19)
+  with an input and onnxruntime's output.
+
+    .venv/bin/python tools/make_onnx_fixtures.py
+"""
+import pathlib
+import shutil
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx.backend.test.case.node import collect_testcases
+from torch import nn
+
+import deform_conv.torch as dct
+
+OUT = pathlib.Path(__file__).resolve().parents[1] / "crates" / "deform-conv-tract" / "tests" / "data"
+
+
+def write_case(name, model, inputs, outputs):
+    d = OUT / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    onnx.save(model, d / "model.onnx")
+    for i, a in enumerate(inputs):
+        np.save(d / f"input_{i}.npy", a)
+    for i, a in enumerate(outputs):
+        np.save(d / f"output_{i}.npy", a)
+    print(f"{name}: {[a.shape for a in inputs]} -> {[a.shape for a in outputs]}")
+
+
+class DcnBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.off = nn.Conv2d(4, 3 * 2 * 9, 3, padding=1)
+        nn.init.normal_(self.off.weight, std=0.3)
+        self.dcn = dct.DeformConv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        om = self.off(x)
+        return torch.relu(self.dcn(x, om[:, :36], torch.sigmoid(om[:, 36:])))
+
+
+def write_mmcv_case():
+    import torchvision
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)  # groups 2
+    b = rng.standard_normal(6).astype(np.float32)
+    ho, wo = (7 + 2 - 2 * 2 - 1) // 1 + 1, (6 + 2 * 1 - 3) // 2 + 1  # stride (1, 2), padding (1, 1), dilation (2, 1)
+    off = (2 * rng.standard_normal((2, 2 * 2 * 9, ho, wo))).astype(np.float32)  # deform_groups 2
+    mask = rng.random((2, 2 * 9, ho, wo)).astype(np.float32)
+    y = torchvision.ops.deform_conv2d(*(torch.from_numpy(a) for a in (x, off, w, b)), stride=(1, 2), padding=(1, 1),
+                                      dilation=(2, 1), mask=torch.from_numpy(mask)).numpy()
+    names = ["input", "offset", "mask", "weight", "bias"]
+    node = helper.make_node("MMCVModulatedDeformConv2d", names, ["y"], domain="mmcv", stride=[1, 2], padding=[1, 1],
+                            dilation=[2, 1], groups=2, deform_groups=2)
+    arrays = [x, off, mask, w, b]
+    graph = helper.make_graph([node], "mmcv_dcn",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, arrays)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y.shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("mmcv", 1)])
+    write_case("mmcv_modulated", model, arrays, [y])
+
+
+def main():
+    cases = [c for c in collect_testcases() if "deform" in c.name]
+    assert cases, "the onnx package has no DeformConv test cases"
+    for case in cases:
+        for k, (inputs, outputs) in enumerate(case.data_sets):
+            write_case(case.name + ("" if k == 0 else f"_{k}"), case.model, inputs, outputs)
+    write_mmcv_case()
+    torch.manual_seed(0)
+    model = DcnBlock().eval()
+    x = torch.randn(2, 4, 9, 8)
+    d = OUT / "dcn_block"
+    d.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(d / "model.onnx"), opset_version=19, dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    sess = ort.InferenceSession(str(d / "model.onnx"))
+    y = sess.run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    write_case("dcn_block", onnx.load(d / "model.onnx"), [x.numpy()], [y])
+
+
+if __name__ == "__main__":
+    main()
