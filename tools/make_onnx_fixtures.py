@@ -5,6 +5,7 @@
 * mmcv_modulated: one mmcv::MMCVModulatedDeformConv2d node (mmcv's symbolic: inputs input, offset,
   mask, weight, bias; attributes stride, padding, dilation, groups, deform_groups), expected output
   from torchvision.ops.deform_conv2d.
+* unsupported_op: a node no one implements (FancyWarp), for the CLI's error.
 * dcn_block: a model exported from torch (conv -> offset/mask -> DeformConv -> ReLU, opset 19)
   with an input and onnxruntime's output.
 
@@ -73,6 +74,17 @@ def write_mmcv_case():
     write_case("mmcv_modulated", model, arrays, [y])
 
 
+def write_unsupported_case():
+    """A model with an operator nobody implements: the CLI must name it."""
+    from onnx import TensorProto, helper
+    node = helper.make_node("FancyWarp", ["x"], ["y"], domain="example")
+    graph = helper.make_graph([node], "unsupported", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("example", 1)])
+    x = np.ones((1, 2), np.float32)
+    write_case("unsupported_op", model, [x], [])
+
+
 def main():
     cases = [c for c in collect_testcases() if "deform" in c.name]
     assert cases, "the onnx package has no DeformConv test cases"
@@ -80,6 +92,7 @@ def main():
         for k, (inputs, outputs) in enumerate(case.data_sets):
             write_case(case.name + ("" if k == 0 else f"_{k}"), case.model, inputs, outputs)
     write_mmcv_case()
+    write_unsupported_case()
     torch.manual_seed(0)
     model = DcnBlock().eval()
     x = torch.randn(2, 4, 9, 8)

@@ -4,7 +4,8 @@
 //! * `run`     .npy inputs in a named convention → .npy output, deformed image, gradients;
 //! * `convert` offsets interleaved ⇄ packed, NCHW ⇄ NHWC, OIHW ⇄ HWCN;
 //! * `bench`   the benchmark shapes built in: times, GFLOP/s, ratio to the reference path;
-//! * `viz`     the sampling points of chosen output pixels over an image, as a PNG.
+//! * `viz`     the sampling points of chosen output pixels over an image, as a PNG;
+//! * `onnx`    a whole ONNX model with deformable convolutions, through tract.
 //!
 //! Every error is one line on stderr and exit status 2; nothing panics on bad files.
 
@@ -12,6 +13,7 @@ mod bench;
 mod data;
 mod demo;
 mod npy;
+mod onnx;
 mod run;
 mod viz;
 
@@ -42,6 +44,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Draw the sampling points of output pixels over an image (PNG).
     Viz(viz::VizArgs),
+    /// Run a whole ONNX model (DeformConv and mmcv's MMCVModulatedDeformConv2d included) with tract.
+    Onnx(onnx::OnnxArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Cmd::Convert(a) => run::convert(&a),
         Cmd::Bench(a) => bench::bench(&a),
         Cmd::Viz(a) => viz::viz(&a),
+        Cmd::Onnx(a) => onnx::onnx(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -549,3 +549,101 @@ fn bad_files_get_one_clear_line() {
     );
     fails(&["bench", "--shapes", "nope"], "--shapes");
 }
+
+fn tract_data(case: &str, file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deform-conv-tract/tests/data")
+        .join(case)
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn onnx_runs_a_whole_model_and_refuses_bad_input_writing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_string_lossy().into_owned();
+    let model = tract_data("dcn_block", "model.onnx");
+    let x = format!("x={}", tract_data("dcn_block", "input_0.npy"));
+    let out = ok(&["onnx", &model, "--input", &x, "--output-dir", &out_dir]);
+    assert!(
+        out.contains("output y") && out.contains("[2, 6, 9, 8]") && out.contains("ran in"),
+        "{out}"
+    );
+    let got: ArrayD<f32> = read_npy(dir.path().join("y.npy")).unwrap();
+    let want: ArrayD<f32> = read_npy(tract_data("dcn_block", "output_0.npy")).unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-5 * scale, "onnxruntime vs ours: {err}");
+    std::fs::remove_file(dir.path().join("y.npy")).unwrap();
+    let wrong_shape = format!("x={}", tract_data("mmcv_modulated", "input_0.npy"));
+    let not_onnx = tract_data("dcn_block", "input_0.npy");
+    let unsupported = tract_data("unsupported_op", "model.onnx");
+    let ux = format!("x={}", tract_data("unsupported_op", "input_0.npy"));
+    for (args, words) in [
+        (
+            vec!["onnx", &model, "--output-dir", &out_dir],
+            "--input x=FILE.npy: missing",
+        ),
+        (
+            vec![
+                "onnx",
+                &model,
+                "--input",
+                &wrong_shape,
+                "--output-dir",
+                &out_dir,
+            ],
+            "input x",
+        ),
+        (
+            vec![
+                "onnx",
+                &model,
+                "--input",
+                &x,
+                "--input",
+                "z=a.npy",
+                "--output-dir",
+                &out_dir,
+            ],
+            "no such input",
+        ),
+        (
+            vec!["onnx", &not_onnx, "--input", &x, "--output-dir", &out_dir],
+            "not an ONNX model",
+        ),
+        (
+            vec![
+                "onnx",
+                &unsupported,
+                "--input",
+                &ux,
+                "--output-dir",
+                &out_dir,
+            ],
+            "unsupported operator FancyWarp",
+        ),
+        (
+            vec![
+                "onnx",
+                &model,
+                "--input",
+                &x,
+                "--output-dir",
+                "/no/such/dir",
+            ],
+            "does not exist",
+        ),
+    ] {
+        fails(&args, words);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{args:?} wrote a file"
+        );
+    }
+}
