@@ -196,3 +196,22 @@ def test_training_steps_match_mindspores_op(rng, mode):
         assert moved >= 4, f"the training moved only {moved} parameters"
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_thread_modes_give_the_same_bits(rng):
+    a, attrs = problem(rng)
+    x, w, o, b = (Tensor(a[k]) for k in ("x", "weight", "offsets", "bias"))
+    results = []
+    try:
+        for mode in ("serial", "engine", "auto"):
+            dcm.set_threads(mode)
+            y = ours(x, w, o, b, attrs).asnumpy()
+            g = [t.asnumpy() for t in ms.grad(lambda *t: ours(*t, attrs).sum(), grad_position=(0, 1, 2, 3))(x, w, o, b)]
+            results.append([y] + g)
+    finally:
+        dcm.set_threads("auto")
+    for r in results[1:]:
+        for p, q in zip(results[0], r):
+            assert np.array_equal(p, q)
+    with pytest.raises(ValueError, match="set_threads"):
+        dcm.set_threads("many")

@@ -50,6 +50,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(threads::active_isa, m)?)?;
     m.add_function(wrap_pyfunction!(threads::supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(threads::torch_call, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::serial_call, m)?)?;
     m.add_function(wrap_pyfunction!(threads::use_openmp, m)?)?;
     m.add_function(wrap_pyfunction!(threads::set_host_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::host_executor, m)?)?;

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 thread_local! {
     static TORCH_MODE: Cell<bool> = const { Cell::new(false) };
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The host's OpenMP entry points and the executor over them at the current thread count.
@@ -33,14 +34,26 @@ pub(crate) fn torch_mode() -> bool {
     TORCH_MODE.get()
 }
 
-/// The executor of a call made now on this thread: the host's in torch mode, if registered.
+/// The executor of a call made now on this thread: serial when asked ([`serial_call`]), the
+/// host's in torch mode, if registered.
 pub(crate) fn call_executor() -> Option<Arc<dyn Executor>> {
+    if SERIAL.get() {
+        return Some(Arc::new(engine::SerialExecutor));
+    }
     if !torch_mode() || !HOST_ENABLED.load(Ordering::Relaxed) {
         return None;
     }
     let host = HOST.read().unwrap_or_else(|e| e.into_inner());
     host.as_ref()
         .map(|h| h.executor.clone() as Arc<dyn Executor>)
+}
+
+/// Runs the calls made on this thread on this thread alone (`true`), or on the engine's threads;
+/// returns the previous state. MindSpore's custom ops use it: its runtime threads spin while a
+/// Python custom op runs, and ours would only fight them (measured in BENCHMARKS.md).
+#[pyfunction]
+pub(crate) fn serial_call(on: bool) -> bool {
+    SERIAL.replace(on)
 }
 
 /// Enters (`true`) or leaves torch mode on this thread; returns the previous state.

@@ -33,7 +33,7 @@ mod threads;
 pub use kernels::{active_isa, Isa};
 pub use threads::{
     num_threads, set_num_threads, with_executor, Executor, GompParallel, OmpThreadNum,
-    OpenMpExecutor, RayonExecutor, Task,
+    OpenMpExecutor, RayonExecutor, SerialExecutor, Task,
 };
 
 pub(crate) use backward::backward;

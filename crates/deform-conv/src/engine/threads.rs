@@ -213,6 +213,20 @@ pub fn with_executor<R>(executor: Arc<dyn Executor>, f: impl FnOnce() -> R) -> R
     r.unwrap_or_else(|p| resume_unwind(p))
 }
 
+/// Runs every task on the calling thread, in order: for hosts whose own threads are busy while
+/// they call us (a framework's runtime that keeps spinning during a custom op).
+pub struct SerialExecutor;
+
+impl Executor for SerialExecutor {
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn run(&self, n: usize, f: Task<'_>) {
+        (0..n).for_each(|i| f(i, 0));
+    }
+}
+
 // ------------------------------------------------------------------------------------ OpenMP
 
 /// libgomp's `void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)`.
