@@ -53,17 +53,19 @@ def deformable_conv2d_backward(grad_output, x, weight, offsets, kernel_size, str
 # ------------------------------------------------------------------ MindSpore Tensors: a Custom op
 
 _OPS = {}
-_THREADS = ["auto"]
+_THREADS = ["engine"]
 
 
 def set_threads(mode: str) -> None:
-    """Threads of our op inside MindSpore: "auto" (default), "serial" or "engine".
+    """Threads of our op inside MindSpore: "engine" (default), "serial" or "auto".
 
     MindSpore's runtime threads keep spinning while a Python custom op runs, so the engine's own
-    threads only fight them: on 2 cores, npu_doc takes 23 ms serial against 43 ms on 2 engine
-    threads in MindSpore's default asynchronous PyNative mode. With
-    ``ms.set_context(pynative_synchronize=True, runtime_num_threads=1)`` nothing spins and the
-    engine's threads win (16 ms). "auto" picks by that context; "serial" and "engine" force.
+    threads fight them. Measured on 2 cores in MindSpore's default asynchronous PyNative mode
+    (BENCHMARKS.md): "serial" (the calling thread alone) halves npu_doc's forward (52 → 23 ms)
+    but slows the GEMM-bound layers (resnet_c4 forward 56 → 69 ms), so neither wins everywhere and
+    the default stays "engine". With ``ms.set_context(pynative_synchronize=True,
+    runtime_num_threads=1)`` nothing spins and "engine" is fastest (npu_doc 13 ms). "auto" picks
+    "engine" in that context and "serial" otherwise.
     """
     if mode not in ("auto", "serial", "engine"):
         raise ValueError(f"set_threads: expected 'auto', 'serial' or 'engine', got {mode!r}")

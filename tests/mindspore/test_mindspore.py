@@ -209,7 +209,7 @@ def test_thread_modes_give_the_same_bits(rng):
             g = [t.asnumpy() for t in ms.grad(lambda *t: ours(*t, attrs).sum(), grad_position=(0, 1, 2, 3))(x, w, o, b)]
             results.append([y] + g)
     finally:
-        dcm.set_threads("auto")
+        dcm.set_threads("engine")
     for r in results[1:]:
         for p, q in zip(results[0], r):
             assert np.array_equal(p, q)
