@@ -28,7 +28,6 @@ from . import _core
 __all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d", "install", "uninstall", "installed",
            "onnx_translations", "DeformConvError", "DeformConvTypeError", "executor", "set_executor"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 

@@ -136,13 +136,20 @@ fn split<'a, T>(
     }
 }
 
-fn storage<T: WithDType>(a: Array4<T>) -> (CpuStorage, Shape) {
+/// The elements of `a` in standard order and its shape (no copy when `a` is standard, as every
+/// result of the core is).
+fn into_vec<T: WithDType>(a: Array4<T>) -> (Vec<T>, Shape) {
     let shape = Shape::from(a.shape().to_vec());
     let v = if a.is_standard_layout() {
         a.into_raw_vec_and_offset().0
     } else {
         a.iter().copied().collect()
     };
+    (v, shape)
+}
+
+fn storage<T: WithDType>(a: Array4<T>) -> (CpuStorage, Shape) {
+    let (v, shape) = into_vec(a);
     (T::to_cpu_storage_owned(v), shape)
 }
 
@@ -205,8 +212,8 @@ impl DeformConvOp {
         };
         let dev = x.device();
         let tensor = |a: Array4<T>| -> Result<Tensor> {
-            let (st, shape) = storage(a);
-            Tensor::from_vec(st.as_slice::<T>()?.to_vec(), shape, dev)
+            let (v, shape) = into_vec(a);
+            Tensor::from_vec(v, shape, dev)
         };
         Ok((tensor(g.input)?, tensor(gom)?, tensor(g.weight)?))
     }
