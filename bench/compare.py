@@ -103,7 +103,7 @@ def geomean(v):
     return math.exp(sum(math.log(x) for x in v) / len(v)) if v else None
 
 
-def g(v, fmt="{:.2f}"):
+def fmt_geo(v, fmt="{:.2f}"):
     """A geomean for the table: '-' when no shape had the peer."""
     return "-" if v is None else fmt.format(v)
 
@@ -219,8 +219,8 @@ def main():
         present = [v for v in (r["ort_fwd"], r["ov_fwd"]) if v == v]
         return min(present) / r["ours_fwd"] if present else float("nan")
     best_peer = geomean([best(r) for r in rows])
-    print(f"\ngeomean ours/conv2d forward: {g(geomean([r['ours_fwd'] / r['conv_fwd'] for r in rows]))}   "
-          f"geomean min(onnxruntime, OpenVINO)/ours: {g(best_peer)}")
+    print(f"\ngeomean ours/conv2d forward: {fmt_geo(geomean([r['ours_fwd'] / r['conv_fwd'] for r in rows]))}   "
+          f"geomean min(onnxruntime, OpenVINO)/ours: {fmt_geo(best_peer)}")
     print("\nForward + backward (all gradients), float32 (ms)")
     print("| shape | ours ms | conv2d ms | ours/conv | torchvision ms | ×ours |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -228,8 +228,8 @@ def main():
         tv = r.get("tv_fb", float("nan"))
         print(f"| {r['shape']} | {r['ours_fb']:.2f} | {r['conv_fb']:.2f} | {r['ours_fb'] / r['conv_fb']:.2f} | {f(tv)} | "
               f"{f(tv / r['ours_fb'])} |")
-    print(f"\ngeomean ours/conv2d forward+backward: {g(geomean([r['ours_fb'] / r['conv_fb'] for r in rows]))}   "
-          f"geomean torchvision/ours: {g(geomean([r.get('tv_fb', float('nan')) / r['ours_fb'] for r in rows]), '{:.1f}')}")
+    print(f"\ngeomean ours/conv2d forward+backward: {fmt_geo(geomean([r['ours_fb'] / r['conv_fb'] for r in rows]))}   "
+          f"geomean torchvision/ours: {fmt_geo(geomean([r.get('tv_fb', float('nan')) / r['ours_fb'] for r in rows]), '{:.1f}')}")
     if a.memory:
         spec = shapes.get("resnet_c3_dcn_b4", next(iter(shapes.values())))
         print("\nMemory (resnet_c3_dcn_b4 layer, forward + backward, deform_conv)")

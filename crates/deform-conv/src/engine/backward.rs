@@ -5,7 +5,6 @@
 use super::blocking::LANES;
 use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
-use super::kernels::RowJob;
 use super::plan::{split_rows, Plan, RowScratch};
 use super::scratch::{take, take_zeroed, Buf};
 use super::threads::{for_each_chunk, for_each_item};
@@ -78,7 +77,7 @@ pub(super) fn backward_impl<T: Element>(
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
     let mut lanes: Vec<Lane<T::Acc>> = (0..LANES)
         .map(|_| Lane {
-            dx: some(want_dx, (g.h * g.w + 1) * g.c),
+            dx: some(want_dx, plan.image_len()),
             dw: if want_dw {
                 (0..g.groups)
                     .map(|_| take_zeroed(plan.row_len * coutg, zero))
@@ -98,9 +97,7 @@ pub(super) fn backward_impl<T: Element>(
     if tiles < LANES && g.n > 1 {
         // Few tiles per image: lane l takes whole images n0 + l of each wave of LANES images,
         // and writes their input gradient directly (an image belongs to one lane: no reduction).
-        let mut xts: Vec<Buf<T::Acc>> = (0..LANES)
-            .map(|_| take((g.h * g.w + 1) * g.c, zero))
-            .collect();
+        let mut xts: Vec<Buf<T::Acc>> = (0..LANES).map(|_| take(plan.image_len(), zero)).collect();
         let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
@@ -131,7 +128,7 @@ pub(super) fn backward_impl<T: Element>(
                     for (c, mut plane) in gi.outer_iter_mut().enumerate() {
                         for (y, mut row) in plane.outer_iter_mut().enumerate() {
                             for (x, v) in row.iter_mut().enumerate() {
-                                *v = T::from_acc(lane.dx[(y * g.w + x) * g.c + c]);
+                                *v = T::from_acc(lane.dx[plan.nhwc_index(y, x, c)]);
                             }
                         }
                     }
@@ -146,7 +143,7 @@ pub(super) fn backward_impl<T: Element>(
         .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
         .collect();
     let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut xt = take((g.h * g.w + 1) * g.c, zero);
+    let mut xt = take(plan.image_len(), zero);
     for n in 0..g.n {
         plan.image_nhwc(n, &mut xt);
         let oy = split_rows(
@@ -194,7 +191,7 @@ pub(super) fn backward_impl<T: Element>(
                 // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
                 for (c, mut row) in rows.outer_iter_mut().enumerate() {
                     for (x, v) in row.iter_mut().enumerate() {
-                        let at = (y * g.w + x) * g.c + c;
+                        let at = plan.nhwc_index(y, x, c);
                         let mut s = zero;
                         for lane in lanes {
                             s += lane.dx[at];
@@ -342,21 +339,14 @@ pub(super) fn backward_tile<T: Element>(
             for (dg, off, chans) in plan.segments(q) {
                 for tap in 0..kk {
                     plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
-                    let job = RowJob {
-                        s: &lane.rows.s,
-                        n: g.wo,
-                        c: g.c,
-                        lo: chans.start,
-                        len: chans.len(),
-                        stride: row_len,
-                    };
+                    let (job, block) = plan.job(&lane.rows.s, dg, &chans, row_len);
                     let d = &dcol[r * g.wo * row_len + tap * cg + off..];
                     if want_tap {
                         let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                        (plan.k.dot4_row)(&job, d, xt, &mut acc[at..at + 4 * g.wo]);
+                        (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
                     }
                     if !lane.dx.is_empty() {
-                        (plan.k.scatter_row)(&job, d, &mut lane.dx);
+                        (plan.k.scatter_row)(&job, d, &mut lane.dx[block..]);
                     }
                 }
             }

@@ -47,7 +47,7 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
     // run together, so small images still fill every thread. Memory: LANES images, whatever N.
     let wave = LANES.min(g.n.max(1));
     let mut xts: Vec<Buf<T::Acc>> = (0..wave)
-        .map(|_| take((g.h * g.w + 1) * g.c, T::Acc::zero())) // image_nhwc writes every element
+        .map(|_| take(plan.image_len(), T::Acc::zero())) // images_nhwc writes every element
         .collect();
     let tiles_per_image = g.ho.div_ceil(plan.rows);
     let lens: Vec<usize> = (0..tiles_per_image)

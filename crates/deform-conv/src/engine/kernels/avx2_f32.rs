@@ -7,6 +7,7 @@
 //! (npu_doc 7.6 → 10.1 ms), so the generic gather stays on this path.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
+use super::RowJob;
 use crate::params::GradGate;
 use std::arch::x86_64::*;
 
@@ -128,5 +129,160 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             out.grad[t + l] = (grad_bits >> l) & 1 == 1;
         }
         t += 8;
+    }
+}
+
+/// Lane masks for a run's tail: `tail_mask(r)` enables lanes `0..min(r, 8)`.
+#[target_feature(enable = "avx2")]
+fn tail_mask(rem: usize) -> __m256i {
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(rem.min(8) as i32), iota)
+}
+
+/// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3`, 8 channels per step, the tail
+/// through masked loads and stores (masked-off lanes are not accessed).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let (i0, i1, i2, i3) = (
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    );
+    let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
+    let tail = tail_mask(len % 8);
+    for t in 0..n {
+        let at = |i: u32| i as usize * c + lo;
+        // Bounds-checked runs; the vector code below stays inside them.
+        let src = [
+            &xt[at(i0[t])..][..len],
+            &xt[at(i1[t])..][..len],
+            &xt[at(i2[t])..][..len],
+            &xt[at(i3[t])..][..len],
+        ];
+        let dst = &mut cols[t * job.stride..t * job.stride + len];
+        let w = [
+            _mm256_set1_ps(w0[t]),
+            _mm256_set1_ps(w1[t]),
+            _mm256_set1_ps(w2[t]),
+            _mm256_set1_ps(w3[t]),
+        ];
+        let mut i = 0;
+        while i + 8 <= len {
+            // SAFETY: elements i..i+8 lie inside the length-`len` runs `src[j]` and `dst`.
+            unsafe {
+                let l = |j: usize| _mm256_loadu_ps(src[j].as_ptr().add(i));
+                let mut acc = _mm256_mul_ps(w[0], l(0));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), acc);
+            }
+            i += 8;
+        }
+        if i < len {
+            // SAFETY: the lanes enabled in `tail` address elements i..len of the runs; masked-off
+            // lanes are neither read nor written.
+            unsafe {
+                let l = |j: usize| _mm256_maskload_ps(src[j].as_ptr().add(i), tail);
+                let mut acc = _mm256_mul_ps(w[0], l(0));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
+                _mm256_maskstore_ps(dst.as_mut_ptr().add(i), tail, acc);
+            }
+        }
+    }
+}
+
+/// The generic `dot_body`'s reduction of its 16 partial sums, held as lanes 0-7 in `a` and 8-15
+/// in `b`, in its order: `acc[l] += acc[l + 8]`, then `+ 4`, `+ 2`, `+ 1`.
+#[target_feature(enable = "avx2")]
+fn reduce16(a: __m256, b: __m256) -> f32 {
+    let v8 = _mm256_add_ps(a, b);
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples, with the
+/// generic body's 16 partial sums (element `c` into sum `c % 16`) as two 8-lane registers. Tail
+/// lanes add `0 * 0 = +0`, which leaves a partial sum unchanged: a sum that starts at +0 and adds
+/// products is never -0, so `+0` is an exact identity for it (NaN and infinities included).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let acc = &mut acc[..4 * n];
+    for t in 0..n {
+        if !s.grad[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        let src = [0, 1, 2, 3].map(|j| &xt[s.idx[j][t] as usize * c + lo..][..len]);
+        let mut sums = [[_mm256_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i < len {
+            // Half h of this 16-element chunk: elements i + 8h .. i + 8h + 8.
+            for h in 0..2 {
+                let at = i + 8 * h;
+                if at >= len {
+                    break;
+                }
+                let k = tail_mask(len - at);
+                // SAFETY: the lanes enabled in `k` address elements at..min(at+8, len) of the
+                // length-`len` runs; masked-off lanes are not read (and load as 0).
+                let dv = unsafe { _mm256_maskload_ps(d.as_ptr().add(at), k) };
+                for j in 0..4 {
+                    // SAFETY: as above.
+                    let sv = unsafe { _mm256_maskload_ps(src[j].as_ptr().add(at), k) };
+                    sums[j][h] = _mm256_add_ps(sums[j][h], _mm256_mul_ps(dv, sv));
+                }
+            }
+            i += 16;
+        }
+        for j in 0..4 {
+            acc[4 * t + j] += reduce16(sums[j][0], sums[j][1]);
+        }
+    }
+}
+
+/// `dX[idx_j[t], lo + c] += w_j[t] * dcol[t*stride + c]` for open samples, corner by corner.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    for t in 0..n {
+        if !s.open[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let w = _mm256_set1_ps(s.w[j][t]);
+            let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
+            let mut i = 0;
+            while i < len {
+                let k = tail_mask(len - i);
+                // SAFETY: the lanes enabled in `k` address elements i..min(i+8, len) of the
+                // length-`len` runs `d` and `out`; masked-off lanes are neither read nor written.
+                unsafe {
+                    let o = _mm256_maskload_ps(out.as_ptr().add(i), k);
+                    let v = _mm256_add_ps(
+                        o,
+                        _mm256_mul_ps(w, _mm256_maskload_ps(d.as_ptr().add(i), k)),
+                    );
+                    _mm256_maskstore_ps(out.as_mut_ptr().add(i), k, v);
+                }
+                i += 8;
+            }
+        }
     }
 }

@@ -362,12 +362,24 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: this table is only built after `Isa::Avx2.supported()` returned true.
         unsafe { avx2_f32::sample_row(a, out) }
     }
+    fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::gather_row(job, xt, cols) }
+    }
+    fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::dot4_row(job, dcol, xt, acc) }
+    }
+    fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::scatter_row(job, dcol, dx) }
+    }
     Kernels {
-        name: "avx2 (explicit f32 descriptors; generic gather, dot and scatter)",
+        name: "avx2 (explicit f32 kernels)",
         sample_row,
-        gather_row: x86::avx2_gather_row,
-        dot4_row: x86::avx2_dot4_row,
-        scatter_row: x86::avx2_scatter_row,
+        gather_row,
+        dot4_row,
+        scatter_row,
     }
 }
 
