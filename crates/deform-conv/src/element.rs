@@ -52,6 +52,12 @@ pub trait Element: Copy + Default + Debug + Send + Sync + crate::error::ZeroBits
     fn to_acc(self) -> Self::Acc;
     /// Round from the accumulation type (round-to-nearest-even for half types).
     fn from_acc(a: Self::Acc) -> Self;
+    /// `s` itself when `Self` is its own accumulation type (f32, f64), so rows can be read in
+    /// place instead of widened into a copy; `None` for the half types.
+    #[inline(always)]
+    fn as_acc(_s: &[Self]) -> Option<&[Self::Acc]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -65,6 +71,10 @@ impl Element for f32 {
     fn from_acc(a: f32) -> Self {
         a
     }
+    #[inline(always)]
+    fn as_acc(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
 }
 
 impl Element for f64 {
@@ -77,6 +87,10 @@ impl Element for f64 {
     #[inline(always)]
     fn from_acc(a: f64) -> Self {
         a
+    }
+    #[inline(always)]
+    fn as_acc(s: &[f64]) -> Option<&[f64]> {
+        Some(s)
     }
 }
 

@@ -202,37 +202,36 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
     ) {
         let g = self.g;
         let ch = dg * g.taps() + tap;
-        let copy = |src: ndarray::ArrayView1<'_, T>, dst: &mut Vec<T::Acc>| {
-            dst.clear();
-            match src.as_slice() {
-                Some(row) => dst.extend(row.iter().map(|v| v.to_acc())),
-                None => dst.extend(src.iter().map(|v| v.to_acc())),
+        // A row in place when it is contiguous and already in the accumulation type (f32, f64
+        // storage), else widened into the scratch vector.
+        fn row<'r, T: Element>(
+            src: ndarray::ArrayView1<'r, T>,
+            dst: &'r mut Vec<T::Acc>,
+        ) -> &'r [T::Acc] {
+            if let Some(s) = src.to_slice().and_then(T::as_acc) {
+                return s;
             }
-        };
-        copy(
-            self.ops.offset_y.slice(ndarray::s![n, ch, oh, ..]),
-            &mut rs.dy,
-        );
-        copy(
-            self.ops.offset_x.slice(ndarray::s![n, ch, oh, ..]),
-            &mut rs.dx,
-        );
-        match &self.ops.mask {
-            Some(m) => copy(m.slice(ndarray::s![n, ch, oh, ..]), &mut rs.m),
-            None => rs.m.clear(),
+            dst.clear();
+            dst.extend(src.iter().map(|v| v.to_acc()));
+            dst
         }
+        let RowScratch { dy, dx, m, s, .. } = rs;
+        let m: &[T::Acc] = match &self.ops.mask {
+            Some(mask) => row(mask.slice(ndarray::s![n, ch, oh, ..]), m),
+            None => &[],
+        };
         let args = RowArgs {
             y0: g.grid_y(oh, tap / g.kw),
             x0: g.grid_x(0, tap % g.kw),
             sx: g.stride[1] as i64,
-            dy: &rs.dy,
-            dx: &rs.dx,
-            m: &rs.m,
+            dy: row(self.ops.offset_y.slice(ndarray::s![n, ch, oh, ..]), dy),
+            dx: row(self.ops.offset_x.slice(ndarray::s![n, ch, oh, ..]), dx),
+            m,
             h: g.h,
             w: g.w,
             gate,
         };
-        (self.k.sample_row)(&args, &mut rs.s);
+        (self.k.sample_row)(&args, s);
     }
 
     /// Builds the columns tile of conv group `q`, rows `[oh0, oh0 + nrows)` of image `n`:

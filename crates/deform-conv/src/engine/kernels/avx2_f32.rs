@@ -225,30 +225,44 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
             continue;
         }
         let d = &dcol[t * job.stride..t * job.stride + len];
-        let src = [0, 1, 2, 3].map(|j| &xt[s.idx[j][t] as usize * c + lo..][..len]);
-        let mut sums = [[_mm256_setzero_ps(); 2]; 4];
+        let at = |j: usize| s.idx[j][t] as usize * c + lo;
+        let src = [
+            &xt[at(0)..][..len],
+            &xt[at(1)..][..len],
+            &xt[at(2)..][..len],
+            &xt[at(3)..][..len],
+        ];
+        // halves[h][j]: partial sums 8h..8h+8 of corner j.
+        let mut halves = [[_mm256_setzero_ps(); 4]; 2];
         let mut i = 0;
         while i < len {
             // Half h of this 16-element chunk: elements i + 8h .. i + 8h + 8.
-            for h in 0..2 {
+            for (h, sums) in halves.iter_mut().enumerate() {
                 let at = i + 8 * h;
                 if at >= len {
                     break;
                 }
+                let full = at + 8 <= len;
                 let k = tail_mask(len - at);
-                // SAFETY: the lanes enabled in `k` address elements at..min(at+8, len) of the
-                // length-`len` runs; masked-off lanes are not read (and load as 0).
-                let dv = unsafe { _mm256_maskload_ps(d.as_ptr().add(at), k) };
-                for j in 0..4 {
-                    // SAFETY: as above.
-                    let sv = unsafe { _mm256_maskload_ps(src[j].as_ptr().add(at), k) };
-                    sums[j][h] = _mm256_add_ps(sums[j][h], _mm256_mul_ps(dv, sv));
+                // SAFETY: a full step reads elements at..at+8 of the length-`len` runs; a tail
+                // step reads only the lanes enabled in `k` (at..len), the others load as 0.
+                // (Masked loads only for the tail: `vmaskmovps` is slow on some CPUs.)
+                let load = |p: &[f32]| unsafe {
+                    if full {
+                        _mm256_loadu_ps(p.as_ptr().add(at))
+                    } else {
+                        _mm256_maskload_ps(p.as_ptr().add(at), k)
+                    }
+                };
+                let dv = load(d);
+                for (sum, run) in sums.iter_mut().zip(&src) {
+                    *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, load(run)));
                 }
             }
             i += 16;
         }
         for j in 0..4 {
-            acc[4 * t + j] += reduce16(sums[j][0], sums[j][1]);
+            acc[4 * t + j] += reduce16(halves[0][j], halves[1][j]);
         }
     }
 }
@@ -269,10 +283,19 @@ pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [
             let w = _mm256_set1_ps(s.w[j][t]);
             let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
             let mut i = 0;
-            while i < len {
+            while i + 8 <= len {
+                // SAFETY: elements i..i+8 lie inside the length-`len` runs `d` and `out`.
+                unsafe {
+                    let o = _mm256_loadu_ps(out.as_ptr().add(i));
+                    let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_loadu_ps(d.as_ptr().add(i))));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+                }
+                i += 8;
+            }
+            if i < len {
                 let k = tail_mask(len - i);
-                // SAFETY: the lanes enabled in `k` address elements i..min(i+8, len) of the
-                // length-`len` runs `d` and `out`; masked-off lanes are neither read nor written.
+                // SAFETY: the lanes enabled in `k` address elements i..len of the runs `d` and
+                // `out`; masked-off lanes are neither read nor written.
                 unsafe {
                     let o = _mm256_maskload_ps(out.as_ptr().add(i), k);
                     let v = _mm256_add_ps(
@@ -281,7 +304,6 @@ pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [
                     );
                     _mm256_maskstore_ps(out.as_mut_ptr().add(i), k, v);
                 }
-                i += 8;
             }
         }
     }
