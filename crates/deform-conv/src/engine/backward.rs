@@ -75,7 +75,12 @@ pub(super) fn backward_impl<T: Element>(
     // Buffers come from the scratch pool; `take` leaves stale contents where every element is
     // written before it is read, `take_zeroed` where the code accumulates.
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
-    let mut lanes: Vec<Lane<T::Acc>> = (0..LANES)
+    let tiles = g.ho.div_ceil(plan.rows);
+    let by_image = tiles < LANES && g.n > 1;
+    // By image, only as many lanes as images get work; a lane that never runs would only add
+    // +0 to the reductions (an exact identity there), so leaving it out keeps the bits.
+    let used = if by_image { LANES.min(g.n) } else { LANES };
+    let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
             dx: some(want_dx, plan.image_len()),
             dw: if want_dw {
@@ -93,17 +98,16 @@ pub(super) fn backward_impl<T: Element>(
             rows: RowScratch::new(g.wo),
         })
         .collect();
-    let tiles = g.ho.div_ceil(plan.rows);
-    if tiles < LANES && g.n > 1 {
+    if by_image {
         // Few tiles per image: lane l takes whole images n0 + l of each wave of LANES images,
         // and writes their input gradient directly (an image belongs to one lane: no reduction).
-        let mut xts: Vec<Buf<T::Acc>> = (0..LANES).map(|_| take(plan.image_len(), zero)).collect();
+        let mut xts: Vec<Buf<T::Acc>> = (0..used).map(|_| take(plan.image_len(), zero)).collect();
         let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-        for n0 in (0..g.n).step_by(LANES) {
-            let nw = LANES.min(g.n - n0);
+        for n0 in (0..g.n).step_by(used) {
+            let nw = used.min(g.n - n0);
             let mut work = Vec::with_capacity(nw);
             for ((l, lane), xt) in lanes.iter_mut().enumerate().take(nw).zip(xts.iter_mut()) {
                 let lg = LaneGrads {
@@ -218,20 +222,35 @@ pub(super) fn reduce_weight_bias<T: Element>(
     if let Some(gw) = grads.weight.as_mut() {
         for q in 0..g.groups {
             // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
-            let mut sum = vec![zero; row_len * coutg];
-            for lane in lanes {
-                let dw = &lane.dw[q];
-                for_each_chunk(&mut sum, 4096, |k, s, _| {
-                    let d = &dw[k * 4096..];
+            // One pass, each element summed over the lanes in order from +0.
+            let mut sum = take(row_len * coutg, zero); // every element is written below
+            for_each_chunk(&mut sum, 4096, |k, s, _| {
+                s.iter_mut().for_each(|v| *v = zero);
+                for lane in lanes {
+                    let d = &lane.dw[q][k * 4096..];
                     s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
-                });
-            }
-            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], output channels in parallel.
+                }
+            });
+            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], in blocks of 16 output
+            // channels in parallel: each (tap, c) reads 16 contiguous sums (one cache line)
+            // instead of one sum per cache line (measured: stride2_c5 backward 16% → 2%).
+            const OB: usize = 16;
             let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
-            let outs: Vec<_> = block.axis_iter_mut(Axis(0)).enumerate().collect();
-            for_each_item(outs, |(o, mut w_o), _| {
-                for ((c, i, j), v) in w_o.indexed_iter_mut() {
-                    *v = T::from_acc(sum[((i * g.kw + j) * cg + c) * coutg + o]);
+            let outs: Vec<_> = block
+                .axis_chunks_iter_mut(Axis(0), OB)
+                .enumerate()
+                .collect();
+            for_each_item(outs, |(b, mut w_b), _| {
+                let nb = w_b.shape()[0];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        for c in 0..cg {
+                            let at = ((i * g.kw + j) * cg + c) * coutg + b * OB;
+                            for (k, v) in sum[at..at + nb].iter().enumerate() {
+                                w_b[[k, c, i, j]] = T::from_acc(*v);
+                            }
+                        }
+                    }
                 }
             });
         }
