@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{problem_sized, rng, Offsets, Problem};
+use common::{problem_shaped, problem_sized, rng, Offsets, Problem};
 use deform_conv::engine::{set_num_threads, with_executor, Executor, Isa, Task};
 use std::sync::Arc;
 
@@ -204,6 +204,28 @@ fn engine_matches_reference_on_every_isa() {
                         isas[0]
                     ),
                 }
+            }
+        }
+    }
+}
+
+/// Wider layers: up to 40 output channels per group (the grad-weight unpack works in blocks
+/// of 16 output channels), up to 5 images (more images than backward lanes), and deformable
+/// groups of any width, on every instruction set.
+#[test]
+fn engine_matches_reference_on_wide_layers() {
+    let mut rng = rng("engine_matches_reference_on_wide_layers");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    for _ in 0..8 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 48, 14, 40, 5);
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        for gate in [GradGate::PerTap, GradGate::Open] {
+            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
+            for &isa in &isas {
+                compare(&run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)), &r32, 2e-5);
             }
         }
     }

@@ -52,13 +52,26 @@ pub fn problem(rng: &mut StdRng, kind: Offsets, max_c: usize) -> Problem {
 
 /// As [`problem`], with images up to `max_hw` on a side.
 pub fn problem_sized(rng: &mut StdRng, kind: Offsets, max_c: usize, max_hw: usize) -> Problem {
+    problem_shaped(rng, kind, max_c, max_hw, 3, 2)
+}
+
+/// As [`problem_sized`], with up to `max_coutg` output channels per conv group and `max_n`
+/// images.
+pub fn problem_shaped(
+    rng: &mut StdRng,
+    kind: Offsets,
+    max_c: usize,
+    max_hw: usize,
+    max_coutg: usize,
+    max_n: usize,
+) -> Problem {
     loop {
         let gc = rng.gen_range(1..=3usize);
         let g = rng.gen_range(1..=3usize);
         // C divisible by both gc and g.
         let l = (gc * g) / gcd(gc, g);
         let c = l * rng.gen_range(1..=(max_c / l).max(1));
-        let cout = gc * rng.gen_range(1..=3usize);
+        let cout = gc * rng.gen_range(1..=max_coutg);
         let kh = rng.gen_range(1..=4usize);
         let kw = rng.gen_range(1..=4usize);
         let h = if rng.gen_bool(0.15) {
@@ -85,7 +98,7 @@ pub fn problem_sized(rng: &mut StdRng, kind: Offsets, max_c: usize, max_hw: usiz
             deformable_groups: g as i64,
             rounding: OutputRounding::Floor,
         };
-        let n = rng.gen_range(1..=2usize);
+        let n = rng.gen_range(1..=max_n);
         let k = kh * kw;
         let ho = out(
             h,
