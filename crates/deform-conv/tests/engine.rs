@@ -225,7 +225,11 @@ fn engine_matches_reference_on_wide_layers() {
         for gate in [GradGate::PerTap, GradGate::Open] {
             let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
             for &isa in &isas {
-                compare(&run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)), &r32, 2e-5);
+                compare(
+                    &run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)),
+                    &r32,
+                    2e-5,
+                );
             }
         }
     }

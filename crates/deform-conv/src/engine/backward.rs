@@ -6,6 +6,7 @@ use super::blocking::LANES;
 use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
 use super::plan::{split_rows, Plan, RowScratch};
+use super::sample::RowSamples;
 use super::scratch::{take, take_zeroed, Buf};
 use super::threads::{for_each_chunk, for_each_item};
 use crate::element::{Element, Real};
@@ -283,7 +284,6 @@ pub(super) fn backward_tile<T: Element>(
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
-    let one = T::Acc::one();
     let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let gk = g.deformable_groups * kk;
     let px = nrows * g.wo;
@@ -309,6 +309,10 @@ pub(super) fn backward_tile<T: Element>(
         &mut lane.acc[..]
     };
     acc.iter_mut().for_each(|v| *v = zero);
+    // When each deformable group lies inside one conv group (always with one conv group), its
+    // `a_j` sums are complete after its own segment: its offset and mask gradients are made
+    // right there, from the descriptors at hand; otherwise a second pass recomputes them.
+    let nested = g.c_per_group() % g.c_per_deformable_group() == 0;
     for q in 0..g.groups {
         let dyq = Mat {
             data: &dyt[q * coutg..],
@@ -367,51 +371,74 @@ pub(super) fn backward_tile<T: Element>(
                     if !lane.dx.is_empty() {
                         (plan.k.scatter_row)(&job, d, &mut lane.dx[block..]);
                     }
+                    if want_tap && nested {
+                        let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                        let rows = &mut lane.rows;
+                        let ch = dg * kk + tap;
+                        tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
+                    }
                 }
             }
         }
     }
-    if !want_tap {
+    if !want_tap || nested {
         return;
     }
-    // d dy = m (hx (a10 - a00) + lx (a11 - a01)),  d dx = m (hy (a01 - a00) + ly (a11 - a10)),
-    // d mask = hy hx a00 + hy lx a01 + ly hx a10 + ly lx a11 (inside the open box only).
     for r in 0..nrows {
         for dg in 0..g.deformable_groups {
             for tap in 0..kk {
                 let ch = dg * kk + tap;
                 plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
-                let s = &lane.rows.s;
-                let a_row = &acc[(r * gk + ch) * g.wo * 4..][..g.wo * 4];
-                let tmp = &mut lane.rows.grads;
-                tmp.clear();
-                tmp.extend((0..g.wo).map(|ow| {
-                    if !s.grad[ow] {
-                        return [zero; 3];
-                    }
-                    let a = &a_row[4 * ow..4 * ow + 4];
-                    let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
-                    let (hy, hx) = (one - ly, one - lx);
-                    let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
-                    let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
-                    let gm = if s.open[ow] {
-                        hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3]
-                    } else {
-                        zero
-                    };
-                    [gy, gx, gm]
-                }));
-                for (which, view) in [&mut lg.oy, &mut lg.ox, &mut lg.m].into_iter().enumerate() {
-                    if let Some(v) = view.as_mut() {
-                        for (o, g3) in v
-                            .slice_mut(ndarray::s![ch, lr0 + r, ..])
-                            .iter_mut()
-                            .zip(tmp.iter())
-                        {
-                            *o = T::from_acc(g3[which]);
-                        }
-                    }
-                }
+                let at = (r * gk + ch) * g.wo * 4;
+                let rows = &mut lane.rows;
+                tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
+            }
+        }
+    }
+}
+
+/// The offset and mask gradients of row `lr` (in the lane's views) of offset channel `ch`,
+/// from its descriptors `s` and its sums `a[4*ow + j]` (SPEC §2):
+///
+/// `d dy = m (hx (a10 - a00) + lx (a11 - a01))`, `d dx = m (hy (a01 - a00) + ly (a11 - a10))`,
+/// `d mask = hy hx a00 + hy lx a01 + ly hx a10 + ly lx a11` (inside the open box only), and
+/// zero for samples that receive no gradient.
+fn tap_grads<T: Element>(
+    s: &RowSamples<T::Acc>,
+    a: &[T::Acc],
+    tmp: &mut Vec<[T::Acc; 3]>,
+    lg: &mut LaneGrads<'_, T>,
+    ch: usize,
+    lr: usize,
+) {
+    let (zero, one) = (T::Acc::zero(), T::Acc::one());
+    let wo = s.grad.len().min(a.len() / 4);
+    let a_row = &a[..wo * 4];
+    tmp.clear();
+    tmp.extend((0..wo).map(|ow| {
+        if !s.grad[ow] {
+            return [zero; 3];
+        }
+        let a = &a_row[4 * ow..4 * ow + 4];
+        let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
+        let (hy, hx) = (one - ly, one - lx);
+        let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
+        let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
+        let gm = if s.open[ow] {
+            hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3]
+        } else {
+            zero
+        };
+        [gy, gx, gm]
+    }));
+    for (which, view) in [&mut lg.oy, &mut lg.ox, &mut lg.m].into_iter().enumerate() {
+        if let Some(v) = view.as_mut() {
+            for (o, g3) in v
+                .slice_mut(ndarray::s![ch, lr, ..])
+                .iter_mut()
+                .zip(tmp.iter())
+            {
+                *o = T::from_acc(g3[which]);
             }
         }
     }
