@@ -312,7 +312,7 @@ pub(super) fn backward_tile<T: Element>(
     // When each deformable group lies inside one conv group (always with one conv group), its
     // `a_j` sums are complete after its own segment: its offset and mask gradients are made
     // right there, from the descriptors at hand; otherwise a second pass recomputes them.
-    let nested = g.c_per_group() % g.c_per_deformable_group() == 0;
+    let nested = g.c_per_group().is_multiple_of(g.c_per_deformable_group());
     for q in 0..g.groups {
         let dyq = Mat {
             data: &dyt[q * coutg..],
