@@ -309,10 +309,6 @@ pub(super) fn backward_tile<T: Element>(
         &mut lane.acc[..]
     };
     acc.iter_mut().for_each(|v| *v = zero);
-    // When each deformable group lies inside one conv group (always with one conv group), its
-    // `a_j` sums are complete after its own segment: its offset and mask gradients are made
-    // right there, from the descriptors at hand; otherwise a second pass recomputes them.
-    let nested = g.c_per_group().is_multiple_of(g.c_per_deformable_group());
     for q in 0..g.groups {
         let dyq = Mat {
             data: &dyt[q * coutg..],
@@ -371,27 +367,17 @@ pub(super) fn backward_tile<T: Element>(
                     if !lane.dx.is_empty() {
                         (plan.k.scatter_row)(&job, d, &mut lane.dx[block..]);
                     }
-                    if want_tap && nested {
+                    // The offset and mask gradients, made right here from the descriptors at
+                    // hand. A deformable group that spans several conv groups has its row
+                    // rewritten by each of them; `acc` keeps summing across them, so the last
+                    // write holds the complete sums.
+                    if want_tap {
                         let at = (r * gk + dg * kk + tap) * g.wo * 4;
                         let rows = &mut lane.rows;
                         let ch = dg * kk + tap;
                         tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
                     }
                 }
-            }
-        }
-    }
-    if !want_tap || nested {
-        return;
-    }
-    for r in 0..nrows {
-        for dg in 0..g.deformable_groups {
-            for tap in 0..kk {
-                let ch = dg * kk + tap;
-                plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
-                let at = (r * gk + ch) * g.wo * 4;
-                let rows = &mut lane.rows;
-                tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
             }
         }
     }
