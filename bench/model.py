@@ -7,8 +7,8 @@ deform_conv.torch, and through torchvision, side by side in one process, default
 * edvr_align: an EDVR/BasicVSR-style alignment stack on 64-channel features: per layer, two
   offset convs on [feature, reference], an offset/mask conv and a deformable conv with 8
   deformable groups; the plain model is the same stack with each deformable conv replaced by a
-  plain 3x3 conv of the same shape (its offset branch still computed), so that the difference is
-  the deformable conv alone.
+  plain 3x3 conv of the same shape, its offset branch still computed forward and backward (its
+  output joins the loss with weight 0), so that the difference is the deformable conv alone.
 
 Inference (no grad) and one training step (forward, backward, SGD), medians of --repeat runs. All
 three models share weights. ``ours (own pool)`` runs our op on the engine's rayon pool instead of
@@ -80,8 +80,11 @@ class EdvrAlign(nn.Module):
         for i, conv in enumerate(self.convs):
             o = self.act(self.off2[i](self.act(self.off1[i](torch.cat([feat, ref], 1)))))
             if self.plain:
-                _ = self.dcn[i].offset(o)  # the offset/mask conv, its result unused
-                feat = self.act(conv(feat))
+                # The offset/mask conv is computed and joins the loss with weight 0, so that a
+                # training step runs the offset branch's backward as the DCN models do (unused, it
+                # would get no gradient and off1/off2/offset would skip their backward).
+                om = self.dcn[i].offset(o)
+                feat = self.act(conv(feat)) + 0.0 * om.mean()
             else:
                 feat = self.act(self.dcn[i](feat, o))
         return feat

@@ -235,6 +235,32 @@ fn engine_matches_reference_on_wide_layers() {
     }
 }
 
+/// Layers with few tiles and many output channels (up to 200 per group on small images) take
+/// the forward's split schedule (GEMMs by blocks of output channels): against the reference,
+/// the same bits on every instruction set, and the deformed image too.
+#[test]
+fn engine_matches_reference_on_split_waves() {
+    let mut rng = rng("engine_matches_reference_on_split_waves");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    for _ in 0..8 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 12, 10, 200, 2);
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
+        let mut first: Option<Out<f32>> = None;
+        for &isa in &isas {
+            let e32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::EngineIsa(isa));
+            compare(&e32, &r32, 2e-5);
+            match &first {
+                None => first = Some(e32),
+                Some(a) => assert!(bitwise(a, &e32), "{isa:?} differs bitwise"),
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_isa_is_an_error_not_a_crash() {
     for isa in Isa::ALL.into_iter().filter(|i| !i.supported()) {

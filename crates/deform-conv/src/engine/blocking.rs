@@ -22,6 +22,11 @@ pub(crate) const COLS_BUDGET_BYTES: usize = 8 << 20;
 /// grad-input images and four grad-weights.
 pub(crate) const LANES: usize = 4;
 
+/// Tasks a forward wave should offer. A wave with fewer tiles (one 16x16 image of ResNet's c5
+/// at batch 1 is one tile) also splits its GEMMs by blocks of output channels. A constant, not
+/// the thread count, so that the split, and with it every bit, is the same on any machine.
+pub(crate) const MIN_TASKS: usize = 4;
+
 /// Output rows per tile for an output of width `wo` and `row_len` accumulators per pixel.
 pub(crate) fn rows_per_tile(wo: usize, row_len: usize, elem_bytes: usize) -> usize {
     let by_budget = COLS_BUDGET_BYTES / (row_len.max(1) * elem_bytes).max(1);
