@@ -20,7 +20,7 @@ use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::operands::{ForwardOutputs, Operands};
 use crate::params::Geometry;
-use ndarray::{ArrayViewMut3, Axis};
+use ndarray::{ArrayViewMut2, ArrayViewMut3, Axis};
 use num_traits::Zero;
 
 /// Engine forward; see the module documentation.
@@ -261,8 +261,8 @@ fn output_block<T: Element>(
     bias: &[T::Acc],
 ) {
     let g = plan.g;
-    let (nc, nrows) = (y.shape()[0], y.shape()[1]);
-    let px = nrows * g.wo;
+    let nc = y.shape()[0];
+    let px = y.shape()[1] * g.wo;
     let o = &mut out[..px * nc];
     gemm(
         o,
@@ -283,14 +283,32 @@ fn output_block<T: Element>(
             cs: plan.row_len,
         },
     );
-    let oc0 = q * g.cout_per_group() + o0;
-    for oc in 0..nc {
-        let b = bias[oc0 + oc];
-        for r in 0..nrows {
-            let mut yrow = y.slice_mut(ndarray::s![oc, r, ..]);
-            let src = o[r * g.wo * nc + oc..].iter().step_by(nc);
-            for (v, out) in yrow.iter_mut().zip(src) {
-                *v = T::from_acc(*out + b);
+    let bias = &bias[q * g.cout_per_group() + o0..][..nc];
+    // Y[c, p] = out[p, c] + b[c] is a transpose: in blocks of 8 channels, each pixel's 8 sums
+    // are one read and the 8 channel planes are written in order (measured on stride2_c5:
+    // row-by-row slices took 10% of the forward).
+    const OB: usize = 8;
+    let mut planes: Vec<ArrayViewMut2<'_, T>> = y.outer_iter_mut().collect();
+    for (bi, blk) in planes.chunks_mut(OB).enumerate() {
+        let c0 = bi * OB;
+        let b = &bias[c0..c0 + blk.len()];
+        let slices: Option<Vec<&mut [T]>> = blk.iter_mut().map(|p| p.as_slice_mut()).collect();
+        match slices {
+            Some(mut sl) => {
+                for p in 0..px {
+                    let sums = &o[p * nc + c0..][..sl.len()];
+                    for ((plane, v), b) in sl.iter_mut().zip(sums).zip(b) {
+                        plane[p] = T::from_acc(*v + *b);
+                    }
+                }
+            }
+            None => {
+                for (k, plane) in blk.iter_mut().enumerate() {
+                    // Logical order of a [rows, Wo] plane: p = r * Wo + ow.
+                    for (p, v) in plane.iter_mut().enumerate() {
+                        *v = T::from_acc(o[p * nc + c0 + k] + b[k]);
+                    }
+                }
             }
         }
     }

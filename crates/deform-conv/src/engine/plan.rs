@@ -117,19 +117,31 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
                 );
             }
         }
+        // A transpose: in blocks of 8 channels, so that each pixel's 8 values are written
+        // together and the 8 source rows are read in order.
+        const CB: usize = 8;
         for_each_item(rows, |(n, dg, y, dst), _| {
             let image = self.ops.input.index_axis(Axis(0), n); // [C, H, W]
-            for k in 0..cdg {
-                let row = image.slice(ndarray::s![dg * cdg + k, y, ..]);
-                match row.as_slice() {
-                    Some(src) => {
-                        for (x, v) in src.iter().enumerate() {
-                            dst[x * cdg + k] = v.to_acc();
+            for k0 in (0..cdg).step_by(CB) {
+                let kn = CB.min(cdg - k0);
+                let src: Vec<_> = (k0..k0 + kn)
+                    .map(|k| image.slice(ndarray::s![dg * cdg + k, y, ..]))
+                    .collect();
+                let rows: Option<Vec<&[T]>> = src.iter().map(|r| r.as_slice()).collect();
+                match rows {
+                    Some(rows) => {
+                        for x in 0..g.w {
+                            let px = &mut dst[x * cdg + k0..][..kn];
+                            for (v, row) in px.iter_mut().zip(&rows) {
+                                *v = row[x].to_acc();
+                            }
                         }
                     }
                     None => {
-                        for (x, v) in row.iter().enumerate() {
-                            dst[x * cdg + k] = v.to_acc();
+                        for (k, row) in src.iter().enumerate() {
+                            for (x, v) in row.iter().enumerate() {
+                                dst[x * cdg + k0 + k] = v.to_acc();
+                            }
                         }
                     }
                 }
