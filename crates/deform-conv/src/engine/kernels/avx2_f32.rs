@@ -41,21 +41,23 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     while t < n {
         let len = (n - t).min(8);
         // Inputs of this step in 8-lane buffers (zeros past the row's end).
-        let mut buf = [[0f32; 8]; 3];
-        buf[0][..len].copy_from_slice(&a.dy[t..t + len]);
-        buf[1][..len].copy_from_slice(&a.dx[t..t + len]);
-        if a.m.is_empty() {
-            buf[2] = [1.0; 8];
+        let load = |src: &[f32]| -> __m256 {
+            if len == 8 {
+                let s = &src[t..t + 8];
+                // SAFETY: `s` holds 8 f32.
+                unsafe { _mm256_loadu_ps(s.as_ptr()) }
+            } else {
+                let mut b = [0f32; 8];
+                b[..len].copy_from_slice(&src[t..t + len]);
+                // SAFETY: `b` holds 8 f32.
+                unsafe { _mm256_loadu_ps(b.as_ptr()) }
+            }
+        };
+        let (vdy, vdx) = (load(a.dy), load(a.dx));
+        let vm = if a.m.is_empty() {
+            _mm256_set1_ps(1.0)
         } else {
-            buf[2][..len].copy_from_slice(&a.m[t..t + len]);
-        }
-        // SAFETY: each buffer holds 8 f32.
-        let (vdy, vdx, vm) = unsafe {
-            (
-                _mm256_loadu_ps(buf[0].as_ptr()),
-                _mm256_loadu_ps(buf[1].as_ptr()),
-                _mm256_loadu_ps(buf[2].as_ptr()),
-            )
+            load(a.m)
         };
         let py = _mm256_add_ps(y0, vdy);
         let grid_x = _mm256_add_epi32(
@@ -109,20 +111,38 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm256_mul_ps(mo, _mm256_mul_ps(ly, lx)),
         ];
         let (open_bits, grad_bits) = (_mm256_movemask_ps(open), _mm256_movemask_ps(grad));
-        let mut ib = [0u32; 8];
-        let mut fb = [0f32; 8];
-        for j in 0..4 {
-            // SAFETY: 8-element stack buffers.
-            unsafe { _mm256_storeu_si256(ib.as_mut_ptr().cast(), idx[j]) };
-            out.idx[j][t..t + len].copy_from_slice(&ib[..len]);
-            // SAFETY: as above.
-            unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), w[j]) };
-            out.w[j][t..t + len].copy_from_slice(&fb[..len]);
-        }
-        for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
-            // SAFETY: as above.
-            unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), v) };
-            dst[t..t + len].copy_from_slice(&fb[..len]);
+        if len == 8 {
+            // A full step stores straight into the rows (a copy through a stack buffer is a
+            // `memmove` call per array: measured 5% of the edvr backward).
+            for j in 0..4 {
+                let di = &mut out.idx[j][t..t + 8];
+                // SAFETY: `di` holds 8 u32.
+                unsafe { _mm256_storeu_si256(di.as_mut_ptr().cast(), idx[j]) };
+                let dw = &mut out.w[j][t..t + 8];
+                // SAFETY: `dw` holds 8 f32.
+                unsafe { _mm256_storeu_ps(dw.as_mut_ptr(), w[j]) };
+            }
+            for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
+                let d = &mut dst[t..t + 8];
+                // SAFETY: `d` holds 8 f32.
+                unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) };
+            }
+        } else {
+            let mut ib = [0u32; 8];
+            let mut fb = [0f32; 8];
+            for j in 0..4 {
+                // SAFETY: 8-element stack buffers.
+                unsafe { _mm256_storeu_si256(ib.as_mut_ptr().cast(), idx[j]) };
+                out.idx[j][t..t + len].copy_from_slice(&ib[..len]);
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), w[j]) };
+                out.w[j][t..t + len].copy_from_slice(&fb[..len]);
+            }
+            for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), v) };
+                dst[t..t + len].copy_from_slice(&fb[..len]);
+            }
         }
         for l in 0..len {
             out.open[t + l] = (open_bits >> l) & 1 == 1;
