@@ -315,23 +315,48 @@ fn output_block<T: Element>(
 }
 
 /// The deformed image of one conv group (`d`: its `Cg` channels) for `nrows` output rows from
-/// their columns: `D[c, r*kh + i, ow*kw + j] = cols[pixel (r, ow), tap (i, j), c]`, one D row
-/// (fixed c, r, i) at a time.
+/// their columns: `D[c, r*kh + i, ow*kw + j] = cols[pixel (r, ow), tap (i, j), c]`. A transpose:
+/// in blocks of 8 channels, each (pixel, tap)'s 8 values are one read of the columns and the 8
+/// D rows are written in order (measured: the torch_npu demo's forward, 16x32x160x160 deformed
+/// image, 53 → 38 ms; most of the rest is the 52 MB of fresh output pages).
 fn write_deformed<T: Element>(
     plan: &Plan<'_, '_, T>,
     nrows: usize,
     cols: &[T::Acc],
     d: &mut ArrayViewMut3<'_, T>,
 ) {
+    const CB: usize = 8;
     let g = plan.g;
     let (cg, row_len) = (g.c_per_group(), plan.row_len);
-    for c in 0..cg {
+    for c0 in (0..cg).step_by(CB) {
+        let cn = CB.min(cg - c0);
         for r in 0..nrows {
             for i in 0..g.kh {
-                let mut drow = d.slice_mut(ndarray::s![c, r * g.kh + i, ..]);
-                for (x, v) in drow.iter_mut().enumerate() {
+                let mut blk = d.slice_mut(ndarray::s![c0..c0 + cn, r * g.kh + i, ..]);
+                let mut drows: Vec<_> = blk.outer_iter_mut().collect();
+                // Pixel ow, tap j: cols[(r*Wo + ow)*row_len + (i*kw + j)*Cg + c0 ..][..cn].
+                let at = |x: usize| {
                     let (ow, j) = (x / g.kw, x % g.kw);
-                    *v = T::from_acc(cols[(r * g.wo + ow) * row_len + (i * g.kw + j) * cg + c]);
+                    (r * g.wo + ow) * row_len + (i * g.kw + j) * cg + c0
+                };
+                let slices: Option<Vec<&mut [T]>> =
+                    drows.iter_mut().map(|v| v.as_slice_mut()).collect();
+                match slices {
+                    Some(mut sl) => {
+                        for x in 0..g.wo * g.kw {
+                            let src = &cols[at(x)..][..cn];
+                            for (row, v) in sl.iter_mut().zip(src) {
+                                row[x] = T::from_acc(*v);
+                            }
+                        }
+                    }
+                    None => {
+                        for (k, row) in drows.iter_mut().enumerate() {
+                            for (x, v) in row.iter_mut().enumerate() {
+                                *v = T::from_acc(cols[at(x) + k]);
+                            }
+                        }
+                    }
                 }
             }
         }
