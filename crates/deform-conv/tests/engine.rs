@@ -258,6 +258,13 @@ fn engine_matches_reference_on_split_waves() {
                 Some(a) => assert!(bitwise(a, &e32), "{isa:?} differs bitwise"),
             }
         }
+        // The split is chosen from the shape, never from the thread count.
+        set_num_threads(1);
+        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(3);
+        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(0);
+        assert!(bitwise(&one, &three), "results depend on the thread count");
     }
 }
 
