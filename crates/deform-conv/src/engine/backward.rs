@@ -7,7 +7,7 @@ use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
 use super::plan::{split_rows, Plan, RowScratch};
 use super::sample::RowSamples;
-use super::scratch::{take, take_zeroed, Buf};
+use super::scratch::{take, Buf};
 use super::threads::{for_each_chunk, for_each_item};
 use crate::element::{Element, Real};
 use crate::error::Result;
@@ -21,8 +21,10 @@ pub(super) struct Lane<A: Real> {
     /// `dX` of the current image, channels-last plus a garbage row for the zero pixel; zeroed per
     /// image.
     dx: Buf<A>,
-    /// `dW` partial sums per conv group; start at zero, accumulate over the whole call.
+    /// `dW` partial sums per conv group, accumulated over the whole call; stale until the lane's
+    /// first tile writes them (`dw_live`), so an idle lane costs no zeroing and no reduction.
     dw: Vec<Buf<A>>,
+    dw_live: bool,
     db: Vec<A>,
     cols: Buf<A>,
     dcol: Buf<A>,
@@ -74,7 +76,7 @@ pub(super) fn backward_impl<T: Element>(
     let want_dw = grads.weight.is_some();
     let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
     // Buffers come from the scratch pool; `take` leaves stale contents where every element is
-    // written before it is read, `take_zeroed` where the code accumulates.
+    // written before it is read; accumulators are zeroed (or first written) by their users.
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
     let tiles = g.ho.div_ceil(plan.rows);
     let by_image = tiles < LANES && g.n > 1;
@@ -86,11 +88,12 @@ pub(super) fn backward_impl<T: Element>(
             dx: some(want_dx, plan.image_len()),
             dw: if want_dw {
                 (0..g.groups)
-                    .map(|_| take_zeroed(plan.row_len * coutg, zero))
+                    .map(|_| take(plan.row_len * coutg, zero)) // written by the first tile
                     .collect()
             } else {
                 vec![]
             },
+            dw_live: false,
             db: vec![zero; g.cout],
             cols: some(want_dw, tile_px * plan.row_len),
             dcol: take(tile_px * plan.row_len, zero),
@@ -227,7 +230,8 @@ pub(super) fn reduce_weight_bias<T: Element>(
             let mut sum = take(row_len * coutg, zero); // every element is written below
             for_each_chunk(&mut sum, 4096, |k, s, _| {
                 s.iter_mut().for_each(|v| *v = zero);
-                for lane in lanes {
+                // A lane that ran no tile holds no sums: it would add +0, an identity here.
+                for lane in lanes.iter().filter(|l| l.dw_live) {
                     let d = &lane.dw[q][k * 4096..];
                     s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
                 }
@@ -320,11 +324,11 @@ pub(super) fn backward_tile<T: Element>(
         if !lane.dw.is_empty() {
             let cols = &mut lane.cols[..px * row_len];
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
-            // dW_q[K*Cg x Coutg] += cols^T * dY_q
+            // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
             gemm(
                 &mut lane.dw[q],
                 coutg,
-                true,
+                lane.dw_live,
                 Mat {
                     data: cols,
                     rows: row_len,
@@ -380,6 +384,9 @@ pub(super) fn backward_tile<T: Element>(
                 }
             }
         }
+    }
+    if !lane.dw.is_empty() {
+        lane.dw_live = true;
     }
 }
 

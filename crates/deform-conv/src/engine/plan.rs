@@ -3,7 +3,7 @@
 //! column = tap-major, channel-minor) from the channels-last image. Shared by [`super::forward`]
 //! and [`super::backward`].
 
-use super::blocking::rows_per_tile;
+use super::blocking::{rows_per_tile, LANES};
 use super::kernels::RowJob;
 use super::kernels::{self, Isa, Kernels};
 use super::sample::{RowArgs, RowSamples};
@@ -73,7 +73,13 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
                 }
             })
             .collect();
-        let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
+        let mut rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
+        if transposed && g.n == 1 && g.ho.div_ceil(rows) < LANES {
+            // The backward of one small image walks its rows in LANES lanes: with fewer tiles
+            // than lanes, some would sit idle (ResNet c5 at 16x16 ran on one thread). Shorter
+            // tiles give every lane rows. Decided by the shape alone.
+            rows = g.ho.div_ceil(LANES).max(1);
+        }
         Ok(Plan {
             g,
             ops,

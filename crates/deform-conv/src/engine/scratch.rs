@@ -7,8 +7,8 @@
 //! comes back to the pool when its guard drops. The pool keeps at most [`KEEP_BYTES`], so memory stays bounded by the
 //! largest call's working set, and never by the batch.
 //!
-//! A reused buffer's contents are stale: every user either overwrites the part it reads or asks
-//! for [`take_zeroed`].
+//! A reused buffer's contents are stale: every user overwrites the part it reads (or zeroes it)
+//! first.
 
 use std::any::Any;
 use std::ops::{Deref, DerefMut};
@@ -81,11 +81,4 @@ pub(crate) fn take<A: Copy + Send + 'static>(len: usize, fill: A) -> Buf<A> {
     };
     v.resize(len, fill);
     Buf { v }
-}
-
-/// A buffer of `len` copies of `zero`.
-pub(crate) fn take_zeroed<A: Copy + Send + 'static>(len: usize, zero: A) -> Buf<A> {
-    let mut b = take(len, zero);
-    b.fill(zero);
-    b
 }
