@@ -1,20 +1,26 @@
 //! The fast engine: channels-last sampling feeding a GEMM, tile by tile.
 //!
-//! **Forward.** Images go in waves of `blocking::LANES`; each is copied once to channels-last
-//! (`T` → accumulation type, plus one zero pixel, see `sample`). The output is walked in tiles of
-//! whole output rows (`blocking`); per tile and convolution group the sampler builds the columns
-//! tile `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor) from one bilinear
+//! **Forward.** Images go in waves of `blocking::LANES`; each is copied once to channels-last,
+//! blocked by deformable group (`[G, H*W + 1, C/G]`: `T` → accumulation type, plus one zero pixel
+//! per group, see `sample` and `Plan::images_nhwc`). The output is walked in tiles of whole output
+//! rows (`blocking`); per tile and convolution group the sampler builds the columns tile
+//! `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor) from one bilinear
 //! descriptor per (pixel, tap, deformable group), reused for every channel of the group, and one
 //! GEMM `out[P x Cout/Gc] = cols * Wp` reads the weight, packed once per call as `[Cout/Gc, K*C/Gc]`
-//! rows, through strides. All tiles of a wave run in parallel; each output element is produced by
-//! one tile, so the result does not depend on the thread count.
+//! rows, through strides. All tiles of a wave run in parallel; a wave with fewer than
+//! `blocking::MIN_TASKS` tiles (one small image) first builds its columns row by row, then splits
+//! its GEMMs by blocks of output channels (`forward`). Each output element is produced by one
+//! GEMM whose shape depends only on the problem, so the result does not depend on the thread
+//! count.
 //!
 //! **Backward.** Per tile: the same columns (for `dW += cols^T dY`), `dcols = dY Wp^T` by GEMM,
-//! then per descriptor four channel dot products `a_j = sum_c dcol[c] X[idx_j, c]` give the
-//! offset and mask gradients (SPEC §2) and a scatter `dX[idx_j, c] += w_j dcol[c]` the input
-//! gradient. Tiles are dealt to `blocking::LANES` fixed lanes (contiguous row ranges of one image,
-//! or whole images when an image has fewer tiles than lanes), each owning its `dX`, `dW` and `db`
-//! buffers, reduced in lane order: bitwise identical results for any thread count, no atomics.
+//! then one descriptor pass per (row, deformable group, tap) gives four channel dot products
+//! `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask gradients (SPEC
+//! §2), and a scatter `dX[idx_j, c] += w_j dcol[c]` the input gradient. Tiles are dealt to `blocking::LANES`
+//! fixed lanes (contiguous row ranges of one image, shorter tiles when one image has fewer tiles
+//! than lanes, or whole images when an image has fewer tiles than lanes and there are several),
+//! each owning its `dX`, `dW` and `db` buffers, reduced in lane order: bitwise identical results
+//! for any thread count, no atomics.
 //!
 //! Kernels ([`kernels`]) are chosen once per call from the run-time instruction set; the hot f32
 //! ones have explicit AVX-512 (and AVX2 descriptor) bodies that perform the portable bodies'
