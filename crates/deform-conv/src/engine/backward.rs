@@ -25,6 +25,9 @@ pub(super) struct Lane<A: Real> {
     /// first tile writes them (`dw_live`), so an idle lane costs no zeroing and no reduction.
     dw: Vec<Buf<A>>,
     dw_live: bool,
+    /// Keep this tile's columns (and `dyt`) for a `dW` GEMM run after the lane (see
+    /// `Deferred`); the lane then has no `dw` of its own.
+    keep_cols: bool,
     db: Vec<A>,
     cols: Buf<A>,
     dcol: Buf<A>,
@@ -32,6 +35,16 @@ pub(super) struct Lane<A: Real> {
     /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`; zeroed per tile.
     acc: Buf<A>,
     rows: RowScratch<A>,
+}
+
+/// Output channels per block of the deferred `dW` (a multiple of the unpack's 16).
+const DW_BLOCK: usize = 64;
+
+/// The single `dW` of the one-tile-per-image schedule, in blocks of `cb` output channels: block
+/// `b` is `[K*C x channels b*cb ..]`, row-major.
+pub(super) struct Deferred<A: Real> {
+    cb: usize,
+    blocks: Vec<Buf<A>>,
 }
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
@@ -83,10 +96,21 @@ pub(super) fn backward_impl<T: Element>(
     // By image, only as many lanes as images get work; a lane that never runs would only add
     // +0 to the reductions (an exact identity there), so leaving it out keeps the bits.
     let used = if by_image { LANES.min(g.n) } else { LANES };
+    // One tile per image (small images, one conv group): the lanes keep their image's columns
+    // and `dY`, and after each wave one GEMM task per block of output channels adds every
+    // image's `cols^T dY` to a single `dW`, image by image. No per-lane `dW` copies to fill and
+    // sum (each as big as the weight), and both threads work on the weight-sized product.
+    let mut deferred = (by_image && tiles == 1 && g.groups == 1 && want_dw).then(|| {
+        let cb = DW_BLOCK.min(coutg);
+        let blocks: Vec<Buf<T::Acc>> = (0..coutg.div_ceil(cb))
+            .map(|b| take(plan.row_len * cb.min(coutg - b * cb), zero)) // first GEMM writes
+            .collect();
+        Deferred { cb, blocks }
+    });
     let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
             dx: some(want_dx, plan.image_len()),
-            dw: if want_dw {
+            dw: if want_dw && deferred.is_none() {
                 (0..g.groups)
                     .map(|_| take(plan.row_len * coutg, zero)) // written by the first tile
                     .collect()
@@ -94,6 +118,7 @@ pub(super) fn backward_impl<T: Element>(
                 vec![]
             },
             dw_live: false,
+            keep_cols: deferred.is_some(),
             db: vec![zero; g.cout],
             cols: some(want_dw, tile_px * plan.row_len),
             dcol: take(tile_px * plan.row_len, zero),
@@ -142,8 +167,38 @@ pub(super) fn backward_impl<T: Element>(
                     }
                 }
             });
+            if let Some(def) = deferred.as_mut() {
+                // dW[:, block] += cols_n^T dY_n[:, block] for the wave's images in order.
+                let (row_len, px, cb) = (plan.row_len, g.ho * g.wo, def.cb);
+                let wave = &lanes[..nw];
+                let blocks: Vec<_> = def.blocks.iter_mut().enumerate().collect();
+                for_each_item(blocks, |(b, blk), _| {
+                    let len = blk.len() / row_len;
+                    for (l, lane) in wave.iter().enumerate() {
+                        gemm(
+                            blk,
+                            len,
+                            n0 + l > 0,
+                            Mat {
+                                data: &lane.cols[..px * row_len],
+                                rows: row_len,
+                                cols: px,
+                                rs: 1,
+                                cs: row_len,
+                            },
+                            Mat {
+                                data: &lane.dyt[b * cb..],
+                                rows: px,
+                                cols: len,
+                                rs: g.cout,
+                                cs: 1,
+                            },
+                        );
+                    }
+                });
+            }
         }
-        reduce_weight_bias(plan, &lanes, &mut grads);
+        reduce_weight_bias(plan, &lanes, deferred.as_ref(), &mut grads);
         return;
     }
     // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
@@ -210,13 +265,14 @@ pub(super) fn backward_impl<T: Element>(
             });
         }
     }
-    reduce_weight_bias(plan, &lanes, &mut grads);
+    reduce_weight_bias(plan, &lanes, None, &mut grads);
 }
 
 /// `dW` and `db`: the lanes' partial sums added in lane order.
 pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
+    deferred: Option<&Deferred<T::Acc>>,
     grads: &mut GradOutputs<'_, T>,
 ) {
     let g = plan.g;
@@ -227,7 +283,14 @@ pub(super) fn reduce_weight_bias<T: Element>(
         for q in 0..g.groups {
             // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
             // One pass, each element summed over the lanes in order from +0.
-            let mut sum = take(row_len * coutg, zero); // every element is written below
+            let mut sum = take(
+                if deferred.is_some() {
+                    0
+                } else {
+                    row_len * coutg
+                },
+                zero,
+            );
             for_each_chunk(&mut sum, 4096, |k, s, _| {
                 s.iter_mut().for_each(|v| *v = zero);
                 // A lane that ran no tile holds no sums: it would add +0, an identity here.
@@ -250,8 +313,18 @@ pub(super) fn reduce_weight_bias<T: Element>(
                 for i in 0..g.kh {
                     for j in 0..g.kw {
                         for c in 0..cg {
-                            let at = ((i * g.kw + j) * cg + c) * coutg + b * OB;
-                            for (k, v) in sum[at..at + nb].iter().enumerate() {
+                            let r = (i * g.kw + j) * cg + c;
+                            let src = match deferred {
+                                // Block o0 / cb holds [row_len x its channels]; OB divides cb.
+                                Some(def) => {
+                                    let (o0, cb) = (b * OB, def.cb);
+                                    let blk = &def.blocks[o0 / cb];
+                                    let len = blk.len() / row_len;
+                                    &blk[r * len + o0 % cb..][..nb]
+                                }
+                                None => &sum[r * coutg + b * OB..][..nb],
+                            };
+                            for (k, v) in src.iter().enumerate() {
                                 w_b[[k, c, i, j]] = T::from_acc(*v);
                             }
                         }
@@ -321,7 +394,17 @@ pub(super) fn backward_tile<T: Element>(
             rs: g.cout,
             cs: 1,
         };
-        if !lane.dw.is_empty() {
+        if lane.keep_cols {
+            plan.columns(
+                n,
+                q,
+                oh0,
+                nrows,
+                xt,
+                &mut lane.cols[..px * row_len],
+                &mut lane.rows,
+            );
+        } else if !lane.dw.is_empty() {
             let cols = &mut lane.cols[..px * row_len];
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
             // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
