@@ -268,6 +268,34 @@ fn engine_matches_reference_on_split_waves() {
     }
 }
 
+/// Many small images of one conv group (more images than backward lanes, one tile each): the
+/// backward's weight gradient is one GEMM per block of output channels over the images, wave
+/// after wave; against the reference, and the same bits on 1 and 3 threads.
+#[test]
+fn engine_matches_reference_on_many_small_images() {
+    let mut rng = rng("engine_matches_reference_on_many_small_images");
+    let mut cases = 0;
+    while cases < 6 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 12, 8, 100, 9);
+        if p.geom.n < 5 || p.geom.groups != 1 {
+            continue;
+        }
+        cases += 1;
+        let dy = common::normal(&mut rng, {
+            let [a, b, c, d] = p.geom.output_shape();
+            (a, b, c, d)
+        });
+        let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
+        set_num_threads(1);
+        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(3);
+        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        set_num_threads(0);
+        compare(&one, &r32, 2e-5);
+        assert!(bitwise(&one, &three), "results depend on the thread count");
+    }
+}
+
 #[test]
 fn unsupported_isa_is_an_error_not_a_crash() {
     for isa in Isa::ALL.into_iter().filter(|i| !i.supported()) {
