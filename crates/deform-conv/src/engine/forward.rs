@@ -13,7 +13,7 @@
 use super::blocking::{LANES, MIN_TASKS};
 use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
-use super::plan::{split_rows, Plan, RowScratch};
+use super::plan::{split_axis, split_rows, Plan, RowScratch};
 use super::scratch::{take, Buf};
 use super::threads::{for_each_item, PerWorker};
 use crate::element::{Element, Real};
@@ -150,23 +150,6 @@ fn by_tile<T: Element>(
     });
 }
 
-/// Splits `v` along axis 0 into `parts` consecutive pieces of `len`.
-fn split_channels<'a, T>(
-    v: ArrayViewMut3<'a, T>,
-    len: usize,
-    parts: usize,
-) -> Vec<ArrayViewMut3<'a, T>> {
-    let mut out = Vec::with_capacity(parts);
-    let mut rest = v;
-    for _ in 1..parts {
-        let (a, b) = rest.split_at(Axis(0), len);
-        out.push(a);
-        rest = b;
-    }
-    out.push(rest);
-    out
-}
-
 /// The split schedule: the wave's columns first (one task per tile row and conv group), then
 /// one GEMM task per (tile, conv group, block of output channels).
 fn split_wave<T: Element>(
@@ -197,13 +180,7 @@ fn split_wave<T: Element>(
             let mut d_rows: Vec<Vec<Option<ArrayViewMut3<'_, T>>>> =
                 split_rows(d, &vec![g.kh; nrows])
                     .into_iter()
-                    .map(|d_r| match d_r {
-                        Some(v) => split_channels(v, cg, g.groups)
-                            .into_iter()
-                            .map(Some)
-                            .collect(),
-                        None => (0..g.groups).map(|_| None).collect(),
-                    })
+                    .map(|d_r| split_axis(d_r, Axis(0), &vec![cg; g.groups]))
                     .collect();
             for (q, c) in cols_t.iter_mut().enumerate() {
                 for (r, c_r) in c.chunks_mut(row_px).enumerate() {
@@ -228,11 +205,15 @@ fn split_wave<T: Element>(
     }
     // GEMM tasks: each (tile, q) output view split into blocks of `cb` channels.
     let cb = coutg.div_ceil(blocks);
+    let block_lens: Vec<usize> = (0..coutg.div_ceil(cb))
+        .map(|b| cb.min(coutg - b * cb))
+        .collect();
     let mut work = Vec::with_capacity(ys.len() * g.groups * blocks);
     for (ti, y) in ys.into_iter().enumerate() {
-        for (q, y_q) in split_channels(y, coutg, g.groups).into_iter().enumerate() {
-            let nb = coutg.div_ceil(cb);
-            for (b, blk) in split_channels(y_q, cb, nb).into_iter().enumerate() {
+        let y_qs = split_axis(Some(y), Axis(0), &vec![coutg; g.groups]);
+        for (q, y_q) in y_qs.into_iter().enumerate() {
+            let blks = split_axis(y_q, Axis(0), &block_lens);
+            for (b, blk) in blks.into_iter().flatten().enumerate() {
                 work.push((ti * g.groups + q, q, b * cb, blk));
             }
         }

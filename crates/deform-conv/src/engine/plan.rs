@@ -358,12 +358,21 @@ pub(super) fn split_rows<'a, T>(
     v: Option<ArrayViewMut3<'a, T>>,
     lens: &[usize],
 ) -> Vec<Option<ArrayViewMut3<'a, T>>> {
+    split_axis(v, Axis(1), lens)
+}
+
+/// Splits `v` along `axis` into consecutive pieces of the given lengths (all `None` for `None`).
+pub(super) fn split_axis<'a, T>(
+    v: Option<ArrayViewMut3<'a, T>>,
+    axis: Axis,
+    lens: &[usize],
+) -> Vec<Option<ArrayViewMut3<'a, T>>> {
     let Some(mut rest) = v else {
         return lens.iter().map(|_| None).collect();
     };
     let mut out = Vec::with_capacity(lens.len());
     for &len in lens {
-        let (a, b) = rest.split_at(Axis(1), len);
+        let (a, b) = rest.split_at(axis, len);
         out.push(Some(a));
         rest = b;
     }
