@@ -6,26 +6,16 @@ forward+backward, side by side in one process (float32, offsets ~ N(0, 0.5^2), m
 """
 import argparse
 import math
-import time
 
 import numpy as np
 import torch
 
 import deform_conv as dc
+from compare import median_ms  # bench/ is on sys.path when this script runs
 
 # (N, C = Cout, H = W, stride)
 LAYERS = [(1, 512, 16, 1), (1, 512, 32, 2), (1, 256, 32, 1), (1, 128, 64, 1),
           (2, 512, 8, 1), (2, 512, 16, 2), (2, 256, 16, 1), (2, 128, 32, 1)]
-
-
-def median_ms(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[repeat // 2] * 1e3
 
 
 def main():
