@@ -175,6 +175,18 @@ fn bitwise<T: Element + num_traits::Float>(a: &Out<T>, b: &Out<T>) -> bool {
 
 use num_traits::ToPrimitive;
 
+/// A random output gradient for problem `p`.
+fn grad_output(rng: &mut rand::rngs::StdRng, p: &Problem) -> Array4<f64> {
+    let [a, b, c, d] = p.geom.output_shape();
+    common::normal(rng, (a, b, c, d))
+}
+
+/// The engine's f32 results (per-tap gate) with `threads` rayon threads.
+fn on_threads(p: &Problem, dy: &Array4<f64>, threads: usize) -> Out<f32> {
+    set_num_threads(threads);
+    run::<f32>(p, dy, GradGate::PerTap, Backend::Engine)
+}
+
 #[test]
 fn engine_matches_reference_on_every_isa() {
     let mut rng = rng("engine_matches_reference_on_every_isa");
@@ -183,10 +195,7 @@ fn engine_matches_reference_on_every_isa() {
     for case in 0..30 {
         let (max_c, max_hw) = if case % 3 == 0 { (40, 40) } else { (12, 12) };
         let p = problem_sized(&mut rng, Offsets::Edges, max_c, max_hw);
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
+        let dy = grad_output(&mut rng, &p);
         for gate in [GradGate::PerTap, GradGate::Open] {
             let r64 = run::<f64>(&p, &dy, gate, Backend::Reference);
             let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
@@ -218,10 +227,7 @@ fn engine_matches_reference_on_wide_layers() {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
     for _ in 0..8 {
         let p = problem_shaped(&mut rng, Offsets::Edges, 48, 14, 40, 5);
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
+        let dy = grad_output(&mut rng, &p);
         for gate in [GradGate::PerTap, GradGate::Open] {
             let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
             for &isa in &isas {
@@ -244,10 +250,7 @@ fn engine_matches_reference_on_split_waves() {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
     for _ in 0..8 {
         let p = problem_shaped(&mut rng, Offsets::Edges, 12, 10, 200, 2);
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
+        let dy = grad_output(&mut rng, &p);
         let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
         let mut first: Option<Out<f32>> = None;
         for &isa in &isas {
@@ -259,10 +262,7 @@ fn engine_matches_reference_on_split_waves() {
             }
         }
         // The split is chosen from the shape, never from the thread count.
-        set_num_threads(1);
-        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
-        set_num_threads(3);
-        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
         set_num_threads(0);
         assert!(bitwise(&one, &three), "results depend on the thread count");
     }
@@ -281,15 +281,9 @@ fn engine_matches_reference_on_many_small_images() {
             continue;
         }
         cases += 1;
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
+        let dy = grad_output(&mut rng, &p);
         let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
-        set_num_threads(1);
-        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
-        set_num_threads(3);
-        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
         set_num_threads(0);
         compare(&one, &r32, 2e-5);
         assert!(bitwise(&one, &three), "results depend on the thread count");
@@ -328,16 +322,10 @@ fn deterministic_across_runs_and_thread_counts() {
     let mut rng = rng("deterministic_across_runs_and_thread_counts");
     for _ in 0..6 {
         let p = problem_sized(&mut rng, Offsets::Edges, 24, 48);
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
-        set_num_threads(1);
-        let one = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
-        set_num_threads(2);
-        let two = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
-        set_num_threads(3);
-        let three = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Engine);
+        let dy = grad_output(&mut rng, &p);
+        let one = on_threads(&p, &dy, 1);
+        let two = on_threads(&p, &dy, 2);
+        let three = on_threads(&p, &dy, 3);
         assert!(
             bitwise(&one, &two) && bitwise(&two, &three),
             "results depend on the thread count"
@@ -422,10 +410,7 @@ fn half_storage_is_f32_exact_up_to_output_rounding() {
     let mut rng = rng("half_storage_is_f32_exact_up_to_output_rounding");
     for _ in 0..12 {
         let p = problem_sized(&mut rng, Offsets::Edges, 20, 16);
-        let dy = common::normal(&mut rng, {
-            let [a, b, c, d] = p.geom.output_shape();
-            (a, b, c, d)
-        });
+        let dy = grad_output(&mut rng, &p);
         check::<half::f16>("f16", &p, &dy, 2f64.powi(-11));
         check::<half::bf16>("bf16", &p, &dy, 2f64.powi(-8));
     }
