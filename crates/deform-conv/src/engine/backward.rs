@@ -394,26 +394,19 @@ pub(super) fn backward_tile<T: Element>(
             rs: g.cout,
             cs: 1,
         };
-        if lane.keep_cols {
-            plan.columns(
-                n,
-                q,
-                oh0,
-                nrows,
-                xt,
-                &mut lane.cols[..px * row_len],
-                &mut lane.rows,
-            );
-        } else if !lane.dw.is_empty() {
+        // The columns: for this lane's dW, or kept for the deferred dW GEMM after the lane.
+        if lane.keep_cols || !lane.dw.is_empty() {
             let cols = &mut lane.cols[..px * row_len];
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
+        }
+        if !lane.dw.is_empty() {
             // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
             gemm(
                 &mut lane.dw[q],
                 coutg,
                 lane.dw_live,
                 Mat {
-                    data: cols,
+                    data: &lane.cols[..px * row_len],
                     rows: row_len,
                     cols: px,
                     rs: 1,
