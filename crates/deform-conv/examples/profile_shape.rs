@@ -15,6 +15,10 @@ fn main() {
         "resnet_c3_dcn_b4" => [4, 128, 56, 56, 128, 3, 1, 1, 1, 1, 1],
         "edvr_align_dg8" => [1, 64, 128, 128, 64, 3, 1, 1, 1, 1, 8],
         "stride2_c5" => [2, 512, 32, 32, 512, 3, 2, 1, 1, 1, 1],
+        // ResNet-50-DCN's 3x3 layers in a training step at 2x3x256x256 (bench/model.py).
+        "train_c3" => [2, 128, 32, 32, 128, 3, 1, 1, 1, 1, 1],
+        "train_c4" => [2, 256, 16, 16, 256, 3, 1, 1, 1, 1, 1],
+        "train_c5" => [2, 512, 8, 8, 512, 3, 1, 1, 1, 1, 1],
         _ => panic!("unknown shape {name}"),
     };
     let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
