@@ -2,7 +2,7 @@
 //! products and the input scatter, in fixed lanes reduced in order; see the engine's
 //! documentation.
 
-use super::blocking::LANES;
+use super::blocking::{LANES, REORDER_IN, REORDER_OUT};
 use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
 use super::plan::{split_rows, Plan, RowScratch};
@@ -37,15 +37,8 @@ pub(super) struct Lane<A: Real> {
     rows: RowScratch<A>,
 }
 
-/// Output channels per block of the deferred `dW` (a multiple of the unpack's 16).
-const DW_BLOCK: usize = 64;
-
-/// The single `dW` of the one-tile-per-image schedule, in blocks of `cb` output channels: block
-/// `b` is `[K*C x channels b*cb ..]`, row-major.
-pub(super) struct Deferred<A: Real> {
-    cb: usize,
-    blocks: Vec<Buf<A>>,
-}
+/// Rows of `K*C` per task of the deferred `dW` GEMM.
+const DW_ROWS: usize = 256;
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
 pub(super) struct LaneGrads<'a, T> {
@@ -100,13 +93,10 @@ pub(super) fn backward_impl<T: Element>(
     // and `dY`, and after each wave one GEMM task per block of output channels adds every
     // image's `cols^T dY` to a single `dW`, image by image. No per-lane `dW` copies to fill and
     // sum (each as big as the weight), and both threads work on the weight-sized product.
-    let mut deferred = (by_image && tiles == 1 && g.groups == 1 && want_dw).then(|| {
-        let cb = DW_BLOCK.min(coutg);
-        let blocks: Vec<Buf<T::Acc>> = (0..coutg.div_ceil(cb))
-            .map(|b| take(plan.row_len * cb.min(coutg - b * cb), zero)) // first GEMM writes
-            .collect();
-        Deferred { cb, blocks }
-    });
+    // Its `dW` is `[K*C x Cout]` row-major, the layout of the lanes' sum, split by rows of
+    // `K*C`: each task's GEMM reads its rows of the columns once, and the small `dY` panel.
+    let mut deferred = (by_image && tiles == 1 && g.groups == 1 && want_dw)
+        .then(|| take(plan.row_len * coutg, zero)); // the first GEMM writes
     let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
             dx: some(want_dx, plan.image_len()),
@@ -167,29 +157,28 @@ pub(super) fn backward_impl<T: Element>(
                     }
                 }
             });
-            if let Some(def) = deferred.as_mut() {
-                // dW[:, block] += cols_n^T dY_n[:, block] for the wave's images in order.
-                let (row_len, px, cb) = (plan.row_len, g.ho * g.wo, def.cb);
+            if let Some(dw) = deferred.as_mut() {
+                // dW[rows, :] += cols_n^T[rows, :] dY_n for the wave's images in order.
+                let (row_len, px) = (plan.row_len, g.ho * g.wo);
                 let wave = &lanes[..nw];
-                let blocks: Vec<_> = def.blocks.iter_mut().enumerate().collect();
-                for_each_item(blocks, |(b, blk), _| {
-                    let len = blk.len() / row_len;
+                for_each_chunk(dw, DW_ROWS * coutg, |b, blk, _| {
+                    let r0 = b * DW_ROWS;
                     for (l, lane) in wave.iter().enumerate() {
                         gemm(
                             blk,
-                            len,
+                            coutg,
                             n0 + l > 0,
                             Mat {
-                                data: &lane.cols[..px * row_len],
-                                rows: row_len,
+                                data: &lane.cols[r0..px * row_len],
+                                rows: blk.len() / coutg,
                                 cols: px,
                                 rs: 1,
                                 cs: row_len,
                             },
                             Mat {
-                                data: &lane.dyt[b * cb..],
+                                data: &lane.dyt[..px * g.cout],
                                 rows: px,
-                                cols: len,
+                                cols: coutg,
                                 rs: g.cout,
                                 cs: 1,
                             },
@@ -272,18 +261,19 @@ pub(super) fn backward_impl<T: Element>(
 pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
-    deferred: Option<&Deferred<T::Acc>>,
+    deferred: Option<&Buf<T::Acc>>,
     grads: &mut GradOutputs<'_, T>,
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
-    let (cg, coutg) = (g.c_per_group(), g.cout_per_group());
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let row_len = plan.row_len;
     if let Some(gw) = grads.weight.as_mut() {
         for q in 0..g.groups {
             // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
             // One pass, each element summed over the lanes in order from +0.
-            let mut sum = take(
+            // The deferred schedule (one conv group) has computed this sum already.
+            let mut lane_sum = take(
                 if deferred.is_some() {
                     0
                 } else {
@@ -291,7 +281,7 @@ pub(super) fn reduce_weight_bias<T: Element>(
                 },
                 zero,
             );
-            for_each_chunk(&mut sum, 4096, |k, s, _| {
+            for_each_chunk(&mut lane_sum, 4096, |k, s, _| {
                 s.iter_mut().for_each(|v| *v = zero);
                 // A lane that ran no tile holds no sums: it would add +0, an identity here.
                 for lane in lanes.iter().filter(|l| l.dw_live) {
@@ -299,34 +289,31 @@ pub(super) fn reduce_weight_bias<T: Element>(
                     s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
                 }
             });
-            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], in blocks of 16 output
-            // channels in parallel: each (tap, c) reads 16 contiguous sums (one cache line)
-            // instead of one sum per cache line (measured: stride2_c5 backward 16% → 2%).
-            const OB: usize = 16;
+            let sum: &[T::Acc] = deferred.map_or(&lane_sum, |d| d);
+            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], in blocks of
+            // REORDER_OUT output channels in parallel, through an L1 tile (the mirror of
+            // `pack_weight_transposed`): the sums are read and the weight rows written in runs.
             let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
             let outs: Vec<_> = block
-                .axis_chunks_iter_mut(Axis(0), OB)
+                .axis_chunks_iter_mut(Axis(0), REORDER_OUT)
                 .enumerate()
                 .collect();
             for_each_item(outs, |(b, mut w_b), _| {
+                let mut tile = vec![zero; REORDER_IN * kk * REORDER_OUT];
                 let nb = w_b.shape()[0];
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        for c in 0..cg {
-                            let r = (i * g.kw + j) * cg + c;
-                            let src = match deferred {
-                                // Block o0 / cb holds [row_len x its channels]; OB divides cb.
-                                Some(def) => {
-                                    let (o0, cb) = (b * OB, def.cb);
-                                    let blk = &def.blocks[o0 / cb];
-                                    let len = blk.len() / row_len;
-                                    &blk[r * len + o0 % cb..][..nb]
-                                }
-                                None => &sum[r * coutg + b * OB..][..nb],
-                            };
-                            for (k, v) in src.iter().enumerate() {
-                                w_b[[k, c, i, j]] = T::from_acc(*v);
-                            }
+                for c0 in (0..cg).step_by(REORDER_IN) {
+                    let ncb = REORDER_IN.min(cg - c0);
+                    for cc in 0..ncb {
+                        for tap in 0..kk {
+                            let r = tap * cg + c0 + cc;
+                            tile[(cc * kk + tap) * REORDER_OUT..][..nb]
+                                .copy_from_slice(&sum[r * coutg + b * REORDER_OUT..][..nb]);
+                        }
+                    }
+                    for k in 0..nb {
+                        let mut w_k = w_b.slice_mut(ndarray::s![k, c0..c0 + ncb, .., ..]);
+                        for (i, v) in w_k.iter_mut().enumerate() {
+                            *v = T::from_acc(tile[i * REORDER_OUT + k]);
                         }
                     }
                 }

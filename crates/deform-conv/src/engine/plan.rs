@@ -3,7 +3,7 @@
 //! column = tap-major, channel-minor) from the channels-last image. Shared by [`super::forward`]
 //! and [`super::backward`].
 
-use super::blocking::{rows_per_tile, LANES};
+use super::blocking::{rows_per_tile, LANES, REORDER_IN, REORDER_OUT};
 use super::kernels::RowJob;
 use super::kernels::{self, Isa, Kernels};
 use super::sample::{RowArgs, RowSamples};
@@ -13,7 +13,7 @@ use crate::element::{Element, Real};
 use crate::error::{DeformError, Result};
 use crate::operands::Operands;
 use crate::params::{Geometry, GradGate};
-use ndarray::{ArrayView4, ArrayViewMut3, Axis};
+use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use num_traits::Zero;
 
 /// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
@@ -65,11 +65,10 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let row_len = kk * cg;
         let wp = (0..g.groups)
             .map(|q| {
-                let rows = pack_weight(g, &ops.weight, q);
                 if transposed {
-                    transpose(&rows, coutg, row_len)
+                    pack_weight_transposed(g, &ops.weight, q)
                 } else {
-                    rows
+                    pack_weight(g, &ops.weight, q)
                 }
             })
             .collect();
@@ -336,16 +335,42 @@ pub(super) fn pack_weight<T: Element>(
     rows
 }
 
-/// `[rows x cols]` → `[cols x rows]` in 32x32 blocks, blocks of output rows in parallel.
-pub(super) fn transpose<A: Real>(src: &[A], rows: usize, cols: usize) -> Buf<A> {
-    const B: usize = 32;
-    let mut out = take(rows * cols, A::zero()); // every element is written below
-    for_each_chunk(&mut out, B * rows, |blk, dst, _| {
-        let c0 = blk * B;
-        for r0 in (0..rows).step_by(B) {
-            for (dc, drow) in dst.chunks_exact_mut(rows).enumerate() {
-                for r in r0..(r0 + B).min(rows) {
-                    drow[r] = src[r * cols + c0 + dc];
+/// The backward's layout, `Wp_q^T[(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`, in one
+/// pass (before: the forward's packing, then a transpose): blocks of
+/// [`REORDER_OUT`] output channels in parallel, each through an L1 tile (see [`reorder_tile`]).
+pub(super) fn pack_weight_transposed<T: Element>(
+    g: &Geometry,
+    weight: &ArrayView4<'_, T>,
+    q: usize,
+) -> Buf<T::Acc> {
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let row_len = kk * cg;
+    let mut out = take(row_len * coutg, T::Acc::zero()); // every element is written below
+    let mut wpt = ArrayViewMut2::from_shape((row_len, coutg), &mut out[..])
+        .expect("row_len * coutg elements");
+    let w_q = weight.slice(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
+    let blocks: Vec<_> = wpt
+        .axis_chunks_iter_mut(Axis(1), REORDER_OUT)
+        .zip(w_q.axis_chunks_iter(Axis(0), REORDER_OUT))
+        .collect();
+    for_each_item(blocks, |(mut dst, w_b), _| {
+        let mut tile = vec![T::Acc::zero(); REORDER_IN * kk * REORDER_OUT];
+        let nb = w_b.shape()[0];
+        for c0 in (0..cg).step_by(REORDER_IN) {
+            let ncb = REORDER_IN.min(cg - c0);
+            // tile[(cc*K + tap)*OUT + k] = Wt[k, c0 + cc, tap]: each weight row's run in order.
+            for k in 0..nb {
+                let w_k = w_b.slice(ndarray::s![k, c0..c0 + ncb, .., ..]);
+                for (i, v) in w_k.iter().enumerate() {
+                    tile[i * REORDER_OUT + k] = v.to_acc();
+                }
+            }
+            // Row (tap*Cg + c0 + cc) of dst gets its nb sums, one run each.
+            for cc in 0..ncb {
+                for tap in 0..kk {
+                    let t = &tile[(cc * kk + tap) * REORDER_OUT..][..nb];
+                    let mut d = dst.row_mut(tap * cg + c0 + cc);
+                    d.iter_mut().zip(t).for_each(|(d, t)| *d = *t);
                 }
             }
         }
