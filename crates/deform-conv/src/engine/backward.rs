@@ -5,7 +5,7 @@
 use super::blocking::{LANES, REORDER_IN, REORDER_OUT};
 use super::gemm::{gemm, Mat};
 use super::kernels::Isa;
-use super::plan::{split_rows, Plan, RowScratch};
+use super::plan::{copy_run, split_rows, Plan, RowScratch};
 use super::sample::RowSamples;
 use super::scratch::{take, Buf};
 use super::threads::{for_each_chunk, for_each_item};
@@ -290,30 +290,41 @@ pub(super) fn reduce_weight_bias<T: Element>(
                 }
             });
             let sum: &[T::Acc] = deferred.map_or(&lane_sum, |d| d);
-            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o], in blocks of
-            // REORDER_OUT output channels in parallel, through an L1 tile (the mirror of
-            // `pack_weight_transposed`): the sums are read and the weight rows written in runs.
+            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o]: the mirror of
+            // `pack_weight_transposed`, in tasks of REORDER_IN input channels that read their
+            // sums row by row and write one run per weight row through an L1 tile.
             let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
             let outs: Vec<_> = block
-                .axis_chunks_iter_mut(Axis(0), REORDER_OUT)
+                .axis_chunks_iter_mut(Axis(1), REORDER_IN)
                 .enumerate()
                 .collect();
-            for_each_item(outs, |(b, mut w_b), _| {
-                let mut tile = vec![zero; REORDER_IN * kk * REORDER_OUT];
-                let nb = w_b.shape()[0];
-                for c0 in (0..cg).step_by(REORDER_IN) {
-                    let ncb = REORDER_IN.min(cg - c0);
+            for_each_item(outs, |(bi, mut w_c), _| {
+                let (c0, ncb) = (bi * REORDER_IN, w_c.shape()[1]);
+                // tile[cc*K + tap][k] = sum[(tap*Cg + c0 + cc)*Coutg + o0 + k]
+                let mut tile = vec![[zero; REORDER_OUT]; ncb * kk];
+                for o0 in (0..coutg).step_by(REORDER_OUT) {
+                    let nb = REORDER_OUT.min(coutg - o0);
                     for cc in 0..ncb {
                         for tap in 0..kk {
                             let r = tap * cg + c0 + cc;
-                            tile[(cc * kk + tap) * REORDER_OUT..][..nb]
-                                .copy_from_slice(&sum[r * coutg + b * REORDER_OUT..][..nb]);
+                            copy_run(
+                                &mut tile[cc * kk + tap][..nb],
+                                &sum[r * coutg + o0..][..nb],
+                            );
                         }
                     }
+                    // Weight row o0 + k's run of ncb*K values, in order.
                     for k in 0..nb {
-                        let mut w_k = w_b.slice_mut(ndarray::s![k, c0..c0 + ncb, .., ..]);
-                        for (i, v) in w_k.iter_mut().enumerate() {
-                            *v = T::from_acc(tile[i * REORDER_OUT + k]);
+                        let mut run = w_c.index_axis_mut(Axis(0), o0 + k);
+                        match run.as_slice_mut() {
+                            Some(run) => run
+                                .iter_mut()
+                                .zip(&tile)
+                                .for_each(|(v, t)| *v = T::from_acc(t[k])),
+                            None => run
+                                .iter_mut()
+                                .zip(&tile)
+                                .for_each(|(v, t)| *v = T::from_acc(t[k])),
                         }
                     }
                 }
