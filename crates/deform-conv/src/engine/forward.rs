@@ -6,9 +6,10 @@
 //!   over every output channel, with one columns tile per worker in cache.
 //! * **Split** (a wave with fewer than [`MIN_TASKS`] tiles, e.g. ResNet's c5 at batch 1: one
 //!   16x16 tile): one task per (tile, conv group, row) first builds the wave's columns, then one
-//!   task per (tile, conv group, block of output channels) runs a GEMM on its slice of the
-//!   weight. Without it such a layer ran on one thread (measured: c5 at 16x16 took 2.5x a plain
-//!   conv, 1.1x with it).
+//!   task per (conv group, block of output channels) runs one GEMM over every pixel of the wave
+//!   on its slice of the weight. Without it such a layer ran on one thread (measured: c5 at
+//!   16x16 took 2.5x a plain conv, 1.1x with it); with one GEMM per tile instead of per wave,
+//!   the weight was packed once per tile.
 
 use super::blocking::{LANES, MIN_TASKS};
 use super::gemm::{gemm, Mat};
@@ -101,15 +102,15 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
 }
 
 /// Blocks of output channels per conv group for a wave of `tiles` tiles: 1 when the tiles
-/// alone give [`MIN_TASKS`] tasks, else enough blocks to make that many, each of at least 64
-/// channels (a narrower GEMM wastes more in packing than a second thread gains).
+/// alone give [`MIN_TASKS`] tasks, else enough blocks for the conv groups to make that many
+/// (the split schedule's GEMMs span the wave's tiles), each of at least 64 channels (a narrower
+/// GEMM wastes more in packing than a second thread gains).
 fn output_blocks(g: &Geometry, tiles: usize) -> usize {
-    let tasks = tiles * g.groups;
-    if tasks >= MIN_TASKS {
+    if tiles * g.groups >= MIN_TASKS {
         return 1;
     }
     MIN_TASKS
-        .div_ceil(tasks.max(1))
+        .div_ceil(g.groups)
         .min(g.cout_per_group() / 64)
         .max(1)
 }
@@ -144,14 +145,14 @@ fn by_tile<T: Element>(
                     write_deformed(plan, nrows, cols, &mut d_q);
                 }
                 let y_q = y.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., ..]);
-                output_block(plan, q, 0, cols, y_q, &mut scr.out, bias);
+                output_block(plan, q, 0, cols, vec![y_q], &mut scr.out, bias);
             }
         })
     });
 }
 
 /// The split schedule: the wave's columns first (one task per tile row and conv group), then
-/// one GEMM task per (tile, conv group, block of output channels).
+/// one GEMM task per (conv group, block of output channels) over all the wave's pixels.
 fn split_wave<T: Element>(
     plan: &Plan<'_, '_, T>,
     xts: &[Buf<T::Acc>],
@@ -163,18 +164,23 @@ fn split_wave<T: Element>(
     let g = plan.g;
     let (cg, coutg) = (g.c_per_group(), g.cout_per_group());
     let row_px = g.wo * plan.row_len;
-    // cols[tile * groups + q]: [rows * Wo, K*Cg]. Fewer than MIN_TASKS of them.
-    let mut cols: Vec<Buf<T::Acc>> = tiles
-        .iter()
-        .flat_map(|(_, _, y, _)| {
-            let len = y.shape()[1] * row_px;
-            (0..g.groups).map(move |_| take(len, T::Acc::zero())) // every element is written
-        })
+    // cols[q]: [P x K*Cg] for the P pixels of the whole wave, tile after tile.
+    let wave_rows: usize = tiles.iter().map(|(_, _, y, _)| y.shape()[1]).sum();
+    let mut cols: Vec<Buf<T::Acc>> = (0..g.groups)
+        .map(|_| take(wave_rows * row_px, T::Acc::zero())) // every element is written
         .collect();
-    let mut ys = Vec::with_capacity(tiles.len());
+    // GEMM tasks: one per (q, block of cb channels), each with that block of every tile.
+    let cb = coutg.div_ceil(blocks);
+    let block_lens: Vec<usize> = (0..coutg.div_ceil(cb))
+        .map(|b| cb.min(coutg - b * cb))
+        .collect();
+    let mut work: Vec<(usize, usize, Vec<ArrayViewMut3<'_, T>>)> = (0..g.groups)
+        .flat_map(|q| (0..block_lens.len()).map(move |b| (q, b * cb, Vec::new())))
+        .collect();
     {
+        let mut col_rows: Vec<_> = cols.iter_mut().map(|c| c.chunks_mut(row_px)).collect();
         let mut rows = Vec::new();
-        for ((n, t, y, d), cols_t) in tiles.into_iter().zip(cols.chunks_mut(g.groups)) {
+        for (n, t, y, d) in tiles {
             let nrows = y.shape()[1];
             // The deformed image's rows of this tile, split by conv group: d_rows[r][q].
             let mut d_rows: Vec<Vec<Option<ArrayViewMut3<'_, T>>>> =
@@ -182,12 +188,19 @@ fn split_wave<T: Element>(
                     .into_iter()
                     .map(|d_r| split_axis(d_r, Axis(0), &vec![cg; g.groups]))
                     .collect();
-            for (q, c) in cols_t.iter_mut().enumerate() {
-                for (r, c_r) in c.chunks_mut(row_px).enumerate() {
-                    rows.push((n, t * plan.rows + r, q, c_r, d_rows[r][q].take()));
+            for (q, c_q) in col_rows.iter_mut().enumerate() {
+                for (r, d_r) in d_rows.iter_mut().enumerate() {
+                    let c_r = c_q.next().expect("one columns row per output row");
+                    rows.push((n, t * plan.rows + r, q, c_r, d_r[q].take()));
                 }
             }
-            ys.push(y);
+            let y_qs = split_axis(Some(y), Axis(0), &vec![coutg; g.groups]);
+            for (q, y_q) in y_qs.into_iter().enumerate() {
+                let blks = split_axis(y_q, Axis(0), &block_lens);
+                for (b, blk) in blks.into_iter().flatten().enumerate() {
+                    work[q * block_lens.len() + b].2.push(blk);
+                }
+            }
         }
         let scratch = PerWorker::new();
         for_each_item(rows, |(n, oh, q, c_r, d_r), w| {
@@ -203,47 +216,35 @@ fn split_wave<T: Element>(
             )
         });
     }
-    // GEMM tasks: each (tile, q) output view split into blocks of `cb` channels.
-    let cb = coutg.div_ceil(blocks);
-    let block_lens: Vec<usize> = (0..coutg.div_ceil(cb))
-        .map(|b| cb.min(coutg - b * cb))
-        .collect();
-    let mut work = Vec::with_capacity(ys.len() * g.groups * blocks);
-    for (ti, y) in ys.into_iter().enumerate() {
-        let y_qs = split_axis(Some(y), Axis(0), &vec![coutg; g.groups]);
-        for (q, y_q) in y_qs.into_iter().enumerate() {
-            let blks = split_axis(y_q, Axis(0), &block_lens);
-            for (b, blk) in blks.into_iter().flatten().enumerate() {
-                work.push((ti * g.groups + q, q, b * cb, blk));
-            }
-        }
-    }
     let cols = &cols;
-    let px_max = plan.rows * g.wo;
+    let px = wave_rows * g.wo;
     let scratch = PerWorker::new();
-    for_each_item(work, |(ci, q, o0, blk), w| {
+    for_each_item(work, |(q, o0, ys), w| {
         scratch.with(
             w,
-            || take(px_max * cb, T::Acc::zero()),
-            |out| output_block(plan, q, o0, &cols[ci], blk, out, bias),
+            || take(px * cb, T::Acc::zero()),
+            |out| output_block(plan, q, o0, &cols[q], ys, out, bias),
         )
     });
 }
 
-/// `Y[q*Coutg + o0 + o, tile] = cols * Wp_q[o0 + o] + b` for the channels of `y`
-/// (`[channels, rows, Wo]`), through the scratch `out[P x channels]`.
+/// `Y[q*Coutg + o0 + o, ..] = cols * Wp_q[o0 + o] + b` for the channels of the views `ys`
+/// (`[channels, rows, Wo]` each, covering consecutive pixels of `cols`): one GEMM into the
+/// scratch `out[P x channels]`, then each view's share written out.
 fn output_block<T: Element>(
     plan: &Plan<'_, '_, T>,
     q: usize,
     o0: usize,
     cols: &[T::Acc],
-    mut y: ArrayViewMut3<'_, T>,
+    ys: Vec<ArrayViewMut3<'_, T>>,
     out: &mut [T::Acc],
     bias: &[T::Acc],
 ) {
     let g = plan.g;
-    let nc = y.shape()[0];
-    let px = y.shape()[1] * g.wo;
+    let Some(nc) = ys.first().map(|y| y.shape()[0]) else {
+        return;
+    };
+    let px: usize = ys.iter().map(|y| y.shape()[1] * g.wo).sum();
     let o = &mut out[..px * nc];
     gemm(
         o,
@@ -265,6 +266,17 @@ fn output_block<T: Element>(
         },
     );
     let bias = &bias[q * g.cout_per_group() + o0..][..nc];
+    let mut p0 = 0;
+    for y in ys {
+        let px_y = y.shape()[1] * g.wo;
+        write_output(&o[p0 * nc..(p0 + px_y) * nc], nc, y, bias);
+        p0 += px_y;
+    }
+}
+
+/// `Y[c, p] = o[p, c] + b[c]` for the `[nc, rows, Wo]` view `y`, from `o[P x nc]`.
+fn write_output<T: Element>(o: &[T::Acc], nc: usize, mut y: ArrayViewMut3<'_, T>, bias: &[T::Acc]) {
+    let px = o.len() / nc;
     // Y[c, p] = out[p, c] + b[c] is a transpose: in blocks of 8 channels, each pixel's 8 sums
     // are one read and the 8 channel planes are written in order (measured on stride2_c5:
     // row-by-row slices took 10% of the forward).
