@@ -19,6 +19,8 @@ fn main() {
         "train_c3" => [2, 128, 32, 32, 128, 3, 1, 1, 1, 1, 1],
         "train_c4" => [2, 256, 16, 16, 256, 3, 1, 1, 1, 1, 1],
         "train_c5" => [2, 512, 8, 8, 512, 3, 1, 1, 1, 1, 1],
+        // ... and the 16x16 c5 layer of an inference-size image (1x3x512x512), trained at batch 1.
+        "b1_c5" => [1, 512, 16, 16, 512, 3, 1, 1, 1, 1, 1],
         _ => panic!("unknown shape {name}"),
     };
     let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;

@@ -269,8 +269,8 @@ fn engine_matches_reference_on_split_waves() {
 }
 
 /// Many small images of one conv group (more images than backward lanes, one tile each): the
-/// backward's weight gradient is one GEMM per block of output channels over the images, wave
-/// after wave; against the reference, and the same bits on 1 and 3 threads.
+/// backward's weight-sized GEMMs run once per wave of images, split by blocks of the weight;
+/// against the reference, and the same bits on 1 and 3 threads.
 #[test]
 fn engine_matches_reference_on_many_small_images() {
     let mut rng = rng("engine_matches_reference_on_many_small_images");
@@ -278,6 +278,29 @@ fn engine_matches_reference_on_many_small_images() {
     while cases < 6 {
         let p = problem_shaped(&mut rng, Offsets::Edges, 12, 8, 100, 9);
         if p.geom.n < 5 || p.geom.groups != 1 {
+            continue;
+        }
+        cases += 1;
+        let dy = grad_output(&mut rng, &p);
+        let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
+        let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
+        set_num_threads(0);
+        compare(&one, &r32, 2e-5);
+        assert!(bitwise(&one, &three), "results depend on the thread count");
+    }
+}
+
+/// One small image of one conv group with a long `K*C` (several weight blocks): the backward's
+/// descriptor pass runs in row ranges with their own input gradients, summed in range order;
+/// against the reference, and the same bits on 1 and 3 threads.
+#[test]
+fn engine_matches_reference_on_one_small_image() {
+    let mut rng = rng("engine_matches_reference_on_one_small_image");
+    let mut cases = 0;
+    while cases < 6 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 48, 12, 60, 1);
+        let g = &p.geom;
+        if g.n != 1 || g.groups != 1 || g.taps() * g.c < 64 {
             continue;
         }
         cases += 1;

@@ -3,17 +3,17 @@
 //! documentation.
 
 use super::blocking::{LANES, REORDER_IN, REORDER_OUT};
-use super::gemm::{gemm, Mat};
+use super::gemm::{gemm, gemm_view, Mat};
 use super::kernels::Isa;
 use super::plan::{copy_run, split_rows, Plan, RowScratch};
 use super::sample::RowSamples;
 use super::scratch::{take, Buf};
-use super::threads::{for_each_chunk, for_each_item};
+use super::threads::{for_each_chunk, for_each_item, PerWorker};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::operands::{GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
-use ndarray::{ArrayView3, ArrayView4, ArrayViewMut3, Axis};
+use ndarray::{ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use num_traits::{One, Zero};
 
 /// One backward lane: its own gradient accumulators and scratch.
@@ -25,9 +25,6 @@ pub(super) struct Lane<A: Real> {
     /// first tile writes them (`dw_live`), so an idle lane costs no zeroing and no reduction.
     dw: Vec<Buf<A>>,
     dw_live: bool,
-    /// Keep this tile's columns (and `dyt`) for a `dW` GEMM run after the lane (see
-    /// `Deferred`); the lane then has no `dw` of its own.
-    keep_cols: bool,
     db: Vec<A>,
     cols: Buf<A>,
     dcol: Buf<A>,
@@ -37,8 +34,10 @@ pub(super) struct Lane<A: Real> {
     rows: RowScratch<A>,
 }
 
-/// Rows of `K*C` per task of the deferred `dW` GEMM.
-const DW_ROWS: usize = 256;
+/// Tasks of each weight-sized GEMM of the whole-image schedule (blocks of `K*C`): each packs
+/// the wave's `dY` again, so few and large. Measured against blocks of 256: ResNet c4 at batch
+/// 2 (2304 columns) 6% faster, stride2_c5 3% slower, c5 within noise.
+const WEIGHT_BLOCKS: usize = 4;
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
 pub(super) struct LaneGrads<'a, T> {
@@ -63,7 +62,17 @@ pub(crate) fn backward<T: Element>(
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
-    let plan = Plan::new(g, ops, isa, true)?;
+    let mut plan = Plan::new(g, ops, isa, true)?;
+    let tiles = g.ho.div_ceil(plan.rows);
+    if tiles == 1 && g.groups == 1 {
+        whole_images(&plan, dy, grads, gate);
+        return Ok(());
+    }
+    if g.n == 1 && tiles < LANES {
+        // One image of fewer tiles than lanes: some lanes would sit idle. Shorter tiles give
+        // every lane rows. Decided by the shape alone.
+        plan.rows = g.ho.div_ceil(LANES).max(1);
+    }
     backward_impl(&plan, dy, grads, gate);
     Ok(())
 }
@@ -92,18 +101,10 @@ pub(super) fn backward_impl<T: Element>(
     // By image, only as many lanes as images get work; a lane that never runs would only add
     // +0 to the reductions (an exact identity there), so leaving it out keeps the bits.
     let used = if by_image { LANES.min(g.n) } else { LANES };
-    // One tile per image (small images, one conv group): the lanes keep their image's columns
-    // and `dY`, and after each wave one GEMM task per block of output channels adds every
-    // image's `cols^T dY` to a single `dW`, image by image. No per-lane `dW` copies to fill and
-    // sum (each as big as the weight), and both threads work on the weight-sized product.
-    // Its `dW` is `[K*C x Cout]` row-major, the layout of the lanes' sum, split by rows of
-    // `K*C`: each task's GEMM reads its rows of the columns once, and the small `dY` panel.
-    let mut deferred = (by_image && tiles == 1 && g.groups == 1 && want_dw)
-        .then(|| take(plan.row_len * coutg, zero)); // the first GEMM writes
     let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
             dx: some(want_dx, plan.image_len()),
-            dw: if want_dw && deferred.is_none() {
+            dw: if want_dw {
                 (0..g.groups)
                     .map(|_| take(plan.row_len * coutg, zero)) // written by the first tile
                     .collect()
@@ -111,7 +112,6 @@ pub(super) fn backward_impl<T: Element>(
                 vec![]
             },
             dw_live: false,
-            keep_cols: deferred.is_some(),
             db: vec![zero; g.cout],
             cols: some(want_dw, tile_px * plan.row_len),
             dcol: take(tile_px * plan.row_len, zero),
@@ -150,47 +150,12 @@ pub(super) fn backward_impl<T: Element>(
                     let nrows = plan.rows.min(g.ho - oh0);
                     backward_tile(plan, n, oh0, nrows, oh0, xt, &dy_n, lane, &mut lg, gate);
                 }
-                if let Some(mut gi) = gi {
-                    for (c, mut plane) in gi.outer_iter_mut().enumerate() {
-                        for (y, mut row) in plane.outer_iter_mut().enumerate() {
-                            for (x, v) in row.iter_mut().enumerate() {
-                                *v = T::from_acc(lane.dx[plan.nhwc_index(y, x, c)]);
-                            }
-                        }
-                    }
+                if let Some(gi) = gi {
+                    write_input_grad(plan, &[&lane.dx], gi, false);
                 }
             });
-            if let Some(dw) = deferred.as_mut() {
-                // dW[rows, :] += cols_n^T[rows, :] dY_n for the wave's images in order.
-                let (row_len, px) = (plan.row_len, g.ho * g.wo);
-                let wave = &lanes[..nw];
-                for_each_chunk(dw, DW_ROWS * coutg, |b, blk, _| {
-                    let r0 = b * DW_ROWS;
-                    for (l, lane) in wave.iter().enumerate() {
-                        gemm(
-                            blk,
-                            coutg,
-                            n0 + l > 0,
-                            Mat {
-                                data: &lane.cols[r0..px * row_len],
-                                rows: blk.len() / coutg,
-                                cols: px,
-                                rs: 1,
-                                cs: row_len,
-                            },
-                            Mat {
-                                data: &lane.dyt[..px * g.cout],
-                                rows: px,
-                                cols: coutg,
-                                rs: g.cout,
-                                cs: 1,
-                            },
-                        );
-                    }
-                });
-            }
         }
-        reduce_weight_bias(plan, &lanes, deferred.as_ref(), &mut grads);
+        reduce_weight_bias(plan, &lanes, None, &mut grads);
         return;
     }
     // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
@@ -238,33 +203,248 @@ pub(super) fn backward_impl<T: Element>(
             }
         });
         if let Some(gi) = grads.input.as_mut() {
-            // dX[c, y, x] = sum over lanes, in lane order, of lane.dx[(y*W + x)*C + c]
-            let lanes = &lanes;
-            let mut gi_n = gi.index_axis_mut(Axis(0), n);
-            let rows: Vec<_> = gi_n.axis_iter_mut(Axis(1)).enumerate().collect();
-            for_each_item(rows, |(y, mut rows), _| {
-                // rows: [C, W] of image row y; lane buffers hold [W, C] blocks.
-                for (c, mut row) in rows.outer_iter_mut().enumerate() {
-                    for (x, v) in row.iter_mut().enumerate() {
-                        let at = plan.nhwc_index(y, x, c);
-                        let mut s = zero;
-                        for lane in lanes {
-                            s += lane.dx[at];
-                        }
-                        *v = T::from_acc(s);
-                    }
-                }
-            });
+            let parts: Vec<&[T::Acc]> = lanes.iter().map(|l| &l.dx[..]).collect();
+            write_input_grad(plan, &parts, gi.index_axis_mut(Axis(0), n), true);
         }
     }
     reduce_weight_bias(plan, &lanes, None, &mut grads);
 }
 
-/// `dW` and `db`: the lanes' partial sums added in lane order.
+/// `dX[c, y, x]` of one image from channels-last partial sums: `parts[0]` alone, or with
+/// `parallel`, the parts added in order from +0, image rows in parallel.
+fn write_input_grad<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    parts: &[&[T::Acc]],
+    mut gi: ArrayViewMut3<'_, T>,
+    parallel: bool,
+) {
+    let write_row = |y: usize, mut rows: ArrayViewMut2<'_, T>| {
+        // rows: [C, W] of image row y; the parts hold [W, C] blocks.
+        for (c, mut row) in rows.outer_iter_mut().enumerate() {
+            for (x, v) in row.iter_mut().enumerate() {
+                let at = plan.nhwc_index(y, x, c);
+                *v = T::from_acc(match parts {
+                    [one] => one[at],
+                    _ => parts.iter().fold(T::Acc::zero(), |s, p| s + p[at]),
+                });
+            }
+        }
+    };
+    let rows: Vec<_> = gi.axis_iter_mut(Axis(1)).enumerate().collect();
+    if parallel {
+        for_each_item(rows, |(y, r), _| write_row(y, r));
+    } else {
+        rows.into_iter().for_each(|(y, r)| write_row(y, r));
+    }
+}
+
+/// Images whose whole output is one tile, with one conv group (ResNet's c5 at 8x8 and 16x16,
+/// stride2_c5). Images go in waves of `LANES`, and each weight-sized product is one GEMM over
+/// the whole wave, split across the threads by blocks of the weight, so no per-lane copies of
+/// `dW` and no per-image packing of the weight:
+///
+/// 1. per (image, output row): `dyt[p, o] = dY[n, o, p]` and the columns `cols[p, K*C]`;
+/// 2. `dW[K*C x Cout] += cols^T dyt`, in [`WEIGHT_BLOCKS`] tasks by rows;
+/// 3. `dcol[P x K*C] = dyt Wp^T`, in [`WEIGHT_BLOCKS`] tasks by columns;
+/// 4. the descriptor pass (offset/mask gradients and the `dX` scatter) per image, or for a
+///    single image per range of output rows (`LANES` of them), each with its own `dX` summed
+///    in range order.
+///
+/// Every split is decided by the shape alone: the same bits for any thread count.
+fn whole_images<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    dy: ArrayView4<'_, T>,
+    mut grads: GradOutputs<'_, T>,
+    gate: GradGate,
+) {
+    let g = plan.g;
+    let zero = T::Acc::zero();
+    let (row_len, cout, gk) = (plan.row_len, g.cout, g.deformable_groups * g.taps());
+    let px = g.ho * g.wo;
+    let want_dx = grads.input.is_some();
+    let want_dw = grads.weight.is_some();
+    let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    let want_dcol = want_dx || want_tap;
+    let wave = LANES.min(g.n).max(1);
+    // One image: its rows in LANES ranges; several: one range (the whole image) per image.
+    let ranges: Vec<(usize, usize)> = if g.n == 1 {
+        let b: Vec<usize> = (0..=LANES).map(|l| l * g.ho / LANES).collect();
+        b.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
+    } else {
+        vec![(0, g.ho)]
+    };
+    let slots = if g.n == 1 { LANES } else { wave };
+    let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
+    let mut dyt = take(wave * px * cout, zero); // written per wave
+    let mut cols = take(if want_dw { wave * px * row_len } else { 0 }, zero);
+    let mut dcol = take(if want_dcol { wave * px * row_len } else { 0 }, zero);
+    let mut dw = take(if want_dw { row_len * cout } else { 0 }, zero); // the first wave writes
+    if g.n == 0 {
+        dw.iter_mut().for_each(|v| *v = zero);
+    }
+    let mut db = vec![zero; cout];
+    // Rows of dW and columns of dcol per task: a quarter, in whole cache lines.
+    let block = row_len.div_ceil(WEIGHT_BLOCKS).next_multiple_of(16);
+    // Per slot: its dX (channels-last), a-sums and row scratch.
+    let mut slot_dx: Vec<Buf<T::Acc>> = (0..slots)
+        .map(|_| take(if want_dx { plan.image_len() } else { 0 }, zero))
+        .collect();
+    let mut slot_acc: Vec<Buf<T::Acc>> = (0..slots)
+        .map(|_| take(if want_tap { px * gk * 4 } else { 0 }, zero))
+        .collect();
+    let mut slot_rows: Vec<RowScratch<T::Acc>> =
+        (0..slots).map(|_| RowScratch::new(g.wo)).collect();
+    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    for n0 in (0..g.n).step_by(wave) {
+        let nw = wave.min(g.n - n0);
+        let pw = nw * px;
+        // 1. Channels-last images, dY transposed and the columns, per (image, output row).
+        plan.images_nhwc(
+            n0,
+            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
+        );
+        {
+            let mut rows = Vec::with_capacity(nw * g.ho);
+            let mut cols_rows = cols.chunks_mut(g.wo * row_len);
+            for (i, dyt_r) in dyt[..pw * cout].chunks_mut(g.wo * cout).enumerate() {
+                rows.push((n0 + i / g.ho, i % g.ho, dyt_r, cols_rows.next()));
+            }
+            let xts = &xts;
+            let scratch = PerWorker::new();
+            for_each_item(rows, |(n, oh, dyt_r, cols_r), w| {
+                let dy_r = dy.slice(ndarray::s![n, .., oh, ..]);
+                for (o, row) in dy_r.outer_iter().enumerate() {
+                    for (ow, v) in row.iter().enumerate() {
+                        dyt_r[ow * cout + o] = v.to_acc();
+                    }
+                }
+                if let Some(c) = cols_r {
+                    scratch.with(
+                        w,
+                        || RowScratch::new(g.wo),
+                        |rs| plan.columns(n, 0, oh, 1, &xts[n - n0], c, rs),
+                    );
+                }
+            });
+        }
+        for p in 0..pw {
+            for o in 0..cout {
+                db[o] += dyt[p * cout + o];
+            }
+        }
+        let dyt_w = Mat {
+            data: &dyt[..pw * cout],
+            rows: pw,
+            cols: cout,
+            rs: cout,
+            cs: 1,
+        };
+        // 2. dW[rows, :] += cols^T[rows, :] dyt, all the wave's pixels in one GEMM.
+        if want_dw {
+            let cols = &cols;
+            for_each_chunk(&mut dw, block * cout, |b, blk, _| {
+                let r0 = b * block;
+                gemm(
+                    blk,
+                    cout,
+                    n0 > 0,
+                    Mat {
+                        data: &cols[r0..pw * row_len],
+                        rows: blk.len() / cout,
+                        cols: pw,
+                        rs: 1,
+                        cs: row_len,
+                    },
+                    dyt_w,
+                );
+            });
+        }
+        if !want_dcol {
+            continue;
+        }
+        // 3. dcol[:, block] = dyt Wp^T[:, block]: the weight packed once per wave.
+        {
+            let mut view = ArrayViewMut2::from_shape((pw, row_len), &mut dcol[..pw * row_len])
+                .expect("pw * row_len elements");
+            let blocks: Vec<_> = view
+                .axis_chunks_iter_mut(Axis(1), block)
+                .enumerate()
+                .collect();
+            for_each_item(blocks, |(b, blk), _| {
+                let j0 = b * block;
+                let ncols = blk.shape()[1];
+                gemm_view(
+                    blk,
+                    dyt_w,
+                    Mat {
+                        data: &plan.wp[0][j0 * cout..],
+                        rows: cout,
+                        cols: ncols,
+                        rs: 1,
+                        cs: cout,
+                    },
+                );
+            });
+        }
+        // 4. The descriptor pass, per (image, range of rows).
+        let mut work = Vec::with_capacity(slots);
+        let slot_bufs = slot_dx
+            .iter_mut()
+            .zip(slot_acc.iter_mut())
+            .zip(slot_rows.iter_mut());
+        let mut slot_bufs = slot_bufs.take(if g.n == 1 { LANES } else { nw });
+        for i in 0..nw {
+            let n = n0 + i;
+            let lens: Vec<usize> = ranges.iter().map(|r| r.1).collect();
+            let oy = split_rows(next_view(&mut oy_imgs), &lens);
+            let ox = split_rows(next_view(&mut ox_imgs), &lens);
+            let om = split_rows(next_view(&mut om_imgs), &lens);
+            // Several images: each slot writes its image's dX. One image: its ranges' dX are
+            // summed after the pass.
+            let mut gi = if g.n == 1 {
+                None
+            } else {
+                next_view(&mut gi_imgs)
+            };
+            for (((&(row0, nrows), oy), ox), m) in ranges.iter().zip(oy).zip(ox).zip(om) {
+                let ((dx, acc), rs) = slot_bufs.next().expect("one slot per range");
+                let lg = LaneGrads { oy, ox, m };
+                work.push((n, i, row0, nrows, dx, acc, rs, lg, gi.take()));
+            }
+        }
+        let (xts, dcol) = (&xts, &dcol);
+        for_each_item(work, |(n, i, row0, nrows, dx, acc, rs, mut lg, gi), _| {
+            dx.iter_mut().for_each(|v| *v = zero);
+            let acc = &mut acc[..if want_tap { nrows * g.wo * gk * 4 } else { 0 }];
+            acc.iter_mut().for_each(|v| *v = zero);
+            let d = &dcol[(i * px + row0 * g.wo) * row_len..];
+            tap_pass(
+                plan, 0, n, row0, nrows, 0, &xts[i], d, dx, acc, rs, &mut lg, gate,
+            );
+            if let Some(gi) = gi {
+                write_input_grad(plan, &[&dx[..]], gi, false);
+            }
+        });
+    }
+    drop((gi_imgs, oy_imgs, ox_imgs, om_imgs));
+    if g.n == 1 {
+        if let Some(gi) = grads.input.as_mut() {
+            let parts: Vec<&[T::Acc]> = slot_dx.iter().map(|d| &d[..]).collect();
+            write_input_grad(plan, &parts, gi.index_axis_mut(Axis(0), 0), true);
+        }
+    }
+    reduce_weight_bias(plan, &[], Some((&dw, &db)), &mut grads);
+}
+
+/// `dW` and `db`: the lanes' partial sums added in lane order, or the sums `summed` already made
+/// (`dW` as `[K*C x Cout]`, one conv group).
 pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
-    deferred: Option<&Buf<T::Acc>>,
+    summed: Option<(&Buf<T::Acc>, &[T::Acc])>,
     grads: &mut GradOutputs<'_, T>,
 ) {
     let g = plan.g;
@@ -275,15 +455,7 @@ pub(super) fn reduce_weight_bias<T: Element>(
         for q in 0..g.groups {
             // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
             // One pass, each element summed over the lanes in order from +0.
-            // The deferred schedule (one conv group) has computed this sum already.
-            let mut lane_sum = take(
-                if deferred.is_some() {
-                    0
-                } else {
-                    row_len * coutg
-                },
-                zero,
-            );
+            let mut lane_sum = take(if summed.is_some() { 0 } else { row_len * coutg }, zero);
             for_each_chunk(&mut lane_sum, 4096, |k, s, _| {
                 s.iter_mut().for_each(|v| *v = zero);
                 // A lane that ran no tile holds no sums: it would add +0, an identity here.
@@ -292,7 +464,7 @@ pub(super) fn reduce_weight_bias<T: Element>(
                     s.iter_mut().zip(d).for_each(|(s, d)| *s += *d);
                 }
             });
-            let sum: &[T::Acc] = deferred.map_or(&lane_sum, |d| d);
+            let sum: &[T::Acc] = summed.map_or(&lane_sum, |(d, _)| d);
             // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o]: the mirror of
             // `pack_weight_transposed`, in tasks of REORDER_IN input channels that read their
             // sums row by row and write one run per weight row through an L1 tile.
@@ -310,10 +482,7 @@ pub(super) fn reduce_weight_bias<T: Element>(
                     for cc in 0..ncb {
                         for tap in 0..kk {
                             let r = tap * cg + c0 + cc;
-                            copy_run(
-                                &mut tile[cc * kk + tap][..nb],
-                                &sum[r * coutg + o0..][..nb],
-                            );
+                            copy_run(&mut tile[cc * kk + tap][..nb], &sum[r * coutg + o0..][..nb]);
                         }
                     }
                     // Weight row o0 + k's run of ncb*K values, in order.
@@ -336,11 +505,10 @@ pub(super) fn reduce_weight_bias<T: Element>(
     }
     if let Some(gb) = grads.bias.as_mut() {
         for (o, v) in gb.iter_mut().enumerate() {
-            let mut s = zero;
-            for lane in lanes {
-                s += lane.db[o];
-            }
-            *v = T::from_acc(s);
+            *v = T::from_acc(match summed {
+                Some((_, db)) => db[o],
+                None => lanes.iter().fold(zero, |s, l| s + l.db[o]),
+            });
         }
     }
 }
@@ -362,7 +530,7 @@ pub(super) fn backward_tile<T: Element>(
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
-    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let (coutg, kk) = (g.cout_per_group(), g.taps());
     let gk = g.deformable_groups * kk;
     let px = nrows * g.wo;
     let row_len = plan.row_len;
@@ -395,12 +563,9 @@ pub(super) fn backward_tile<T: Element>(
             rs: g.cout,
             cs: 1,
         };
-        // The columns: for this lane's dW, or kept for the deferred dW GEMM after the lane.
-        if lane.keep_cols || !lane.dw.is_empty() {
+        if !lane.dw.is_empty() {
             let cols = &mut lane.cols[..px * row_len];
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
-        }
-        if !lane.dw.is_empty() {
             // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
             gemm(
                 &mut lane.dw[q],
@@ -434,36 +599,76 @@ pub(super) fn backward_tile<T: Element>(
                 cs: coutg,
             },
         );
-        let dcol = &*dcol;
-        for r in 0..nrows {
-            for (dg, off, chans) in plan.segments(q) {
-                for tap in 0..kk {
-                    plan.row_samples(n, dg, tap, oh0 + r, gate, &mut lane.rows);
-                    let (job, block) = plan.job(&lane.rows.s, dg, &chans, row_len);
-                    let d = &dcol[r * g.wo * row_len + tap * cg + off..];
-                    if want_tap {
-                        let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                        (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
-                    }
-                    if !lane.dx.is_empty() {
-                        (plan.k.scatter_row)(&job, d, &mut lane.dx[block..]);
-                    }
-                    // The offset and mask gradients, made right here from the descriptors at
-                    // hand. A deformable group that spans several conv groups has its row
-                    // rewritten by each of them; `acc` keeps summing across them, so the last
-                    // write holds the complete sums.
-                    if want_tap {
-                        let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                        let rows = &mut lane.rows;
-                        let ch = dg * kk + tap;
-                        tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
-                    }
-                }
-            }
-        }
+        let dx = &mut lane.dx[..];
+        tap_pass(
+            plan,
+            q,
+            n,
+            oh0,
+            nrows,
+            lr0,
+            xt,
+            dcol,
+            dx,
+            acc,
+            &mut lane.rows,
+            lg,
+            gate,
+        );
     }
     if !lane.dw.is_empty() {
         lane.dw_live = true;
+    }
+}
+
+/// The descriptor pass of conv group `q`, output rows `[oh0, oh0 + nrows)` of image `n`, from
+/// their `dcol` rows (`dcol[r * Wo * K*Cg ..]` for row `oh0 + r`): per (row, deformable group,
+/// tap), the four sums `a_j` into `acc` and the offset/mask gradients into `lg` (row `lr0 + r`),
+/// when `acc` is not empty; the scatter into the channels-last `dx`, when it is not empty.
+#[allow(clippy::too_many_arguments)]
+fn tap_pass<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    q: usize,
+    n: usize,
+    oh0: usize,
+    nrows: usize,
+    lr0: usize,
+    xt: &[T::Acc],
+    dcol: &[T::Acc],
+    dx: &mut [T::Acc],
+    acc: &mut [T::Acc],
+    rows: &mut RowScratch<T::Acc>,
+    lg: &mut LaneGrads<'_, T>,
+    gate: GradGate,
+) {
+    let g = plan.g;
+    let (cg, kk, row_len) = (g.c_per_group(), g.taps(), plan.row_len);
+    let gk = g.deformable_groups * kk;
+    let want_tap = !acc.is_empty();
+    for r in 0..nrows {
+        for (dg, off, chans) in plan.segments(q) {
+            for tap in 0..kk {
+                plan.row_samples(n, dg, tap, oh0 + r, gate, rows);
+                let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
+                let d = &dcol[r * g.wo * row_len + tap * cg + off..];
+                if want_tap {
+                    let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                    (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
+                }
+                if !dx.is_empty() {
+                    (plan.k.scatter_row)(&job, d, &mut dx[block..]);
+                }
+                // The offset and mask gradients, made right here from the descriptors at
+                // hand. A deformable group that spans several conv groups has its row
+                // rewritten by each of them; `acc` keeps summing across them, so the last
+                // write holds the complete sums.
+                if want_tap {
+                    let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                    let ch = dg * kk + tap;
+                    tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
+                }
+            }
+        }
     }
 }
 

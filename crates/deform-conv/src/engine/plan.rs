@@ -3,7 +3,7 @@
 //! column = tap-major, channel-minor) from the channels-last image. Shared by [`super::forward`]
 //! and [`super::backward`].
 
-use super::blocking::{rows_per_tile, LANES, REORDER_IN, REORDER_OUT};
+use super::blocking::{rows_per_tile, REORDER_IN, REORDER_OUT};
 use super::kernels::RowJob;
 use super::kernels::{self, Isa, Kernels};
 use super::sample::{RowArgs, RowSamples};
@@ -72,13 +72,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
                 }
             })
             .collect();
-        let mut rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
-        if transposed && g.n == 1 && g.ho.div_ceil(rows) < LANES {
-            // The backward of one small image walks its rows in LANES lanes: with fewer tiles
-            // than lanes, some would sit idle (ResNet c5 at 16x16 ran on one thread). Shorter
-            // tiles give every lane rows. Decided by the shape alone.
-            rows = g.ho.div_ceil(LANES).max(1);
-        }
+        let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
         Ok(Plan {
             g,
             ops,
@@ -349,10 +343,12 @@ pub(super) fn pack_weight_transposed<T: Element>(
     let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
     let zero = T::Acc::zero();
     let mut out = take(kk * cg * coutg, zero); // every element is written below
-    let mut wpt = ArrayViewMut3::from_shape((kk, cg, coutg), &mut out[..])
-        .expect("K * Cg * Coutg elements");
+    let mut wpt =
+        ArrayViewMut3::from_shape((kk, cg, coutg), &mut out[..]).expect("K * Cg * Coutg elements");
     let w_q = weight.slice(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
-    let w_q = w_q.to_shape((coutg, cg, kk)).expect("a [Coutg, Cg, kh, kw] view");
+    let w_q = w_q
+        .to_shape((coutg, cg, kk))
+        .expect("a [Coutg, Cg, kh, kw] view");
     let blocks: Vec<_> = wpt
         .axis_chunks_iter_mut(Axis(1), REORDER_IN)
         .enumerate()
