@@ -429,7 +429,6 @@ fn whole_images<T: Element>(
             }
         });
     }
-    drop((gi_imgs, oy_imgs, ox_imgs, om_imgs));
     if g.n == 1 {
         if let Some(gi) = grads.input.as_mut() {
             let parts: Vec<&[T::Acc]> = slot_dx.iter().map(|d| &d[..]).collect();
@@ -439,12 +438,15 @@ fn whole_images<T: Element>(
     reduce_weight_bias(plan, &[], Some((&dw, &db)), &mut grads);
 }
 
+/// A `dW` (`[K*C x Cout]`) and `db` already summed.
+type Summed<'a, A> = (&'a Buf<A>, &'a [A]);
+
 /// `dW` and `db`: the lanes' partial sums added in lane order, or the sums `summed` already made
 /// (`dW` as `[K*C x Cout]`, one conv group).
 pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
-    summed: Option<(&Buf<T::Acc>, &[T::Acc])>,
+    summed: Option<Summed<'_, T::Acc>>,
     grads: &mut GradOutputs<'_, T>,
 ) {
     let g = plan.g;
