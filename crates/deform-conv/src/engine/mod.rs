@@ -20,7 +20,10 @@
 //! fixed lanes (whole images when there are several; for one image, contiguous row ranges, with
 //! shorter tiles when it has fewer tiles than lanes),
 //! each owning its `dX`, `dW` and `db` buffers, reduced in lane order: bitwise identical results
-//! for any thread count, no atomics.
+//! for any thread count, no atomics. Images that are one tile each, with one conv group (small
+//! late-stage layers), instead run each weight-sized GEMM once per wave of images, split by
+//! blocks of the weight, and only the descriptor pass per image or row range
+//! (`backward::whole_images`).
 //!
 //! Kernels ([`kernels`]) are chosen once per call from the run-time instruction set; the hot f32
 //! ones have explicit AVX-512 (and AVX2 descriptor) bodies that perform the portable bodies'
