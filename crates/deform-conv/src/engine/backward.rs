@@ -94,10 +94,12 @@ pub(super) fn backward_impl<T: Element>(
     // written before it is read; accumulators are zeroed (or first written) by their users.
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
     let tiles = g.ho.div_ceil(plan.rows);
-    // Several images: each lane takes whole images, so an image's `dX` has one writer (no
-    // per-lane copies to zero and sum; measured: ResNet c3 at batch 2 backward -17%, npu_doc
-    // -17%, resnet_c3_dcn_b4 -7%). One image: its rows are split over the lanes.
-    let by_image = g.n > 1;
+    // Enough images for every lane, or images too small to split: each lane takes whole images,
+    // so an image's `dX` has one writer (no per-lane copies to zero and sum; measured: npu_doc
+    // backward -17%, resnet_c3_dcn_b4 -7%). Else an image's rows are split over the lanes: with
+    // 2 or 3 large images, whole images would leave lanes, and on more than 2 cores threads,
+    // idle (on this 2-core machine, ResNet c3 at batch 2 would be 9% faster by image).
+    let by_image = g.n > 1 && (g.n >= LANES || tiles < LANES);
     // By image, only as many lanes as images get work; a lane that never runs would only add
     // +0 to the reductions (an exact identity there), so leaving it out keeps the bits.
     let used = if by_image { LANES.min(g.n) } else { LANES };
