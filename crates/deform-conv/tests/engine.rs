@@ -268,6 +268,16 @@ fn engine_matches_reference_on_split_waves() {
     }
 }
 
+/// `p` on 1 thread against the f32 reference, and the same bits on 3 threads.
+fn matches_reference_on_1_and_3_threads(rng: &mut rand::rngs::StdRng, p: &Problem) {
+    let dy = grad_output(rng, p);
+    let r32 = run::<f32>(p, &dy, GradGate::PerTap, Backend::Reference);
+    let (one, three) = (on_threads(p, &dy, 1), on_threads(p, &dy, 3));
+    set_num_threads(0);
+    compare(&one, &r32, 2e-5);
+    assert!(bitwise(&one, &three), "results depend on the thread count");
+}
+
 /// Many small images of one conv group (more images than backward lanes, one tile each): the
 /// backward's weight-sized GEMMs run once per wave of images, split by blocks of the weight;
 /// against the reference, and the same bits on 1 and 3 threads.
@@ -281,12 +291,7 @@ fn engine_matches_reference_on_many_small_images() {
             continue;
         }
         cases += 1;
-        let dy = grad_output(&mut rng, &p);
-        let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
-        let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
-        set_num_threads(0);
-        compare(&one, &r32, 2e-5);
-        assert!(bitwise(&one, &three), "results depend on the thread count");
+        matches_reference_on_1_and_3_threads(&mut rng, &p);
     }
 }
 
@@ -304,12 +309,7 @@ fn engine_matches_reference_on_one_small_image() {
             continue;
         }
         cases += 1;
-        let dy = grad_output(&mut rng, &p);
-        let r32 = run::<f32>(&p, &dy, GradGate::PerTap, Backend::Reference);
-        let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
-        set_num_threads(0);
-        compare(&one, &r32, 2e-5);
-        assert!(bitwise(&one, &three), "results depend on the thread count");
+        matches_reference_on_1_and_3_threads(&mut rng, &p);
     }
 }
 
