@@ -43,3 +43,11 @@ pub(crate) const REORDER_OUT: usize = 16;
 /// element instead, the 16 weight rows 18 KB apart (C = 512) fell into two L1 sets: ResNet c5's
 /// backward spent 40% of its time in these two reorders.
 pub(crate) const REORDER_IN: usize = 16;
+
+/// Least pixels per task of the channels-last copy: each task reads runs of this many elements
+/// from every channel plane (1 KB of f32), long enough for the hardware prefetcher.
+pub(crate) const NHWC_BAND_PIXELS: usize = 256;
+
+/// Tasks the channels-last copy should offer at least (one 16x16 image in one band was one
+/// thread's work).
+pub(crate) const NHWC_TASKS: usize = 8;

@@ -3,7 +3,7 @@
 //! column = tap-major, channel-minor) from the channels-last image. Shared by [`super::forward`]
 //! and [`super::backward`].
 
-use super::blocking::{rows_per_tile, REORDER_IN, REORDER_OUT};
+use super::blocking::{rows_per_tile, NHWC_BAND_PIXELS, NHWC_TASKS, REORDER_IN, REORDER_OUT};
 use super::kernels::RowJob;
 use super::kernels::{self, Isa, Kernels};
 use super::sample::{RowArgs, RowSamples};
@@ -95,12 +95,22 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
     /// channels per group: 32 bytes apart instead of 256) and an image row of one group fits a
     /// few cache lines. With one deformable group this is plain `[H*W + 1, C]`.
     ///
-    /// One task per (group, image row) of every image: read each channel's row (contiguous in
-    /// NCHW) and write it strided into the row's `[W, C/G]` block, which stays in cache.
+    /// One task per (group, band of image rows) of every image: read each channel's band
+    /// (contiguous in NCHW) and write it strided into the band's `[rows*W, C/G]` block. A band
+    /// holds at least [`NHWC_BAND_PIXELS`] pixels unless that would leave fewer than
+    /// [`NHWC_TASKS`] tasks: one row of a small image (ResNet c5: 16 or 32
+    /// pixels) made each task read 128-byte pieces of C pages, too short for the prefetcher
+    /// (stride2_c5's 2 MB input took 1.7 ms).
     pub(super) fn images_nhwc(&self, n0: usize, bufs: &mut [&mut [T::Acc]]) {
         let g = self.g;
         let (hw, cdg) = (g.h * g.w, g.c_per_deformable_group());
-        let mut rows = Vec::with_capacity(bufs.len() * g.h * g.deformable_groups);
+        // Bands of at least NHWC_BAND_PIXELS, but enough of them to keep NHWC_TASKS tasks.
+        let bands_per_image = NHWC_TASKS.div_ceil((bufs.len() * g.deformable_groups).max(1));
+        let band = NHWC_BAND_PIXELS
+            .div_ceil(g.w.max(1))
+            .min(g.h.div_ceil(bands_per_image))
+            .max(1);
+        let mut rows = Vec::with_capacity(bufs.len() * g.h.div_ceil(band) * g.deformable_groups);
         for (i, buf) in bufs.iter_mut().enumerate() {
             for (dg, block) in buf[..self.image_len()]
                 .chunks_mut((hw + 1) * cdg)
@@ -110,38 +120,28 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
                 zero_pixel.iter_mut().for_each(|v| *v = T::Acc::zero());
                 rows.extend(
                     pixels
-                        .chunks_mut(g.w * cdg)
+                        .chunks_mut(band * g.w * cdg)
                         .enumerate()
-                        .map(|(y, dst)| (n0 + i, dg, y, dst)),
+                        .map(|(b, dst)| (n0 + i, dg, b * band, dst)),
                 );
             }
         }
-        // A transpose: in blocks of 8 channels, so that each pixel's 8 values are written
-        // together and the 8 source rows are read in order.
-        const CB: usize = 8;
         for_each_item(rows, |(n, dg, y, dst), _| {
             let image = self.ops.input.index_axis(Axis(0), n); // [C, H, W]
-            for k0 in (0..cdg).step_by(CB) {
-                let kn = CB.min(cdg - k0);
-                let src: Vec<_> = (k0..k0 + kn)
-                    .map(|k| image.slice(ndarray::s![dg * cdg + k, y, ..]))
-                    .collect();
-                let rows: Option<Vec<&[T]>> = src.iter().map(|r| r.as_slice()).collect();
-                match rows {
-                    Some(rows) => {
-                        for x in 0..g.w {
-                            let px = &mut dst[x * cdg + k0..][..kn];
-                            for (v, row) in px.iter_mut().zip(&rows) {
-                                *v = row[x].to_acc();
-                            }
-                        }
-                    }
-                    None => {
-                        for (k, row) in src.iter().enumerate() {
-                            for (x, v) in row.iter().enumerate() {
-                                dst[x * cdg + k0 + k] = v.to_acc();
-                            }
-                        }
+            match image.to_slice() {
+                Some(image) => {
+                    let first = (dg * cdg * g.h + y) * g.w;
+                    transpose_rows(&image[first..], hw, dst.len() / cdg.max(1), cdg, dst);
+                }
+                None => {
+                    // Any other strides (a channels-last tensor, a view): element by element.
+                    let ys = y..y + dst.len() / (cdg * g.w).max(1);
+                    let block =
+                        self.ops
+                            .input
+                            .slice(ndarray::s![n, dg * cdg..(dg + 1) * cdg, ys, ..]);
+                    for ((k, yy, x), v) in block.indexed_iter() {
+                        dst[(yy * g.w + x) * cdg + k] = v.to_acc();
                     }
                 }
             }
@@ -387,6 +387,39 @@ pub(super) fn pack_weight_transposed<T: Element>(
         }
     });
     out
+}
+
+/// `dst[x*k + r] = src[r*row_stride + x]` for `r < k`, `x < w`: `k` rows of `w` elements,
+/// `row_stride` apart, to `w` pixels of `k` channels. In blocks of 8 rows, read in order and
+/// written 8 at a time per pixel, the slices taken once per block (each channel row of a small
+/// image is short: ResNet c5 has 32 or 16 pixels per row, where per-block views and vectors
+/// cost more than the copy).
+fn transpose_rows<T: Element>(
+    src: &[T],
+    row_stride: usize,
+    w: usize,
+    k: usize,
+    dst: &mut [T::Acc],
+) {
+    const CB: usize = 8;
+    let dst = &mut dst[..w * k];
+    let mut r0 = 0;
+    while r0 + CB <= k {
+        let rows: [&[T]; CB] = std::array::from_fn(|r| &src[(r0 + r) * row_stride..][..w]);
+        for (x, px) in dst.chunks_exact_mut(k).enumerate() {
+            let px = &mut px[r0..r0 + CB];
+            for (v, row) in px.iter_mut().zip(&rows) {
+                *v = row[x].to_acc();
+            }
+        }
+        r0 += CB;
+    }
+    for r in r0..k {
+        let row = &src[r * row_stride..][..w];
+        for (x, v) in row.iter().enumerate() {
+            dst[x * k + r] = v.to_acc();
+        }
+    }
 }
 
 /// `dst.copy_from_slice(src)` for the weight reorders' runs of at most [`REORDER_OUT`]: a full
