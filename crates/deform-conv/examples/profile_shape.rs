@@ -19,6 +19,9 @@ fn main() {
         "train_c3" => [2, 128, 32, 32, 128, 3, 1, 1, 1, 1, 1],
         "train_c4" => [2, 256, 16, 16, 256, 3, 1, 1, 1, 1, 1],
         "train_c5" => [2, 512, 8, 8, 512, 3, 1, 1, 1, 1, 1],
+        // ... c3's first block (stride 2), and bench/model.py's EDVR training step (batch 2).
+        "train_c3_s2" => [2, 128, 64, 64, 128, 3, 2, 1, 1, 1, 1],
+        "train_edvr" => [2, 64, 96, 96, 64, 3, 1, 1, 1, 1, 8],
         // ... and the 16x16 c5 layer of an inference-size image (1x3x512x512), trained at batch 1.
         "b1_c5" => [1, 512, 16, 16, 512, 3, 1, 1, 1, 1, 1],
         _ => panic!("unknown shape {name}"),

@@ -347,6 +347,24 @@ fn engine_matches_reference_on_one_small_image() {
     }
 }
 
+/// Two or three images of several tiles each (at least 1100 output pixels: 5+ tiles of 256):
+/// the backward's lanes split each image's rows, two lanes per image for two images, the
+/// images of a wave side by side; against the reference, and the same bits on 1 and 3 threads.
+#[test]
+fn engine_matches_reference_on_a_few_large_images() {
+    let mut rng = rng("engine_matches_reference_on_a_few_large_images");
+    let mut cases = 0;
+    while cases < 4 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 8, 48, 8, 3);
+        let g = &p.geom;
+        if !(2..=3).contains(&g.n) || g.ho * g.wo < 1100 {
+            continue;
+        }
+        cases += 1;
+        matches_reference_on_1_and_3_threads(&mut rng, &p);
+    }
+}
+
 /// The input read in place whatever its strides: a channels-last image and a sliced view give
 /// the same bits as the contiguous image, forward and backward, on every instruction set
 /// (images of up to 40 channels per deformable group: the channels-last copy's 8-channel blocks

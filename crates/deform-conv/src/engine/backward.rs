@@ -96,13 +96,15 @@ pub(super) fn backward_impl<T: Element>(
     let tiles = g.ho.div_ceil(plan.rows);
     // Enough images for every lane, or images too small to split: each lane takes whole images,
     // so an image's `dX` has one writer (no per-lane copies to zero and sum; measured: npu_doc
-    // backward -17%, resnet_c3_dcn_b4 -7%). Else an image's rows are split over the lanes: with
-    // 2 or 3 large images, whole images would leave lanes, and on more than 2 cores threads,
-    // idle (on this 2-core machine, ResNet c3 at batch 2 would be 9% faster by image).
+    // backward -17%, resnet_c3_dcn_b4 -7%). Else the images of a wave (fewer than LANES) share
+    // the lanes, `per` lanes each, each lane a contiguous range of its image's rows: one image
+    // on 4 lanes, two on 2 each, so no lane, and on more than 2 cores no thread, sits idle.
     let by_image = g.n > 1 && (g.n >= LANES || tiles < LANES);
+    let wave = g.n.clamp(1, LANES);
+    let per = if by_image { 1 } else { LANES / wave };
     // By image, only as many lanes as images get work; a lane that never runs would only add
     // +0 to the reductions (an exact identity there), so leaving it out keeps the bits.
-    let used = if by_image { LANES.min(g.n) } else { LANES };
+    let used = wave * per;
     let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
             dx: some(want_dx, plan.image_len()),
@@ -160,43 +162,40 @@ pub(super) fn backward_impl<T: Element>(
         reduce_weight_bias(plan, &lanes, None, &mut grads);
         return;
     }
-    // Lane l owns tiles [l*T/L, (l+1)*T/L): a fixed, contiguous range of output rows.
-    let bounds: Vec<usize> = (0..=LANES)
-        .map(|l| (l * tiles / LANES * plan.rows).min(g.ho))
+    // Lane i*per + r owns tiles [r*T/per, (r+1)*T/per) of image i of the wave: a fixed,
+    // contiguous range of output rows.
+    let bounds: Vec<usize> = (0..=per)
+        .map(|r| (r * tiles / per * plan.rows).min(g.ho))
         .collect();
     let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut xt = take(plan.image_len(), zero);
-    for n in 0..g.n {
-        plan.image_nhwc(n, &mut xt);
-        let oy = split_rows(
-            grads
-                .offset_y
-                .as_mut()
-                .map(|v| v.index_axis_mut(Axis(0), n)),
-            &lens,
+    let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
+    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    for n0 in (0..g.n).step_by(wave) {
+        let nw = wave.min(g.n - n0);
+        plan.images_nhwc(
+            n0,
+            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
         );
-        let ox = split_rows(
-            grads
-                .offset_x
-                .as_mut()
-                .map(|v| v.index_axis_mut(Axis(0), n)),
-            &lens,
-        );
-        let om = split_rows(
-            grads.mask.as_mut().map(|v| v.index_axis_mut(Axis(0), n)),
-            &lens,
-        );
-        let work: Vec<_> = lanes
-            .iter_mut()
-            .zip(oy.into_iter().zip(ox).zip(om))
-            .enumerate()
-            .map(|(l, (lane, ((oy, ox), m)))| (bounds[l], lens[l], lane, LaneGrads { oy, ox, m }))
-            .collect();
-        let (xt, dy_n) = (&xt, dy.index_axis(Axis(0), n));
-        for_each_item(work, |(row0, len, lane, mut lg), _| {
+        let mut work = Vec::with_capacity(nw * per);
+        let mut free = lanes.iter_mut();
+        for (i, xt) in xts[..nw].iter().enumerate() {
+            let oy = split_rows(next_view(&mut oy_imgs), &lens);
+            let ox = split_rows(next_view(&mut ox_imgs), &lens);
+            let om = split_rows(next_view(&mut om_imgs), &lens);
+            for (r, ((oy, ox), m)) in oy.into_iter().zip(ox).zip(om).enumerate() {
+                let lane = free.next().expect("per lanes per image");
+                let lg = LaneGrads { oy, ox, m };
+                work.push((n0 + i, &xt[..], bounds[r], lens[r], lane, lg));
+            }
+        }
+        for_each_item(work, |(n, xt, row0, len, lane, mut lg), _| {
             if want_dx {
                 lane.dx.iter_mut().for_each(|v| *v = zero);
             }
+            let dy_n = dy.index_axis(Axis(0), n);
             let mut r = 0;
             while r < len {
                 let nrows = plan.rows.min(len - r);
@@ -204,9 +203,11 @@ pub(super) fn backward_impl<T: Element>(
                 r += nrows;
             }
         });
-        if let Some(gi) = grads.input.as_mut() {
-            let parts: Vec<&[T::Acc]> = lanes.iter().map(|l| &l.dx[..]).collect();
-            write_input_grad(plan, &parts, gi.index_axis_mut(Axis(0), n), true);
+        for lanes in lanes.chunks(per).take(nw) {
+            if let Some(gi) = next_view(&mut gi_imgs) {
+                let parts: Vec<&[T::Acc]> = lanes.iter().map(|l| &l.dx[..]).collect();
+                write_input_grad(plan, &parts, gi, true);
+            }
         }
     }
     reduce_weight_bias(plan, &lanes, None, &mut grads);

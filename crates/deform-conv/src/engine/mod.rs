@@ -17,8 +17,9 @@
 //! then one descriptor pass per (row, deformable group, tap) gives four channel dot products
 //! `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask gradients (SPEC
 //! §2), and a scatter `dX[idx_j, c] += w_j dcol[c]` the input gradient. Tiles are dealt to `blocking::LANES`
-//! fixed lanes (whole images when there are at least `LANES` of them or they are small; else
-//! contiguous row ranges of each image, shorter tiles when one image has fewer tiles than lanes),
+//! fixed lanes (whole images when there are at least `LANES` of them or they are small; else the
+//! images side by side, `LANES / N` lanes each, each lane a contiguous range of its image's rows,
+//! shorter tiles when one image has fewer tiles than lanes),
 //! each owning its `dX`, `dW` and `db` buffers, reduced in lane order: bitwise identical results
 //! for any thread count, no atomics. Images that are one tile each, with one conv group (small
 //! late-stage layers), instead run each weight-sized GEMM once per wave of images, split by
