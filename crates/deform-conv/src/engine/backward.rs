@@ -653,7 +653,7 @@ fn tap_pass<T: Element>(
     for r in 0..nrows {
         for (dg, off, chans) in plan.segments(q) {
             for tap in 0..kk {
-                plan.row_samples(n, dg, tap, oh0 + r, gate, rows);
+                plan.row_samples(n, dg, tap, oh0 + r, Some(gate), rows);
                 let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
                 let d = &dcol[r * g.wo * row_len + tap * cg + off..];
                 if want_tap {

@@ -201,14 +201,16 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         })
     }
 
-    /// Descriptors of image `n`, output row `oh`, deformable group `dg`, `tap`, into `rs.s`.
+    /// Descriptors of image `n`, output row `oh`, deformable group `dg`, `tap`, into `rs.s`:
+    /// with `Some(gate)` for the gradients (every field), with `None` for the values (`idx`
+    /// and `w` of the open samples).
     pub(super) fn row_samples(
         &self,
         n: usize,
         dg: usize,
         tap: usize,
         oh: usize,
-        gate: GradGate,
+        gate: Option<GradGate>,
         rs: &mut RowScratch<T::Acc>,
     ) {
         let g = self.g;
@@ -240,7 +242,8 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
             m,
             h: g.h,
             w: g.w,
-            gate,
+            gate: gate.unwrap_or(GradGate::Open),
+            gradients: gate.is_some(),
         };
         (self.k.sample_row)(&args, s);
     }
@@ -262,7 +265,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         for r in 0..nrows {
             for (dg, off, chans) in self.segments(q) {
                 for tap in 0..g.taps() {
-                    self.row_samples(n, dg, tap, oh0 + r, GradGate::Open, rs);
+                    self.row_samples(n, dg, tap, oh0 + r, None, rs);
                     let (job, block) = self.job(&rs.s, dg, &chans, row_len);
                     (self.k.gather_row)(
                         &job,

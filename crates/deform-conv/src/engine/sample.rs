@@ -65,6 +65,10 @@ pub(crate) struct RowArgs<'a, A> {
     pub w: usize,
     /// Which samples get descriptors: [`GradGate::Open`] for the forward.
     pub gate: GradGate,
+    /// Also fill `ly`, `lx`, `m`, `open` and `grad` (the backward's offset, mask and input
+    /// gradients). The columns need only `idx` and `w`: skipping the rest is a fifth of the
+    /// descriptor work.
+    pub gradients: bool,
 }
 
 impl<A> RowArgs<'_, A> {
@@ -125,10 +129,12 @@ pub(crate) fn sample_row_body<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<
         w1[t] = mo * (hy * lx);
         w2[t] = mo * (ly * hx);
         w3[t] = mo * (ly * lx);
-        oly[t] = ly;
-        olx[t] = lx;
-        om[t] = m;
-        oopen[t] = open;
-        ograd[t] = grad;
+        if a.gradients {
+            oly[t] = ly;
+            olx[t] = lx;
+            om[t] = m;
+            oopen[t] = open;
+            ograd[t] = grad;
+        }
     }
 }

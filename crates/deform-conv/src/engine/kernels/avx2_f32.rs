@@ -122,10 +122,12 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
                 // SAFETY: `dw` holds 8 f32.
                 unsafe { _mm256_storeu_ps(dw.as_mut_ptr(), w[j]) };
             }
-            for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
-                let d = &mut dst[t..t + 8];
-                // SAFETY: `d` holds 8 f32.
-                unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) };
+            if a.gradients {
+                for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
+                    let d = &mut dst[t..t + 8];
+                    // SAFETY: `d` holds 8 f32.
+                    unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) };
+                }
             }
         } else {
             let mut ib = [0u32; 8];
@@ -138,15 +140,19 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
                 unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), w[j]) };
                 out.w[j][t..t + len].copy_from_slice(&fb[..len]);
             }
-            for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), v) };
-                dst[t..t + len].copy_from_slice(&fb[..len]);
+            if a.gradients {
+                for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), v) };
+                    dst[t..t + len].copy_from_slice(&fb[..len]);
+                }
             }
         }
-        for l in 0..len {
-            out.open[t + l] = (open_bits >> l) & 1 == 1;
-            out.grad[t + l] = (grad_bits >> l) & 1 == 1;
+        if a.gradients {
+            for l in 0..len {
+                out.open[t + l] = (open_bits >> l) & 1 == 1;
+                out.grad[t + l] = (grad_bits >> l) & 1 == 1;
+            }
         }
         t += 8;
     }

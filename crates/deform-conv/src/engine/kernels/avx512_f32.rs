@@ -112,13 +112,18 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm512_mask_storeu_ps(w1.as_mut_ptr().add(t), k, q1);
             _mm512_mask_storeu_ps(w2.as_mut_ptr().add(t), k, q2);
             _mm512_mask_storeu_ps(w3.as_mut_ptr().add(t), k, q3);
-            _mm512_mask_storeu_ps(oly.as_mut_ptr().add(t), k, ly);
-            _mm512_mask_storeu_ps(olx.as_mut_ptr().add(t), k, lx);
-            _mm512_mask_storeu_ps(om.as_mut_ptr().add(t), k, vm);
         }
-        for l in 0..rem.min(16) {
-            oopen[t + l] = (open >> l) & 1 == 1;
-            ograd[t + l] = (grad >> l) & 1 == 1;
+        if a.gradients {
+            // SAFETY: as above.
+            unsafe {
+                _mm512_mask_storeu_ps(oly.as_mut_ptr().add(t), k, ly);
+                _mm512_mask_storeu_ps(olx.as_mut_ptr().add(t), k, lx);
+                _mm512_mask_storeu_ps(om.as_mut_ptr().add(t), k, vm);
+            }
+            for l in 0..rem.min(16) {
+                oopen[t + l] = (open >> l) & 1 == 1;
+                ograd[t + l] = (grad >> l) & 1 == 1;
+            }
         }
         t += 16;
     }
