@@ -173,6 +173,9 @@ fn tail_mask(rem: usize) -> __m256i {
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    if n == 0 || len == 0 {
+        return;
+    }
     let (i0, i1, i2, i3) = (
         &s.idx[0][..n],
         &s.idx[1][..n],
@@ -180,17 +183,29 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
         &s.idx[3][..n],
     );
     let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
+    // One bounds check per row instead of five per pixel: the run of the largest index ends
+    // inside `xt`, and the last pixel's run inside `cols`.
+    let top = [i0, i1, i2, i3]
+        .iter()
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as usize;
+    assert!(
+        top * c + lo + len <= xt.len() && (n - 1) * job.stride + len <= cols.len(),
+        "descriptor runs lie inside the image and the columns tile"
+    );
+    let (xp, cp) = (xt.as_ptr(), cols.as_mut_ptr());
     let tail = tail_mask(len % 8);
     for t in 0..n {
-        let at = |i: u32| i as usize * c + lo;
-        // Bounds-checked runs; the vector code below stays inside them.
-        let src = [
-            &xt[at(i0[t])..][..len],
-            &xt[at(i1[t])..][..len],
-            &xt[at(i2[t])..][..len],
-            &xt[at(i3[t])..][..len],
-        ];
-        let dst = &mut cols[t * job.stride..t * job.stride + len];
+        // SAFETY: each index is at most `top`, so each run `at .. at + len` lies inside `xt`;
+        // `t < n`, so `t*stride .. t*stride + len` lies inside `cols` (both checked above).
+        let (src, dst) = unsafe {
+            let at = |i: u32| xp.add(i as usize * c + lo);
+            (
+                [at(i0[t]), at(i1[t]), at(i2[t]), at(i3[t])],
+                cp.add(t * job.stride),
+            )
+        };
         let w = [
             _mm256_set1_ps(w0[t]),
             _mm256_set1_ps(w1[t]),
@@ -201,12 +216,12 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
         while i + 8 <= len {
             // SAFETY: elements i..i+8 lie inside the length-`len` runs `src[j]` and `dst`.
             unsafe {
-                let l = |j: usize| _mm256_loadu_ps(src[j].as_ptr().add(i));
+                let l = |j: usize| _mm256_loadu_ps(src[j].add(i));
                 let mut acc = _mm256_mul_ps(w[0], l(0));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), acc);
+                _mm256_storeu_ps(dst.add(i), acc);
             }
             i += 8;
         }
@@ -214,12 +229,12 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
             // SAFETY: the lanes enabled in `tail` address elements i..len of the runs; masked-off
             // lanes are neither read nor written.
             unsafe {
-                let l = |j: usize| _mm256_maskload_ps(src[j].as_ptr().add(i), tail);
+                let l = |j: usize| _mm256_maskload_ps(src[j].add(i), tail);
                 let mut acc = _mm256_mul_ps(w[0], l(0));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
-                _mm256_maskstore_ps(dst.as_mut_ptr().add(i), tail, acc);
+                _mm256_maskstore_ps(dst.add(i), tail, acc);
             }
         }
     }
