@@ -228,17 +228,30 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
             dst.extend(src.iter().map(|v| v.to_acc()));
             dst
         }
+        // Row `[n, ch, oh, ..]` by three index steps (a `slice` with `s![]` cost 4% of npu_doc's
+        // forward: its rows are 32 pixels).
+        fn row_of<'r, T>(
+            a: &ndarray::ArrayView4<'r, T>,
+            n: usize,
+            ch: usize,
+            oh: usize,
+        ) -> ndarray::ArrayView1<'r, T> {
+            a.clone()
+                .index_axis_move(Axis(0), n)
+                .index_axis_move(Axis(0), ch)
+                .index_axis_move(Axis(0), oh)
+        }
         let RowScratch { dy, dx, m, s, .. } = rs;
         let m: &[T::Acc] = match &self.ops.mask {
-            Some(mask) => row(mask.slice(ndarray::s![n, ch, oh, ..]), m),
+            Some(mask) => row(row_of(mask, n, ch, oh), m),
             None => &[],
         };
         let args = RowArgs {
             y0: g.grid_y(oh, tap / g.kw),
             x0: g.grid_x(0, tap % g.kw),
             sx: g.stride[1] as i64,
-            dy: row(self.ops.offset_y.slice(ndarray::s![n, ch, oh, ..]), dy),
-            dx: row(self.ops.offset_x.slice(ndarray::s![n, ch, oh, ..]), dx),
+            dy: row(row_of(&self.ops.offset_y, n, ch, oh), dy),
+            dx: row(row_of(&self.ops.offset_x, n, ch, oh), dx),
             m,
             h: g.h,
             w: g.w,
