@@ -236,8 +236,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
             ch: usize,
             oh: usize,
         ) -> ndarray::ArrayView1<'r, T> {
-            a.clone()
-                .index_axis_move(Axis(0), n)
+            (*a).index_axis_move(Axis(0), n)
                 .index_axis_move(Axis(0), ch)
                 .index_axis_move(Axis(0), oh)
         }
