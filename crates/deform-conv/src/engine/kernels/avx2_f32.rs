@@ -165,16 +165,6 @@ fn tail_mask(rem: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(rem.min(8) as i32), iota)
 }
 
-/// The largest pixel index of a row's four corners: with it, one bounds check per row covers
-/// every corner run of the row.
-fn top_index(s: &RowSamples<f32>, n: usize) -> usize {
-    s.idx
-        .iter()
-        .map(|v| v[..n].iter().copied().max().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as usize
-}
-
 /// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3`, 8 channels per step, the tail
 /// through masked loads and stores (masked-off lanes are not accessed).
 ///
@@ -195,7 +185,11 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
     let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
     // One bounds check per row instead of five per pixel: the run of the largest index ends
     // inside `xt`, and the last pixel's run inside `cols`.
-    let top = top_index(s, n);
+    let top = [i0, i1, i2, i3]
+        .iter()
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as usize;
     assert!(
         top * c + lo + len <= xt.len() && (n - 1) * job.stride + len <= cols.len(),
         "descriptor runs lie inside the image and the columns tile"
@@ -267,25 +261,18 @@ fn reduce16(a: __m256, b: __m256) -> f32 {
 pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
     let acc = &mut acc[..4 * n];
-    if n == 0 || len == 0 {
-        return;
-    }
-    // One bounds check per row (see `gather_row`).
-    assert!(
-        top_index(s, n) * c + lo + len <= xt.len() && (n - 1) * job.stride + len <= dcol.len(),
-        "descriptor runs lie inside the image and the columns tile"
-    );
-    let (xp, dp) = (xt.as_ptr(), dcol.as_ptr());
     for t in 0..n {
         if !s.grad[t] {
             continue;
         }
-        // SAFETY: every corner run and `t < n`'s column run lie inside `xt` and `dcol`
-        // (checked above).
-        let (d, src) = unsafe {
-            let at = |j: usize| xp.add(s.idx[j][t] as usize * c + lo);
-            (dp.add(t * job.stride), [at(0), at(1), at(2), at(3)])
-        };
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        let at = |j: usize| s.idx[j][t] as usize * c + lo;
+        let src = [
+            &xt[at(0)..][..len],
+            &xt[at(1)..][..len],
+            &xt[at(2)..][..len],
+            &xt[at(3)..][..len],
+        ];
         // halves[h][j]: partial sums 8h..8h+8 of corner j.
         let mut halves = [[_mm256_setzero_ps(); 4]; 2];
         let mut i = 0;
@@ -301,15 +288,15 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
                 // SAFETY: a full step reads elements at..at+8 of the length-`len` runs; a tail
                 // step reads only the lanes enabled in `k` (at..len), the others load as 0.
                 // (Masked loads only for the tail: `vmaskmovps` is slow on some CPUs.)
-                let load = |p: *const f32| unsafe {
+                let load = |p: &[f32]| unsafe {
                     if full {
-                        _mm256_loadu_ps(p.add(at))
+                        _mm256_loadu_ps(p.as_ptr().add(at))
                     } else {
-                        _mm256_maskload_ps(p.add(at), k)
+                        _mm256_maskload_ps(p.as_ptr().add(at), k)
                     }
                 };
                 let dv = load(d);
-                for (sum, &run) in sums.iter_mut().zip(&src) {
+                for (sum, run) in sums.iter_mut().zip(&src) {
                     *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, load(run)));
                 }
             }
@@ -328,34 +315,21 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
-    if n == 0 || len == 0 {
-        return;
-    }
-    // One bounds check per row (see `gather_row`).
-    assert!(
-        top_index(s, n) * c + lo + len <= dx.len() && (n - 1) * job.stride + len <= dcol.len(),
-        "descriptor runs lie inside the image and the columns tile"
-    );
-    let (xp, dp) = (dx.as_mut_ptr(), dcol.as_ptr());
     for t in 0..n {
         if !s.open[t] {
             continue;
         }
-        // SAFETY: `t < n`: the column run lies inside `dcol` (checked above).
-        let d = unsafe { dp.add(t * job.stride) };
+        let d = &dcol[t * job.stride..t * job.stride + len];
         for j in 0..4 {
             let w = _mm256_set1_ps(s.w[j][t]);
-            // SAFETY: every corner run lies inside `dx` (checked above). The four corners of a
-            // sample may be the same pixel (the zero pixel): each run is read and written in
-            // full before the next corner's.
-            let out = unsafe { xp.add(s.idx[j][t] as usize * c + lo) };
+            let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
             let mut i = 0;
             while i + 8 <= len {
                 // SAFETY: elements i..i+8 lie inside the length-`len` runs `d` and `out`.
                 unsafe {
-                    let o = _mm256_loadu_ps(out.add(i));
-                    let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_loadu_ps(d.add(i))));
-                    _mm256_storeu_ps(out.add(i), v);
+                    let o = _mm256_loadu_ps(out.as_ptr().add(i));
+                    let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_loadu_ps(d.as_ptr().add(i))));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
                 }
                 i += 8;
             }
@@ -364,9 +338,12 @@ pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [
                 // SAFETY: the lanes enabled in `k` address elements i..len of the runs `d` and
                 // `out`; masked-off lanes are neither read nor written.
                 unsafe {
-                    let o = _mm256_maskload_ps(out.add(i), k);
-                    let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_maskload_ps(d.add(i), k)));
-                    _mm256_maskstore_ps(out.add(i), k, v);
+                    let o = _mm256_maskload_ps(out.as_ptr().add(i), k);
+                    let v = _mm256_add_ps(
+                        o,
+                        _mm256_mul_ps(w, _mm256_maskload_ps(d.as_ptr().add(i), k)),
+                    );
+                    _mm256_maskstore_ps(out.as_mut_ptr().add(i), k, v);
                 }
             }
         }
