@@ -240,14 +240,36 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
     }
 }
 
-/// The generic `dot_body`'s reduction of its 16 partial sums, held as lanes 0-7 in `a` and 8-15
-/// in `b`, in its order: `acc[l] += acc[l + 8]`, then `+ 4`, `+ 2`, `+ 1`.
+/// The generic `dot_body`'s reduction of its 16 partial sums, for the four corners at once:
+/// corner `j`'s sums are lanes 0-7 in `a[j]` and 8-15 in `b[j]`, reduced in the generic order
+/// (`acc[l] += acc[l + 8]`, then `+ 4`, `+ 2`, `+ 1`), every addition the generic body's own;
+/// the result holds corner `j` in lane `j`. (One corner at a time took 4 horizontal reductions
+/// of 7 instructions each per pixel, as much as the products at 8 channels per run.)
 #[target_feature(enable = "avx2")]
-fn reduce16(a: __m256, b: __m256) -> f32 {
-    let v8 = _mm256_add_ps(a, b);
-    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
-    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
-    _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+fn reduce16x4(a: [__m256; 4], b: [__m256; 4]) -> __m128 {
+    // + 8: v[j] = a[j] + b[j].
+    let v: [__m256; 4] = std::array::from_fn(|j| _mm256_add_ps(a[j], b[j]));
+    // + 4: [lo(v0) | lo(v1)] + [hi(v0) | hi(v1)] = [u0 | u1], likewise [u2 | u3].
+    let p = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(v[0], v[1]),
+        _mm256_permute2f128_ps::<0x31>(v[0], v[1]),
+    );
+    let q = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(v[2], v[3]),
+        _mm256_permute2f128_ps::<0x31>(v[2], v[3]),
+    );
+    // + 2: [u0[0]+u0[2], u0[1]+u0[3], u2[0]+u2[2], u2[1]+u2[3] | the same for u1, u3].
+    let r = _mm256_add_ps(
+        _mm256_shuffle_ps::<0b01_00_01_00>(p, q),
+        _mm256_shuffle_ps::<0b11_10_11_10>(p, q),
+    );
+    // + 1: [w0, w2, w0, w2 | w1, w3, w1, w3].
+    let w = _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(r, r),
+        _mm256_shuffle_ps::<0b11_01_11_01>(r, r),
+    );
+    // [w0, w1, w2, w3].
+    _mm_unpacklo_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps::<1>(w))
 }
 
 /// `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples, with the
@@ -302,9 +324,10 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
             }
             i += 16;
         }
-        for j in 0..4 {
-            acc[4 * t + j] += reduce16(halves[0][j], halves[1][j]);
-        }
+        let sums = reduce16x4(halves[0], halves[1]);
+        let a4 = &mut acc[4 * t..4 * t + 4];
+        // SAFETY: `a4` holds 4 f32; each lane gets the generic body's one addition.
+        unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), sums)) };
     }
 }
 
