@@ -656,14 +656,13 @@ fn tap_pass<T: Element>(
                 plan.row_samples(n, dg, tap, oh0 + r, Some(gate), rows);
                 let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
                 let d = &dcol[r * g.wo * row_len + tap * cg + off..];
-                let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                (plan.k.tap_row)(
-                    &job,
-                    d,
-                    &xt[block..],
-                    want_tap.then(|| &mut acc[at..at + 4 * g.wo]),
-                    (!dx.is_empty()).then(|| &mut dx[block..]),
-                );
+                if want_tap {
+                    let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                    (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
+                }
+                if !dx.is_empty() {
+                    (plan.k.scatter_row)(&job, d, &mut dx[block..]);
+                }
                 // The offset and mask gradients, made right here from the descriptors at
                 // hand. A deformable group that spans several conv groups has its row
                 // rewritten by each of them; `acc` keeps summing across them, so the last

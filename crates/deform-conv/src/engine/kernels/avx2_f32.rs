@@ -272,129 +272,103 @@ fn reduce16x4(a: [__m256; 4], b: [__m256; 4]) -> __m128 {
     _mm_unpacklo_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps::<1>(w))
 }
 
-/// `acc[j] += sum_c d[c] * X[idx_j[t], lo + c]` for pixel `t`, with the generic body's 16
-/// partial sums (element `c` into sum `c % 16`) as two 8-lane registers. Tail lanes add
-/// `0 * 0 = +0`, which leaves a partial sum unchanged: a sum that starts at +0 and adds products
-/// is never -0, so `+0` is an exact identity for it (NaN and infinities included).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn dot4_pixel(job: &RowJob<'_, f32>, t: usize, d: &[f32], xt: &[f32], acc: &mut [f32]) {
-    let (len, c, lo, s) = (job.len, job.c, job.lo, job.s);
-    let d = &d[..len];
-    let at = |j: usize| s.idx[j][t] as usize * c + lo;
-    let src = [
-        &xt[at(0)..][..len],
-        &xt[at(1)..][..len],
-        &xt[at(2)..][..len],
-        &xt[at(3)..][..len],
-    ];
-    // halves[h][j]: partial sums 8h..8h+8 of corner j.
-    let mut halves = [[_mm256_setzero_ps(); 4]; 2];
-    let mut i = 0;
-    while i < len {
-        // Half h of this 16-element chunk: elements i + 8h .. i + 8h + 8.
-        for (h, sums) in halves.iter_mut().enumerate() {
-            let at = i + 8 * h;
-            if at >= len {
-                break;
-            }
-            let full = at + 8 <= len;
-            let k = tail_mask(len - at);
-            // SAFETY: a full step reads elements at..at+8 of the length-`len` runs; a tail
-            // step reads only the lanes enabled in `k` (at..len), the others load as 0.
-            // (Masked loads only for the tail: `vmaskmovps` is slow on some CPUs.)
-            let load = |p: &[f32]| unsafe {
-                if full {
-                    _mm256_loadu_ps(p.as_ptr().add(at))
-                } else {
-                    _mm256_maskload_ps(p.as_ptr().add(at), k)
-                }
-            };
-            let dv = load(d);
-            for (sum, run) in sums.iter_mut().zip(&src) {
-                *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, load(run)));
-            }
-        }
-        i += 16;
-    }
-    let sums = reduce16x4(halves[0], halves[1]);
-    let a4 = &mut acc[..4];
-    // SAFETY: `a4` holds 4 f32; each lane gets the generic body's one addition.
-    unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), sums)) };
-}
-
-/// `dX[idx_j[t], lo + c] += w_j[t] * d[c]` for pixel `t`, corner by corner.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn scatter_pixel(job: &RowJob<'_, f32>, t: usize, d: &[f32], dx: &mut [f32]) {
-    let (len, c, lo, s) = (job.len, job.c, job.lo, job.s);
-    let d = &d[..len];
-    for j in 0..4 {
-        let w = _mm256_set1_ps(s.w[j][t]);
-        let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
-        let mut i = 0;
-        while i + 8 <= len {
-            // SAFETY: elements i..i+8 lie inside the length-`len` runs `d` and `out`.
-            unsafe {
-                let o = _mm256_loadu_ps(out.as_ptr().add(i));
-                let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_loadu_ps(d.as_ptr().add(i))));
-                _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
-            }
-            i += 8;
-        }
-        if i < len {
-            let k = tail_mask(len - i);
-            // SAFETY: the lanes enabled in `k` address elements i..len of the runs `d` and
-            // `out`; masked-off lanes are neither read nor written.
-            unsafe {
-                let o = _mm256_maskload_ps(out.as_ptr().add(i), k);
-                let v = _mm256_add_ps(
-                    o,
-                    _mm256_mul_ps(w, _mm256_maskload_ps(d.as_ptr().add(i), k)),
-                );
-                _mm256_maskstore_ps(out.as_mut_ptr().add(i), k, v);
-            }
-        }
-    }
-}
-
-/// The backward's row pass (see `TapRowFn`): per pixel, the four dot products of a gradient
-/// sample and the scatter of an open one, both from the pixel's column run while it is in
-/// registers and L1 (two row passes before: the second re-read every run and descriptor).
+/// `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples, with the
+/// generic body's 16 partial sums (element `c` into sum `c % 16`) as two 8-lane registers. Tail
+/// lanes add `0 * 0 = +0`, which leaves a partial sum unchanged: a sum that starts at +0 and adds
+/// products is never -0, so `+0` is an exact identity for it (NaN and infinities included).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn tap_row(
-    job: &RowJob<'_, f32>,
-    dcol: &[f32],
-    xt: &[f32],
-    acc: Option<&mut [f32]>,
-    dx: Option<&mut [f32]>,
-) {
-    let (n, s) = (job.n, job.s);
-    let run = |t: usize| &dcol[t * job.stride..t * job.stride + job.len];
-    match (acc, dx) {
-        (Some(acc), Some(dx)) => {
-            for t in 0..n {
-                if s.grad[t] {
-                    dot4_pixel(job, t, run(t), xt, &mut acc[4 * t..4 * t + 4]);
+pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let acc = &mut acc[..4 * n];
+    for t in 0..n {
+        if !s.grad[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        let at = |j: usize| s.idx[j][t] as usize * c + lo;
+        let src = [
+            &xt[at(0)..][..len],
+            &xt[at(1)..][..len],
+            &xt[at(2)..][..len],
+            &xt[at(3)..][..len],
+        ];
+        // halves[h][j]: partial sums 8h..8h+8 of corner j.
+        let mut halves = [[_mm256_setzero_ps(); 4]; 2];
+        let mut i = 0;
+        while i < len {
+            // Half h of this 16-element chunk: elements i + 8h .. i + 8h + 8.
+            for (h, sums) in halves.iter_mut().enumerate() {
+                let at = i + 8 * h;
+                if at >= len {
+                    break;
                 }
-                if s.open[t] {
-                    scatter_pixel(job, t, run(t), dx);
+                let full = at + 8 <= len;
+                let k = tail_mask(len - at);
+                // SAFETY: a full step reads elements at..at+8 of the length-`len` runs; a tail
+                // step reads only the lanes enabled in `k` (at..len), the others load as 0.
+                // (Masked loads only for the tail: `vmaskmovps` is slow on some CPUs.)
+                let load = |p: &[f32]| unsafe {
+                    if full {
+                        _mm256_loadu_ps(p.as_ptr().add(at))
+                    } else {
+                        _mm256_maskload_ps(p.as_ptr().add(at), k)
+                    }
+                };
+                let dv = load(d);
+                for (sum, run) in sums.iter_mut().zip(&src) {
+                    *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, load(run)));
+                }
+            }
+            i += 16;
+        }
+        let sums = reduce16x4(halves[0], halves[1]);
+        let a4 = &mut acc[4 * t..4 * t + 4];
+        // SAFETY: `a4` holds 4 f32; each lane gets the generic body's one addition.
+        unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), sums)) };
+    }
+}
+
+/// `dX[idx_j[t], lo + c] += w_j[t] * dcol[t*stride + c]` for open samples, corner by corner.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    for t in 0..n {
+        if !s.open[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let w = _mm256_set1_ps(s.w[j][t]);
+            let out = &mut dx[s.idx[j][t] as usize * c + lo..][..len];
+            let mut i = 0;
+            while i + 8 <= len {
+                // SAFETY: elements i..i+8 lie inside the length-`len` runs `d` and `out`.
+                unsafe {
+                    let o = _mm256_loadu_ps(out.as_ptr().add(i));
+                    let v = _mm256_add_ps(o, _mm256_mul_ps(w, _mm256_loadu_ps(d.as_ptr().add(i))));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+                }
+                i += 8;
+            }
+            if i < len {
+                let k = tail_mask(len - i);
+                // SAFETY: the lanes enabled in `k` address elements i..len of the runs `d` and
+                // `out`; masked-off lanes are neither read nor written.
+                unsafe {
+                    let o = _mm256_maskload_ps(out.as_ptr().add(i), k);
+                    let v = _mm256_add_ps(
+                        o,
+                        _mm256_mul_ps(w, _mm256_maskload_ps(d.as_ptr().add(i), k)),
+                    );
+                    _mm256_maskstore_ps(out.as_mut_ptr().add(i), k, v);
                 }
             }
         }
-        (Some(acc), None) => {
-            for t in (0..n).filter(|&t| s.grad[t]) {
-                dot4_pixel(job, t, run(t), xt, &mut acc[4 * t..4 * t + 4]);
-            }
-        }
-        (None, Some(dx)) => {
-            for t in (0..n).filter(|&t| s.open[t]) {
-                scatter_pixel(job, t, run(t), dx);
-            }
-        }
-        (None, None) => {}
     }
 }

@@ -116,10 +116,10 @@ pub(crate) struct RowJob<'a, A> {
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
 /// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
-/// The backward's row pass, pixel by pixel: with `acc`, `acc[4t + j] += sum_c' dcol[t*stride +
-/// c'] * X[idx_j[t], lo + c']` for gradient samples; with `dx`, `dX[idx_j[t], lo + c'] +=
-/// w_j[t] * dcol[t*stride + c']` for open samples. Arguments: job, `dcol`, `X`, `acc`, `dX`.
-pub(crate) type TapRowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], Option<&mut [A]>, Option<&mut [A]>);
+/// `acc[4t + j] += sum_c' dcol[t*stride + c'] * X[idx_j[t], lo + c']` for gradient samples.
+pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
+/// `dX[idx_j[t], lo + c'] += w_j[t] * dcol[t*stride + c']` for open samples.
+pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
@@ -127,7 +127,8 @@ pub(crate) struct Kernels<A> {
     pub name: &'static str,
     pub sample_row: SampleRowFn<A>,
     pub gather_row: GatherRowFn<A>,
-    pub tap_row: TapRowFn<A>,
+    pub dot4_row: Dot4RowFn<A>,
+    pub scatter_row: ScatterRowFn<A>,
 }
 
 /// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
@@ -224,42 +225,34 @@ fn dot_body<A: Real>(d: &[A], s: &[A]) -> A {
 }
 
 #[inline(always)]
-fn dot4_pixel<A: Real>(job: &RowJob<'_, A>, t: usize, d: &[A], xt: &[A], acc: &mut [A]) {
-    for (a, idx) in acc[..4].iter_mut().zip(&job.s.idx) {
-        let b = idx[t] as usize * job.c + job.lo;
-        *a += dot_body(d, &xt[b..b + job.len]);
-    }
-}
-
-#[inline(always)]
-fn scatter_pixel<A: Real>(job: &RowJob<'_, A>, t: usize, d: &[A], dx: &mut [A]) {
-    for j in 0..4 {
-        let b = job.s.idx[j][t] as usize * job.c + job.lo;
-        let w = job.s.w[j][t];
-        for (o, v) in dx[b..b + job.len].iter_mut().zip(d) {
-            *o += w * *v;
-        }
-    }
-}
-
-/// See [`TapRowFn`]: per pixel, the dot products and then the scatter, each from the pixel's
-/// column run (the explicit bodies do the same operations in the same order).
-#[inline(always)]
-fn tap_row_body<A: Real>(
-    job: &RowJob<'_, A>,
-    dcol: &[A],
-    xt: &[A],
-    mut acc: Option<&mut [A]>,
-    mut dx: Option<&mut [A]>,
-) {
-    let s = job.s;
+fn dot4_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+    let (len, s) = (job.len, job.s);
     for t in 0..job.n {
-        let d = &dcol[t * job.stride..t * job.stride + job.len];
-        if let Some(acc) = acc.as_deref_mut().filter(|_| s.grad[t]) {
-            dot4_pixel(job, t, d, xt, &mut acc[4 * t..4 * t + 4]);
+        if !s.grad[t] {
+            continue;
         }
-        if let Some(dx) = dx.as_deref_mut().filter(|_| s.open[t]) {
-            scatter_pixel(job, t, d, dx);
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let b = s.idx[j][t] as usize * job.c + job.lo;
+            acc[4 * t + j] += dot_body(d, &xt[b..b + len]);
+        }
+    }
+}
+
+#[inline(always)]
+fn scatter_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+    let (len, s) = (job.len, job.s);
+    for t in 0..job.n {
+        if !s.open[t] {
+            continue;
+        }
+        let d = &dcol[t * job.stride..t * job.stride + len];
+        for j in 0..4 {
+            let b = s.idx[j][t] as usize * job.c + job.lo;
+            let w = s.w[j][t];
+            for (o, v) in dx[b..b + len].iter_mut().zip(d) {
+                *o += w * *v;
+            }
         }
     }
 }
@@ -270,14 +263,11 @@ fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
 fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
     gather_row_body(job, xt, cols)
 }
-fn scalar_tap_row<A: Real>(
-    job: &RowJob<'_, A>,
-    dcol: &[A],
-    xt: &[A],
-    acc: Option<&mut [A]>,
-    dx: Option<&mut [A]>,
-) {
-    tap_row_body(job, dcol, xt, acc, dx)
+fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+    dot4_row_body(job, dcol, xt, acc)
+}
+fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+    scatter_row_body(job, dcol, dx)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -296,14 +286,12 @@ mod x86 {
         gather_row_body(job, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
-    fn avx2_tap_row_impl<A: Real>(
-        job: &RowJob<'_, A>,
-        dcol: &[A],
-        xt: &[A],
-        acc: Option<&mut [A]>,
-        dx: Option<&mut [A]>,
-    ) {
-        tap_row_body(job, dcol, xt, acc, dx)
+    fn avx2_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+        dot4_row_body(job, dcol, xt, acc)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        scatter_row_body(job, dcol, dx)
     }
     #[target_feature(enable = "avx512f")]
     fn avx512_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
@@ -314,14 +302,12 @@ mod x86 {
         gather_row_body(job, xt, cols)
     }
     #[target_feature(enable = "avx512f")]
-    fn avx512_tap_row_impl<A: Real>(
-        job: &RowJob<'_, A>,
-        dcol: &[A],
-        xt: &[A],
-        acc: Option<&mut [A]>,
-        dx: Option<&mut [A]>,
-    ) {
-        tap_row_body(job, dcol, xt, acc, dx)
+    fn avx512_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
+        dot4_row_body(job, dcol, xt, acc)
+    }
+    #[target_feature(enable = "avx512f")]
+    fn avx512_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        scatter_row_body(job, dcol, dx)
     }
 
     pub(super) fn avx2_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
@@ -332,15 +318,13 @@ mod x86 {
         // SAFETY: as for `avx2_sample_row`.
         unsafe { avx2_gather_row_impl(job, xt, cols) }
     }
-    pub(super) fn avx2_tap_row<A: Real>(
-        job: &RowJob<'_, A>,
-        dcol: &[A],
-        xt: &[A],
-        acc: Option<&mut [A]>,
-        dx: Option<&mut [A]>,
-    ) {
+    pub(super) fn avx2_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
         // SAFETY: as for `avx2_sample_row`.
-        unsafe { avx2_tap_row_impl(job, dcol, xt, acc, dx) }
+        unsafe { avx2_dot4_row_impl(job, dcol, xt, acc) }
+    }
+    pub(super) fn avx2_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_scatter_row_impl(job, dcol, dx) }
     }
     pub(super) fn avx512_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
         // SAFETY: stored only in the table built after `Isa::Avx512.supported()` returned true.
@@ -350,15 +334,18 @@ mod x86 {
         // SAFETY: as for `avx512_sample_row`.
         unsafe { avx512_gather_row_impl(job, xt, cols) }
     }
-    pub(super) fn avx512_tap_row<A: Real>(
+    pub(super) fn avx512_dot4_row<A: Real>(
         job: &RowJob<'_, A>,
         dcol: &[A],
         xt: &[A],
-        acc: Option<&mut [A]>,
-        dx: Option<&mut [A]>,
+        acc: &mut [A],
     ) {
         // SAFETY: as for `avx512_sample_row`.
-        unsafe { avx512_tap_row_impl(job, dcol, xt, acc, dx) }
+        unsafe { avx512_dot4_row_impl(job, dcol, xt, acc) }
+    }
+    pub(super) fn avx512_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
+        // SAFETY: as for `avx512_sample_row`.
+        unsafe { avx512_scatter_row_impl(job, dcol, dx) }
     }
 }
 
@@ -379,21 +366,20 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::gather_row(job, xt, cols) }
     }
-    fn tap_row(
-        job: &RowJob<'_, f32>,
-        dcol: &[f32],
-        xt: &[f32],
-        acc: Option<&mut [f32]>,
-        dx: Option<&mut [f32]>,
-    ) {
+    fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
         // SAFETY: as for `sample_row`.
-        unsafe { avx2_f32::tap_row(job, dcol, xt, acc, dx) }
+        unsafe { avx2_f32::dot4_row(job, dcol, xt, acc) }
+    }
+    fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::scatter_row(job, dcol, dx) }
     }
     Kernels {
         name: "avx2 (explicit f32 kernels)",
         sample_row,
         gather_row,
-        tap_row,
+        dot4_row,
+        scatter_row,
     }
 }
 
@@ -408,30 +394,20 @@ fn avx512_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx512_f32::gather_row(job, xt, cols) }
     }
-    /// The dot products over the row, then the scatter over the row: the same operations
-    /// on every element as the pixel-by-pixel bodies (the sums and `dX` are independent).
-    fn tap_row(
-        job: &RowJob<'_, f32>,
-        dcol: &[f32],
-        xt: &[f32],
-        acc: Option<&mut [f32]>,
-        dx: Option<&mut [f32]>,
-    ) {
+    fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
         // SAFETY: as for `sample_row`.
-        unsafe {
-            if let Some(acc) = acc {
-                avx512_f32::dot4_row(job, dcol, xt, acc);
-            }
-            if let Some(dx) = dx {
-                avx512_f32::scatter_row(job, dcol, dx);
-            }
-        }
+        unsafe { avx512_f32::dot4_row(job, dcol, xt, acc) }
+    }
+    fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx512_f32::scatter_row(job, dcol, dx) }
     }
     Kernels {
         name: "avx512 (explicit f32 kernels)",
         sample_row,
         gather_row,
-        tap_row,
+        dot4_row,
+        scatter_row,
     }
 }
 
@@ -458,21 +434,24 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             name: "scalar (generic bodies)",
             sample_row: scalar_sample_row,
             gather_row: scalar_gather_row,
-            tap_row: scalar_tap_row,
+            dot4_row: scalar_dot4_row,
+            scatter_row: scalar_scatter_row,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
             name: "avx2 (generic bodies)",
             sample_row: x86::avx2_sample_row,
             gather_row: x86::avx2_gather_row,
-            tap_row: x86::avx2_tap_row,
+            dot4_row: x86::avx2_dot4_row,
+            scatter_row: x86::avx2_scatter_row,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
             name: "avx512 (generic bodies)",
             sample_row: x86::avx512_sample_row,
             gather_row: x86::avx512_gather_row,
-            tap_row: x86::avx512_tap_row,
+            dot4_row: x86::avx512_dot4_row,
+            scatter_row: x86::avx512_scatter_row,
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,
