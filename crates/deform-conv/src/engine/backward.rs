@@ -124,14 +124,15 @@ pub(super) fn backward_impl<T: Element>(
             rows: RowScratch::new(g.wo),
         })
         .collect();
+    // One channels-last image per image of a wave, and each gradient's views image by image.
+    let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
+    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
+    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
     if by_image {
         // Lane l takes whole images n0 + l of each wave of LANES images,
         // and writes their input gradient directly (an image belongs to one lane: no reduction).
-        let mut xts: Vec<Buf<T::Acc>> = (0..used).map(|_| take(plan.image_len(), zero)).collect();
-        let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-        let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-        let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-        let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
         for n0 in (0..g.n).step_by(used) {
             let nw = used.min(g.n - n0);
             let mut work = Vec::with_capacity(nw);
@@ -168,17 +169,9 @@ pub(super) fn backward_impl<T: Element>(
         .map(|r| (r * tiles / per * plan.rows).min(g.ho))
         .collect();
     let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
-    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
     for n0 in (0..g.n).step_by(wave) {
         let nw = wave.min(g.n - n0);
-        plan.images_nhwc(
-            n0,
-            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
-        );
+        plan.images_nhwc(n0, &mut xts[..nw]);
         let mut work = Vec::with_capacity(nw * per);
         let mut free = lanes.iter_mut();
         for (i, xt) in xts[..nw].iter().enumerate() {
@@ -305,10 +298,7 @@ fn whole_images<T: Element>(
         let nw = wave.min(g.n - n0);
         let pw = nw * px;
         // 1. Channels-last images, dY transposed and the columns, per (image, output row).
-        plan.images_nhwc(
-            n0,
-            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
-        );
+        plan.images_nhwc(n0, &mut xts[..nw]);
         {
             let mut rows = Vec::with_capacity(nw * g.ho);
             let mut cols_rows = cols.chunks_mut(g.wo * row_len);

@@ -76,10 +76,7 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
     let mut d_imgs = out.deformed.as_mut().map(|d| d.axis_iter_mut(Axis(0)));
     for n0 in (0..g.n).step_by(wave) {
         let nw = wave.min(g.n - n0);
-        plan.images_nhwc(
-            n0,
-            &mut xts[..nw].iter_mut().map(|b| &mut b[..]).collect::<Vec<_>>(),
-        );
+        plan.images_nhwc(n0, &mut xts[..nw]);
         let mut tiles: Vec<Tile<'_, T>> = Vec::with_capacity(nw * tiles_per_image);
         for i in 0..nw {
             let y_n = y_imgs.next().expect("one output view per image");

@@ -84,8 +84,8 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
     }
 
     /// Image `n` in the engine's channels-last layout in `buf` (see [`Plan::images_nhwc`]).
-    pub(super) fn image_nhwc(&self, n: usize, buf: &mut [T::Acc]) {
-        self.images_nhwc(n, &mut [buf]);
+    pub(super) fn image_nhwc(&self, n: usize, buf: &mut Buf<T::Acc>) {
+        self.images_nhwc(n, std::slice::from_mut(buf));
     }
 
     /// Images `n0, n0 + 1, ...`, one per buffer of `bufs`, in the engine's channels-last layout,
@@ -101,7 +101,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
     /// [`NHWC_TASKS`] tasks: one row of a small image (ResNet c5: 16 or 32
     /// pixels) made each task read 128-byte pieces of C pages, too short for the prefetcher
     /// (stride2_c5's 2 MB input took 1.7 ms).
-    pub(super) fn images_nhwc(&self, n0: usize, bufs: &mut [&mut [T::Acc]]) {
+    pub(super) fn images_nhwc(&self, n0: usize, bufs: &mut [Buf<T::Acc>]) {
         let g = self.g;
         let (hw, cdg) = (g.h * g.w, g.c_per_deformable_group());
         // Bands of at least NHWC_BAND_PIXELS, but enough of them to keep NHWC_TASKS tasks.
