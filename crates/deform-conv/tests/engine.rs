@@ -80,18 +80,26 @@ fn run_on<T: Element + num_traits::Float>(
         cast::<T>(&p.oy),
         cast::<T>(&p.ox),
     );
-    let nhwc = x
-        .view()
-        .permuted_axes([0, 2, 3, 1])
-        .as_standard_layout()
-        .into_owned();
+    // The input's memory: only the layout asked for is built.
     let (n, c, h, wd) = x.dim();
-    let mut wide = Array4::from_elem((n, c, h, wd + 3), T::nan());
-    wide.slice_mut(s![.., .., .., 1..wd + 1]).assign(&x);
-    let input = match layout {
-        InputLayout::Contiguous => x.view(),
-        InputLayout::ChannelsLast => nhwc.view().permuted_axes([0, 3, 1, 2]),
-        InputLayout::Sliced => wide.slice(s![.., .., .., 1..wd + 1]),
+    let held = match layout {
+        InputLayout::Contiguous => None,
+        InputLayout::ChannelsLast => Some(
+            x.view()
+                .permuted_axes([0, 2, 3, 1])
+                .as_standard_layout()
+                .into_owned(),
+        ),
+        InputLayout::Sliced => {
+            let mut wide = Array4::from_elem((n, c, h, wd + 3), T::nan());
+            wide.slice_mut(s![.., .., .., 1..wd + 1]).assign(&x);
+            Some(wide)
+        }
+    };
+    let input = match (layout, &held) {
+        (InputLayout::ChannelsLast, Some(nhwc)) => nhwc.view().permuted_axes([0, 3, 1, 2]),
+        (InputLayout::Sliced, Some(wide)) => wide.slice(s![.., .., .., 1..wd + 1]),
+        _ => x.view(),
     };
     let m = p.m.as_ref().map(cast::<T>);
     let b =
