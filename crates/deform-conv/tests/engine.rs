@@ -594,3 +594,71 @@ fn deterministic_on_a_large_layer() {
         assert!(bits(&r.2) == bits(&results[0].2) && bits(&r.3) == bits(&results[0].3));
     }
 }
+
+/// A sample exactly on -1 has no value (the forward's column holds +0) but, under the per-tap
+/// gate, real corners for its offset gradients. With infinite input pixels at those corners the
+/// weight gradient must still meet the forward's +0 there, not `0 * inf = NaN`. Row 0 of the
+/// input is infinite; the samples of output row 0 land exactly on -1 and every other sample half
+/// a row below its pixel, so no sample with a value touches row 0 and the reference's `dW` is
+/// finite. Both backward schedules (one conv group: whole images; two: tiles of rows).
+#[test]
+fn samples_on_minus_one_keep_the_weight_gradient_finite() {
+    use deform_conv::{DeformParams, OutputRounding, ShapeSet};
+    let mut rng = rng("samples_on_minus_one_keep_the_weight_gradient_finite");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    for (n, groups) in [(1usize, 1usize), (3, 1), (1, 2), (3, 2)] {
+        let (c, h, w, cout) = (4, 5, 6, 4);
+        let params = DeformParams {
+            kernel: None,
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            groups: groups as i64,
+            deformable_groups: 1,
+            rounding: OutputRounding::Floor,
+        };
+        let geom = params
+            .validate(&ShapeSet {
+                input: [n, c, h, w],
+                weight: [cout, c / groups, 1, 1],
+                offset: [n, 1, h, w],
+                offset_per_tap: 1,
+                mask: None,
+                bias: None,
+            })
+            .expect("a valid problem");
+        let mut x = common::normal(&mut rng, (n, c, h, w));
+        x.slice_mut(s![.., .., 0, ..]).fill(f64::INFINITY);
+        let p = Problem {
+            params,
+            geom,
+            x,
+            w: common::normal(&mut rng, (cout, c / groups, 1, 1)),
+            b: Some(Array1::from_elem(cout, 0.5)),
+            oy: Array4::from_shape_fn(
+                (n, 1, h, w),
+                |(_, _, oh, _)| {
+                    if oh == 0 {
+                        -1.0
+                    } else {
+                        0.5
+                    }
+                },
+            ),
+            ox: Array4::from_elem((n, 1, h, w), 0.25),
+            m: Some(Array4::from_elem((n, 1, h, w), 0.75)),
+        };
+        let dy = grad_output(&mut rng, &p);
+        for gate in [GradGate::PerTap, GradGate::Open] {
+            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
+            assert!(r32.gw.iter().all(|v| v.is_finite()), "the reference's dW");
+            for &isa in &isas {
+                compare(
+                    &run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)),
+                    &r32,
+                    2e-5,
+                );
+            }
+        }
+    }
+}

@@ -415,7 +415,20 @@ fn whole_images<T: Element>(
             acc.iter_mut().for_each(|v| *v = zero);
             let d = &dcol[(i * px + row0 * g.wo) * row_len..];
             tap_pass(
-                plan, 0, n, row0, nrows, 0, &xts[i], d, dx, acc, rs, &mut lg, gate,
+                plan,
+                0,
+                n,
+                row0,
+                nrows,
+                0,
+                &xts[i],
+                d,
+                dx,
+                acc,
+                &mut [],
+                rs,
+                &mut lg,
+                gate,
             );
             if let Some(gi) = gi {
                 write_input_grad(plan, &[&dx[..]], gi, false);
@@ -558,9 +571,45 @@ pub(super) fn backward_tile<T: Element>(
             rs: g.cout,
             cs: 1,
         };
-        if !lane.dw.is_empty() {
-            let cols = &mut lane.cols[..px * row_len];
+        let want_dw = !lane.dw.is_empty();
+        let cols = &mut lane.cols[..if want_dw { px * row_len } else { 0 }];
+        if !lane.dx.is_empty() || want_tap {
+            // dcol[P x K*Cg] = dY_q * Wp_q^T, then one descriptor pass per (row, tap) for the
+            // columns, the sums `a_j` and the scatter (the columns had a pass of their own).
+            let dcol = &mut lane.dcol[..px * row_len];
+            gemm(
+                dcol,
+                row_len,
+                false,
+                dyq,
+                Mat {
+                    data: &plan.wp[q],
+                    rows: coutg,
+                    cols: row_len,
+                    rs: 1,
+                    cs: coutg,
+                },
+            );
+            tap_pass(
+                plan,
+                q,
+                n,
+                oh0,
+                nrows,
+                lr0,
+                xt,
+                dcol,
+                &mut lane.dx[..],
+                acc,
+                cols,
+                &mut lane.rows,
+                lg,
+                gate,
+            );
+        } else if want_dw {
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
+        }
+        if want_dw {
             // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
             gemm(
                 &mut lane.dw[q],
@@ -576,40 +625,6 @@ pub(super) fn backward_tile<T: Element>(
                 dyq,
             );
         }
-        if lane.dx.is_empty() && !want_tap {
-            continue;
-        }
-        // dcol[P x K*Cg] = dY_q * Wp_q^T
-        let dcol = &mut lane.dcol[..px * row_len];
-        gemm(
-            dcol,
-            row_len,
-            false,
-            dyq,
-            Mat {
-                data: &plan.wp[q],
-                rows: coutg,
-                cols: row_len,
-                rs: 1,
-                cs: coutg,
-            },
-        );
-        let dx = &mut lane.dx[..];
-        tap_pass(
-            plan,
-            q,
-            n,
-            oh0,
-            nrows,
-            lr0,
-            xt,
-            dcol,
-            dx,
-            acc,
-            &mut lane.rows,
-            lg,
-            gate,
-        );
     }
     if !lane.dw.is_empty() {
         lane.dw_live = true;
@@ -619,7 +634,8 @@ pub(super) fn backward_tile<T: Element>(
 /// The descriptor pass of conv group `q`, output rows `[oh0, oh0 + nrows)` of image `n`, from
 /// their `dcol` rows (`dcol[r * Wo * K*Cg ..]` for row `oh0 + r`): per (row, deformable group,
 /// tap), the four sums `a_j` into `acc` and the offset/mask gradients into `lg` (row `lr0 + r`),
-/// when `acc` is not empty; the scatter into the channels-last `dx`, when it is not empty.
+/// when `acc` is not empty; the scatter into the channels-last `dx`, when it is not empty; the
+/// columns tile `cols` (as [`Plan::columns`] builds it), when it is not empty.
 #[allow(clippy::too_many_arguments)]
 fn tap_pass<T: Element>(
     plan: &Plan<'_, '_, T>,
@@ -632,6 +648,7 @@ fn tap_pass<T: Element>(
     dcol: &[T::Acc],
     dx: &mut [T::Acc],
     acc: &mut [T::Acc],
+    cols: &mut [T::Acc],
     rows: &mut RowScratch<T::Acc>,
     lg: &mut LaneGrads<'_, T>,
     gate: GradGate,
@@ -645,7 +662,20 @@ fn tap_pass<T: Element>(
             for tap in 0..kk {
                 plan.row_samples(n, dg, tap, oh0 + r, Some(gate), rows);
                 let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
-                let d = &dcol[r * g.wo * row_len + tap * cg + off..];
+                let at_col = r * g.wo * row_len + tap * cg + off;
+                if !cols.is_empty() {
+                    let c = &mut cols[at_col..];
+                    (plan.k.gather_row)(&job, &xt[block..], c);
+                    // The forward's descriptors give a sample outside the open box four zero
+                    // corners; the per-tap gate's keep real corners at weight 0, and 0 * inf
+                    // is NaN: such a sample's columns are set to the forward's +0.
+                    if gate == GradGate::PerTap {
+                        for t in (0..g.wo).filter(|&t| !rows.s.open[t]) {
+                            c[t * row_len..t * row_len + job.len].fill(T::Acc::zero());
+                        }
+                    }
+                }
+                let d = &dcol[at_col..];
                 if want_tap {
                     let at = (r * gk + dg * kk + tap) * g.wo * 4;
                     (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
