@@ -2,7 +2,7 @@
 //! products and the input scatter, in fixed lanes reduced in order; see the engine's
 //! documentation.
 
-use super::blocking::{LANES, REORDER_IN, REORDER_OUT};
+use super::blocking::{backward_rows_per_tile, LANES, REORDER_IN, REORDER_OUT};
 use super::gemm::{gemm, gemm_view, Mat};
 use super::kernels::Isa;
 use super::plan::{copy_run, split_rows, Plan, RowScratch};
@@ -63,11 +63,16 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     let mut plan = Plan::new(g, ops, isa, true)?;
-    let tiles = g.ho.div_ceil(plan.rows);
-    if tiles == 1 && g.groups == 1 {
+    if g.ho.div_ceil(plan.rows) == 1 && g.groups == 1 {
         whole_images(&plan, dy, grads, gate);
         return Ok(());
     }
+    plan.rows = backward_rows_per_tile(
+        g.wo,
+        plan.row_len.max(g.cout_per_group()),
+        std::mem::size_of::<T::Acc>(),
+    );
+    let tiles = g.ho.div_ceil(plan.rows);
     if g.n == 1 && tiles < LANES {
         // One image of fewer tiles than lanes: some lanes would sit idle. Shorter tiles give
         // every lane rows. Decided by the shape alone.

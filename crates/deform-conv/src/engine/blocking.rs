@@ -27,11 +27,31 @@ pub(crate) const LANES: usize = 4;
 /// the thread count, so that the split, and with it every bit, is the same on any machine.
 pub(crate) const MIN_TASKS: usize = 4;
 
-/// Output rows per tile for an output of width `wo` and `row_len` accumulators per pixel.
-pub(crate) fn rows_per_tile(wo: usize, row_len: usize, elem_bytes: usize) -> usize {
+/// Target pixels per tile of the backward's row-split schedule. A backward lane holds two tiles
+/// (the columns and their gradient `dcol`, `2 * P * K*C` accumulators) beside its `dX` image:
+/// at half the forward's tile they stay nearer the core. Measured (one build, the tile size
+/// from the environment, 8-12 interleaved rounds, 2 threads, median of the pairwise ratios):
+/// npu_doc -5%, ResNet c3 at batch 2 -8% and at batch 4 -4 to -7%, edvr -1 to -8%, ResNet c4
+/// 0 to -3%; 512 pixels: +10-15%. (The forward measured +4% on npu_doc at 128.) Images that fit one [`TILE_PIXELS`] tile keep the whole-image
+/// schedule: as two 128-pixel tiles, ResNet c4 at batch 2 ran 9% slower.
+pub(crate) const BACKWARD_TILE_PIXELS: usize = 128;
+
+/// Output rows per tile of `pixels` target pixels, for an output of width `wo` and `row_len`
+/// accumulators per pixel, within [`COLS_BUDGET_BYTES`].
+fn rows_for(pixels: usize, wo: usize, row_len: usize, elem_bytes: usize) -> usize {
     let by_budget = COLS_BUDGET_BYTES / (row_len.max(1) * elem_bytes).max(1);
-    let pixels = TILE_PIXELS.min(by_budget).max(1);
+    let pixels = pixels.min(by_budget).max(1);
     (pixels / wo.max(1)).max(1)
+}
+
+/// Output rows per forward tile ([`TILE_PIXELS`]).
+pub(crate) fn rows_per_tile(wo: usize, row_len: usize, elem_bytes: usize) -> usize {
+    rows_for(TILE_PIXELS, wo, row_len, elem_bytes)
+}
+
+/// Output rows per tile of the backward's row-split schedule ([`BACKWARD_TILE_PIXELS`]).
+pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usize) -> usize {
+    rows_for(BACKWARD_TILE_PIXELS, wo, row_len, elem_bytes)
 }
 
 /// Output channels per task of the weight reorders between torch's `[Cout, C, kh, kw]` and the
