@@ -668,22 +668,32 @@ fn tap_pass<T: Element>(
                 plan.row_samples(n, dg, tap, oh0 + r, Some(gate), rows);
                 let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
                 let at_col = r * g.wo * row_len + tap * cg + off;
-                if !cols.is_empty() {
-                    let c = &mut cols[at_col..];
-                    (plan.k.gather_row)(&job, &xt[block..], c);
-                    // The forward's descriptors give a sample outside the open box four zero
-                    // corners; the per-tap gate's keep real corners at weight 0, and 0 * inf
-                    // is NaN: such a sample's columns are set to the forward's +0.
-                    if gate == GradGate::PerTap {
-                        for t in (0..g.wo).filter(|&t| !rows.s.open[t]) {
-                            c[t * row_len..t * row_len + job.len].fill(T::Acc::zero());
+                let d = &dcol[at_col..];
+                let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                match (plan.k.gather_dot4_row, cols.is_empty(), want_tap) {
+                    (Some(both), false, true) => both(
+                        &job,
+                        d,
+                        &xt[block..],
+                        &mut cols[at_col..],
+                        &mut acc[at..at + 4 * g.wo],
+                    ),
+                    _ => {
+                        if !cols.is_empty() {
+                            let c = &mut cols[at_col..];
+                            (plan.k.gather_row)(&job, &xt[block..], c);
+                            // The forward's descriptors give a sample outside the open box
+                            // four zero corners; the per-tap gate's keep real corners at weight
+                            // 0, and 0 * inf is NaN: such a sample's columns get the forward's
+                            // +0.
+                            for t in (0..g.wo).filter(|&t| !rows.s.open[t]) {
+                                c[t * row_len..t * row_len + job.len].fill(T::Acc::zero());
+                            }
+                        }
+                        if want_tap {
+                            (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
                         }
                     }
-                }
-                let d = &dcol[at_col..];
-                if want_tap {
-                    let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                    (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
                 }
                 if !dx.is_empty() {
                     (plan.k.scatter_row)(&job, d, &mut dx[block..]);
@@ -693,7 +703,6 @@ fn tap_pass<T: Element>(
                 // rewritten by each of them; `acc` keeps summing across them, so the last
                 // write holds the complete sums.
                 if want_tap {
-                    let at = (r * gk + dg * kk + tap) * g.wo * 4;
                     let ch = dg * kk + tap;
                     tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
                 }

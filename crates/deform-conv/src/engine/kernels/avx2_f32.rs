@@ -331,6 +331,129 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
     }
 }
 
+/// The backward's columns and corner sums of one row in one pass over the corner runs:
+/// `cols[t*stride + c] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` for open samples and +0 for the
+/// others (as `gather_row` with the forward's descriptors), and
+/// `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples (as
+/// `dot4_row`): the same operations in the same order as the two kernels, so the same bits. The
+/// two kernels one after the other loaded each corner run twice.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gather_dot4_row(
+    job: &RowJob<'_, f32>,
+    dcol: &[f32],
+    xt: &[f32],
+    cols: &mut [f32],
+    acc: &mut [f32],
+) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    if n == 0 || len == 0 {
+        return;
+    }
+    let idx = [
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    ];
+    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
+    let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
+    // One bounds check per row: the run of the largest index ends inside `xt`, the last pixel's
+    // runs inside `dcol` and `cols`.
+    let top = idx
+        .iter()
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as usize;
+    let last = (n - 1) * job.stride + len;
+    assert!(
+        top * c + lo + len <= xt.len() && last <= dcol.len() && last <= cols.len(),
+        "descriptor runs lie inside the image, dcol and the columns tile"
+    );
+    let (xp, dp, cp) = (xt.as_ptr(), dcol.as_ptr(), cols.as_mut_ptr());
+    let zero = _mm256_setzero_ps();
+    for t in 0..n {
+        // SAFETY: `t < n`, so `t*stride .. t*stride + len` lies inside `cols` (checked above).
+        let dst = unsafe { cp.add(t * job.stride) };
+        if !open[t] {
+            let mut i = 0;
+            while i + 8 <= len {
+                // SAFETY: elements i..i+8 of the length-`len` run at `dst`.
+                unsafe { _mm256_storeu_ps(dst.add(i), zero) };
+                i += 8;
+            }
+            if i < len {
+                // SAFETY: only the lanes enabled in the mask (elements i..len of the run).
+                unsafe { _mm256_maskstore_ps(dst.add(i), tail_mask(len - i), zero) };
+            }
+        }
+        if !grad[t] {
+            continue;
+        }
+        // SAFETY: each corner index is at most `top`, so each corner run `at .. at + len` lies
+        // inside `xt`; `t < n`, so `t*stride .. t*stride + len` lies inside `dcol` (both checked
+        // above).
+        let (src, d) = unsafe {
+            (
+                idx.map(|v| xp.add(v[t] as usize * c + lo)),
+                dp.add(t * job.stride),
+            )
+        };
+        let w = wts.map(|v| _mm256_set1_ps(v[t]));
+        let value = open[t];
+        // halves[h][j]: partial sums 8h..8h+8 of corner j, as in `dot4_row`.
+        let mut halves = [[_mm256_setzero_ps(); 4]; 2];
+        let mut i = 0;
+        while i < len {
+            for (h, sums) in halves.iter_mut().enumerate() {
+                let at = i + 8 * h;
+                if at >= len {
+                    break;
+                }
+                let full = at + 8 <= len;
+                let k = tail_mask(len - at);
+                // SAFETY: `p` is one of the length-`len` runs above; a full step reads its
+                // elements at..at+8, a tail step only the lanes enabled in `k` (at..len), the
+                // others load as 0 (and are never stored).
+                let load = |p: *const f32| unsafe {
+                    if full {
+                        _mm256_loadu_ps(p.add(at))
+                    } else {
+                        _mm256_maskload_ps(p.add(at), k)
+                    }
+                };
+                let v = src.map(load);
+                let dv = load(d);
+                if value {
+                    let mut col = _mm256_mul_ps(w[0], v[0]);
+                    col = _mm256_add_ps(col, _mm256_mul_ps(w[1], v[1]));
+                    col = _mm256_add_ps(col, _mm256_mul_ps(w[2], v[2]));
+                    col = _mm256_add_ps(col, _mm256_mul_ps(w[3], v[3]));
+                    // SAFETY: elements at..at+8 of the length-`len` run at `dst`, or for a tail
+                    // step only the lanes enabled in `k`.
+                    unsafe {
+                        if full {
+                            _mm256_storeu_ps(dst.add(at), col);
+                        } else {
+                            _mm256_maskstore_ps(dst.add(at), k, col);
+                        }
+                    }
+                }
+                for (sum, vj) in sums.iter_mut().zip(v) {
+                    *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, vj));
+                }
+            }
+            i += 16;
+        }
+        let sums = reduce16x4(halves[0], halves[1]);
+        let a4 = &mut acc[4 * t..4 * t + 4];
+        // SAFETY: `a4` holds 4 f32; each lane gets the generic body's one addition.
+        unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), sums)) };
+    }
+}
+
 /// `dX[idx_j[t], lo + c] += w_j[t] * dcol[t*stride + c]` for open samples, corner by corner.
 ///
 /// # Safety
