@@ -670,14 +670,14 @@ fn tap_pass<T: Element>(
                 let at_col = r * g.wo * row_len + tap * cg + off;
                 let d = &dcol[at_col..];
                 let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                match (plan.k.gather_dot4_row, cols.is_empty(), want_tap) {
-                    (Some(both), false, true) => both(
-                        &job,
-                        d,
-                        &xt[block..],
-                        &mut cols[at_col..],
-                        &mut acc[at..at + 4 * g.wo],
-                    ),
+                let mut scattered = false;
+                match (plan.k.backward_row, cols.is_empty(), want_tap) {
+                    (Some(fused), false, true) => {
+                        scattered = !dx.is_empty();
+                        let dx = if scattered { &mut dx[block..] } else { &mut [] };
+                        let acc = &mut acc[at..at + 4 * g.wo];
+                        fused(&job, d, &xt[block..], &mut cols[at_col..], acc, dx)
+                    }
                     _ => {
                         if !cols.is_empty() {
                             let c = &mut cols[at_col..];
@@ -695,7 +695,7 @@ fn tap_pass<T: Element>(
                         }
                     }
                 }
-                if !dx.is_empty() {
+                if !dx.is_empty() && !scattered {
                     (plan.k.scatter_row)(&job, d, &mut dx[block..]);
                 }
                 // The offset and mask gradients, made right here from the descriptors at

@@ -120,9 +120,10 @@ pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
 /// `dX[idx_j[t], lo + c'] += w_j[t] * dcol[t*stride + c']` for open samples.
 pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
-/// The backward's columns and corner sums in one pass, `(job, dcol, xt, cols, acc)`: the gather
-/// for open samples (+0 for the others) and the `Dot4RowFn` sums, bitwise as the two kernels.
-pub(crate) type GatherDot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A], &mut [A]);
+/// The backward's row in one pass, `(job, dcol, xt, cols, acc, dx)`: the gather for open
+/// samples (+0 for the others), the `Dot4RowFn` sums and, when `dx` is not empty, the
+/// `ScatterRowFn` scatter; bitwise as the three kernels.
+pub(crate) type BackwardRowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A], &mut [A], &mut [A]);
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
@@ -132,9 +133,9 @@ pub(crate) struct Kernels<A> {
     pub gather_row: GatherRowFn<A>,
     pub dot4_row: Dot4RowFn<A>,
     pub scatter_row: ScatterRowFn<A>,
-    /// A fused gather and dot products where one is written (AVX2 f32); `None`: the engine
-    /// calls `gather_row` and `dot4_row` in turn.
-    pub gather_dot4_row: Option<GatherDot4RowFn<A>>,
+    /// The backward's gather, dot products and scatter fused, where written (AVX2 f32); `None`:
+    /// the engine calls `gather_row`, `dot4_row` and `scatter_row` in turn.
+    pub backward_row: Option<BackwardRowFn<A>>,
 }
 
 /// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
@@ -380,15 +381,16 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::scatter_row(job, dcol, dx) }
     }
-    fn gather_dot4_row(
+    fn backward_row(
         job: &RowJob<'_, f32>,
         dcol: &[f32],
         xt: &[f32],
         cols: &mut [f32],
         acc: &mut [f32],
+        dx: &mut [f32],
     ) {
         // SAFETY: as for `sample_row`.
-        unsafe { avx2_f32::gather_dot4_row(job, dcol, xt, cols, acc) }
+        unsafe { avx2_f32::backward_row(job, dcol, xt, cols, acc, dx) }
     }
     Kernels {
         name: "avx2 (explicit f32 kernels)",
@@ -396,7 +398,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         gather_row,
         dot4_row,
         scatter_row,
-        gather_dot4_row: Some(gather_dot4_row),
+        backward_row: Some(backward_row),
     }
 }
 
@@ -425,7 +427,7 @@ fn avx512_f32_table() -> Kernels<f32> {
         gather_row,
         dot4_row,
         scatter_row,
-        gather_dot4_row: None,
+        backward_row: None,
     }
 }
 
@@ -454,7 +456,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather_row: scalar_gather_row,
             dot4_row: scalar_dot4_row,
             scatter_row: scalar_scatter_row,
-            gather_dot4_row: None,
+            backward_row: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -463,7 +465,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather_row: x86::avx2_gather_row,
             dot4_row: x86::avx2_dot4_row,
             scatter_row: x86::avx2_scatter_row,
-            gather_dot4_row: None,
+            backward_row: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
@@ -472,7 +474,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather_row: x86::avx512_gather_row,
             dot4_row: x86::avx512_dot4_row,
             scatter_row: x86::avx512_scatter_row,
-            gather_dot4_row: None,
+            backward_row: None,
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,
