@@ -720,34 +720,35 @@ fn tap_pass<T: Element>(
 fn tap_grads<T: Element>(
     s: &RowSamples<T::Acc>,
     a: &[T::Acc],
-    tmp: &mut Vec<[T::Acc; 3]>,
+    tmp: &mut [Vec<T::Acc>; 3],
     lg: &mut LaneGrads<'_, T>,
     ch: usize,
     lr: usize,
 ) {
     let (zero, one) = (T::Acc::zero(), T::Acc::one());
-    let wo = s.grad.len().min(a.len() / 4);
-    let a_row = &a[..wo * 4];
-    tmp.clear();
-    tmp.extend((0..wo).map(|ow| {
-        if !s.grad[ow] {
-            return [zero; 3];
-        }
-        let a = &a_row[4 * ow..4 * ow + 4];
-        let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
+    let wo = s.grad.len().min(a.len() / 4).min(tmp[0].len());
+    // One pass into three rows (was: a row of `[gy, gx, gm]` triples collected through an
+    // iterator, then three strided reads of it): 7% of edvr's backward.
+    let [ty, tx, tm] = tmp;
+    let (ty, tx, tm) = (&mut ty[..wo], &mut tx[..wo], &mut tm[..wo]);
+    let (grad, open) = (&s.grad[..wo], &s.open[..wo]);
+    let (ly, lx, m) = (&s.ly[..wo], &s.lx[..wo], &s.m[..wo]);
+    for (ow, a) in a[..wo * 4].chunks_exact(4).enumerate() {
+        let (ly, lx, m) = (ly[ow], lx[ow], m[ow]);
         let (hy, hx) = (one - ly, one - lx);
         let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
         let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
-        let gm = if s.open[ow] {
-            hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3]
-        } else {
-            zero
-        };
-        [gy, gx, gm]
-    }));
+        let gm = hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3];
+        ty[ow] = if grad[ow] { gy } else { zero };
+        tx[ow] = if grad[ow] { gx } else { zero };
+        tm[ow] = if grad[ow] && open[ow] { gm } else { zero };
+    }
     // Row `[ch, lr, ..]` by two index steps (an `s![]` slice per row cost 3% of npu_doc's
     // backward: its rows are 32 pixels).
-    for (which, view) in [&mut lg.oy, &mut lg.ox, &mut lg.m].into_iter().enumerate() {
+    for (src, view) in [&*ty, &*tx, &*tm]
+        .into_iter()
+        .zip([&mut lg.oy, &mut lg.ox, &mut lg.m])
+    {
         if let Some(v) = view.as_mut() {
             let mut row = v
                 .view_mut()
@@ -756,12 +757,12 @@ fn tap_grads<T: Element>(
             match row.as_slice_mut() {
                 Some(row) => row
                     .iter_mut()
-                    .zip(tmp.iter())
-                    .for_each(|(o, g3)| *o = T::from_acc(g3[which])),
+                    .zip(src)
+                    .for_each(|(o, g)| *o = T::from_acc(*g)),
                 None => row
                     .iter_mut()
-                    .zip(tmp.iter())
-                    .for_each(|(o, g3)| *o = T::from_acc(g3[which])),
+                    .zip(src)
+                    .for_each(|(o, g)| *o = T::from_acc(*g)),
             }
         }
     }

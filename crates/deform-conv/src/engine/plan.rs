@@ -298,7 +298,7 @@ pub(super) struct RowScratch<A> {
     pub(super) m: Vec<A>,
     pub(super) s: RowSamples<A>,
     /// `[d dy, d dx, d mask]` of one row (backward).
-    pub(super) grads: Vec<[A; 3]>,
+    pub(super) grads: [Vec<A>; 3],
 }
 
 impl<A: Real> RowScratch<A> {
@@ -308,7 +308,7 @@ impl<A: Real> RowScratch<A> {
             dx: Vec::with_capacity(wo),
             m: Vec::with_capacity(wo),
             s: RowSamples::new(wo),
-            grads: Vec::with_capacity(wo),
+            grads: std::array::from_fn(|_| vec![A::zero(); wo]),
         }
     }
 }
