@@ -219,15 +219,41 @@ fn write_input_grad<T: Element>(
     mut gi: ArrayViewMut3<'_, T>,
     parallel: bool,
 ) {
+    let sum = |at: usize| {
+        T::from_acc(match parts {
+            [one] => one[at],
+            _ => parts.iter().fold(T::Acc::zero(), |s, p| s + p[at]),
+        })
+    };
+    // Channel `ch` of pixel (y, x) of a part: base[ch] + y * W*C/G + x * C/G.
+    let g = plan.g;
+    let cdg = g.c_per_deformable_group();
+    let base: Vec<usize> = (0..g.c).map(|ch| plan.nhwc_index(0, 0, ch)).collect();
     let write_row = |y: usize, mut rows: ArrayViewMut2<'_, T>| {
-        // rows: [C, W] of image row y; the parts hold [W, C] blocks.
-        for (c, mut row) in rows.outer_iter_mut().enumerate() {
-            for (x, v) in row.iter_mut().enumerate() {
-                let at = plan.nhwc_index(y, x, c);
-                *v = T::from_acc(match parts {
-                    [one] => one[at],
-                    _ => parts.iter().fold(T::Acc::zero(), |s, p| s + p[at]),
-                });
+        // rows: [C, W] of image row y; the parts hold [W, C/G] blocks. In blocks of 8
+        // channels, pixel by pixel: the 8 values of a pixel are adjacent in the parts (within
+        // a deformable group) and the 8 planes are written in order. (Channel by channel,
+        // each read was a cache line of its own: 6% of edvr's backward.)
+        const CB: usize = 8;
+        let mut planes: Vec<_> = rows.outer_iter_mut().collect();
+        for (blk, base) in planes.chunks_mut(CB).zip(base.chunks(CB)) {
+            let slices: Option<Vec<&mut [T]>> = blk.iter_mut().map(|p| p.as_slice_mut()).collect();
+            match slices {
+                Some(mut sl) => {
+                    for x in 0..g.w {
+                        let at = y * g.w * cdg + x * cdg;
+                        for (plane, b) in sl.iter_mut().zip(base) {
+                            plane[x] = sum(b + at);
+                        }
+                    }
+                }
+                None => {
+                    for (plane, b) in blk.iter_mut().zip(base) {
+                        for (x, v) in plane.iter_mut().enumerate() {
+                            *v = sum(b + y * g.w * cdg + x * cdg);
+                        }
+                    }
+                }
             }
         }
     };
