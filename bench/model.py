@@ -10,8 +10,10 @@ deform_conv.torch, and through torchvision, side by side in one process, default
   plain 3x3 conv of the same shape, its offset branch still computed forward and backward (its
   output joins the loss with weight 0), so that the difference is the deformable conv alone.
 
-Inference (no grad) and one training step (forward, backward, SGD), medians of --repeat runs. All
-three models share weights. ``ours (own pool)`` runs our op on the engine's rayon pool instead of
+Inference (no grad) and one training step (forward, backward, SGD), --repeat rounds. The variants
+are interleaved: each round runs every variant once, so a slow phase of a noisy machine (minutes
+long on a shared 2-core VM) meets all of them alike. Times are medians over the rounds; ratios are
+medians of the per-round ratios. All three models share weights. ``ours (own pool)`` runs our op on the engine's rayon pool instead of
 torch's OpenMP threads: the thread contention this benchmark exists to show.
 
     .venv/bin/python bench/model.py [--repeat 5] [--models resnet50_dcn,edvr_align] [--json out.json]
@@ -28,7 +30,6 @@ import torchvision
 from torch import nn
 
 import deform_conv.torch as dct
-from compare import median_ms  # bench/ is on sys.path when this script runs
 
 
 class DCNv2(nn.Module):
@@ -109,28 +110,51 @@ def variants(name):
 
 
 def run(name, repeat):
+    """{label: (inference ms, training ms)} and {label: (inference / plain, training / plain)},
+    the variants interleaved round by round."""
     _, inf_shape, train_shape = MODELS[name]
     torch.manual_seed(1)
     xi, xt = torch.randn(inf_shape), torch.randn(train_shape)
-    rows = {}
+    runs = {}
     for label, model in variants(name).items():
-        dct.set_executor("rayon" if label == "ours (own pool)" else "openmp")
         model = copy.deepcopy(model)
-        model.eval()
-        with torch.no_grad():
-            inf = median_ms(lambda: model(xi), repeat)
-        model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        executor = "rayon" if label == "ours (own pool)" else "openmp"
 
-        def step():
+        def infer(model=model, executor=executor):
+            dct.set_executor(executor)
+            model.eval()
+            with torch.no_grad():
+                model(xi)
+
+        def step(model=model, opt=opt, executor=executor):
+            dct.set_executor(executor)
+            model.train()
             opt.zero_grad(set_to_none=True)
             model(xt).float().square().mean().backward()
             opt.step()
-        tr = median_ms(step, max(3, repeat // 2) if label == "torchvision" else repeat)
-        rows[label] = (inf, tr)
-        print(f"  {name}: {label} measured", file=sys.stderr)
+        infer()
+        step()
+        runs[label] = (infer, step)
+    times = {label: ([], []) for label in runs}
+    for r in range(repeat):
+        for label, fns in runs.items():
+            for fn, ts in zip(fns, times[label]):
+                t = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t) * 1e3)
+        print(f"  {name}: round {r + 1} of {repeat}", file=sys.stderr)
     dct.set_executor("openmp")
-    return rows
+
+    def median(v):
+        return sorted(v)[len(v) // 2]
+    rows = {label: tuple(median(ts) for ts in t) for label, t in times.items()}
+    base = times["plain conv"]
+    ratios = {label: tuple(median([a / b for a, b in zip(ts, bs)]) for ts, bs in zip(t, base))
+              for label, t in times.items()}
+    tv_ours = tuple(median([a / b for a, b in zip(ts, os)])
+                    for ts, os in zip(times["torchvision"], times["ours"]))
+    return rows, ratios, tv_ours
 
 
 def main():
@@ -140,20 +164,18 @@ def main():
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
-          f"deform_conv executor under torch: {dct.executor()}; median of {a.repeat}")
+          f"deform_conv executor under torch: {dct.executor()}; {a.repeat} interleaved rounds")
     out = {}
     for name in a.models.split(","):
-        rows = run(name, a.repeat)
-        out[name] = rows
-        pi, pt = rows["plain conv"]
+        rows, ratios, tv_ours = run(name, a.repeat)
+        out[name] = {"ms": rows, "per_plain": ratios, "torchvision_per_ours": tv_ours}
         print(f"\n{name}: inference {MODELS[name][1]}, training step {MODELS[name][2]}")
         print("| model | inference ms | / plain | training step ms | / plain |")
         print("|---|---:|---:|---:|---:|")
         for label, (inf, tr) in rows.items():
-            print(f"| {label} | {inf:.0f} | {inf / pi:.2f} | {tr:.0f} | {tr / pt:.2f} |")
-        oi, ot = rows["ours"]
-        ti, tt = rows["torchvision"]
-        print(f"torchvision / ours: inference {ti / oi:.1f}x, training step {tt / ot:.1f}x")
+            ri, rt = ratios[label]
+            print(f"| {label} | {inf:.0f} | {ri:.2f} | {tr:.0f} | {rt:.2f} |")
+        print(f"torchvision / ours: inference {tv_ours[0]:.1f}x, training step {tv_ours[1]:.1f}x")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 
