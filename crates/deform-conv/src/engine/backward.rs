@@ -1,6 +1,6 @@
-//! The backward: per tile, the same columns, `dcols = dY * Wp^T`, then the offset/mask dot
-//! products and the input scatter, in fixed lanes reduced in order; see the engine's
-//! documentation.
+//! The backward: per tile, `dcols = dY * Wp^T`, then one pass that rebuilds the columns, makes
+//! the offset/mask dot products and scatters the input gradient, then `dW += cols^T dY`, in fixed
+//! lanes reduced in order; see the engine's documentation.
 
 use super::blocking::{backward_rows_per_tile, LANES, REORDER_IN, REORDER_OUT};
 use super::gemm::{gemm, gemm_view, Mat};

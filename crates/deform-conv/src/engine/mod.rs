@@ -13,10 +13,13 @@
 //! GEMM whose shape depends only on the problem, so the result does not depend on the thread
 //! count.
 //!
-//! **Backward.** Per tile: the same columns (for `dW += cols^T dY`), `dcols = dY Wp^T` by GEMM,
-//! then one descriptor pass per (row, deformable group, tap) gives four channel dot products
-//! `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask gradients (SPEC
-//! §2), and a scatter `dX[idx_j, c] += w_j dcol[c]` the input gradient. Tiles are dealt to `blocking::LANES`
+//! **Backward.** Per tile (of `blocking::BACKWARD_TILE_PIXELS`): `dcols = dY Wp^T` by GEMM,
+//! then one descriptor pass per (row, deformable group, tap) that, pixel by pixel from one load
+//! of each corner run (`kernels`' `backward_row` where written, else three kernels in turn),
+//! rebuilds the columns (for `dW += cols^T dY`, the GEMM that follows), gives four channel dot
+//! products `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask
+//! gradients (SPEC §2), and scatters `dX[idx_j, c] += w_j dcol[c]` for the input gradient.
+//! Tiles are dealt to `blocking::LANES`
 //! fixed lanes (whole images when there are at least `LANES` of them or they are small; else the
 //! images side by side, `LANES / N` lanes each, each lane a contiguous range of its image's rows,
 //! shorter tiles when one image has fewer tiles than lanes),
@@ -27,8 +30,9 @@
 //! (`backward::whole_images`).
 //!
 //! Kernels ([`kernels`]) are chosen once per call from the run-time instruction set; the hot f32
-//! ones have explicit AVX-512 (and AVX2 descriptor) bodies that perform the portable bodies'
-//! operations in the same order, so every instruction set returns the same bits.
+//! ones have explicit AVX-512 and AVX2 bodies (and on AVX2 one fused backward row kernel) that
+//! perform the portable bodies' operations in the same order, so every instruction set returns
+//! the same bits.
 
 mod backward;
 mod blocking;
