@@ -74,6 +74,35 @@ fn run_on<T: Element + num_traits::Float>(
     backend: Backend,
     layout: InputLayout,
 ) -> Out<T> {
+    run_wanting(p, dy, gate, backend, layout, Wanted::ALL)
+}
+
+/// Which gradients a backward call asks for (the others stay NaN in `Out`).
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    input: bool,
+    offset_mask: bool,
+    weight: bool,
+    bias: bool,
+}
+
+impl Wanted {
+    const ALL: Wanted = Wanted {
+        input: true,
+        offset_mask: true,
+        weight: true,
+        bias: true,
+    };
+}
+
+fn run_wanting<T: Element + num_traits::Float>(
+    p: &Problem,
+    dy: &Array4<f64>,
+    gate: GradGate,
+    backend: Backend,
+    layout: InputLayout,
+    want: Wanted,
+) -> Out<T> {
     let (x, w, oy, ox) = (
         cast::<T>(&p.x),
         cast::<T>(&p.w),
@@ -142,18 +171,18 @@ fn run_on<T: Element + num_traits::Float>(
         &ops,
         dyt.view(),
         GradOutputs {
-            input: Some(o.gx.view_mut()),
-            offset_y: Some(o.goy.view_mut()),
-            offset_x: Some(o.gox.view_mut()),
-            mask: m.is_some().then(|| o.gm.view_mut()),
-            weight: Some(o.gw.view_mut()),
-            bias: Some(o.gb.view_mut()),
+            input: want.input.then(|| o.gx.view_mut()),
+            offset_y: want.offset_mask.then(|| o.goy.view_mut()),
+            offset_x: want.offset_mask.then(|| o.gox.view_mut()),
+            mask: (want.offset_mask && m.is_some()).then(|| o.gm.view_mut()),
+            weight: want.weight.then(|| o.gw.view_mut()),
+            bias: want.bias.then(|| o.gb.view_mut()),
         },
         gate,
         backend,
     )
     .unwrap();
-    if m.is_none() {
+    if m.is_none() && want.offset_mask {
         o.gm.fill(T::zero());
     }
     o
@@ -657,6 +686,78 @@ fn samples_on_minus_one_keep_the_weight_gradient_finite() {
                     &run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)),
                     &r32,
                     2e-5,
+                );
+            }
+        }
+    }
+}
+
+/// Any subset of the gradients: each one asked for has the full call's bits, and nothing else is
+/// written. Without `dX` the backward's fused row kernel runs without its scatter; without `dW`
+/// the descriptor pass builds no columns.
+#[test]
+fn any_subset_of_gradients_has_the_full_calls_bits() {
+    let mut rng = rng("any_subset_of_gradients_has_the_full_calls_bits");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let untouched = |a: &Array4<f32>| a.iter().all(|v| v.is_nan());
+    for case in 0..12 {
+        // Every other case has several tiles per image (the row-split backward).
+        let p = problem_sized(
+            &mut rng,
+            Offsets::Edges,
+            24,
+            if case % 2 == 0 { 12 } else { 40 },
+        );
+        let dy = grad_output(&mut rng, &p);
+        for &isa in &isas {
+            let backend = Backend::EngineIsa(isa);
+            let full = run::<f32>(&p, &dy, GradGate::PerTap, backend);
+            for bitsel in 1..16u32 {
+                let want = Wanted {
+                    input: bitsel & 1 != 0,
+                    offset_mask: bitsel & 2 != 0,
+                    weight: bitsel & 4 != 0,
+                    bias: bitsel & 8 != 0,
+                };
+                let part = run_wanting::<f32>(
+                    &p,
+                    &dy,
+                    GradGate::PerTap,
+                    backend,
+                    InputLayout::Contiguous,
+                    want,
+                );
+                let same = |got: &Array4<f32>, all: &Array4<f32>, asked: bool| {
+                    if asked {
+                        bits(got) == bits(all)
+                    } else {
+                        untouched(got)
+                    }
+                };
+                assert!(
+                    same(&part.gx, &full.gx, want.input)
+                        && same(&part.goy, &full.goy, want.offset_mask)
+                        && same(&part.gox, &full.gox, want.offset_mask)
+                        && same(&part.gw, &full.gw, want.weight),
+                    "{isa:?}, {want:?}: a gradient differs from the full call's, or one not asked \
+                     for was written"
+                );
+                if p.m.is_some() {
+                    assert!(
+                        same(&part.gm, &full.gm, want.offset_mask),
+                        "{isa:?}, {want:?}: mask"
+                    );
+                }
+                let gb: Vec<u32> = part.gb.iter().map(|v| v.to_bits()).collect();
+                let fb: Vec<u32> = full.gb.iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    if want.bias {
+                        gb == fb
+                    } else {
+                        part.gb.iter().all(|v| v.is_nan())
+                    },
+                    "{isa:?}, {want:?}: bias"
                 );
             }
         }

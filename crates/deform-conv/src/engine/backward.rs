@@ -696,32 +696,31 @@ fn tap_pass<T: Element>(
                 let at_col = r * g.wo * row_len + tap * cg + off;
                 let d = &dcol[at_col..];
                 let at = (r * gk + dg * kk + tap) * g.wo * 4;
-                let mut scattered = false;
-                match (plan.k.backward_row, cols.is_empty(), want_tap) {
-                    (Some(fused), false, true) => {
-                        scattered = !dx.is_empty();
-                        let dx = if scattered { &mut dx[block..] } else { &mut [] };
-                        let acc = &mut acc[at..at + 4 * g.wo];
-                        fused(&job, d, &xt[block..], &mut cols[at_col..], acc, dx)
+                let fused = plan.k.backward_row.filter(|_| !cols.is_empty() && want_tap);
+                if let Some(fused) = fused {
+                    let dx = if dx.is_empty() {
+                        &mut []
+                    } else {
+                        &mut dx[block..]
+                    };
+                    let acc = &mut acc[at..at + 4 * g.wo];
+                    fused(&job, d, &xt[block..], &mut cols[at_col..], acc, dx);
+                } else {
+                    if !cols.is_empty() {
+                        let c = &mut cols[at_col..];
+                        (plan.k.gather_row)(&job, &xt[block..], c);
+                        // The forward's descriptors give a sample outside the open box four
+                        // zero corners; the per-tap gate's keep real corners at weight 0, and
+                        // 0 * inf is NaN: such a sample's columns get the forward's +0.
+                        for t in (0..g.wo).filter(|&t| !rows.s.open[t]) {
+                            c[t * row_len..t * row_len + job.len].fill(T::Acc::zero());
+                        }
                     }
-                    _ => {
-                        if !cols.is_empty() {
-                            let c = &mut cols[at_col..];
-                            (plan.k.gather_row)(&job, &xt[block..], c);
-                            // The forward's descriptors give a sample outside the open box
-                            // four zero corners; the per-tap gate's keep real corners at weight
-                            // 0, and 0 * inf is NaN: such a sample's columns get the forward's
-                            // +0.
-                            for t in (0..g.wo).filter(|&t| !rows.s.open[t]) {
-                                c[t * row_len..t * row_len + job.len].fill(T::Acc::zero());
-                            }
-                        }
-                        if want_tap {
-                            (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
-                        }
+                    if want_tap {
+                        (plan.k.dot4_row)(&job, d, &xt[block..], &mut acc[at..at + 4 * g.wo]);
                     }
                 }
-                if !dx.is_empty() && !scattered {
+                if !dx.is_empty() && fused.is_none() {
                     (plan.k.scatter_row)(&job, d, &mut dx[block..]);
                 }
                 // The offset and mask gradients, made right here from the descriptors at

@@ -32,8 +32,9 @@ pub(crate) const MIN_TASKS: usize = 4;
 /// at half the forward's tile they stay nearer the core. Measured (one build, the tile size
 /// from the environment, 8-12 interleaved rounds, 2 threads, median of the pairwise ratios):
 /// npu_doc -5%, ResNet c3 at batch 2 -8% and at batch 4 -4 to -7%, edvr -1 to -8%, ResNet c4
-/// 0 to -3%; 512 pixels: +10-15%. (The forward measured +4% on npu_doc at 128.) Images that fit one [`TILE_PIXELS`] tile keep the whole-image
-/// schedule: as two 128-pixel tiles, ResNet c4 at batch 2 ran 9% slower.
+/// 0 to -3%; 512 pixels: +10-15%. (The forward measured +4% on npu_doc at 128.) Images that
+/// fit one [`TILE_PIXELS`] tile keep the whole-image schedule: as two 128-pixel tiles, ResNet c4
+/// at batch 2 ran 9% slower.
 pub(crate) const BACKWARD_TILE_PIXELS: usize = 128;
 
 /// Output rows per tile of `pixels` target pixels, for an output of width `wo` and `row_len`

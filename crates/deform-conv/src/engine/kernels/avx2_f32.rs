@@ -411,13 +411,15 @@ pub(super) unsafe fn backward_row(
         // SAFETY: each corner index is at most `top`, so each corner run `at .. at + len` lies
         // inside `xt`; `t < n`, so `t*stride .. t*stride + len` lies inside `dcol` (both checked
         // above).
-        let (src, d, grads) = unsafe {
+        let (src, d) = unsafe {
             (
                 idx.map(|v| xp.add(v[t] as usize * c + lo)),
                 dp.add(t * job.stride),
-                idx.map(|v| gp.add(v[t] as usize * c + lo)),
             )
         };
+        // The same runs in `dx`, inside it with `scatter` (checked above); without, `dx` is empty
+        // and these are never dereferenced (so no in-bounds `add` on its dangling pointer).
+        let grads = idx.map(|v| gp.wrapping_add(v[t] as usize * c + lo));
         let w = wts.map(|v| _mm256_set1_ps(v[t]));
         let value = open[t];
         // halves[h][j]: partial sums 8h..8h+8 of corner j, as in `dot4_row`.
