@@ -13,7 +13,8 @@
 
 use super::blocking::{LANES, MIN_TASKS};
 use super::gemm::{gemm, Mat};
-use super::kernels::Isa;
+use super::kernels::panel_gemm::NR;
+use super::kernels::{Isa, PanelGemm};
 use super::plan::{split_axis, split_rows, Plan, RowScratch};
 use super::scratch::{take, Buf};
 use super::threads::{for_each_item, PerWorker};
@@ -127,7 +128,7 @@ fn by_tile<T: Element>(
     for_each_item(tiles, |(n, t, mut y, mut d), w| {
         let init = || Scratch {
             cols: take(tile_px * plan.row_len, T::Acc::zero()),
-            out: take(tile_px * coutg, T::Acc::zero()),
+            out: take(tile_px * coutg.next_multiple_of(NR), T::Acc::zero()),
             rows: RowScratch::new(g.wo),
         };
         scratch.with(w, init, |scr| {
@@ -166,8 +167,9 @@ fn split_wave<T: Element>(
     let mut cols: Vec<Buf<T::Acc>> = (0..g.groups)
         .map(|_| take(wave_rows * row_px, T::Acc::zero())) // every element is written
         .collect();
-    // GEMM tasks: one per (q, block of cb channels), each with that block of every tile.
-    let cb = coutg.div_ceil(blocks);
+    // GEMM tasks: one per (q, block of cb channels), each with that block of every tile; blocks
+    // start on whole weight panels.
+    let cb = coutg.div_ceil(blocks).next_multiple_of(NR);
     let block_lens: Vec<usize> = (0..coutg.div_ceil(cb))
         .map(|b| cb.min(coutg - b * cb))
         .collect();
@@ -242,38 +244,60 @@ fn output_block<T: Element>(
         return;
     };
     let px: usize = ys.iter().map(|y| y.shape()[1] * g.wo).sum();
-    let o = &mut out[..px * nc];
-    gemm(
-        o,
-        nc,
-        false,
-        Mat {
-            data: &cols[..px * plan.row_len],
-            rows: px,
-            cols: plan.row_len,
-            rs: plan.row_len,
-            cs: 1,
-        },
-        Mat {
-            data: &plan.wp[q][o0 * plan.row_len..],
-            rows: plan.row_len,
-            cols: nc,
-            rs: 1,
-            cs: plan.row_len,
-        },
-    );
+    // The panel GEMM writes whole panels: rows of `nc` rounded up to NR.
+    let ld = nc.next_multiple_of(NR);
+    let o = &mut out[..px * ld];
+    let cols = &cols[..px * plan.row_len];
+    match plan.k.panel_gemm {
+        Some(panel_gemm) => panel_gemm(PanelGemm {
+            a: cols,
+            lda: plan.row_len,
+            m: px,
+            k: plan.row_len,
+            b: &plan.wp[q][o0 * plan.row_len..],
+            n: nc,
+            c: o,
+            ldc: ld,
+        }),
+        None => gemm(
+            o,
+            ld,
+            false,
+            Mat {
+                data: cols,
+                rows: px,
+                cols: plan.row_len,
+                rs: plan.row_len,
+                cs: 1,
+            },
+            Mat {
+                data: &plan.wp[q][o0 * plan.row_len..],
+                rows: plan.row_len,
+                cols: nc,
+                rs: 1,
+                cs: plan.row_len,
+            },
+        ),
+    }
     let bias = &bias[q * g.cout_per_group() + o0..][..nc];
     let mut p0 = 0;
     for y in ys {
         let px_y = y.shape()[1] * g.wo;
-        write_output(&o[p0 * nc..(p0 + px_y) * nc], nc, y, bias);
+        write_output(&o[p0 * ld..(p0 + px_y) * ld], nc, ld, y, bias);
         p0 += px_y;
     }
 }
 
-/// `Y[c, p] = o[p, c] + b[c]` for the `[nc, rows, Wo]` view `y`, from `o[P x nc]`.
-fn write_output<T: Element>(o: &[T::Acc], nc: usize, mut y: ArrayViewMut3<'_, T>, bias: &[T::Acc]) {
-    let px = o.len() / nc;
+/// `Y[c, p] = o[p * ld + c] + b[c]` for the `[nc, rows, Wo]` view `y`.
+fn write_output<T: Element>(
+    o: &[T::Acc],
+    nc: usize,
+    ld: usize,
+    mut y: ArrayViewMut3<'_, T>,
+    bias: &[T::Acc],
+) {
+    debug_assert!(nc <= ld);
+    let px = o.len() / ld;
     // Y[c, p] = out[p, c] + b[c] is a transpose: in blocks of 8 channels, each pixel's 8 sums
     // are one read and the 8 channel planes are written in order (measured on stride2_c5:
     // row-by-row slices took 10% of the forward).
@@ -286,7 +310,7 @@ fn write_output<T: Element>(o: &[T::Acc], nc: usize, mut y: ArrayViewMut3<'_, T>
         match slices {
             Some(mut sl) => {
                 for p in 0..px {
-                    let sums = &o[p * nc + c0..][..sl.len()];
+                    let sums = &o[p * ld + c0..][..sl.len()];
                     for ((plane, v), b) in sl.iter_mut().zip(sums).zip(b) {
                         plane[p] = T::from_acc(*v + *b);
                     }
@@ -296,7 +320,7 @@ fn write_output<T: Element>(o: &[T::Acc], nc: usize, mut y: ArrayViewMut3<'_, T>
                 for (k, plane) in blk.iter_mut().enumerate() {
                     // Logical order of a [rows, Wo] plane: p = r * Wo + ow.
                     for (p, v) in plane.iter_mut().enumerate() {
-                        *v = T::from_acc(o[p * nc + c0 + k] + b[k]);
+                        *v = T::from_acc(o[p * ld + c0 + k] + b[k]);
                     }
                 }
             }
@@ -317,17 +341,17 @@ fn write_deformed<T: Element>(
 ) {
     const CB: usize = 8;
     let g = plan.g;
-    let (cg, row_len) = (g.c_per_group(), plan.row_len);
+    let (cg, ld) = (g.c_per_group(), plan.row_len);
     for c0 in (0..cg).step_by(CB) {
         let cn = CB.min(cg - c0);
         for r in 0..nrows {
             for i in 0..g.kh {
                 let mut blk = d.slice_mut(ndarray::s![c0..c0 + cn, r * g.kh + i, ..]);
                 let mut drows: Vec<_> = blk.outer_iter_mut().collect();
-                // Pixel ow, tap j: cols[(r*Wo + ow)*row_len + (i*kw + j)*Cg + c0 ..][..cn].
+                // Pixel ow, tap j: cols[(r*Wo + ow)*ld + (i*kw + j)*Cg + c0 ..][..cn].
                 let at = |x: usize| {
                     let (ow, j) = (x / g.kw, x % g.kw);
-                    (r * g.wo + ow) * row_len + (i * g.kw + j) * cg + c0
+                    (r * g.wo + ow) * ld + (i * g.kw + j) * cg + c0
                 };
                 let slices: Option<Vec<&mut [T]>> =
                     drows.iter_mut().map(|v| v.as_slice_mut()).collect();

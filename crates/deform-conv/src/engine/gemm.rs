@@ -1,6 +1,8 @@
-//! The one place the engine calls a GEMM: `gemm` 0.19 (runtime-dispatched AVX-512 / AVX2 /
-//! scalar micro-kernels through pulp, `x86-v4` feature on), single-threaded inside a tile so
-//! that the tile decomposition alone decides the summation order.
+//! The one place the engine calls the `gemm` crate: `gemm` 0.19 (runtime-dispatched AVX-512 /
+//! AVX2 / scalar micro-kernels through pulp, `x86-v4` feature on), single-threaded inside a tile
+//! so that the tile decomposition alone decides the summation order. Every backward GEMM and the
+//! forward's where the kernels have no panel GEMM (f64, or a CPU without fused multiply-add) run
+//! here; the f32 forward runs `kernels::panel_gemm`.
 
 use crate::element::Real;
 use ndarray::ArrayViewMut2;

@@ -6,8 +6,11 @@
 //! rows (`blocking`); per tile and convolution group the sampler builds the columns tile
 //! `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor) from one bilinear
 //! descriptor per (pixel, tap, deformable group), reused for every channel of the group, and one
-//! GEMM `out[P x Cout/Gc] = cols * Wp` reads the weight, packed once per call as `[Cout/Gc, K*C/Gc]`
-//! rows, through strides. All tiles of a wave run in parallel; a wave with fewer than
+//! GEMM `out[P x Cout/Gc] = cols * Wp`. In f32 on CPUs with fused multiply-add that GEMM is the
+//! engine's own (`kernels::panel_gemm`): it reads the columns tile in place and the weight
+//! packed once per call in panels of 16 output channels, the same fma chain per element on every
+//! instruction set; otherwise (f64) the `gemm` crate reads the weight packed once per call as
+//! `[Cout/Gc, K*C/Gc]` rows, through strides. All tiles of a wave run in parallel; a wave with fewer than
 //! `blocking::MIN_TASKS` tiles (one small image) first builds its columns row by row, then splits
 //! its GEMMs by blocks of output channels (`forward`). Each output element is produced by one
 //! GEMM whose shape depends only on the problem, so the result does not depend on the thread

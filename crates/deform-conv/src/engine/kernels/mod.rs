@@ -15,6 +15,9 @@ use super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::element::Real;
 use std::sync::OnceLock;
 
+pub(crate) mod panel_gemm;
+pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
+
 /// Partial sums per dot product: one 512-bit register of f32.
 const LANE: usize = 16;
 
@@ -136,6 +139,35 @@ pub(crate) struct Kernels<A> {
     /// The backward's gather, dot products and scatter fused, where written (AVX2 f32); `None`:
     /// the engine calls `gather_row`, `dot4_row` and `scatter_row` in turn.
     pub backward_row: Option<BackwardRowFn<A>>,
+    /// The forward's GEMM on the columns tile in place and the weight in panels (f32, where the
+    /// CPU has fused multiply-add); `None`: the `gemm` crate on the packed rows.
+    pub panel_gemm: Option<PanelGemmFn<A>>,
+}
+
+/// The panel GEMM of `isa` for accumulation type `A`: f32 only, and only where the CPU has
+/// fused multiply-add, so that every instruction set of this CPU runs the same fma chain (the
+/// portable body calls `f32::mul_add`, one instruction there). Elsewhere every instruction set
+/// uses the `gemm` crate, again the same bits on each.
+fn panel_gemm_for<A: Real>(isa: Isa) -> Option<PanelGemmFn<A>> {
+    if std::any::TypeId::of::<A>() != std::any::TypeId::of::<f32>() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !is_x86_feature_detected!("fma") {
+            return None;
+        }
+        Some(match isa {
+            Isa::Scalar => scalar_panel_gemm::<A>,
+            Isa::Avx2 => x86::avx2_panel_gemm::<A>,
+            Isa::Avx512 => x86::avx512_panel_gemm::<A>,
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        Some(scalar_panel_gemm::<A>)
+    }
 }
 
 /// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
@@ -276,6 +308,9 @@ fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut
 fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
     scatter_row_body(job, dcol, dx)
 }
+fn scalar_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
+    panel_gemm::body::<A, 6>(job)
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -299,6 +334,16 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn avx2_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
         scatter_row_body(job, dcol, dx)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2_panel_gemm_impl<A: Real>(job: PanelGemm<'_, A>) {
+        // 6 x 16: twelve accumulators, two panel registers and one broadcast of 16.
+        panel_gemm::body::<A, 6>(job)
+    }
+    #[target_feature(enable = "avx512f")]
+    fn avx512_panel_gemm_impl<A: Real>(job: PanelGemm<'_, A>) {
+        // 12 x 16: twelve accumulators of 32 registers.
+        panel_gemm::body::<A, 12>(job)
     }
     #[target_feature(enable = "avx512f")]
     fn avx512_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
@@ -332,6 +377,14 @@ mod x86 {
     pub(super) fn avx2_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
         // SAFETY: as for `avx2_sample_row`.
         unsafe { avx2_scatter_row_impl(job, dcol, dx) }
+    }
+    pub(super) fn avx2_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
+        // SAFETY: stored only in tables built after `Isa::Avx2.supported()` returned true.
+        unsafe { avx2_panel_gemm_impl(job) }
+    }
+    pub(super) fn avx512_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
+        // SAFETY: stored only in tables built after `Isa::Avx512.supported()` returned true.
+        unsafe { avx512_panel_gemm_impl(job) }
     }
     pub(super) fn avx512_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
         // SAFETY: stored only in the table built after `Isa::Avx512.supported()` returned true.
@@ -399,6 +452,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         dot4_row,
         scatter_row,
         backward_row: Some(backward_row),
+        panel_gemm: panel_gemm_for(Isa::Avx2),
     }
 }
 
@@ -428,6 +482,7 @@ fn avx512_f32_table() -> Kernels<f32> {
         dot4_row,
         scatter_row,
         backward_row: None,
+        panel_gemm: panel_gemm_for(Isa::Avx512),
     }
 }
 
@@ -457,6 +512,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             dot4_row: scalar_dot4_row,
             scatter_row: scalar_scatter_row,
             backward_row: None,
+            panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -466,6 +522,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             dot4_row: x86::avx2_dot4_row,
             scatter_row: x86::avx2_scatter_row,
             backward_row: None,
+            panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
@@ -475,6 +532,7 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             dot4_row: x86::avx512_dot4_row,
             scatter_row: x86::avx512_scatter_row,
             backward_row: None,
+            panel_gemm: panel_gemm_for::<A>(Isa::Avx512),
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,

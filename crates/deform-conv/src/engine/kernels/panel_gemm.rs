@@ -1,0 +1,253 @@
+//! The forward's f32 GEMM: `c[m x n] = a[m x k] * B`, where `a` is the columns tile exactly as
+//! the sampler wrote it (row = pixel, `k` contiguous, read in place) and `B` is the weight,
+//! packed once per call in panels of [`NR`] output channels: `b[(o / NR) * k*NR + kk*NR + o % NR]
+//! = W[kk, o]`, zero past `n`.
+//!
+//! One body, `#[inline(always)]`, compiled per instruction set like the row kernels. An
+//! `MR x NR` tile of `c` lives in registers while `kk` runs over a block of [`KC`] (its `MR`
+//! rows of `a`, `MR * KC` values, stay in L1; the weight block in L2): per `kk`, `MR` broadcasts
+//! of `a[i, kk]`, one `NR`-wide row of the panel, `MR * NR` fused multiply-adds. Every element is
+//! one chain `c = fma(a[i, k-1], b[k-1, o], ... fma(a[i, 0], b[0, o], 0))` in `kk` order, whatever
+//! `MR`, `KC` or the instruction set (a tile's running sums go through `c` between blocks
+//! unchanged), so every instruction set gives the same bits.
+//!
+//! Why not `gemm` here: it packs both operands per call. Inside a forward tile that is the
+//! columns tile once more and the whole weight once per tile (resnet_c4: 2.4 MB per 256
+//! pixels, 6% of the forward in `gemm`'s packing); this kernel reads the columns where they
+//! are and the weight panels packed once per call.
+
+use crate::element::Real;
+
+/// Output channels per weight panel (two AVX2 registers, one AVX-512 register of f32).
+pub(crate) const NR: usize = 16;
+
+/// `kk` per block: `MR * KC` values of `a` (6 KB at `MR` = 6) stay in L1 while every panel's
+/// block (`KC * NR`, 16 KB each) streams from L2.
+const KC: usize = 256;
+
+/// Bytes of the weight block (`kc` rows of every panel) that each sweep over the rows of `a`
+/// re-reads: kept within L2 by a shorter `kc` for wide outputs.
+const L2_WEIGHT_BLOCK: usize = 256 << 10;
+
+/// One product `c = a * B` (see the module documentation).
+pub(crate) struct PanelGemm<'a, A> {
+    /// `a[i, kk]` at `a[i * lda + kk]`.
+    pub a: &'a [A],
+    pub lda: usize,
+    pub m: usize,
+    pub k: usize,
+    /// The packed weight: `ceil(n / NR)` panels of `k * NR`.
+    pub b: &'a [A],
+    pub n: usize,
+    /// `c[i, o]` at `c[i * ldc + o]`, with room for whole panels: `ldc >= n` rounded up to
+    /// [`NR`], and `(m - 1) * ldc` plus that many elements. The padding columns are written
+    /// (with the zero panels' sums).
+    pub c: &'a mut [A],
+    pub ldc: usize,
+}
+
+/// The kernel entry the dispatch table stores.
+pub(crate) type PanelGemmFn<A> = fn(PanelGemm<'_, A>);
+
+impl<A> PanelGemm<'_, A> {
+    /// Every element the body touches lies in its slice.
+    fn fits(&self) -> bool {
+        let last = |rows: usize, stride: usize, width: usize| {
+            (rows - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(width))
+        };
+        let panels = self.n.div_ceil(NR).checked_mul(self.k * NR);
+        let np = self.n.div_ceil(NR) * NR;
+        self.k <= self.lda
+            && np <= self.ldc
+            && matches!(last(self.m, self.lda, self.k), Some(l) if l <= self.a.len())
+            && matches!(last(self.m, self.ldc, np), Some(l) if l <= self.c.len())
+            && matches!(panels, Some(l) if l <= self.b.len())
+    }
+}
+
+/// One `MR x NR` tile: rows `a[i]` (pointers), `kc` steps of the panel block `b`, into `c`, the
+/// running sums read back first when `resume`. Fixed bounds only: the loops unroll and the
+/// accumulators stay in registers (with a run-time row or column count they went through the
+/// stack, 18x slower).
+///
+/// # Safety
+/// `a[i] + kk` is readable for `kk < kc`; `b + kk*NR + l` is readable for `kk < kc, l < NR`;
+/// `c + i*ldc + l` is readable and writable for `i < MR, l < NR`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile<A: Real, const MR: usize>(
+    kc: usize,
+    a: [*const A; MR],
+    b: *const A,
+    c: *mut A,
+    ldc: usize,
+    resume: bool,
+) {
+    let mut acc = [[A::zero(); NR]; MR];
+    if resume {
+        for i in 0..MR {
+            for l in 0..NR {
+                // SAFETY: i < MR, l < NR (the contract).
+                acc[i][l] = unsafe { *c.add(i * ldc + l) };
+            }
+        }
+    }
+    for kk in 0..kc {
+        // SAFETY: NR values at b + kk*NR (the contract).
+        let bk = unsafe { &*(b.add(kk * NR) as *const [A; NR]) };
+        for i in 0..MR {
+            // SAFETY: kk < kc (the contract).
+            let x = unsafe { *a[i].add(kk) };
+            for l in 0..NR {
+                acc[i][l] = x.mul_add(bk[l], acc[i][l]);
+            }
+        }
+    }
+    for i in 0..MR {
+        for l in 0..NR {
+            // SAFETY: i < MR, l < NR (the contract).
+            unsafe { *c.add(i * ldc + l) = acc[i][l] };
+        }
+    }
+}
+
+/// The product, `MR` rows of `a` per tile, the last `m % MR` rows one by one. Every tile is
+/// whole: `c` has room for the panels' padding columns (see [`PanelGemm::c`]), so no tile needs
+/// a run-time bound (an edge tile through a copy ran scalar: resnet_c4's forward +40%).
+#[inline(always)]
+pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
+    assert!(job.fits(), "panel gemm: matrix outside its buffer");
+    let (m, k, n, lda, ldc) = (job.m, job.k, job.n, job.lda, job.ldc);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            job.c[i * ldc..i * ldc + n].fill(A::zero());
+        }
+        return;
+    }
+    let (a, b, c) = (job.a.as_ptr(), job.b.as_ptr(), job.c.as_mut_ptr());
+    let whole = m - m % MR;
+    let panels = n.div_ceil(NR);
+    // The weight block of KC rows of every panel stays in L2 (at most 256 KB).
+    let kc_max = (L2_WEIGHT_BLOCK / (panels * NR * std::mem::size_of::<A>())).clamp(64, KC);
+    for k0 in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - k0);
+        // Where panel p's block, row i of `a` and row i, panel p of `c` start. Formed with
+        // wrapping arithmetic (safe); inside their slices for p < panels and i < m (`fits`), the
+        // only values the loops below pass.
+        let bp = |p: usize| b.wrapping_add(p * k * NR + k0 * NR);
+        let ap = |i: usize| a.wrapping_add(i * lda + k0);
+        let cp = |i: usize, p: usize| c.wrapping_add(i * ldc + p * NR);
+        for i0 in (0..whole).step_by(MR) {
+            let ai: [*const A; MR] = std::array::from_fn(|i| ap(i0 + i));
+            for p in 0..panels {
+                // SAFETY: rows i0..i0 + MR < m, panel p < panels (above).
+                unsafe { tile::<A, MR>(kc, ai, bp(p), cp(i0, p), ldc, k0 > 0) };
+            }
+        }
+        for i in whole..m {
+            for p in 0..panels {
+                // SAFETY: row i < m, panel p < panels (above).
+                unsafe { tile::<A, 1>(kc, [ap(i)], bp(p), cp(i, p), ldc, k0 > 0) };
+            }
+        }
+    }
+}
+
+/// Packs `w[o * ldw + kk]` (`n` rows of `k`) into [`NR`]-channel panels, zero past `n` (the
+/// layout on plain rows; the engine packs the weight tensor itself in `plan`).
+#[cfg(test)]
+fn pack<A: Real>(w: &[A], ldw: usize, k: usize, n: usize, panels: &mut [A]) {
+    for (p, panel) in panels.chunks_mut(k * NR).enumerate().take(n.div_ceil(NR)) {
+        panel.fill(A::zero());
+        for l in 0..NR.min(n - p * NR) {
+            let row = &w[(p * NR + l) * ldw..][..k];
+            for (kk, v) in row.iter().enumerate() {
+                panel[kk * NR + l] = *v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], lda: usize, m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for o in 0..n {
+                let mut s = 0f32;
+                for kk in 0..k {
+                    s = a[i * lda + kk].mul_add(w[o * k + kk], s);
+                }
+                c[i * n + o] = s;
+            }
+        }
+        c
+    }
+
+    /// Every tile height gives the one fma chain of the module documentation, bit for bit, on
+    /// edges in every direction (`m`, `n` not multiples of the tile, `k` across blocks).
+    #[test]
+    fn every_tile_height_is_the_fma_chain() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(m, k, n) in &[
+            (1usize, 1usize, 1usize),
+            (13, 300, 35),
+            (6, 256, 16),
+            (7, 513, 17),
+            (20, 5, 48),
+        ] {
+            let lda = k + 3;
+            let a: Vec<f32> = (0..m * lda).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let mut b = vec![f32::NAN; n.div_ceil(NR) * k * NR];
+            pack(&w, k, k, n, &mut b);
+            let want = naive(&a, lda, m, k, &w, n);
+            let np = n.next_multiple_of(NR);
+            let ldc = np + 2;
+            let run = |f: fn(PanelGemm<'_, f32>)| {
+                let mut c = vec![f32::NAN; m * ldc];
+                f(PanelGemm {
+                    a: &a,
+                    lda,
+                    m,
+                    k,
+                    b: &b,
+                    n,
+                    c: &mut c,
+                    ldc,
+                });
+                for i in 0..m {
+                    let pad = &c[i * ldc + n..][..ldc - n];
+                    assert!(
+                        pad[..np - n].iter().all(|v| *v == 0.0),
+                        "padding sums not zero"
+                    );
+                    assert!(
+                        pad[np - n..].iter().all(|v| v.is_nan()),
+                        "wrote past the panels"
+                    );
+                }
+                (0..m * n)
+                    .map(|x| c[(x / n) * ldc + x % n].to_bits())
+                    .collect::<Vec<_>>()
+            };
+            let bits: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(run(body::<f32, 1>), bits, "MR 1, {m}x{k}x{n}");
+            assert_eq!(run(body::<f32, 6>), bits, "MR 6, {m}x{k}x{n}");
+            assert_eq!(run(body::<f32, 12>), bits, "MR 12, {m}x{k}x{n}");
+        }
+    }
+}
