@@ -295,19 +295,26 @@ fn engine_matches_reference_on_every_isa() {
 #[test]
 fn engine_matches_reference_on_wide_layers() {
     let mut rng = rng("engine_matches_reference_on_wide_layers");
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
     for _ in 0..8 {
         let p = problem_shaped(&mut rng, Offsets::Edges, 48, 14, 40, 5);
         let dy = grad_output(&mut rng, &p);
-        for gate in [GradGate::PerTap, GradGate::Open] {
-            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
-            for &isa in &isas {
-                compare(
-                    &run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)),
-                    &r32,
-                    2e-5,
-                );
-            }
+        every_isa_matches_reference(&p, &dy, |_| {});
+    }
+}
+
+/// Under both gradient gates, every supported instruction set against the reference (f32, within
+/// 2e-5), after `check` has looked at the reference's result.
+fn every_isa_matches_reference(p: &Problem, dy: &Array4<f64>, check: impl Fn(&Out<f32>)) {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    for gate in [GradGate::PerTap, GradGate::Open] {
+        let r32 = run::<f32>(p, dy, gate, Backend::Reference);
+        check(&r32);
+        for &isa in &isas {
+            compare(
+                &run::<f32>(p, dy, gate, Backend::EngineIsa(isa)),
+                &r32,
+                2e-5,
+            );
         }
     }
 }
@@ -634,7 +641,6 @@ fn deterministic_on_a_large_layer() {
 fn samples_on_minus_one_keep_the_weight_gradient_finite() {
     use deform_conv::{DeformParams, OutputRounding, ShapeSet};
     let mut rng = rng("samples_on_minus_one_keep_the_weight_gradient_finite");
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
     for (n, groups) in [(1usize, 1usize), (3, 1), (1, 2), (3, 2)] {
         let (c, h, w, cout) = (4, 5, 6, 4);
         let params = DeformParams {
@@ -678,17 +684,9 @@ fn samples_on_minus_one_keep_the_weight_gradient_finite() {
             m: Some(Array4::from_elem((n, 1, h, w), 0.75)),
         };
         let dy = grad_output(&mut rng, &p);
-        for gate in [GradGate::PerTap, GradGate::Open] {
-            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
+        every_isa_matches_reference(&p, &dy, |r32| {
             assert!(r32.gw.iter().all(|v| v.is_finite()), "the reference's dW");
-            for &isa in &isas {
-                compare(
-                    &run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa)),
-                    &r32,
-                    2e-5,
-                );
-            }
-        }
+        });
     }
 }
 
