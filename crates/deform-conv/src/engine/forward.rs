@@ -15,7 +15,7 @@ use super::blocking::{LANES, MIN_TASKS};
 use super::gemm::{gemm, Mat};
 use super::kernels::panel_gemm::NR;
 use super::kernels::{Isa, PanelGemm};
-use super::plan::{split_axis, split_rows, Plan, RowScratch};
+use super::plan::{pack_panel, split_axis, split_rows, Plan, RowScratch};
 use super::scratch::{take, Buf};
 use super::threads::{for_each_item, PerWorker};
 use crate::element::{Element, Real};
@@ -91,6 +91,9 @@ pub(super) fn forward_impl<T: Element>(plan: &Plan<'_, '_, T>, mut out: ForwardO
             }
         }
         let blocks = output_blocks(g, tiles.len());
+        if blocks == 1 && plan.k.panel_gemm.is_some() {
+            plan.panels(); // packed here, panels in parallel, not inside the first tile's task
+        }
         if blocks > 1 {
             split_wave(plan, &xts[..nw], n0, tiles, blocks, &bias);
         } else {
@@ -143,7 +146,7 @@ fn by_tile<T: Element>(
                     write_deformed(plan, nrows, cols, &mut d_q);
                 }
                 let y_q = y.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., ..]);
-                output_block(plan, q, 0, cols, vec![y_q], &mut scr.out, bias);
+                output_block(plan, q, 0, cols, vec![y_q], &mut scr.out, bias, None);
             }
         })
     });
@@ -217,19 +220,42 @@ fn split_wave<T: Element>(
     }
     let cols = &cols;
     let px = wave_rows * g.wo;
+    // With the panel GEMM, each task packs the panels of its own block of the weight (a call
+    // that only splits, e.g. ResNet's c5 at batch 1, never packs the whole weight: the block
+    // stays in this core's caches for its GEMM instead of a 9.4 MB pass through memory).
+    let own_panels = plan.k.panel_gemm.is_some();
     let scratch = PerWorker::new();
     for_each_item(work, |(q, o0, ys), w| {
-        scratch.with(
-            w,
-            || take(px * cb, T::Acc::zero()),
-            |out| output_block(plan, q, o0, &cols[q], ys, out, bias),
-        )
+        let init = || {
+            let panels = if own_panels { cb * plan.row_len } else { 0 };
+            (take(px * cb, T::Acc::zero()), take(panels, T::Acc::zero()))
+        };
+        scratch.with(w, init, |(out, panels)| {
+            let nc = ys.first().map_or(0, |y| y.shape()[0]);
+            let block = own_panels.then(|| {
+                let panels = &mut panels[..nc.div_ceil(NR) * NR * plan.row_len];
+                for (p, panel) in panels.chunks_mut(NR * plan.row_len).enumerate() {
+                    let o = o0 + p * NR;
+                    pack_panel(
+                        g,
+                        &plan.ops.weight,
+                        q * coutg + o,
+                        NR.min(o0 + nc - o),
+                        panel,
+                    );
+                }
+                &*panels
+            });
+            output_block(plan, q, o0, &cols[q], ys, out, bias, block)
+        })
     });
 }
 
 /// `Y[q*Coutg + o0 + o, ..] = cols * Wp_q[o0 + o] + b` for the channels of the views `ys`
 /// (`[channels, rows, Wo]` each, covering consecutive pixels of `cols`): one GEMM into the
-/// scratch `out[P x channels]`, then each view's share written out.
+/// scratch `out[P x channels]`, then each view's share written out. The panel GEMM reads
+/// `block` (these channels' panels) when given, else the call's [`Plan::panels`].
+#[allow(clippy::too_many_arguments)]
 fn output_block<T: Element>(
     plan: &Plan<'_, '_, T>,
     q: usize,
@@ -238,6 +264,7 @@ fn output_block<T: Element>(
     ys: Vec<ArrayViewMut3<'_, T>>,
     out: &mut [T::Acc],
     bias: &[T::Acc],
+    block: Option<&[T::Acc]>,
 ) {
     let g = plan.g;
     let Some(nc) = ys.first().map(|y| y.shape()[0]) else {
@@ -254,7 +281,7 @@ fn output_block<T: Element>(
             lda: plan.row_len,
             m: px,
             k: plan.row_len,
-            b: &plan.wp[q][o0 * plan.row_len..],
+            b: block.unwrap_or_else(|| &plan.panels()[q][o0 * plan.row_len..]),
             n: nc,
             c: o,
             ldc: ld,

@@ -15,6 +15,7 @@ use crate::operands::Operands;
 use crate::params::{Geometry, GradGate};
 use ndarray::{ArrayView4, ArrayViewMut3, Axis};
 use num_traits::Zero;
+use std::sync::OnceLock;
 
 /// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
 /// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path.
@@ -44,11 +45,15 @@ pub(super) struct Plan<'p, 'a, T: Element> {
     pub(super) ops: &'p Operands<'a, T>,
     pub(super) k: Kernels<T::Acc>,
     /// The packed weight of each conv group. Forward: `wp[q][o*K*Cg + tap*Cg + c] =
-    /// Wt[q*Coutg + o, c, i, j]`, read by the GEMM through strides, or those rows in panels of
-    /// `NR` output channels when the kernels have a panel GEMM (`pack_weight_panels`). Backward: its transpose
+    /// Wt[q*Coutg + o, c, i, j]`, read by the `gemm` crate through strides; empty when the
+    /// kernels have a panel GEMM (the forward then reads [`Plan::panels`]). Backward: its transpose
     /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on (measured:
     /// stride2_c5 backward 59 ms against 75 ms with the forward layout).
     pub(super) wp: Vec<Buf<T::Acc>>,
+    /// The forward's weight in panels for the panel GEMM (`pack_panel`), every conv group,
+    /// packed on first use ([`Plan::panels`]): the split schedule packs each task's block
+    /// itself instead, so a call that only splits never packs the whole weight.
+    panels: OnceLock<Vec<Buf<T::Acc>>>,
     /// Columns per pixel of one conv group: `K * C/Gc`.
     pub(super) row_len: usize,
     /// Output rows per tile.
@@ -70,7 +75,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
                 if transposed {
                     pack_weight_transposed(g, &ops.weight, q)
                 } else if k.panel_gemm.is_some() {
-                    pack_weight_panels(g, &ops.weight, q)
+                    take(0, T::Acc::zero()) // panels instead, when asked for
                 } else {
                     pack_weight(g, &ops.weight, q)
                 }
@@ -82,8 +87,28 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
             ops,
             k,
             wp,
+            panels: OnceLock::new(),
             row_len,
             rows,
+        })
+    }
+
+    /// The weight of every conv group in panels (see [`pack_panel`]), packed once per call on
+    /// first use, panels in parallel.
+    pub(super) fn panels(&self) -> &[Buf<T::Acc>] {
+        use kernels::panel_gemm::NR;
+        self.panels.get_or_init(|| {
+            let (g, coutg) = (self.g, self.g.cout_per_group());
+            (0..g.groups)
+                .map(|q| {
+                    let mut panels = take(coutg.div_ceil(NR) * NR * self.row_len, T::Acc::zero()); // all written
+                    for_each_chunk(&mut panels, NR * self.row_len, |p, panel, _| {
+                        let o = p * NR;
+                        pack_panel(g, &self.ops.weight, q * coutg + o, NR.min(coutg - o), panel)
+                    });
+                    panels
+                })
+                .collect()
         })
     }
 
@@ -333,48 +358,44 @@ pub(super) fn pack_weight<T: Element>(
     rows
 }
 
-/// The forward's layout for the panel GEMM (`kernels::panel_gemm`): `wp[q][(o / NR) * K*Cg*NR +
-/// (tap*Cg + c) * NR + o % NR] = Wt[q*Coutg + o, c, i, j]`, zero past `Coutg`. One task per
-/// panel, reading its `NR` weight rows side by side and writing each `NR`-run (one cache line of
-/// f32) once. (Through [`pack_weight`]'s rows and a second reorder, the packing took 12% of
-/// stride2_c5's forward, 9.4 MB of weight.)
-pub(super) fn pack_weight_panels<T: Element>(
+/// One panel of the forward's layout for the panel GEMM (`kernels::panel_gemm`): output channels
+/// `o0 .. o0 + lanes` (`lanes <= NR`, one conv group), `panel[(tap*Cg + c) * NR + l] = Wt[o0 + l,
+/// c, i, j]`, zero for `l >= lanes`. It reads its `NR` weight rows side by side and writes each
+/// `NR`-run (one cache line of f32) once.
+pub(super) fn pack_panel<T: Element>(
     g: &Geometry,
     weight: &ArrayView4<'_, T>,
-    q: usize,
-) -> Buf<T::Acc> {
+    o0: usize,
+    lanes: usize,
+    panel: &mut [T::Acc],
+) {
     use kernels::panel_gemm::NR;
-    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
-    let mut panels = take(coutg.div_ceil(NR) * NR * kk * cg, T::Acc::zero()); // all written
-    for_each_chunk(&mut panels, NR * kk * cg, |p, panel, _| {
-        let lanes = NR.min(coutg - p * NR);
-        let ws: Vec<_> = (0..lanes)
-            .map(|l| weight.index_axis(Axis(0), q * coutg + p * NR + l)) // [Cg, kh, kw]
-            .collect();
-        let srcs: Option<Vec<&[T]>> = ws.iter().map(|w| w.to_slice()).collect();
-        match srcs {
-            Some(srcs) => {
-                for c in 0..cg {
-                    for tap in 0..kk {
-                        let run = &mut panel[(tap * cg + c) * NR..][..NR];
-                        for (v, src) in run.iter_mut().zip(&srcs) {
-                            *v = src[c * kk + tap].to_acc();
-                        }
-                        run[lanes..].fill(T::Acc::zero());
+    let (cg, kk) = (g.c_per_group(), g.taps());
+    let ws: Vec<_> = (0..lanes)
+        .map(|l| weight.index_axis(Axis(0), o0 + l)) // [Cg, kh, kw]
+        .collect();
+    let srcs: Option<Vec<&[T]>> = ws.iter().map(|w| w.to_slice()).collect();
+    match srcs {
+        Some(srcs) => {
+            for c in 0..cg {
+                for tap in 0..kk {
+                    let run = &mut panel[(tap * cg + c) * NR..][..NR];
+                    for (v, src) in run.iter_mut().zip(&srcs) {
+                        *v = src[c * kk + tap].to_acc();
                     }
-                }
-            }
-            None => {
-                panel.fill(T::Acc::zero());
-                for (l, w) in ws.iter().enumerate() {
-                    for ((c, i, j), v) in w.indexed_iter() {
-                        panel[((i * g.kw + j) * cg + c) * NR + l] = v.to_acc();
-                    }
+                    run[lanes..].fill(T::Acc::zero());
                 }
             }
         }
-    });
-    panels
+        None => {
+            panel[..NR * kk * cg].fill(T::Acc::zero());
+            for (l, w) in ws.iter().enumerate() {
+                for ((c, i, j), v) in w.indexed_iter() {
+                    panel[((i * g.kw + j) * cg + c) * NR + l] = v.to_acc();
+                }
+            }
+        }
+    }
 }
 
 /// `row[tap*Cg + c] = Wt[o, c, i, j]` for output channel `o`.
