@@ -70,17 +70,19 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
         let row_len = kk * cg;
         let k: Kernels<T::Acc> = kernels_for(isa)?;
-        let wp = (0..g.groups)
-            .map(|q| {
-                if transposed {
-                    pack_weight_transposed(g, &ops.weight, q)
-                } else if k.panel_gemm.is_some() {
-                    take(0, T::Acc::zero()) // panels instead, when asked for
-                } else {
-                    pack_weight(g, &ops.weight, q)
-                }
-            })
-            .collect();
+        let wp = if !transposed && k.panel_gemm.is_some() {
+            Vec::new() // the forward reads panels instead, packed when asked for
+        } else {
+            (0..g.groups)
+                .map(|q| {
+                    if transposed {
+                        pack_weight_transposed(g, &ops.weight, q)
+                    } else {
+                        pack_weight(g, &ops.weight, q)
+                    }
+                })
+                .collect()
+        };
         let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
         Ok(Plan {
             g,
