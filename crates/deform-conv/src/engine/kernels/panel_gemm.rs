@@ -142,11 +142,11 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
         let bp = |p: usize| b.wrapping_add(p * k * NR + k0 * NR);
         let ap = |i: usize| a.wrapping_add(i * lda + k0);
         let cp = |i: usize, p: usize| c.wrapping_add(i * ldc + p * NR);
+        let resume = k0 > 0;
         for i0 in (0..whole).step_by(MR) {
-            let ai: [*const A; MR] = std::array::from_fn(|i| ap(i0 + i));
             for p in 0..panels {
                 // SAFETY: rows i0..i0 + MR < m, panel p < panels (above).
-                unsafe { tile::<A, MR>(kc, ai, bp(p), cp(i0, p), ldc, k0 > 0) };
+                unsafe { rows::<A, MR>(kc, &ap, i0, bp(p), cp(i0, p), ldc, resume) };
             }
         }
         // The last m % MR rows in tiles of 8, 4, 2 and 1 (each below MR): one row at a time ran
@@ -159,34 +159,14 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
             }
             while m - i0 >= r {
                 for p in 0..panels {
+                    let (b, c) = (bp(p), cp(i0, p));
                     // SAFETY: rows i0..i0 + r < m, panel p < panels (above).
                     unsafe {
                         match r {
-                            8 => tile::<A, 8>(
-                                kc,
-                                std::array::from_fn(|i| ap(i0 + i)),
-                                bp(p),
-                                cp(i0, p),
-                                ldc,
-                                k0 > 0,
-                            ),
-                            4 => tile::<A, 4>(
-                                kc,
-                                std::array::from_fn(|i| ap(i0 + i)),
-                                bp(p),
-                                cp(i0, p),
-                                ldc,
-                                k0 > 0,
-                            ),
-                            2 => tile::<A, 2>(
-                                kc,
-                                std::array::from_fn(|i| ap(i0 + i)),
-                                bp(p),
-                                cp(i0, p),
-                                ldc,
-                                k0 > 0,
-                            ),
-                            _ => tile::<A, 1>(kc, [ap(i0)], bp(p), cp(i0, p), ldc, k0 > 0),
+                            8 => rows::<A, 8>(kc, &ap, i0, b, c, ldc, resume),
+                            4 => rows::<A, 4>(kc, &ap, i0, b, c, ldc, resume),
+                            2 => rows::<A, 2>(kc, &ap, i0, b, c, ldc, resume),
+                            _ => rows::<A, 1>(kc, &ap, i0, b, c, ldc, resume),
                         }
                     }
                 }
@@ -194,6 +174,25 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
             }
         }
     }
+}
+
+/// [`tile`] on the `R` rows of `a` from row `i0` (`ap(i)`: where row `i`'s block starts).
+///
+/// # Safety
+/// As for [`tile`], for the rows `ap(i0) .. ap(i0 + R - 1)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<A: Real, const R: usize>(
+    kc: usize,
+    ap: &impl Fn(usize) -> *const A,
+    i0: usize,
+    b: *const A,
+    c: *mut A,
+    ldc: usize,
+    resume: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { tile::<A, R>(kc, std::array::from_fn(|i| ap(i0 + i)), b, c, ldc, resume) }
 }
 
 /// Packs `w[o * ldw + kk]` (`n` rows of `k`) into [`NR`]-channel panels, zero past `n` (the
