@@ -9,7 +9,10 @@
 //! [`crate::op::Backend::EngineIsa`]).
 //!
 //! Reductions accumulate in `LANE` independent partial sums combined in a fixed order, and no
-//! body relies on fused multiply-add, so every instruction set gives bitwise the same result.
+//! row kernel relies on fused multiply-add, so every instruction set gives bitwise the same
+//! result. The forward's GEMM ([`panel_gemm`]) is the other way round: it fuses every
+//! multiply-add on every instruction set (`f32::mul_add`), one chain per element in a fixed order,
+//! and so it too returns the same bits on each.
 
 use super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::element::Real;
