@@ -368,17 +368,17 @@ fn write_deformed<T: Element>(
 ) {
     const CB: usize = 8;
     let g = plan.g;
-    let (cg, ld) = (g.c_per_group(), plan.row_len);
+    let (cg, row_len) = (g.c_per_group(), plan.row_len);
     for c0 in (0..cg).step_by(CB) {
         let cn = CB.min(cg - c0);
         for r in 0..nrows {
             for i in 0..g.kh {
                 let mut blk = d.slice_mut(ndarray::s![c0..c0 + cn, r * g.kh + i, ..]);
                 let mut drows: Vec<_> = blk.outer_iter_mut().collect();
-                // Pixel ow, tap j: cols[(r*Wo + ow)*ld + (i*kw + j)*Cg + c0 ..][..cn].
+                // Pixel ow, tap j: cols[(r*Wo + ow)*row_len + (i*kw + j)*Cg + c0 ..][..cn].
                 let at = |x: usize| {
                     let (ow, j) = (x / g.kw, x % g.kw);
-                    (r * g.wo + ow) * ld + (i * g.kw + j) * cg + c0
+                    (r * g.wo + ow) * row_len + (i * g.kw + j) * cg + c0
                 };
                 let slices: Option<Vec<&mut [T]>> =
                     drows.iter_mut().map(|v| v.as_slice_mut()).collect();

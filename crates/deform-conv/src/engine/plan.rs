@@ -304,16 +304,16 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         cols: &mut [T::Acc],
         rs: &mut RowScratch<T::Acc>,
     ) {
-        let (g, ld, cg) = (self.g, self.row_len, self.g.c_per_group());
+        let (g, row_len, cg) = (self.g, self.row_len, self.g.c_per_group());
         for r in 0..nrows {
             for (dg, off, chans) in self.segments(q) {
                 for tap in 0..g.taps() {
                     self.row_samples(n, dg, tap, oh0 + r, None, rs);
-                    let (job, block) = self.job(&rs.s, dg, &chans, ld);
+                    let (job, block) = self.job(&rs.s, dg, &chans, row_len);
                     (self.k.gather_row)(
                         &job,
                         &xt[block..],
-                        &mut cols[r * g.wo * ld + tap * cg + off..],
+                        &mut cols[r * g.wo * row_len + tap * cg + off..],
                     );
                 }
             }
@@ -352,10 +352,25 @@ pub(super) fn pack_weight<T: Element>(
     weight: &ArrayView4<'_, T>,
     q: usize,
 ) -> Buf<T::Acc> {
-    let (coutg, row_len) = (g.cout_per_group(), g.taps() * g.c_per_group());
+    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
+    let row_len = kk * cg;
     let mut rows = take(coutg * row_len, T::Acc::zero()); // every element is written below
     for_each_chunk(&mut rows, row_len, |o, row, _| {
-        weight_row(g, weight, q * coutg + o, row)
+        let w_o = weight.index_axis(Axis(0), q * coutg + o); // [Cg, kh, kw]
+        match w_o.as_slice() {
+            Some(src) => {
+                for c in 0..cg {
+                    for tap in 0..kk {
+                        row[tap * cg + c] = src[c * kk + tap].to_acc();
+                    }
+                }
+            }
+            None => {
+                for ((c, i, j), v) in w_o.indexed_iter() {
+                    row[(i * g.kw + j) * cg + c] = v.to_acc();
+                }
+            }
+        }
     });
     rows
 }
@@ -395,26 +410,6 @@ pub(super) fn pack_panel<T: Element>(
                 for ((c, i, j), v) in w.indexed_iter() {
                     panel[((i * g.kw + j) * cg + c) * NR + l] = v.to_acc();
                 }
-            }
-        }
-    }
-}
-
-/// `row[tap*Cg + c] = Wt[o, c, i, j]` for output channel `o`.
-fn weight_row<T: Element>(g: &Geometry, weight: &ArrayView4<'_, T>, o: usize, row: &mut [T::Acc]) {
-    let (cg, kk) = (g.c_per_group(), g.taps());
-    let w_o = weight.index_axis(Axis(0), o); // [Cg, kh, kw]
-    match w_o.as_slice() {
-        Some(src) => {
-            for c in 0..cg {
-                for tap in 0..kk {
-                    row[tap * cg + c] = src[c * kk + tap].to_acc();
-                }
-            }
-        }
-        None => {
-            for ((c, i, j), v) in w_o.indexed_iter() {
-                row[(i * g.kw + j) * cg + c] = v.to_acc();
             }
         }
     }
