@@ -409,6 +409,32 @@ fn engine_matches_reference_on_a_few_large_images() {
     }
 }
 
+/// Images whose input gradient several backward lanes share (one to three images of several
+/// tiles; one image of one tile, split in row ranges), with at least 32 channels per deformable
+/// group: each lane zeroes its rows of `dX` on first touch, and offsets of N(0, 2^2), huge and
+/// NaN send later rows above and below what a lane touched first. Against the reference, and the
+/// same bits on 1 and 3 threads; every scratch buffer starts as NaN (`common::rng`).
+#[test]
+fn input_gradient_rows_zeroed_on_first_touch() {
+    let mut rng = rng("input_gradient_rows_zeroed_on_first_touch");
+    let (mut tiled, mut single) = (0, 0);
+    while tiled < 4 || single < 3 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 96, 40, 6, 3);
+        let g = &p.geom;
+        if g.c_per_deformable_group() < 32 || g.ho < 4 {
+            continue;
+        }
+        if g.ho * g.wo > 300 && tiled < 4 {
+            tiled += 1;
+        } else if g.n == 1 && g.groups == 1 && g.ho * g.wo <= 200 && single < 3 {
+            single += 1;
+        } else {
+            continue;
+        }
+        matches_reference_on_1_and_3_threads(&mut rng, &p);
+    }
+}
+
 /// The input read in place whatever its strides: a channels-last image and a sliced view give
 /// the same bits as the contiguous image, forward and backward, on every instruction set
 /// (images of up to 40 channels per deformable group: the channels-last copy's 8-channel blocks

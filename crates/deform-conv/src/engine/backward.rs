@@ -2,7 +2,7 @@
 //! the offset/mask dot products and scatters the input gradient, then `dW += cols^T dY`, in fixed
 //! lanes reduced in order; see the engine's documentation.
 
-use super::blocking::{backward_rows_per_tile, LANES, REORDER_IN, REORDER_OUT};
+use super::blocking::{backward_rows_per_tile, LANES, LAZY_DX_CHANNELS, REORDER_IN, REORDER_OUT};
 use super::gemm::{gemm, gemm_view, Mat};
 use super::kernels::Isa;
 use super::plan::{copy_run, split_rows, Plan, RowScratch};
@@ -18,9 +18,8 @@ use num_traits::{One, Zero};
 
 /// One backward lane: its own gradient accumulators and scratch.
 pub(super) struct Lane<A: Real> {
-    /// `dX` of the current image, channels-last plus a garbage row for the zero pixel; zeroed per
-    /// image.
-    dx: Buf<A>,
+    /// `dX` of the current image, its rows zeroed on first touch.
+    dx: LazyDx<A>,
     /// `dW` partial sums per conv group, accumulated over the whole call; stale until the lane's
     /// first tile writes them (`dw_live`), so an idle lane costs no zeroing and no reduction.
     dw: Vec<Buf<A>>,
@@ -32,6 +31,107 @@ pub(super) struct Lane<A: Real> {
     /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`; zeroed per tile.
     acc: Buf<A>,
     rows: RowScratch<A>,
+}
+
+/// A channels-last `dX` (the engine's image layout: a block of `H*W + 1` pixels per deformable
+/// group, the last one the zero pixel, which takes the scatters of corners outside the image and
+/// is never read) whose image rows are zeroed on first touch. `rows` is the band of image rows
+/// zeroed so far: a lane that owns a band of output rows zeroes, and hands on to the sum, about
+/// its band of the image rather than all of it. Lazy or not, the sums are the same bits.
+pub(super) struct LazyDx<A: Real> {
+    buf: Buf<A>,
+    rows: std::ops::Range<usize>,
+    /// Zero on first touch ([`LAZY_DX_CHANNELS`]); else the whole image at once.
+    lazy: bool,
+    /// Image height and width, channels per deformable group.
+    h: usize,
+    w: usize,
+    cdg: usize,
+}
+
+impl<A: Real> LazyDx<A> {
+    /// An empty buffer (no input gradient wanted) when `want` is false. `shared`: the image's
+    /// `dX` is summed from several such parts (else one part holds it all, and laziness would
+    /// only add the scans).
+    fn new<T: Element<Acc = A>>(plan: &Plan<'_, '_, T>, want: bool, shared: bool) -> Self {
+        let g = plan.g;
+        LazyDx {
+            buf: take(if want { plan.image_len() } else { 0 }, A::zero()),
+            rows: 0..0,
+            lazy: shared && g.c_per_deformable_group() >= LAZY_DX_CHANNELS,
+            h: g.h,
+            w: g.w,
+            cdg: g.c_per_deformable_group(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Elements of one deformable group's block: `H*W` pixels and the zero pixel.
+    fn block(&self) -> usize {
+        ((self.h * self.w + 1) * self.cdg).max(1)
+    }
+
+    /// A new image: no image row zeroed yet, only the zero pixels (scatters only add to them);
+    /// or, not lazy, the whole buffer.
+    fn reset(&mut self) {
+        if !self.lazy {
+            self.buf.fill(A::zero());
+            self.rows = 0..self.h;
+            return;
+        }
+        self.rows = 0..0;
+        let (at, block) = (self.h * self.w * self.cdg, self.block());
+        for b in self.buf.chunks_mut(block) {
+            b[at..].fill(A::zero());
+        }
+    }
+
+    /// Does image row `y` hold sums (else it is all zero)?
+    fn holds(&self, y: usize) -> bool {
+        self.rows.contains(&y)
+    }
+
+    /// Zeroes, if not yet, the image rows that the corners of `s`'s first `n` samples land on:
+    /// those between the lowest and the highest corner index below `H*W` (the zero pixel's index).
+    fn cover(&mut self, s: &RowSamples<A>, n: usize) {
+        if self.buf.is_empty() || self.rows == (0..self.h) {
+            return;
+        }
+        let zero_pixel = (self.h * self.w) as u32;
+        let (mut lo, mut hi) = (u32::MAX, 0u32);
+        for idx in &s.idx {
+            for &v in &idx[..n] {
+                lo = lo.min(v);
+                hi = hi.max(if v == zero_pixel { 0 } else { v });
+            }
+        }
+        if lo >= zero_pixel {
+            return; // every corner is outside the image
+        }
+        let (lo, hi) = (lo as usize / self.w, hi as usize / self.w + 1);
+        let have = self.rows.clone();
+        let want = if have.is_empty() {
+            lo..hi
+        } else {
+            lo.min(have.start)..hi.max(have.end)
+        };
+        if want == have {
+            return;
+        }
+        // The new rows: below the band and above it (all of `want` when nothing was zeroed).
+        let below = want.start..have.start.max(want.start);
+        let above = have.end.max(want.start)..want.end;
+        let (row, block) = (self.w * self.cdg, self.block());
+        for b in self.buf.chunks_mut(block) {
+            for r in [below.clone(), above.clone()] {
+                b[r.start * row..r.end * row].fill(A::zero());
+            }
+        }
+        self.rows = want;
+    }
 }
 
 /// Tasks of each weight-sized GEMM of the whole-image schedule (blocks of `K*C`): each packs
@@ -112,7 +212,7 @@ pub(super) fn backward_impl<T: Element>(
     let used = wave * per;
     let mut lanes: Vec<Lane<T::Acc>> = (0..used)
         .map(|_| Lane {
-            dx: some(want_dx, plan.image_len()),
+            dx: LazyDx::new(plan, want_dx, per > 1),
             dw: if want_dw {
                 (0..g.groups)
                     .map(|_| take(plan.row_len * coutg, zero)) // written by the first tile
@@ -151,9 +251,7 @@ pub(super) fn backward_impl<T: Element>(
             }
             for_each_item(work, |(n, lane, xt, mut lg, gi), _| {
                 plan.image_nhwc(n, xt);
-                if want_dx {
-                    lane.dx.iter_mut().for_each(|v| *v = zero);
-                }
+                lane.dx.reset();
                 let dy_n = dy.index_axis(Axis(0), n);
                 for t in 0..tiles {
                     let oh0 = t * plan.rows;
@@ -190,9 +288,7 @@ pub(super) fn backward_impl<T: Element>(
             }
         }
         for_each_item(work, |(n, xt, row0, len, lane, mut lg), _| {
-            if want_dx {
-                lane.dx.iter_mut().for_each(|v| *v = zero);
-            }
+            lane.dx.reset();
             let dy_n = dy.index_axis(Axis(0), n);
             let mut r = 0;
             while r < len {
@@ -203,7 +299,7 @@ pub(super) fn backward_impl<T: Element>(
         });
         for lanes in lanes.chunks(per).take(nw) {
             if let Some(gi) = next_view(&mut gi_imgs) {
-                let parts: Vec<&[T::Acc]> = lanes.iter().map(|l| &l.dx[..]).collect();
+                let parts: Vec<&LazyDx<T::Acc>> = lanes.iter().map(|l| &l.dx).collect();
                 write_input_grad(plan, &parts, gi, true);
             }
         }
@@ -212,24 +308,37 @@ pub(super) fn backward_impl<T: Element>(
 }
 
 /// `dX[c, y, x]` of one image from channels-last partial sums: `parts[0]` alone, or with
-/// `parallel`, the parts added in order from +0, image rows in parallel.
+/// `parallel`, the parts added in order from +0, image rows in parallel. A part skips the rows
+/// it never touched: they hold +0, and adding +0 to a sum that starts from +0 changes no bit.
 fn write_input_grad<T: Element>(
     plan: &Plan<'_, '_, T>,
-    parts: &[&[T::Acc]],
+    parts: &[&LazyDx<T::Acc>],
     mut gi: ArrayViewMut3<'_, T>,
     parallel: bool,
 ) {
-    let sum = |at: usize| {
-        T::from_acc(match parts {
-            [one] => one[at],
-            _ => parts.iter().fold(T::Acc::zero(), |s, p| s + p[at]),
-        })
-    };
+    let zero = T::Acc::zero();
     // Channel `ch` of pixel (y, x) of a part: base[ch] + y * W*C/G + x * C/G.
     let g = plan.g;
     let cdg = g.c_per_deformable_group();
     let base: Vec<usize> = (0..g.c).map(|ch| plan.nhwc_index(0, 0, ch)).collect();
     let write_row = |y: usize, mut rows: ArrayViewMut2<'_, T>| {
+        let live: Vec<&[T::Acc]> = parts
+            .iter()
+            .filter(|p| p.holds(y))
+            .map(|p| &p.buf[..])
+            .collect();
+        if live.is_empty() {
+            rows.fill(T::from_acc(zero));
+            return;
+        }
+        let single = parts.len() == 1;
+        let sum = |at: usize| {
+            T::from_acc(if single {
+                live[0][at]
+            } else {
+                live.iter().fold(zero, |s, p| s + p[at])
+            })
+        };
         // rows: [C, W] of image row y; the parts hold [W, C/G] blocks. In blocks of 8
         // channels, pixel by pixel: the 8 values of a pixel are adjacent in the parts (within
         // a deformable group) and the 8 planes are written in order. (Channel by channel,
@@ -313,8 +422,8 @@ fn whole_images<T: Element>(
     // Rows of dW and columns of dcol per task: a quarter, in whole cache lines.
     let block = row_len.div_ceil(WEIGHT_BLOCKS).next_multiple_of(16);
     // Per slot: its dX (channels-last), a-sums and row scratch.
-    let mut slot_dx: Vec<Buf<T::Acc>> = (0..slots)
-        .map(|_| take(if want_dx { plan.image_len() } else { 0 }, zero))
+    let mut slot_dx: Vec<LazyDx<T::Acc>> = (0..slots)
+        .map(|_| LazyDx::new(plan, want_dx, g.n == 1))
         .collect();
     let mut slot_acc: Vec<Buf<T::Acc>> = (0..slots)
         .map(|_| take(if want_tap { px * gk * 4 } else { 0 }, zero))
@@ -441,7 +550,7 @@ fn whole_images<T: Element>(
         }
         let (xts, dcol) = (&xts, &dcol);
         for_each_item(work, |(n, i, row0, nrows, dx, acc, rs, mut lg, gi), _| {
-            dx.iter_mut().for_each(|v| *v = zero);
+            dx.reset();
             let acc = &mut acc[..if want_tap { nrows * g.wo * gk * 4 } else { 0 }];
             acc.iter_mut().for_each(|v| *v = zero);
             let d = &dcol[(i * px + row0 * g.wo) * row_len..];
@@ -462,13 +571,13 @@ fn whole_images<T: Element>(
                 gate,
             );
             if let Some(gi) = gi {
-                write_input_grad(plan, &[&dx[..]], gi, false);
+                write_input_grad(plan, &[&*dx], gi, false);
             }
         });
     }
     if g.n == 1 {
         if let Some(gi) = grads.input.as_mut() {
-            let parts: Vec<&[T::Acc]> = slot_dx.iter().map(|d| &d[..]).collect();
+            let parts: Vec<&LazyDx<T::Acc>> = slot_dx.iter().collect();
             write_input_grad(plan, &parts, gi.index_axis_mut(Axis(0), 0), true);
         }
     }
@@ -630,7 +739,7 @@ pub(super) fn backward_tile<T: Element>(
                 lr0,
                 xt,
                 dcol,
-                &mut lane.dx[..],
+                &mut lane.dx,
                 acc,
                 cols,
                 &mut lane.rows,
@@ -677,7 +786,7 @@ fn tap_pass<T: Element>(
     lr0: usize,
     xt: &[T::Acc],
     dcol: &[T::Acc],
-    dx: &mut [T::Acc],
+    dx: &mut LazyDx<T::Acc>,
     acc: &mut [T::Acc],
     cols: &mut [T::Acc],
     rows: &mut RowScratch<T::Acc>,
@@ -696,12 +805,13 @@ fn tap_pass<T: Element>(
                 let at_col = r * g.wo * row_len + tap * cg + off;
                 let d = &dcol[at_col..];
                 let at = (r * gk + dg * kk + tap) * g.wo * 4;
+                dx.cover(&rows.s, g.wo);
                 let fused = plan.k.backward_row.filter(|_| !cols.is_empty() && want_tap);
                 if let Some(fused) = fused {
                     let dx = if dx.is_empty() {
                         &mut []
                     } else {
-                        &mut dx[block..]
+                        &mut dx.buf[block..]
                     };
                     let acc = &mut acc[at..at + 4 * g.wo];
                     fused(&job, d, &xt[block..], &mut cols[at_col..], acc, dx);
@@ -721,7 +831,7 @@ fn tap_pass<T: Element>(
                     }
                 }
                 if !dx.is_empty() && fused.is_none() {
-                    (plan.k.scatter_row)(&job, d, &mut dx[block..]);
+                    (plan.k.scatter_row)(&job, d, &mut dx.buf[block..]);
                 }
                 // The offset and mask gradients, made right here from the descriptors at
                 // hand. A deformable group that spans several conv groups has its row

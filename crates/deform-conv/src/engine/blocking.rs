@@ -55,6 +55,13 @@ pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usiz
     rows_for(BACKWARD_TILE_PIXELS, wo, row_len, elem_bytes)
 }
 
+/// Least channels per deformable group for which a backward lane zeroes its `dX` rows on first
+/// touch (`LazyDx`): finding the rows a descriptor row touches is a scan of its four corner
+/// index rows, next to a scatter of `4 * C/G` values per pixel. With 8 channels (edvr) the scan
+/// cost what the zeroing saved (edvr -1%, at batch 2 +4%); with 128 and more channels, ResNet c3
+/// at batch 2 ran 9% faster. Below it, lanes zero the whole image as before.
+pub(crate) const LAZY_DX_CHANNELS: usize = 32;
+
 /// Output channels per task of the weight reorders between torch's `[Cout, C, kh, kw]` and the
 /// backward's `[(tap*C + c), Cout]` (one cache line of f32 on the `[.., Cout]` side).
 pub(crate) const REORDER_OUT: usize = 16;

@@ -48,6 +48,8 @@ mod scratch;
 mod threads;
 
 pub use kernels::{active_isa, Isa};
+#[doc(hidden)]
+pub use scratch::poison_scratch;
 pub use threads::{
     num_threads, set_num_threads, with_executor, Executor, GompParallel, OmpThreadNum,
     OpenMpExecutor, RayonExecutor, SerialExecutor, Task,

@@ -8,11 +8,24 @@
 //! largest call's working set, and never by the batch.
 //!
 //! A reused buffer's contents are stale: every user overwrites the part it reads (or zeroes it)
-//! first.
+//! first. [`poison_scratch`] makes every buffer taken NaN throughout, so that a test sees any
+//! read of an element its user did not write first.
 
+use crate::element::Real;
 use std::any::Any;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// A test aid: from now on (`true`) every scratch buffer the engine takes is filled with NaN, so
+/// a result that reads an element before it is written (or zeroed) turns NaN. Costs a fill of
+/// every buffer; off by default.
+#[doc(hidden)]
+pub fn poison_scratch(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
 
 /// Most bytes the pool keeps between calls.
 const KEEP_BYTES: usize = 512 << 20;
@@ -62,7 +75,7 @@ fn bytes_of(b: &(dyn Any + Send)) -> usize {
 }
 
 /// A buffer of `len` elements with unspecified (stale or `fill`) contents.
-pub(crate) fn take<A: Copy + Send + 'static>(len: usize, fill: A) -> Buf<A> {
+pub(crate) fn take<A: Real>(len: usize, fill: A) -> Buf<A> {
     let found = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest pooled Vec<A> that is large enough.
@@ -80,5 +93,8 @@ pub(crate) fn take<A: Copy + Send + 'static>(len: usize, fill: A) -> Buf<A> {
         _ => Vec::with_capacity(len),
     };
     v.resize(len, fill);
+    if POISON.load(Ordering::Relaxed) {
+        v.fill(A::nan());
+    }
     Buf { v }
 }
