@@ -24,6 +24,8 @@ fn main() {
         "train_edvr" => [2, 64, 96, 96, 64, 3, 1, 1, 1, 1, 8],
         // ... and the 16x16 c5 layer of an inference-size image (1x3x512x512), trained at batch 1.
         "b1_c5" => [1, 512, 16, 16, 512, 3, 1, 1, 1, 1, 1],
+        // ... and its 64x64 c3 layer (the slowest against conv2d in bench/small_layers.py).
+        "b1_c3" => [1, 128, 64, 64, 128, 3, 1, 1, 1, 1, 1],
         _ => panic!("unknown shape {name}"),
     };
     let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;

@@ -1,11 +1,11 @@
 //! The backward: per tile, `dcols = dY * Wp^T`, then one pass that rebuilds the columns, makes
-//! the offset/mask dot products and scatters the input gradient, then `dW += cols^T dY`, in fixed
+//! the offset/mask dot products and scatters the input gradient, then `dW^T += dY^T cols`, in fixed
 //! lanes reduced in order; see the engine's documentation.
 
-use super::blocking::{backward_rows_per_tile, LANES, LAZY_DX_CHANNELS, REORDER_IN, REORDER_OUT};
+use super::blocking::{backward_rows_per_tile, LANES, LAZY_DX_CHANNELS};
 use super::gemm::{gemm, gemm_view, Mat};
 use super::kernels::Isa;
-use super::plan::{copy_run, split_rows, Plan, RowScratch};
+use super::plan::{split_rows, Plan, RowScratch};
 use super::sample::RowSamples;
 use super::scratch::{take, Buf};
 use super::threads::{for_each_chunk, for_each_item, PerWorker};
@@ -20,14 +20,16 @@ use num_traits::{One, Zero};
 pub(super) struct Lane<A: Real> {
     /// `dX` of the current image, its rows zeroed on first touch.
     dx: LazyDx<A>,
-    /// `dW` partial sums per conv group, accumulated over the whole call; stale until the lane's
-    /// first tile writes them (`dw_live`), so an idle lane costs no zeroing and no reduction.
+    /// `dW^T` partial sums per conv group (`[Coutg x K*Cg]`), accumulated over the whole call;
+    /// stale until the lane's first tile writes them (`dw_live`), so an idle lane costs no
+    /// zeroing and no reduction.
     dw: Vec<Buf<A>>,
     dw_live: bool,
     db: Vec<A>,
     cols: Buf<A>,
     dcol: Buf<A>,
-    dyt: Buf<A>,
+    /// The tile's `dY`, channel-major: `dyo[o * P + p]`.
+    dyo: Buf<A>,
     /// `a_j` sums, laid out `[row, deformable group * tap, ow, corner]`; zeroed per tile.
     acc: Buf<A>,
     rows: RowScratch<A>,
@@ -134,9 +136,10 @@ impl<A: Real> LazyDx<A> {
     }
 }
 
-/// Tasks of each weight-sized GEMM of the whole-image schedule (blocks of `K*C`): each packs
-/// the wave's `dY` again, so few and large. Measured against blocks of 256: ResNet c4 at batch
-/// 2 (2304 columns) 6% faster, stride2_c5 3% slower, c5 within noise.
+/// Tasks of each weight-sized GEMM of the whole-image schedule (`dW^T` by blocks of output
+/// channels, `dcol` by blocks of `K*C` columns): each packs the wave's operand that it shares
+/// with the others again, so few and large. Measured against blocks of 256 columns: ResNet c4
+/// at batch 2 (2304 columns) 6% faster, stride2_c5 3% slower, c5 within noise.
 const WEIGHT_BLOCKS: usize = 4;
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
@@ -215,7 +218,7 @@ pub(super) fn backward_impl<T: Element>(
             dx: LazyDx::new(plan, want_dx, per > 1),
             dw: if want_dw {
                 (0..g.groups)
-                    .map(|_| take(plan.row_len * coutg, zero)) // written by the first tile
+                    .map(|_| take(coutg * plan.row_len, zero)) // written by the first tile
                     .collect()
             } else {
                 vec![]
@@ -224,7 +227,7 @@ pub(super) fn backward_impl<T: Element>(
             db: vec![zero; g.cout],
             cols: some(want_dw, tile_px * plan.row_len),
             dcol: take(tile_px * plan.row_len, zero),
-            dyt: take(tile_px * g.cout, zero),
+            dyo: take(tile_px * g.cout, zero),
             acc: some(want_tap, tile_px * gk * 4),
             rows: RowScratch::new(g.wo),
         })
@@ -379,9 +382,10 @@ fn write_input_grad<T: Element>(
 /// the whole wave, split across the threads by blocks of the weight, so no per-lane copies of
 /// `dW` and no per-image packing of the weight:
 ///
-/// 1. per (image, output row): `dyt[p, o] = dY[n, o, p]` and the columns `cols[p, K*C]`;
-/// 2. `dW[K*C x Cout] += cols^T dyt`, in [`WEIGHT_BLOCKS`] tasks by rows;
-/// 3. `dcol[P x K*C] = dyt Wp^T`, in [`WEIGHT_BLOCKS`] tasks by columns;
+/// 1. `dY` channel-major (`dyo[o, p]`, the wave's pixels image after image), by channels; the
+///    columns `cols[p, K*C]` per (image, output row);
+/// 2. `dW^T[Cout x K*C] += dyo cols`, in [`WEIGHT_BLOCKS`] tasks by output channels;
+/// 3. `dcol[P x K*C] = dyo^T Wp^T`, in [`WEIGHT_BLOCKS`] tasks by columns;
 /// 4. the descriptor pass (offset/mask gradients and the `dX` scatter) per image, or for a
 ///    single image per range of output rows (`LANES` of them), each with its own `dX` summed
 ///    in range order.
@@ -411,15 +415,15 @@ fn whole_images<T: Element>(
     };
     let slots = if g.n == 1 { LANES } else { wave };
     let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
-    let mut dyt = take(wave * px * cout, zero); // written per wave
+    let mut dyo = take(wave * px * cout, zero); // written per wave
     let mut cols = take(if want_dw { wave * px * row_len } else { 0 }, zero);
     let mut dcol = take(if want_dcol { wave * px * row_len } else { 0 }, zero);
-    let mut dw = take(if want_dw { row_len * cout } else { 0 }, zero); // the first wave writes
+    let mut dw = take(if want_dw { cout * row_len } else { 0 }, zero); // the first wave writes
     if g.n == 0 {
         dw.iter_mut().for_each(|v| *v = zero);
     }
     let mut db = vec![zero; cout];
-    // Rows of dW and columns of dcol per task: a quarter, in whole cache lines.
+    // Columns of dcol per task: a quarter, in whole cache lines.
     let block = row_len.div_ceil(WEIGHT_BLOCKS).next_multiple_of(16);
     // Per slot: its dX (channels-last), a-sums and row scratch.
     let mut slot_dx: Vec<LazyDx<T::Acc>> = (0..slots)
@@ -437,68 +441,56 @@ fn whole_images<T: Element>(
     for n0 in (0..g.n).step_by(wave) {
         let nw = wave.min(g.n - n0);
         let pw = nw * px;
-        // 1. Channels-last images, dY transposed and the columns, per (image, output row).
+        // 1. Channels-last images; dY channel-major, by channels; the columns, per (image,
+        // output row).
         plan.images_nhwc(n0, &mut xts[..nw]);
-        {
-            let mut rows = Vec::with_capacity(nw * g.ho);
-            let mut cols_rows = cols.chunks_mut(g.wo * row_len);
-            for (i, dyt_r) in dyt[..pw * cout].chunks_mut(g.wo * cout).enumerate() {
-                rows.push((n0 + i / g.ho, i % g.ho, dyt_r, cols_rows.next()));
+        for_each_chunk(&mut dyo[..cout * pw], pw, |o, d, _| {
+            for (i, d) in d.chunks_exact_mut(px).enumerate() {
+                let src = dy.slice(ndarray::s![n0 + i, o, .., ..]);
+                d.iter_mut()
+                    .zip(src.iter())
+                    .for_each(|(d, v)| *d = v.to_acc());
             }
+        });
+        if want_dw {
+            let rows: Vec<_> = cols[..pw * row_len]
+                .chunks_mut(g.wo * row_len)
+                .enumerate()
+                .map(|(i, c)| (n0 + i / g.ho, i % g.ho, c))
+                .collect();
             let xts = &xts;
             let scratch = PerWorker::new();
-            for_each_item(rows, |(n, oh, dyt_r, cols_r), w| {
-                let dy_r = dy.slice(ndarray::s![n, .., oh, ..]);
-                for (o, row) in dy_r.outer_iter().enumerate() {
-                    for (ow, v) in row.iter().enumerate() {
-                        dyt_r[ow * cout + o] = v.to_acc();
-                    }
-                }
-                if let Some(c) = cols_r {
-                    scratch.with(
-                        w,
-                        || RowScratch::new(g.wo),
-                        |rs| plan.columns(n, 0, oh, 1, &xts[n - n0], c, rs),
-                    );
-                }
+            for_each_item(rows, |(n, oh, c), w| {
+                scratch.with(
+                    w,
+                    || RowScratch::new(g.wo),
+                    |rs| plan.columns(n, 0, oh, 1, &xts[n - n0], c, rs),
+                );
             });
         }
-        for p in 0..pw {
-            for o in 0..cout {
-                db[o] += dyt[p * cout + o];
-            }
+        for (o, d) in dyo[..cout * pw].chunks_exact(pw).enumerate() {
+            d.iter().for_each(|v| db[o] += *v);
         }
-        let dyt_w = Mat {
-            data: &dyt[..pw * cout],
+        let dyo_w = Mat {
+            data: &dyo[..cout * pw],
             rows: pw,
             cols: cout,
-            rs: cout,
-            cs: 1,
+            rs: 1,
+            cs: pw,
         };
-        // 2. dW[rows, :] += cols^T[rows, :] dyt, all the wave's pixels in one GEMM.
+        // 2. dW^T[block, :] += dyo[block, :] cols, all the wave's pixels in one GEMM.
         if want_dw {
-            let cols = &cols;
-            for_each_chunk(&mut dw, block * cout, |b, blk, _| {
-                let r0 = b * block;
-                gemm(
-                    blk,
-                    cout,
-                    n0 > 0,
-                    Mat {
-                        data: &cols[r0..pw * row_len],
-                        rows: blk.len() / cout,
-                        cols: pw,
-                        rs: 1,
-                        cs: row_len,
-                    },
-                    dyt_w,
-                );
+            let (dyo, cols) = (&dyo, &cols);
+            let ob = cout.div_ceil(WEIGHT_BLOCKS);
+            for_each_chunk(&mut dw, ob * row_len, |b, blk, _| {
+                let (o0, m) = (b * ob, blk.len() / row_len);
+                weight_grad(plan, &dyo[o0 * pw..(o0 + m) * pw], pw, cols, blk, n0 > 0);
             });
         }
         if !want_dcol {
             continue;
         }
-        // 3. dcol[:, block] = dyt Wp^T[:, block]: the weight packed once per wave.
+        // 3. dcol[:, block] = dyo^T Wp^T[:, block]: the weight packed once per wave.
         {
             let mut view = ArrayViewMut2::from_shape((pw, row_len), &mut dcol[..pw * row_len])
                 .expect("pw * row_len elements");
@@ -511,7 +503,7 @@ fn whole_images<T: Element>(
                 let ncols = blk.shape()[1];
                 gemm_view(
                     blk,
-                    dyt_w,
+                    dyo_w,
                     Mat {
                         data: &plan.wp[0][j0 * cout..],
                         rows: cout,
@@ -584,11 +576,11 @@ fn whole_images<T: Element>(
     reduce_weight_bias(plan, &[], Some((&dw, &db)), &mut grads);
 }
 
-/// A `dW` (`[K*C x Cout]`) and `db` already summed.
+/// A `dW^T` (`[Cout x K*C]`) and `db` already summed.
 type Summed<'a, A> = (&'a Buf<A>, &'a [A]);
 
 /// `dW` and `db`: the lanes' partial sums added in lane order, or the sums `summed` already made
-/// (`dW` as `[K*C x Cout]`, one conv group).
+/// (`dW^T` as `[Cout x K*C]`, one conv group).
 pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
@@ -601,9 +593,9 @@ pub(super) fn reduce_weight_bias<T: Element>(
     let row_len = plan.row_len;
     if let Some(gw) = grads.weight.as_mut() {
         for q in 0..g.groups {
-            // sum[(tap*Cg + c)*Coutg + o] = lane 0 + lane 1 + ... (in lane order), contiguous.
+            // sum[o * K*Cg + tap*Cg + c] = lane 0 + lane 1 + ... (in lane order), contiguous.
             // One pass, each element summed over the lanes in order from +0.
-            let mut lane_sum = take(if summed.is_some() { 0 } else { row_len * coutg }, zero);
+            let mut lane_sum = take(if summed.is_some() { 0 } else { coutg * row_len }, zero);
             for_each_chunk(&mut lane_sum, 4096, |k, s, _| {
                 s.iter_mut().for_each(|v| *v = zero);
                 // A lane that ran no tile holds no sums: it would add +0, an identity here.
@@ -613,38 +605,24 @@ pub(super) fn reduce_weight_bias<T: Element>(
                 }
             });
             let sum: &[T::Acc] = summed.map_or(&lane_sum, |(d, _)| d);
-            // dWt[q*Coutg + o, c, i, j] = sum[(tap*Cg + c)*Coutg + o]: the mirror of
-            // `pack_weight_transposed`, in tasks of REORDER_IN input channels that read their
-            // sums row by row and write one run per weight row through an L1 tile.
+            // dWt[q*Coutg + o, c, i, j] = sum[o * K*Cg + (i*kw + j)*Cg + c]: within each weight
+            // row, a `[K x Cg]` to `[Cg x K]` transpose (the row's sums, 18 KB at most for
+            // ResNet's c5, stay in L1), one task per weight row.
             let mut block = gw.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
-            let outs: Vec<_> = block
-                .axis_chunks_iter_mut(Axis(1), REORDER_IN)
-                .enumerate()
-                .collect();
-            for_each_item(outs, |(bi, mut w_c), _| {
-                let (c0, ncb) = (bi * REORDER_IN, w_c.shape()[1]);
-                // tile[cc*K + tap][k] = sum[(tap*Cg + c0 + cc)*Coutg + o0 + k]
-                let mut tile = vec![[zero; REORDER_OUT]; ncb * kk];
-                for o0 in (0..coutg).step_by(REORDER_OUT) {
-                    let nb = REORDER_OUT.min(coutg - o0);
-                    for cc in 0..ncb {
-                        for tap in 0..kk {
-                            let r = tap * cg + c0 + cc;
-                            copy_run(&mut tile[cc * kk + tap][..nb], &sum[r * coutg + o0..][..nb]);
+            let rows: Vec<_> = block.outer_iter_mut().enumerate().collect();
+            for_each_item(rows, |(o, mut w_o), _| {
+                let src = &sum[o * row_len..][..row_len];
+                match w_o.as_slice_mut() {
+                    Some(dst) => {
+                        for (c, run) in dst.chunks_exact_mut(kk).enumerate() {
+                            for (tap, v) in run.iter_mut().enumerate() {
+                                *v = T::from_acc(src[tap * cg + c]);
+                            }
                         }
                     }
-                    // Weight row o0 + k's run of ncb*K values, in order.
-                    for k in 0..nb {
-                        let mut run = w_c.index_axis_mut(Axis(0), o0 + k);
-                        match run.as_slice_mut() {
-                            Some(run) => run
-                                .iter_mut()
-                                .zip(&tile)
-                                .for_each(|(v, t)| *v = T::from_acc(t[k])),
-                            None => run
-                                .iter_mut()
-                                .zip(&tile)
-                                .for_each(|(v, t)| *v = T::from_acc(t[k])),
+                    None => {
+                        for ((c, i, j), v) in w_o.indexed_iter_mut() {
+                            *v = T::from_acc(src[(i * g.kw + j) * cg + c]);
                         }
                     }
                 }
@@ -682,19 +660,16 @@ pub(super) fn backward_tile<T: Element>(
     let gk = g.deformable_groups * kk;
     let px = nrows * g.wo;
     let row_len = plan.row_len;
-    // dyt[p, o] = dY[n, o, oh0 + p / Wo, p % Wo]
-    let dyt = &mut lane.dyt[..px * g.cout];
-    for o in 0..g.cout {
-        for r in 0..nrows {
-            for ow in 0..g.wo {
-                dyt[(r * g.wo + ow) * g.cout + o] = dy_n[[o, oh0 + r, ow]].to_acc();
-            }
-        }
+    // dyo[o * P + p] = dY[n, o, oh0 + p / Wo, p % Wo]: the tile's rows of each channel.
+    let dyo = &mut lane.dyo[..g.cout * px];
+    for (o, d) in dyo.chunks_exact_mut(px.max(1)).enumerate() {
+        let src = dy_n.slice(ndarray::s![o, oh0..oh0 + nrows, ..]);
+        d.iter_mut()
+            .zip(src.iter())
+            .for_each(|(d, v)| *d = v.to_acc());
     }
-    for p in 0..px {
-        for o in 0..g.cout {
-            lane.db[o] += dyt[p * g.cout + o];
-        }
+    for (o, d) in dyo.chunks_exact(px.max(1)).enumerate() {
+        d.iter().for_each(|v| lane.db[o] += *v);
     }
     let want_tap = !lane.acc.is_empty();
     let acc = if want_tap {
@@ -704,12 +679,13 @@ pub(super) fn backward_tile<T: Element>(
     };
     acc.iter_mut().for_each(|v| *v = zero);
     for q in 0..g.groups {
+        let dy_q = &lane.dyo[q * coutg * px..(q + 1) * coutg * px];
         let dyq = Mat {
-            data: &dyt[q * coutg..],
+            data: dy_q,
             rows: px,
             cols: coutg,
-            rs: g.cout,
-            cs: 1,
+            rs: 1,
+            cs: px,
         };
         let want_dw = !lane.dw.is_empty();
         let cols = &mut lane.cols[..if want_dw { px * row_len } else { 0 }];
@@ -750,25 +726,48 @@ pub(super) fn backward_tile<T: Element>(
             plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
         }
         if want_dw {
-            // dW_q[K*Cg x Coutg] += cols^T * dY_q (= on the lane's first tile)
-            gemm(
-                &mut lane.dw[q],
-                coutg,
-                lane.dw_live,
-                Mat {
-                    data: &lane.cols[..px * row_len],
-                    rows: row_len,
-                    cols: px,
-                    rs: 1,
-                    cs: row_len,
-                },
-                dyq,
-            );
+            // dW_q^T += dY_q^T * cols (= on the lane's first tile)
+            weight_grad(plan, dy_q, px, &lane.cols, &mut lane.dw[q], lane.dw_live);
         }
     }
     if !lane.dw.is_empty() {
         lane.dw_live = true;
     }
+}
+
+/// `dW^T[o, kk] (+)= sum_p dY[o, p] * cols[p, kk]` for the `m = dy.len() / px` output channels
+/// of `dy` (`[m x px]`, channel-major) and the columns tile `cols` (`[px x K*Cg]`), into `dw`
+/// (`[m x K*Cg]`): each weight row's sums contiguous, so that the final reorder to torch's
+/// `[Cout, Cg, kh, kw]` is a transpose within each row (see [`reduce_weight_bias`]).
+fn weight_grad<T: Element>(
+    plan: &Plan<'_, '_, T>,
+    dy: &[T::Acc],
+    px: usize,
+    cols: &[T::Acc],
+    dw: &mut [T::Acc],
+    accumulate: bool,
+) {
+    let row_len = plan.row_len;
+    let m = dy.len() / px.max(1);
+    gemm(
+        dw,
+        row_len,
+        accumulate,
+        Mat {
+            data: dy,
+            rows: m,
+            cols: px,
+            rs: px,
+            cs: 1,
+        },
+        Mat {
+            data: &cols[..px * row_len],
+            rows: px,
+            cols: row_len,
+            rs: row_len,
+            cs: 1,
+        },
+    );
 }
 
 /// The descriptor pass of conv group `q`, output rows `[oh0, oh0 + nrows)` of image `n`, from

@@ -58,8 +58,9 @@ pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usiz
 /// Least channels per deformable group for which a backward lane zeroes its `dX` rows on first
 /// touch (`LazyDx`): finding the rows a descriptor row touches is a scan of its four corner
 /// index rows, next to a scatter of `4 * C/G` values per pixel. With 8 channels (edvr) the scan
-/// cost what the zeroing saved (edvr -1%, at batch 2 +4%); with 128 and more channels, ResNet c3
-/// at batch 2 ran 9% faster. Below it, lanes zero the whole image as before.
+/// cost what the zeroing saved (edvr -1%, at batch 2 +4%); with 128 channels, ResNet c3's
+/// backward at batch 2 ran 4-9% faster, and 6-7% at stride 2. Below it, lanes zero the whole
+/// image as before.
 pub(crate) const LAZY_DX_CHANNELS: usize = 32;
 
 /// Output channels per task of the weight reorders between torch's `[Cout, C, kh, kw]` and the

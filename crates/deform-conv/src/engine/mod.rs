@@ -19,7 +19,8 @@
 //! **Backward.** Per tile (of `blocking::BACKWARD_TILE_PIXELS`): `dcols = dY Wp^T` by GEMM,
 //! then one descriptor pass per (row, deformable group, tap) that, pixel by pixel from one load
 //! of each corner run (`kernels`' `backward_row` where written, else three kernels in turn),
-//! rebuilds the columns (for `dW += cols^T dY`, the GEMM that follows), gives four channel dot
+//! rebuilds the columns (for `dW^T += dY^T cols`, the GEMM that follows, each weight row's
+//! sums contiguous), gives four channel dot
 //! products `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask
 //! gradients (SPEC §2), and scatters `dX[idx_j, c] += w_j dcol[c]` for the input gradient.
 //! Tiles are dealt to `blocking::LANES`
