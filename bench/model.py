@@ -10,6 +10,10 @@ deform_conv.torch, and through torchvision, side by side in one process, default
   plain 3x3 conv of the same shape, its offset branch still computed forward and backward (its
   output joins the loss with weight 0), so that the difference is the deformable conv alone.
 
+For ResNet, ``floor`` is the DCN model with a plain conv where the deformable conv was (the
+offset/mask convs still run, their output joining with weight 0): what the model would cost with
+a deformable conv exactly as fast as torch's plain conv2d.
+
 Inference (no grad) and one training step (forward, backward, SGD), --repeat rounds. The variants
 are interleaved: each round runs every variant once, so a slow phase of a noisy machine (minutes
 long on a shared 2-core VM) meets all of them alike. Times are medians over the rounds; ratios are
@@ -54,13 +58,22 @@ class DCNv2(nn.Module):
                        self.conv.dilation, mask)
 
 
+class OffsetsThenConv(DCNv2):
+    """The floor of any DCN op: the offset/mask conv runs (its output joins with weight 0, so a
+    training step runs its backward too), then a plain conv where the deformable conv was."""
+
+    def forward(self, x, feat=None):
+        om = self.offset(x if feat is None else feat)
+        return self.conv(x) + 0.0 * om.mean()
+
+
 def resnet50_dcn(op):
     m = torchvision.models.resnet50(weights=None)
     if op is None:
         return m
     for layer in (m.layer2, m.layer3, m.layer4):
         for block in layer:
-            block.conv2 = DCNv2(block.conv2, op)
+            block.conv2 = OffsetsThenConv(block.conv2, None) if op == "floor" else DCNv2(block.conv2, op)
     return m
 
 
@@ -98,6 +111,9 @@ MODELS = {
 }
 
 
+FLOOR = "floor: offset convs + plain conv"
+
+
 def variants(name):
     build = MODELS[name][0]
     torch.manual_seed(0)
@@ -106,7 +122,13 @@ def variants(name):
     tv.load_state_dict(ours.state_dict())
     plain = build(None)
     plain.load_state_dict({k: v for k, v in ours.state_dict().items() if k in plain.state_dict()}, strict=False)
-    return {"plain conv": plain, "ours": ours, "ours (own pool)": ours, "torchvision": tv}
+    out = {"plain conv": plain}
+    if name == "resnet50_dcn":
+        # The plain model lacks the 13 offset/mask convs; this one has them and no DCN op.
+        floor = build("floor")
+        floor.load_state_dict(ours.state_dict())
+        out[FLOOR] = floor
+    return out | {"ours": ours, "ours (own pool)": ours, "torchvision": tv}
 
 
 def run(name, repeat):
@@ -152,9 +174,11 @@ def run(name, repeat):
     base = times["plain conv"]
     ratios = {label: tuple(median([a / b for a, b in zip(ts, bs)]) for ts, bs in zip(t, base))
               for label, t in times.items()}
-    tv_ours = tuple(median([a / b for a, b in zip(ts, os)])
-                    for ts, os in zip(times["torchvision"], times["ours"]))
-    return rows, ratios, tv_ours
+    def tv_over(label):
+        return tuple(median([a / b for a, b in zip(ts, os)])
+                     for ts, os in zip(times["torchvision"], times[label]))
+    tv_floor = tv_over(FLOOR) if FLOOR in times else None
+    return rows, ratios, tv_over("ours"), tv_floor
 
 
 def main():
@@ -167,8 +191,9 @@ def main():
           f"deform_conv executor under torch: {dct.executor()}; {a.repeat} interleaved rounds")
     out = {}
     for name in a.models.split(","):
-        rows, ratios, tv_ours = run(name, a.repeat)
-        out[name] = {"ms": rows, "per_plain": ratios, "torchvision_per_ours": tv_ours}
+        rows, ratios, tv_ours, tv_floor = run(name, a.repeat)
+        out[name] = {"ms": rows, "per_plain": ratios, "torchvision_per_ours": tv_ours,
+                     "torchvision_per_floor": tv_floor}
         print(f"\n{name}: inference {MODELS[name][1]}, training step {MODELS[name][2]}")
         print("| model | inference ms | / plain | training step ms | / plain |")
         print("|---|---:|---:|---:|---:|")
@@ -176,6 +201,9 @@ def main():
             ri, rt = ratios[label]
             print(f"| {label} | {inf:.0f} | {ri:.2f} | {tr:.0f} | {rt:.2f} |")
         print(f"torchvision / ours: inference {tv_ours[0]:.1f}x, training step {tv_ours[1]:.1f}x")
+        if tv_floor:
+            print(f"torchvision / floor: inference {tv_floor[0]:.2f}x, training step {tv_floor[1]:.2f}x "
+                  "(the most a DCN op running at plain conv2d's speed could show here)")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 

@@ -63,14 +63,15 @@ pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usiz
 /// image as before.
 pub(crate) const LAZY_DX_CHANNELS: usize = 32;
 
-/// Output channels per task of the weight reorders between torch's `[Cout, C, kh, kw]` and the
-/// backward's `[(tap*C + c), Cout]` (one cache line of f32 on the `[.., Cout]` side).
+/// Output channels per task of the backward's weight reorder from torch's `[Cout, C, kh, kw]` to
+/// `[(tap*C + c), Cout]` (one cache line of f32 on the `[.., Cout]` side). (The weight gradient
+/// comes back as `[Cout, (tap*C + c)]`: a transpose inside each weight row, no tiles.)
 pub(crate) const REORDER_OUT: usize = 16;
 
-/// Input channels per step of those reorders: a `REORDER_IN x K x REORDER_OUT` tile (9 KB for
+/// Input channels per step of that reorder: a `REORDER_IN x K x REORDER_OUT` tile (9 KB for
 /// 3x3, f32) stays in L1, so both sides are read and written in whole runs. Going element by
 /// element instead, the 16 weight rows 18 KB apart (C = 512) fell into two L1 sets: ResNet c5's
-/// backward spent 40% of its time in these two reorders.
+/// backward spent 40% of its time in its two reorders.
 pub(crate) const REORDER_IN: usize = 16;
 
 /// Least pixels per task of the channels-last copy: each task reads runs of this many elements

@@ -510,7 +510,7 @@ fn transpose_rows<T: Element>(
 
 /// `dst.copy_from_slice(src)` for the weight reorders' runs of at most [`REORDER_OUT`]: a full
 /// run is one fixed-size copy (two vector moves) instead of a `memmove` call per 64 bytes.
-pub(super) fn copy_run<A: Copy>(dst: &mut [A], src: &[A]) {
+fn copy_run<A: Copy>(dst: &mut [A], src: &[A]) {
     match (
         <&mut [A; REORDER_OUT]>::try_from(&mut *dst),
         <&[A; REORDER_OUT]>::try_from(src),
