@@ -14,7 +14,6 @@ pool is used. Results are bitwise identical either way and for any thread count.
 **No hidden copies.** Tensors of any strides (``channels_last``, slices) are read in place;
 bfloat16 is passed as its bits (numpy has no bfloat16); outputs are wrapped, not copied.
 """
-import ctypes
 import math
 import os
 import warnings
@@ -31,32 +30,14 @@ __all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d", "install", 
 
 
 
-def _find_openmp():
-    """(GOMP_parallel, omp_get_thread_num) addresses of the OpenMP runtime torch loaded, or None."""
+def _use_openmp():
+    """Registers the OpenMP runtime torch loaded (found by the extension itself); False if none."""
     if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
-        return None
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if len(line.split()) >= 6}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        base = os.path.basename(path)
-        if not (base.startswith("libgomp") or base.startswith("libiomp")):
-            continue
-        try:
-            lib = ctypes.CDLL(path)  # already loaded: the same library, no second copy
-            return (ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value,
-                    ctypes.cast(lib.omp_get_thread_num, ctypes.c_void_p).value)
-        except (OSError, AttributeError):
-            continue
-    return None
+        return False
+    return _core.use_openmp(torch.get_num_threads())
 
 
-_OPENMP = _find_openmp()
-if _OPENMP is not None:
-    _core.use_openmp(*_OPENMP, torch.get_num_threads())
-else:
+if not _use_openmp():
     warnings.warn("deform_conv.torch: torch's OpenMP runtime was not found; the engine runs on its own "
                   "thread pool (deform_conv.set_num_threads), which may contend with torch's threads",
                   RuntimeWarning, stacklevel=2)

@@ -3,7 +3,7 @@
 //! engine, checked against the reference path, timed, and its sampling points drawn.
 
 use crate::data::Rng;
-use crate::npy::Outputs;
+use crate::outputs::Outputs;
 use crate::viz::{centre, points, render, synthetic, Drawn, Grid};
 use anyhow::{bail, Result};
 use clap::Args;

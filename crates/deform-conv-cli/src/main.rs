@@ -14,6 +14,7 @@ mod data;
 mod demo;
 mod npy;
 mod onnx;
+mod outputs;
 mod run;
 mod viz;
 
@@ -50,16 +51,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        deform_conv::engine::set_num_threads(n);
-    }
-    let result = match cli.cmd {
-        Cmd::Demo(a) => demo::demo(&a),
-        Cmd::Run(a) => run::run(&a),
-        Cmd::Convert(a) => run::convert(&a),
-        Cmd::Bench(a) => bench::bench(&a),
-        Cmd::Viz(a) => viz::viz(&a),
-        Cmd::Onnx(a) => onnx::onnx(&a),
+    let result = match cli.threads.map(deform_conv::engine::set_num_threads) {
+        Some(Err(e)) => Err(anyhow::anyhow!("--threads: {e}")),
+        _ => run(cli.cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,5 +61,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Demo(a) => demo::demo(&a),
+        Cmd::Run(a) => run::run(&a),
+        Cmd::Convert(a) => run::convert(&a),
+        Cmd::Bench(a) => bench::bench(&a),
+        Cmd::Viz(a) => viz::viz(&a),
+        Cmd::Onnx(a) => onnx::onnx(&a),
     }
 }

@@ -4,10 +4,7 @@
 //! is allocated: the declared shape times the item size must equal, exactly, the bytes the file
 //! really holds after its header (overflow-checked). A truncated, corrupt, lying or huge header is
 //! an error naming the file, never a panic or an allocation abort.
-//!
-//! **Writing is all or nothing.** [`Outputs`] collects every array a command produces; only when
-//! all are computed are they written, each to a temporary file beside its target, and only when
-//! every temporary file is complete are they renamed into place. A failure leaves no file behind.
+//! Arrays are encoded here ([`Save`]) and written by [`crate::outputs::Outputs`].
 
 use anyhow::{anyhow, bail, Context, Result};
 use deform_conv::error::check_rank;
@@ -16,8 +13,8 @@ use ndarray::{Array, ArrayD, Dimension, Ix1, Ix4, IxDyn, ShapeBuilder};
 use ndarray_npy::{WritableElement, WriteDataError, WriteNpyExt};
 use py_literal::Value as PyValue;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 
 /// A loaded array of a supported dtype.
 pub enum Tensor {
@@ -141,11 +138,17 @@ pub fn parse_header(head: &[u8], file_len: u64) -> std::result::Result<Header, S
             ))
         }
     };
-    let want = shape
-        .iter()
-        .try_fold(dtype.size() as u128, |acc, &d| acc.checked_mul(d as u128))
-        .filter(|&b| b <= isize::MAX as u128)
-        .ok_or_else(|| format!("shape {shape:?} is too large to exist"))?;
+    // ndarray (and every array library) also needs the product of the non-zero dimensions to
+    // fit in memory, even when another dimension is zero: (0, 2, 2**62, 8) is no array either.
+    let bytes_of = |skip_zeros: bool| {
+        shape
+            .iter()
+            .filter(|&&d| !(skip_zeros && d == 0))
+            .try_fold(dtype.size() as u128, |acc, &d| acc.checked_mul(d as u128))
+            .filter(|&b| b <= isize::MAX as u128)
+    };
+    bytes_of(true).ok_or_else(|| format!("shape {shape:?} is too large to exist"))?;
+    let want = bytes_of(false).ok_or_else(|| format!("shape {shape:?} is too large to exist"))?;
     let have = file_len as u128 - data_offset as u128;
     if want != have {
         return Err(format!(
@@ -168,14 +171,14 @@ fn from_le<T, const B: usize>(bytes: &[u8], f: impl Fn([u8; B]) -> T) -> Vec<T> 
         .collect()
 }
 
-fn shaped<T>(h: &Header, v: Vec<T>) -> ArrayD<T> {
+fn shaped<T>(h: &Header, v: Vec<T>) -> Result<ArrayD<T>> {
     let shape = IxDyn(&h.shape);
     let shape = if h.fortran_order {
         shape.f()
     } else {
         shape.into_shape_with_order()
     };
-    Array::from_shape_vec(shape, v).expect("length checked against the header")
+    Array::from_shape_vec(shape, v).map_err(|e| anyhow!("shape {:?}: {e}", h.shape))
 }
 
 /// Reads a float16, float32 or float64 .npy file, checking its header against its real size.
@@ -208,11 +211,12 @@ pub fn load(path: &Path, what: &str) -> Result<Tensor> {
             data.len()
         );
     }
-    Ok(match h.dtype {
-        DType::F16 => Tensor::F16(shaped(&h, from_le(&data, f16::from_le_bytes))),
-        DType::F32 => Tensor::F32(shaped(&h, from_le(&data, f32::from_le_bytes))),
-        DType::F64 => Tensor::F64(shaped(&h, from_le(&data, f64::from_le_bytes))),
-    })
+    let tensor = match h.dtype {
+        DType::F16 => shaped(&h, from_le(&data, f16::from_le_bytes)).map(Tensor::F16),
+        DType::F32 => shaped(&h, from_le(&data, f32::from_le_bytes)).map(Tensor::F32),
+        DType::F64 => shaped(&h, from_le(&data, f64::from_le_bytes)).map(Tensor::F64),
+    };
+    tensor.map_err(|e| anyhow!("{}: {e}", ctx()))
 }
 
 /// The array of `t` as `T`, or an error naming the file when its dtype differs from the call's.
@@ -324,91 +328,6 @@ impl Save for f64 {
 impl Save for f16 {
     fn encode<D: Dimension>(a: &Array<f16, D>) -> Result<Vec<u8>> {
         encode(&a.mapv(NpyF16))
-    }
-}
-
-/// The files one command writes, written together or not at all.
-#[derive(Default)]
-pub struct Outputs {
-    files: Vec<(PathBuf, Vec<u8>, String)>,
-}
-
-/// The folder `path` is written into must exist already: `--output` and `--grad-dir` alike.
-pub fn check_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "{}: the folder {} does not exist",
-            path.display(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
-impl Outputs {
-    /// Adds an array to write to `path`; `note` is printed after the path when written.
-    pub fn add<T: Save, D: Dimension>(&mut self, path: &Path, a: &Array<T, D>) -> Result<()> {
-        check_parent(path)?;
-        self.files.push((
-            path.to_path_buf(),
-            T::encode(a).with_context(|| path.display().to_string())?,
-            format!("{:?}", a.shape()),
-        ));
-        Ok(())
-    }
-
-    /// Adds raw bytes (a PNG, for example) to write to `path`.
-    pub fn add_bytes(&mut self, path: &Path, bytes: Vec<u8>, note: String) -> Result<()> {
-        check_parent(path)?;
-        self.files.push((path.to_path_buf(), bytes, note));
-        Ok(())
-    }
-
-    /// Writes every file through a temporary file beside it, then renames them all into place.
-    /// On any failure, the temporary files are removed and no target is touched.
-    pub fn commit(self) -> Result<()> {
-        let mut temps: Vec<(PathBuf, &Path)> = Vec::new();
-        let result = (|| -> Result<()> {
-            for (path, bytes, _) in &self.files {
-                let name = path
-                    .file_name()
-                    .ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
-                let mut tmp_name = std::ffi::OsString::from(".");
-                tmp_name.push(name);
-                tmp_name.push(format!(".{}.tmp", std::process::id()));
-                let tmp = path.with_file_name(tmp_name);
-                temps.push((tmp.clone(), path));
-                let f = File::create(&tmp)
-                    .with_context(|| format!("{}: cannot create", path.display()))?;
-                let mut w = BufWriter::new(f);
-                w.write_all(bytes)
-                    .and_then(|_| w.flush())
-                    .with_context(|| format!("{}: cannot write", path.display()))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for (tmp, _) in &temps {
-                let _ = std::fs::remove_file(tmp);
-            }
-            return Err(e);
-        }
-        for (tmp, path) in &temps {
-            if let Err(e) = std::fs::rename(tmp, path) {
-                for (t, _) in &temps {
-                    let _ = std::fs::remove_file(t);
-                }
-                return Err(anyhow!("{}: cannot write ({e})", path.display()));
-            }
-        }
-        for (path, _, note) in &self.files {
-            println!("wrote {} {note}", path.display());
-        }
-        Ok(())
     }
 }
 

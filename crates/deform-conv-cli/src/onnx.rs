@@ -4,7 +4,8 @@
 //! before the model runs; every output is computed before any file is written, and then written
 //! all together (`npy::Outputs`): a failure leaves nothing behind.
 
-use crate::npy::{self, Outputs, Tensor as Npy};
+use crate::npy::{self, Tensor as Npy};
+use crate::outputs::Outputs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use deform_conv_tract::WithDeformConv;

@@ -1,6 +1,7 @@
 //! `run` and `convert`: .npy files through the crate's conventions and layout converters.
 
-use crate::npy::{self, Outputs, Pick, Tensor};
+use crate::npy::{self, Pick, Tensor};
+use crate::outputs::Outputs;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use deform_conv::conventions::{int_or_pair, mindspore, npu, onnx, torchvision, Layout};
@@ -409,10 +410,10 @@ fn convert_typed<T: Element + Pick + npy::Save + num_traits::One>(a: &ConvertArg
             }
             o
         }
-        Conversion::NchwToNhwc => layout::nchw_to_nhwc(x.view()),
-        Conversion::NhwcToNchw => layout::nhwc_to_nchw(x.view()),
-        Conversion::OihwToHwcn => layout::oihw_to_hwcn(x.view()),
-        Conversion::HwcnToOihw => layout::hwcn_to_oihw(x.view()),
+        Conversion::NchwToNhwc => layout::nchw_to_nhwc(x.view())?,
+        Conversion::NhwcToNchw => layout::nhwc_to_nchw(x.view())?,
+        Conversion::OihwToHwcn => layout::oihw_to_hwcn(x.view())?,
+        Conversion::HwcnToOihw => layout::hwcn_to_oihw(x.view())?,
     };
     files.add(&a.output, &out)?;
     files.commit()

@@ -3,8 +3,8 @@
 //! small grey squares, a line leads from each grid point to where the offset moved it, and the
 //! sampled point is a filled disc of the pixel's colour.
 
-use crate::npy::Outputs;
 use crate::npy::{self, Tensor};
+use crate::outputs::Outputs;
 use crate::run::Convention;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;

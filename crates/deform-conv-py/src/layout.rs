@@ -30,10 +30,10 @@ fn permute<'py, T: PyElement>(py: Python<'py>, a: &Obj<'py>, which: &str) -> PyR
     let v = arr4::<T>("array", a)?;
     let v = v.as_array();
     let out = match which {
-        "nchw_to_nhwc" => layout::nchw_to_nhwc(v),
-        "nhwc_to_nchw" => layout::nhwc_to_nchw(v),
-        "oihw_to_hwcn" => layout::oihw_to_hwcn(v),
-        "hwcn_to_oihw" => layout::hwcn_to_oihw(v),
+        "nchw_to_nhwc" => layout::nchw_to_nhwc(v).map_err(err)?,
+        "nhwc_to_nchw" => layout::nhwc_to_nchw(v).map_err(err)?,
+        "oihw_to_hwcn" => layout::oihw_to_hwcn(v).map_err(err)?,
+        "hwcn_to_oihw" => layout::hwcn_to_oihw(v).map_err(err)?,
         _ => {
             return Err(PyValueError::new_err(format!(
                 "unknown conversion {which:?}"

@@ -62,40 +62,79 @@ pub(crate) fn torch_call(on: bool) -> bool {
     TORCH_MODE.replace(on)
 }
 
-/// Registers the process's OpenMP runtime (libgomp) for torch calls, from the addresses of its
-/// `GOMP_parallel` and `omp_get_thread_num` (as `deform_conv.torch` finds them with ctypes in the
-/// libgomp torch loaded), with `threads` workers (torch.get_num_threads()).
+/// Registers the OpenMP runtime this process already loaded (torch's libgomp or libiomp) for
+/// torch calls, with `threads` workers (torch.get_num_threads()); false when none is loaded.
 ///
-/// The addresses must be those two functions of one loaded libgomp; `deform_conv.torch` is the
-/// only caller and resolves them by name from the library torch itself loaded.
+/// The runtime is found here, never from addresses a caller passes: the libraries mapped into
+/// the process (`/proc/self/maps`) whose name starts with `libgomp` or `libiomp`, opened with
+/// `RTLD_NOLOAD` (only an already-loaded library, never a new one) and asked for
+/// `GOMP_parallel` and `omp_get_thread_num` by name.
 #[pyfunction]
-pub(crate) fn use_openmp(
-    gomp_parallel: usize,
-    omp_get_thread_num: usize,
-    threads: usize,
-) -> PyResult<()> {
-    if gomp_parallel == 0 || omp_get_thread_num == 0 {
-        return Err(PyValueError::new_err(
-            "use_openmp: expected the addresses of GOMP_parallel and omp_get_thread_num, got 0",
-        ));
-    }
-    // SAFETY: the caller passes the addresses of libgomp's `GOMP_parallel` and
-    // `omp_get_thread_num` (resolved by name with ctypes from the loaded library, which stays
-    // loaded while torch is); the function pointer types match their C signatures.
-    let (parallel, thread_num) = unsafe {
-        (
-            std::mem::transmute::<usize, GompParallel>(gomp_parallel),
-            std::mem::transmute::<usize, OmpThreadNum>(omp_get_thread_num),
-        )
+pub(crate) fn use_openmp(threads: usize) -> bool {
+    let Some((parallel, thread_num)) = loaded_openmp() else {
+        return false;
     };
-    // SAFETY: as above: the two entry points of one OpenMP runtime.
+    // SAFETY: the two entry points of one loaded OpenMP runtime (`loaded_openmp`).
     let executor = Arc::new(unsafe { OpenMpExecutor::new(parallel, thread_num, threads) });
     *HOST.write().unwrap_or_else(|e| e.into_inner()) = Some(Host {
         parallel,
         thread_num,
         executor,
     });
-    Ok(())
+    true
+}
+
+/// `GOMP_parallel` and `omp_get_thread_num` of an OpenMP runtime already loaded in this process.
+#[cfg(target_os = "linux")]
+fn loaded_openmp() -> Option<(GompParallel, OmpThreadNum)> {
+    use std::ffi::CString;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut paths: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            let base = p.rsplit('/').next().unwrap_or("");
+            base.starts_with("libgomp") || base.starts_with("libiomp")
+        })
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for path in paths {
+        let Ok(c_path) = CString::new(path) else {
+            continue;
+        };
+        // SAFETY: `c_path` is a NUL-terminated string; RTLD_NOLOAD returns a handle only for a
+        // library already loaded (no initialiser runs), or null.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            continue;
+        }
+        // SAFETY: a valid handle and NUL-terminated names; null when a symbol is missing.
+        let (p, t) = unsafe {
+            (
+                libc::dlsym(handle, c"GOMP_parallel".as_ptr()),
+                libc::dlsym(handle, c"omp_get_thread_num".as_ptr()),
+            )
+        };
+        // The library stays loaded while torch is (the handle's reference is kept on purpose).
+        if p.is_null() || t.is_null() {
+            continue;
+        }
+        // SAFETY: non-null addresses of the functions of those names in an OpenMP runtime,
+        // whose C signatures are the two function pointer types.
+        return Some(unsafe {
+            (
+                std::mem::transmute::<*mut libc::c_void, GompParallel>(p),
+                std::mem::transmute::<*mut libc::c_void, OmpThreadNum>(t),
+            )
+        });
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn loaded_openmp() -> Option<(GompParallel, OmpThreadNum)> {
+    None
 }
 
 /// Follows the host's thread count (torch.get_num_threads()); a no-op when unchanged.
@@ -144,8 +183,8 @@ pub(crate) fn set_host_executor(name: &str) -> PyResult<()> {
 
 /// Sets the engine's thread count (0 = one per core).
 #[pyfunction]
-pub(crate) fn set_num_threads(n: usize) {
-    engine::set_num_threads(n)
+pub(crate) fn set_num_threads(n: usize) -> PyResult<()> {
+    engine::set_num_threads(n).map_err(crate::common::err)
 }
 
 /// The engine's thread count.

@@ -43,7 +43,7 @@ impl Real for f64 {
 }
 
 /// A storage element type: `f32`, `f64`, `half::f16` or `half::bf16`.
-pub trait Element: Copy + Default + Debug + Send + Sync + crate::error::ZeroBits + 'static {
+pub trait Element: Copy + Default + Debug + Send + Sync + crate::alloc::ZeroBits + 'static {
     /// The type every sum and sampling weight is computed in.
     type Acc: Real;
     /// numpy / torch style name (`"float32"`), for messages.

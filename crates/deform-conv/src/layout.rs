@@ -6,10 +6,12 @@
 //! * NCHW ⇄ NHWC for images and offsets, OIHW ⇄ HWCN for weights.
 //!
 //! The same maps carry gradients: the gradient of a packed offset is packed like the offset.
-//! The split functions return strided views (no copy); the others return standard-layout arrays.
+//! The split functions return strided views (no copy); the others return standard-layout arrays,
+//! allocated fallibly (a broadcast view of 2^36 channels is an error, not an abort).
 
+use crate::alloc::try_to_owned;
 use crate::error::{check_rank, DeformError, Result};
-use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
+use ndarray::{s, Array4, ArrayView4, Axis};
 
 /// The interleaved offset as its `(dy, dx)` views, each `[N, G*K, Ho, Wo]`.
 pub fn split_interleaved<'a, T>(
@@ -22,9 +24,11 @@ pub fn split_interleaved<'a, T>(
             offset.shape(),
         ));
     }
+    // `1..` would start past the end of an empty channel axis.
+    let x0 = offset.shape()[1].min(1);
     Ok((
         offset.slice_move(s![.., 0..;2, .., ..]),
-        (*offset).slice_move(s![.., 1..;2, .., ..]),
+        (*offset).slice_move(s![.., x0..;2, .., ..]),
     ))
 }
 
@@ -54,61 +58,65 @@ pub fn interleaved_to_packed<T: Copy + num_traits::One>(
     mask: Option<ArrayView4<'_, T>>,
 ) -> Result<Array4<T>> {
     let (dy, dx) = split_interleaved(&offset)?;
-    let mask = match mask {
-        Some(m) if m.shape() == dy.shape() => m.to_owned(),
-        Some(m) => {
+    if let Some(m) = &mask {
+        if m.shape() != dy.shape() {
             return Err(DeformError::shape(
                 "mask",
                 format!("{:?}", dy.shape()),
                 m.shape(),
-            ))
+            ));
         }
-        None => Array4::from_elem(dy.raw_dim(), T::one()),
-    };
-    Ok(concatenate(Axis(1), &[dx.view(), dy.view(), mask.view()])
-        .expect("three views of one shape concatenate"))
+    }
+    let [n, gk, ho, wo]: [usize; 4] = check_rank("offset", dy.shape())?;
+    let packed_c = gk.checked_mul(3).ok_or_else(|| DeformError::Overflow {
+        name: "packed offset".into(),
+        detail: format!("3 * {gk} channels"),
+    })?;
+    let mut out = crate::alloc::try_alloc_with("packed offset", [n, packed_c, ho, wo], T::one())?;
+    out.slice_mut(s![.., 0..gk, .., ..]).assign(&dx);
+    out.slice_mut(s![.., gk..2 * gk, .., ..]).assign(&dy);
+    if let Some(m) = mask {
+        out.slice_mut(s![.., 2 * gk.., .., ..]).assign(&m);
+    }
+    Ok(out)
 }
 
 /// Packed `[x | y | mask]` to interleaved offset `[N, 2*G*K, Ho, Wo]` and mask `[N, G*K, Ho, Wo]`.
 pub fn packed_to_interleaved<T: Copy>(packed: ArrayView4<'_, T>) -> Result<(Array4<T>, Array4<T>)> {
     let (dx, dy, mask) = split_packed(&packed)?;
-    let [n, gk, ho, wo]: [usize; 4] = check_rank("offset", dy.shape())?;
-    let out = Array4::from_shape_fn((n, 2 * gk, ho, wo), |(a, ch, y, x)| {
-        if ch % 2 == 0 {
-            dy[[a, ch / 2, y, x]]
-        } else {
-            dx[[a, ch / 2, y, x]]
-        }
-    });
-    Ok((out, mask.to_owned()))
+    let gk = dy.shape()[1];
+    // An array of the right shape (the [x | y] blocks), then channel 2k = dy[k], 2k + 1 = dx[k].
+    let mut out = try_to_owned(
+        "interleaved offset",
+        packed.slice(s![.., 0..2 * gk, .., ..]),
+    )?;
+    for k in 0..gk {
+        out.index_axis_mut(Axis(1), 2 * k)
+            .assign(&dy.index_axis(Axis(1), k));
+        out.index_axis_mut(Axis(1), 2 * k + 1)
+            .assign(&dx.index_axis(Axis(1), k));
+    }
+    Ok((out, try_to_owned("mask", mask)?))
 }
 
 /// `[N, C, H, W]` to `[N, H, W, C]`.
-pub fn nchw_to_nhwc<T: Copy>(a: ArrayView4<'_, T>) -> Array4<T> {
-    a.permuted_axes([0, 2, 3, 1])
-        .as_standard_layout()
-        .into_owned()
+pub fn nchw_to_nhwc<T: Copy>(a: ArrayView4<'_, T>) -> Result<Array4<T>> {
+    try_to_owned("NHWC copy", a.permuted_axes([0, 2, 3, 1]))
 }
 
 /// `[N, H, W, C]` to `[N, C, H, W]`.
-pub fn nhwc_to_nchw<T: Copy>(a: ArrayView4<'_, T>) -> Array4<T> {
-    a.permuted_axes([0, 3, 1, 2])
-        .as_standard_layout()
-        .into_owned()
+pub fn nhwc_to_nchw<T: Copy>(a: ArrayView4<'_, T>) -> Result<Array4<T>> {
+    try_to_owned("NCHW copy", a.permuted_axes([0, 3, 1, 2]))
 }
 
 /// Weight `[Cout, C/Gc, kh, kw]` (OIHW) to `[kh, kw, C/Gc, Cout]` (HWCN).
-pub fn oihw_to_hwcn<T: Copy>(w: ArrayView4<'_, T>) -> Array4<T> {
-    w.permuted_axes([2, 3, 1, 0])
-        .as_standard_layout()
-        .into_owned()
+pub fn oihw_to_hwcn<T: Copy>(w: ArrayView4<'_, T>) -> Result<Array4<T>> {
+    try_to_owned("HWCN weight", w.permuted_axes([2, 3, 1, 0]))
 }
 
 /// Weight `[kh, kw, C/Gc, Cout]` (HWCN) to `[Cout, C/Gc, kh, kw]` (OIHW).
-pub fn hwcn_to_oihw<T: Copy>(w: ArrayView4<'_, T>) -> Array4<T> {
-    w.permuted_axes([3, 2, 0, 1])
-        .as_standard_layout()
-        .into_owned()
+pub fn hwcn_to_oihw<T: Copy>(w: ArrayView4<'_, T>) -> Result<Array4<T>> {
+    try_to_owned("OIHW weight", w.permuted_axes([3, 2, 0, 1]))
 }
 
 /// NHWC view of a tensor as the NCHW-indexed view the canonical op takes (no copy).

@@ -44,6 +44,7 @@
 //! [`reference`](mod@reference) (the oracle). `engine` and `reference` read only [`operands`] and
 //! [`params`]; neither knows of `op` or of the other.
 
+pub mod alloc;
 pub mod conventions;
 pub mod element;
 pub mod engine;

@@ -254,7 +254,7 @@ fn grad_output(rng: &mut rand::rngs::StdRng, p: &Problem) -> Array4<f64> {
 
 /// The engine's f32 results (per-tap gate) with `threads` rayon threads.
 fn on_threads(p: &Problem, dy: &Array4<f64>, threads: usize) -> Out<f32> {
-    set_num_threads(threads);
+    set_num_threads(threads).unwrap();
     run::<f32>(p, dy, GradGate::PerTap, Backend::Engine)
 }
 
@@ -341,7 +341,7 @@ fn engine_matches_reference_on_split_waves() {
         }
         // The split is chosen from the shape, never from the thread count.
         let (one, three) = (on_threads(&p, &dy, 1), on_threads(&p, &dy, 3));
-        set_num_threads(0);
+        set_num_threads(0).unwrap();
         assert!(bitwise(&one, &three), "results depend on the thread count");
     }
 }
@@ -351,7 +351,7 @@ fn matches_reference_on_1_and_3_threads(rng: &mut rand::rngs::StdRng, p: &Proble
     let dy = grad_output(rng, p);
     let r32 = run::<f32>(p, &dy, GradGate::PerTap, Backend::Reference);
     let (one, three) = (on_threads(p, &dy, 1), on_threads(p, &dy, 3));
-    set_num_threads(0);
+    set_num_threads(0).unwrap();
     compare(&one, &r32, 2e-5);
     assert!(bitwise(&one, &three), "results depend on the thread count");
 }
@@ -498,7 +498,7 @@ fn deterministic_across_runs_and_thread_counts() {
             "results depend on the thread count"
         );
     }
-    set_num_threads(0);
+    set_num_threads(0).unwrap();
 }
 
 /// Half storage, f32 arithmetic: against the f64 reference on the same (half-rounded) inputs,
@@ -588,7 +588,7 @@ fn cast_one<H: Element>(v: f64) -> H {
 }
 
 /// A forced instruction set is really the one that runs: each names its kernels, and the
-/// explicit AVX-512 f32 bodies are taken on a CPU that has AVX-512.
+/// AVX-512 f32 table (its zmm panel GEMM) is taken on a CPU that has AVX-512.
 #[test]
 fn forced_isa_runs_its_own_kernels() {
     use deform_conv::engine::kernels::kernels_name;
@@ -605,7 +605,7 @@ fn forced_isa_runs_its_own_kernels() {
     if Isa::Avx512.supported() {
         assert!(kernels_name::<f32>(Isa::Avx512)
             .unwrap()
-            .contains("explicit f32"));
+            .contains("zmm panel GEMM"));
         assert!(kernels_name::<f64>(Isa::Avx512)
             .unwrap()
             .contains("generic"));
@@ -644,10 +644,10 @@ fn deterministic_on_a_large_layer() {
     };
     let mut results = vec![];
     for t in [1, 2, 3] {
-        set_num_threads(t);
+        set_num_threads(t).unwrap();
         results.push(run());
     }
-    set_num_threads(0);
+    set_num_threads(0).unwrap();
     // A host's executor of its own: tasks dealt round-robin to 3 threads, each in reverse order.
     results.push(with_executor(Arc::new(Scrambled), run));
     let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();

@@ -284,20 +284,20 @@ fn npu_convention_matches_torchvision_with_gate_in_both_layouts() {
                 let nhwc = layout == Layout::Nhwc;
                 let to = |a: &Array4<f64>| {
                     if nhwc {
-                        nchw_to_nhwc(a.view())
+                        nchw_to_nhwc(a.view()).unwrap()
                     } else {
                         a.clone()
                     }
                 };
                 let back = |a: &Array4<f64>| {
                     if nhwc {
-                        nhwc_to_nchw(a.view())
+                        nhwc_to_nchw(a.view()).unwrap()
                     } else {
                         a.clone()
                     }
                 };
                 let wl = if nhwc {
-                    oihw_to_hwcn(w.view())
+                    oihw_to_hwcn(w.view()).unwrap()
                 } else {
                     w.clone()
                 };
@@ -350,7 +350,7 @@ fn npu_convention_matches_torchvision_with_gate_in_both_layouts() {
                 }
                 close(&c.name, "npu grad input", &back(&g.input), &c.t4("g_input"));
                 let gw = if nhwc {
-                    hwcn_to_oihw(g.weight.view())
+                    hwcn_to_oihw(g.weight.view()).unwrap()
                 } else {
                     g.weight.clone()
                 };

@@ -10,8 +10,9 @@ pub mod npu;
 pub mod onnx;
 pub mod torchvision;
 
+use crate::alloc::try_alloc;
 use crate::element::Element;
-use crate::error::{try_alloc, DeformError, Result};
+use crate::error::{DeformError, Result};
 use crate::op::{self, Backend, ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
 use ndarray::{s, Array1, Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4};

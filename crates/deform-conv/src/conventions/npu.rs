@@ -28,13 +28,13 @@
 //! // The channels-last reading: NHWC input and offset, HWCN weight; the same numbers.
 //! a.layout = Layout::Nhwc;
 //! let (y2, _) = npu_deformable_conv2d(
-//!     layout::nchw_to_nhwc(x.view()).view(),
-//!     layout::oihw_to_hwcn(w.view()).view(),
-//!     layout::nchw_to_nhwc(offset.view()).view(),
+//!     layout::nchw_to_nhwc(x.view())?.view(),
+//!     layout::oihw_to_hwcn(w.view())?.view(),
+//!     layout::nchw_to_nhwc(offset.view())?.view(),
 //!     None,
 //!     &a,
 //! )?;
-//! assert_eq!(layout::nhwc_to_nchw(y2.view()), y);
+//! assert_eq!(layout::nhwc_to_nchw(y2.view())?, y);
 //! # Ok::<(), deform_conv::DeformError>(())
 //! ```
 

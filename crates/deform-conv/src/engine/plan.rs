@@ -18,10 +18,15 @@ use num_traits::Zero;
 use std::sync::OnceLock;
 
 /// Can the engine run this geometry? Its descriptors index image pixels in `u32` arithmetic
-/// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path.
+/// bounded by `i32`: images of fewer than 2^31 pixels. Larger ones go to the reference path, and
+/// so do empty problems (no image, input or output channel), whose loops there run zero times.
 pub(crate) fn supports(g: &Geometry) -> bool {
-    g.h.checked_mul(g.w)
-        .is_some_and(|hw| hw < i32::MAX as usize)
+    g.n > 0
+        && g.c > 0
+        && g.cout > 0
+        && g.h
+            .checked_mul(g.w)
+            .is_some_and(|hw| hw < i32::MAX as usize)
         && g.w < i32::MAX as usize
         && g.h < i32::MAX as usize
 }

@@ -134,17 +134,34 @@ pub struct RayonExecutor {
     pool: rayon::ThreadPool,
 }
 
+/// The most threads an executor may be asked for: far beyond any core count, small enough that
+/// asking never exhausts the machine's thread or memory limits by itself.
+pub const MAX_THREADS: usize = 1024;
+
 impl RayonExecutor {
-    /// A pool of `n` threads (0 = one per core).
-    pub fn new(n: usize) -> Self {
+    /// A pool of `n` threads (0 = one per core); an error naming `threads` when `n` is above
+    /// [`MAX_THREADS`] or the system cannot start the threads.
+    pub fn new(n: usize) -> crate::Result<Self> {
         let n = if n == 0 { cores() } else { n };
-        RayonExecutor {
-            pool: rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(|i| format!("deform-conv-{i}"))
-                .build()
-                .expect("rayon builds a thread pool"),
+        if n > MAX_THREADS {
+            return Err(crate::DeformError::parameter(
+                "threads",
+                format!("a thread count of at most {MAX_THREADS} (0 = one per core)"),
+                n,
+            ));
         }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("deform-conv-{i}"))
+            .build()
+            .map_err(|e| {
+                crate::DeformError::parameter(
+                    "threads",
+                    format!("a thread count this system can start ({e})"),
+                    n,
+                )
+            })?;
+        Ok(RayonExecutor { pool })
     }
 }
 
@@ -173,6 +190,7 @@ fn default_threads() -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(cores)
+        .min(MAX_THREADS)
 }
 
 static DEFAULT: RwLock<Option<Arc<dyn Executor>>> = RwLock::new(None);
@@ -184,7 +202,11 @@ fn default_executor() -> Arc<dyn Executor> {
     DEFAULT
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(|| Arc::new(RayonExecutor::new(default_threads())))
+        .get_or_insert_with(|| match RayonExecutor::new(default_threads()) {
+            Ok(pool) => Arc::new(pool),
+            // No threads to be had: the calls still run, on the calling thread.
+            Err(_) => Arc::new(SerialExecutor),
+        })
         .clone()
 }
 
@@ -196,8 +218,11 @@ fn current() -> Arc<dyn Executor> {
 
 /// Sets the number of threads of the default (rayon) executor (0 = one per core). Results do not
 /// depend on it.
-pub fn set_num_threads(n: usize) {
-    *DEFAULT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(RayonExecutor::new(n)));
+/// depend on it. An error (and the executor unchanged) when the threads cannot be had.
+pub fn set_num_threads(n: usize) -> crate::Result<()> {
+    let pool = Arc::new(RayonExecutor::new(n)?);
+    *DEFAULT.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    Ok(())
 }
 
 /// The number of threads the engine uses for calls made on this thread.
@@ -253,7 +278,7 @@ impl OpenMpExecutor {
         OpenMpExecutor {
             parallel,
             thread_num,
-            threads: threads.max(1),
+            threads: threads.clamp(1, MAX_THREADS),
         }
     }
 }

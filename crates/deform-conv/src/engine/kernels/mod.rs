@@ -2,8 +2,10 @@
 //!
 //! Each kernel body is written once, `#[inline(always)]` and generic over the accumulation type,
 //! over plain slices (one bounds check per channel run, none per element). Thin
-//! `#[target_feature]` wrappers compile that body for AVX-512 and AVX2+FMA; the scalar path is
-//! the body compiled for baseline x86-64 (or any other architecture). The instruction set is
+//! `#[target_feature]` wrappers compile that body for AVX2+FMA; the scalar path is the body
+//! compiled for baseline x86-64 (or any other architecture). The hot f32 kernels have explicit
+//! AVX2 bodies (`avx2_f32`); the AVX-512 table is the AVX2 one with only what measured faster on
+//! AVX-512 replaced (`avx512_f32`: the panel GEMM's zmm tile). The instruction set is
 //! chosen once, on first use, from CPU feature detection, overridable with
 //! `DEFORM_CONV_ISA=scalar|avx2|avx512`, and each call can also force one ([`Isa`] in
 //! [`crate::op::Backend::EngineIsa`]).
@@ -31,7 +33,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA.
     Avx2,
-    /// x86-64 AVX-512F.
+    /// x86-64 AVX-512F (with AVX2 + FMA, whose kernels it keeps where they measured faster).
     Avx512,
 }
 
@@ -62,7 +64,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => is_x86_feature_detected!("avx512f") && Isa::Avx2.supported(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -133,7 +135,7 @@ pub(crate) type BackwardRowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A], &mut
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
-    /// What runs: `"avx512 (f32 descriptors and gather explicit)"`, `"avx2 (generic bodies)"`, ...
+    /// What runs: `"avx512 (avx2 f32 kernels, zmm panel GEMM)"`, `"avx2 (generic bodies)"`, ...
     pub name: &'static str,
     pub sample_row: SampleRowFn<A>,
     pub gather_row: GatherRowFn<A>,
@@ -162,8 +164,7 @@ fn panel_gemm_for<A: Real>(isa: Isa) -> Option<PanelGemmFn<A>> {
         }
         Some(match isa {
             Isa::Scalar => scalar_panel_gemm::<A>,
-            Isa::Avx2 => x86::avx2_panel_gemm::<A>,
-            Isa::Avx512 => x86::avx512_panel_gemm::<A>,
+            Isa::Avx2 | Isa::Avx512 => x86::avx2_panel_gemm::<A>,
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -317,9 +318,9 @@ fn scalar_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! AVX2 and AVX-512 compilations of the kernel bodies: a `#[target_feature]` function per
-    //! kernel and instruction set, and a safe entry point that the dispatch table stores. The
-    //! table for an instruction set is only built after `Isa::supported()` (see `table`).
+    //! AVX2 compilations of the kernel bodies: a `#[target_feature]` function per kernel, and a
+    //! safe entry point that the dispatch table stores. The table is only built after
+    //! `Isa::supported()` (see `table`).
     use super::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -343,27 +344,6 @@ mod x86 {
         // 6 x 16: twelve accumulators, two panel registers and one broadcast of 16.
         panel_gemm::body::<A, 6>(job)
     }
-    #[target_feature(enable = "avx512f")]
-    fn avx512_panel_gemm_impl<A: Real>(job: PanelGemm<'_, A>) {
-        // 12 x 16: twelve accumulators of 32 registers.
-        panel_gemm::body::<A, 12>(job)
-    }
-    #[target_feature(enable = "avx512f")]
-    fn avx512_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
-        sample_row_body(a, out)
-    }
-    #[target_feature(enable = "avx512f")]
-    fn avx512_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        gather_row_body(job, xt, cols)
-    }
-    #[target_feature(enable = "avx512f")]
-    fn avx512_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
-        dot4_row_body(job, dcol, xt, acc)
-    }
-    #[target_feature(enable = "avx512f")]
-    fn avx512_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-        scatter_row_body(job, dcol, dx)
-    }
 
     pub(super) fn avx2_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
         // SAFETY: stored only in the table built after `Isa::Avx2.supported()` returned true.
@@ -384,31 +364,6 @@ mod x86 {
     pub(super) fn avx2_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
         // SAFETY: stored only in tables built after `Isa::Avx2.supported()` returned true.
         unsafe { avx2_panel_gemm_impl(job) }
-    }
-    pub(super) fn avx512_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
-        // SAFETY: stored only in tables built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_panel_gemm_impl(job) }
-    }
-    pub(super) fn avx512_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
-        // SAFETY: stored only in the table built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_sample_row_impl(a, out) }
-    }
-    pub(super) fn avx512_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        // SAFETY: as for `avx512_sample_row`.
-        unsafe { avx512_gather_row_impl(job, xt, cols) }
-    }
-    pub(super) fn avx512_dot4_row<A: Real>(
-        job: &RowJob<'_, A>,
-        dcol: &[A],
-        xt: &[A],
-        acc: &mut [A],
-    ) {
-        // SAFETY: as for `avx512_sample_row`.
-        unsafe { avx512_dot4_row_impl(job, dcol, xt, acc) }
-    }
-    pub(super) fn avx512_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-        // SAFETY: as for `avx512_sample_row`.
-        unsafe { avx512_scatter_row_impl(job, dcol, dx) }
     }
 }
 
@@ -459,33 +414,18 @@ fn avx2_f32_table() -> Kernels<f32> {
     }
 }
 
-/// The AVX-512 f32 table: the explicit bodies of `avx512_f32`.
+/// The AVX-512 f32 table: the AVX2 table with the one kernel measured faster on AVX-512, the
+/// forward's panel GEMM on a zmm register tile (BENCHMARKS.md, "AVX-512").
 #[cfg(target_arch = "x86_64")]
 fn avx512_f32_table() -> Kernels<f32> {
-    fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
+    fn panel_gemm(job: PanelGemm<'_, f32>) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_f32::sample_row(a, out) }
-    }
-    fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
-        // SAFETY: as for `sample_row`.
-        unsafe { avx512_f32::gather_row(job, xt, cols) }
-    }
-    fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
-        // SAFETY: as for `sample_row`.
-        unsafe { avx512_f32::dot4_row(job, dcol, xt, acc) }
-    }
-    fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [f32]) {
-        // SAFETY: as for `sample_row`.
-        unsafe { avx512_f32::scatter_row(job, dcol, dx) }
+        unsafe { avx512_f32::panel_gemm::<16>(job) }
     }
     Kernels {
-        name: "avx512 (explicit f32 kernels)",
-        sample_row,
-        gather_row,
-        dot4_row,
-        scatter_row,
-        backward_row: None,
-        panel_gemm: panel_gemm_for(Isa::Avx512),
+        name: "avx512 (avx2 f32 kernels, zmm panel GEMM)",
+        panel_gemm: Some(panel_gemm),
+        ..avx2_f32_table()
     }
 }
 
@@ -527,15 +467,11 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
         },
+        // No generic body measured faster compiled for AVX-512: its table is AVX2's.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernels {
-            name: "avx512 (generic bodies)",
-            sample_row: x86::avx512_sample_row,
-            gather_row: x86::avx512_gather_row,
-            dot4_row: x86::avx512_dot4_row,
-            scatter_row: x86::avx512_scatter_row,
-            backward_row: None,
-            panel_gemm: panel_gemm_for::<A>(Isa::Avx512),
+            name: "avx512 (avx2 generic bodies)",
+            ..table::<A>(Isa::Avx2)?
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => return None,

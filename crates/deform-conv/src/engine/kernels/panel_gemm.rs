@@ -68,48 +68,66 @@ impl<A> PanelGemm<'_, A> {
     }
 }
 
-/// One `MR x NR` tile: rows `a[i]` (pointers), `kc` steps of the panel block `b`, into `c`, the
-/// running sums read back first when `resume`. Fixed bounds only: the loops unroll and the
-/// accumulators stay in registers (with a run-time row or column count they went through the
-/// stack, 18x slower).
-///
-/// # Safety
-/// `a[i] + kk` is readable for `kk < kc`; `b + kk*NR + l` is readable for `kk < kc, l < NR`;
-/// `c + i*ldc + l` is readable and writable for `i < MR, l < NR`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-unsafe fn tile<A: Real, const MR: usize>(
-    kc: usize,
-    a: [*const A; MR],
-    b: *const A,
-    c: *mut A,
-    ldc: usize,
-    resume: bool,
-) {
-    let mut acc = [[A::zero(); NR]; MR];
-    if resume {
+/// The register tile the driver ([`body`]) calls: the portable one ([`Portable`]) or one written
+/// for an instruction set's register file (`avx512_f32::Zmm`).
+pub(crate) trait Tile<A> {
+    /// One `MR x NR` tile: rows `a[i]` (pointers), `kc` steps of the panel block `b`, into `c`,
+    /// the running sums read back first when `resume`; each element one fma chain in `kk` order.
+    ///
+    /// # Safety
+    /// `a[i] + kk` is readable for `kk < kc`; `b + kk*NR + l` is readable for `kk < kc, l < NR`;
+    /// `c + i*ldc + l` is readable and writable for `i < MR, l < NR`; the CPU runs the
+    /// implementation's instructions.
+    unsafe fn tile<const MR: usize>(
+        kc: usize,
+        a: [*const A; MR],
+        b: *const A,
+        c: *mut A,
+        ldc: usize,
+        resume: bool,
+    );
+}
+
+/// The tile as plain loops with fixed bounds: they unroll and the accumulators stay in registers
+/// (with a run-time row or column count they went through the stack).
+pub(crate) struct Portable;
+
+impl<A: Real> Tile<A> for Portable {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const MR: usize>(
+        kc: usize,
+        a: [*const A; MR],
+        b: *const A,
+        c: *mut A,
+        ldc: usize,
+        resume: bool,
+    ) {
+        let mut acc = [[A::zero(); NR]; MR];
+        if resume {
+            for i in 0..MR {
+                for l in 0..NR {
+                    // SAFETY: i < MR, l < NR (the contract).
+                    acc[i][l] = unsafe { *c.add(i * ldc + l) };
+                }
+            }
+        }
+        for kk in 0..kc {
+            // SAFETY: NR values at b + kk*NR (the contract).
+            let bk = unsafe { &*(b.add(kk * NR) as *const [A; NR]) };
+            for i in 0..MR {
+                // SAFETY: kk < kc (the contract).
+                let x = unsafe { *a[i].add(kk) };
+                for l in 0..NR {
+                    acc[i][l] = x.mul_add(bk[l], acc[i][l]);
+                }
+            }
+        }
         for i in 0..MR {
             for l in 0..NR {
                 // SAFETY: i < MR, l < NR (the contract).
-                acc[i][l] = unsafe { *c.add(i * ldc + l) };
+                unsafe { *c.add(i * ldc + l) = acc[i][l] };
             }
-        }
-    }
-    for kk in 0..kc {
-        // SAFETY: NR values at b + kk*NR (the contract).
-        let bk = unsafe { &*(b.add(kk * NR) as *const [A; NR]) };
-        for i in 0..MR {
-            // SAFETY: kk < kc (the contract).
-            let x = unsafe { *a[i].add(kk) };
-            for l in 0..NR {
-                acc[i][l] = x.mul_add(bk[l], acc[i][l]);
-            }
-        }
-    }
-    for i in 0..MR {
-        for l in 0..NR {
-            // SAFETY: i < MR, l < NR (the contract).
-            unsafe { *c.add(i * ldc + l) = acc[i][l] };
         }
     }
 }
@@ -119,6 +137,16 @@ unsafe fn tile<A: Real, const MR: usize>(
 /// a run-time bound (an edge tile through a copy ran scalar: resnet_c4's forward +40%).
 #[inline(always)]
 pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
+    // SAFETY: the portable tile runs on any CPU.
+    unsafe { body_with::<A, MR, Portable>(job) }
+}
+
+/// [`body`] with the tile `K`.
+///
+/// # Safety
+/// The CPU runs `K`'s instructions.
+#[inline(always)]
+pub(crate) unsafe fn body_with<A: Real, const MR: usize, K: Tile<A>>(job: PanelGemm<'_, A>) {
     assert!(job.fits(), "panel gemm: matrix outside its buffer");
     let (m, k, n, lda, ldc) = (job.m, job.k, job.n, job.lda, job.ldc);
     if m == 0 || n == 0 {
@@ -148,7 +176,7 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
         for i0 in (0..whole).step_by(MR) {
             for p in 0..panels {
                 // SAFETY: rows i0..i0 + MR < m, panel p < panels (above).
-                unsafe { rows::<A, MR>(kc, &ap, i0, bp(p), cp(i0, p), ldc, resume) };
+                unsafe { rows::<A, MR, K>(kc, &ap, i0, bp(p), cp(i0, p), ldc, resume) };
             }
         }
         // The last m % MR rows in tiles of 8, 4, 2 and 1 (each below MR): one row at a time ran
@@ -165,10 +193,10 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
                     // SAFETY: rows i0..i0 + r < m, panel p < panels (above).
                     unsafe {
                         match r {
-                            8 => rows::<A, 8>(kc, &ap, i0, b, c, ldc, resume),
-                            4 => rows::<A, 4>(kc, &ap, i0, b, c, ldc, resume),
-                            2 => rows::<A, 2>(kc, &ap, i0, b, c, ldc, resume),
-                            _ => rows::<A, 1>(kc, &ap, i0, b, c, ldc, resume),
+                            8 => rows::<A, 8, K>(kc, &ap, i0, b, c, ldc, resume),
+                            4 => rows::<A, 4, K>(kc, &ap, i0, b, c, ldc, resume),
+                            2 => rows::<A, 2, K>(kc, &ap, i0, b, c, ldc, resume),
+                            _ => rows::<A, 1, K>(kc, &ap, i0, b, c, ldc, resume),
                         }
                     }
                 }
@@ -178,13 +206,13 @@ pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
     }
 }
 
-/// [`tile`] on the `R` rows of `a` from row `i0` (`ap(i)`: where row `i`'s block starts).
+/// [`Tile::tile`] on the `R` rows of `a` from row `i0` (`ap(i)`: where row `i`'s block starts).
 ///
 /// # Safety
-/// As for [`tile`], for the rows `ap(i0) .. ap(i0 + R - 1)`.
+/// As for [`Tile::tile`], for the rows `ap(i0) .. ap(i0 + R - 1)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows<A: Real, const R: usize>(
+unsafe fn rows<A: Real, const R: usize, K: Tile<A>>(
     kc: usize,
     ap: &impl Fn(usize) -> *const A,
     i0: usize,
@@ -194,7 +222,7 @@ unsafe fn rows<A: Real, const R: usize>(
     resume: bool,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { tile::<A, R>(kc, std::array::from_fn(|i| ap(i0 + i)), b, c, ldc, resume) }
+    unsafe { K::tile::<R>(kc, std::array::from_fn(|i| ap(i0 + i)), b, c, ldc, resume) }
 }
 
 /// Packs `w[o * ldw + kk]` (`n` rows of `k`) into [`NR`]-channel panels, zero past `n` (the
@@ -295,6 +323,19 @@ mod tests {
             assert_eq!(run(body::<f32, 1>), bits, "MR 1, {m}x{k}x{n}");
             assert_eq!(run(body::<f32, 6>), bits, "MR 6, {m}x{k}x{n}");
             assert_eq!(run(body::<f32, 12>), bits, "MR 12, {m}x{k}x{n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                fn zmm16(job: PanelGemm<'_, f32>) {
+                    // SAFETY: the CPU supports AVX-512F (checked above).
+                    unsafe { super::super::avx512_f32::panel_gemm::<16>(job) }
+                }
+                fn zmm12(job: PanelGemm<'_, f32>) {
+                    // SAFETY: as above.
+                    unsafe { super::super::avx512_f32::panel_gemm::<12>(job) }
+                }
+                assert_eq!(run(zmm16), bits, "zmm MR 16, {m}x{k}x{n}");
+                assert_eq!(run(zmm12), bits, "zmm MR 12, {m}x{k}x{n}");
+            }
         }
     }
 }

@@ -1,0 +1,100 @@
+//! Fallible allocation: every buffer whose size comes from a caller is allocated here, so a shape
+//! too large for the machine is [`DeformError::Allocation`] (or [`DeformError::Overflow`]), never
+//! an allocation abort.
+
+use crate::error::{checked_product, DeformError, Result};
+use ndarray::{Array, ArrayView, Dimension};
+
+/// A zero array of `shape`, or [`DeformError::Allocation`] / [`DeformError::Overflow`] instead
+/// of an abort when the machine cannot hold it.
+///
+/// The memory comes from the allocator's zeroed allocation (`calloc`): a large buffer is fresh
+/// pages the kernel provides as zeros, so no pass writes zeros over an output that the op then
+/// overwrites in full.
+pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
+    name: &str,
+    shape: D,
+) -> Result<ndarray::Array<T, D>> {
+    let dims = shape.slice().to_vec();
+    let len = checked_product(name, &dims)?;
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| DeformError::Overflow {
+        name: name.to_string(),
+        detail: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
+    })?;
+    let v = if layout.size() == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: `layout` has a non-zero size. A non-null result is a zeroed allocation of
+        // `len` elements of `T` with `T`'s alignment, made by the global allocator with exactly
+        // `layout`, which is what `Vec::from_raw_parts` needs (capacity = length = `len`), and
+        // all-zero bytes are a valid `T` (the `ZeroBits` contract).
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+            if ptr.is_null() {
+                return Err(DeformError::Allocation {
+                    name: name.to_string(),
+                    bytes: layout.size(),
+                    shape: dims,
+                });
+            }
+            Vec::from_raw_parts(ptr, len, len)
+        }
+    };
+    Ok(ndarray::Array::from_shape_vec(shape, v).expect("length is the product of the shape"))
+}
+
+/// Types for which all-zero bytes are a valid value (zero).
+///
+/// # Safety
+///
+/// An implementor must be valid, and equal to zero, when every byte of it is 0.
+pub unsafe trait ZeroBits: Copy {}
+// SAFETY: IEEE +0.0 is all-zero bits in each of these formats.
+unsafe impl ZeroBits for f32 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for f64 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for half::f16 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for half::bf16 {}
+
+/// An owned copy of `v` in standard (row-major) layout, allocated fallibly: what
+/// `as_standard_layout().into_owned()` does, with an error instead of an abort for a view whose
+/// strides repeat elements (`np.broadcast_to`, torch `expand`) into more than the machine holds.
+pub fn try_to_owned<T: Copy, D: Dimension>(
+    name: &str,
+    v: ArrayView<'_, T, D>,
+) -> Result<Array<T, D>> {
+    let len = checked_product(name, v.shape())?;
+    let mut data = try_vec::<T>(name, len, v.shape())?;
+    data.extend(v.iter().copied());
+    Ok(Array::from_shape_vec(v.raw_dim(), data).expect("length is the product of the shape"))
+}
+
+/// An array of `shape` filled with `value`, allocated fallibly.
+pub fn try_alloc_with<T: Copy, const R: usize>(
+    name: &str,
+    shape: [usize; R],
+    value: T,
+) -> Result<Array<T, ndarray::Dim<[usize; R]>>>
+where
+    ndarray::Dim<[usize; R]>: Dimension,
+    [usize; R]: ndarray::IntoDimension<Dim = ndarray::Dim<[usize; R]>>,
+{
+    let len = checked_product(name, &shape)?;
+    let mut data = try_vec::<T>(name, len, &shape)?;
+    data.resize(len, value);
+    Ok(Array::from_shape_vec(shape, data).expect("length is the product of the shape"))
+}
+
+/// An empty vector with room for `len` elements, or [`DeformError::Allocation`].
+fn try_vec<T>(name: &str, len: usize, shape: &[usize]) -> Result<Vec<T>> {
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| DeformError::Allocation {
+            name: name.to_string(),
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+            shape: shape.to_vec(),
+        })?;
+    Ok(data)
+}
