@@ -36,6 +36,25 @@ def _i64(name, v):
     return v
 
 
+def integer(name, value):
+    """One int (not a bool, float, string or None) that fits in 64 bits, or an error naming it.
+
+    Ranges (a positive group count) are checked by the core, whose errors name the parameter.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    return _i64(name, value)
+
+
+def flag(name, value):
+    """A bool (numpy's too, or the ints 0 and 1); a string such as 'False' is a TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+
+
 def count(name, value, minimum=0):
     """A non-negative int (a thread count, a size), or a clear error naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

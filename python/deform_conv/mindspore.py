@@ -15,6 +15,8 @@ import math
 
 from . import _core
 from ._args import array as _array
+from ._args import flag as _flag
+from ._args import integer as _integer
 from ._args import ints as _ints
 
 __all__ = ["deformable_conv2d", "deformable_conv2d_backward", "custom_op", "set_threads", "DeformConv2d"]
@@ -32,8 +34,8 @@ def deformable_conv2d(x, weight, offsets, kernel_size, strides, padding, bias=No
     numpy arrays in, a numpy array out; MindSpore Tensors in, a Tensor out (differentiable).
     """
     attrs = (tuple(_ints("kernel_size", kernel_size)), tuple(_ints("strides", strides)),
-             tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), int(groups),
-             int(deformable_groups), bool(modulated), backend)
+             tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), _integer("groups", groups),
+             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
     if _is_ms_tensor(x):
         return _ms_call(attrs, x, weight, offsets, bias)
     return _core.mindspore_forward(_array("x", x), _array("weight", weight), _array("offsets", offsets),
@@ -47,7 +49,8 @@ def deformable_conv2d_backward(grad_output, x, weight, offsets, kernel_size, str
     return _core.mindspore_backward(
         _array("grad_output", grad_output), _array("x", x), _array("weight", weight), _array("offsets", offsets),
         _array("bias", bias), _ints("kernel_size", kernel_size), _ints("strides", strides), _ints("padding", padding),
-        _ints("dilations", dilations), int(groups), int(deformable_groups), bool(modulated), backend)
+        _ints("dilations", dilations), _integer("groups", groups),
+        _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
 
 
 # ------------------------------------------------------------------ MindSpore Tensors: a Custom op
@@ -110,8 +113,13 @@ def _ms_call(attrs, x, weight, offsets, bias):
             raise TypeError(f"{name}: expected dtype {x.dtype} (x's), got {dt}")
     # The same validation as the numpy path, on shapes alone, before MindSpore runs anything:
     # errors are raised here, with our messages, not later inside MindSpore's executor.
-    _core.mindspore_output_shape(list(x.shape), list(weight.shape), list(offsets.shape),
-                                 None if bias is None else list(bias.shape), *attrs[:-1])
+    shape = _core.mindspore_output_shape(list(x.shape), list(weight.shape), list(offsets.shape),
+                                         None if bias is None else list(bias.shape), *attrs[:-1])
+    if 0 in shape:
+        # An empty result (no image or no output channel): a Custom op cannot return one
+        # (MindSpore's executor fails copying it), and there is nothing to compute.
+        from mindspore import ops
+        return ops.zeros(tuple(shape), x.dtype)
     op = _op(attrs, bias is not None)
     return op(x, weight, offsets, bias) if bias is not None else op(x, weight, offsets)
 
@@ -195,9 +203,9 @@ def custom_op(kernel_size, strides, padding, dilations=(1, 1, 1, 1), groups=1, d
     """The ``mindspore.ops.Custom`` primitive itself, for ``mindspore.jit`` / GRAPH_MODE code:
     ``op(x, weight, offsets[, bias])``. Shapes are validated when MindSpore infers them."""
     attrs = (tuple(_ints("kernel_size", kernel_size)), tuple(_ints("strides", strides)),
-             tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), int(groups),
-             int(deformable_groups), bool(modulated), backend)
-    return _op(attrs, bool(has_bias))
+             tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), _integer("groups", groups),
+             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
+    return _op(attrs, _flag("has_bias", has_bias))
 
 
 def _make_cell_class():

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
-from .torch import DeformConvError, _check_tensors, _eager_pair
+from .torch import DeformConvError, _check_conv, _check_tensors, _eager_pair
 
 __all__ = ["deform_conv2d", "modulated_deform_conv2d", "DeformConv2d", "DeformConv2dPack",
            "ModulatedDeformConv2d", "ModulatedDeformConv2dPack"]
@@ -38,11 +38,20 @@ def _output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> No
         raise DeformConvError("convolution input is too small (output would be " + "x".join(map(str, sizes)) + ")")
 
 
+def _positive(name: str, v) -> int:
+    """A positive int, or a DeformConvError naming it (mmcv itself divides by it first)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise DeformConvError(f"{name}: expected a positive integer, got {v!r}")
+    return v
+
+
 def _run(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
     if input.dim() != 4:
         raise DeformConvError(f"input: expected a 4-D tensor, got {input.dim()}-D")
     stride, padding, dilation = (_eager_pair(n, v) for n, v in
                                  (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    _check_conv(stride, padding, dilation)
+    groups, deform_groups = _positive("groups", groups), _positive("deform_groups", deform_groups)
     # mmcv's amp rule: the offset's dtype decides (nn.Conv2d under autocast returns half offsets).
     input = input.type_as(offset)
     weight = weight.type_as(input)
@@ -66,7 +75,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride=1, paddi
     """``mmcv.ops.deform_conv2d`` (DCN v1): no bias (mmcv asserts ``bias is False``); ``im2col_step``
     is accepted and checked as mmcv does (the batch must be divisible by it), not otherwise used."""
     assert bias is False, "Only support bias is False."
-    step = min(im2col_step, input.shape[0]) if input.shape[0] else 1
+    step = min(_positive("im2col_step", im2col_step), input.shape[0]) if input.shape[0] else 1
     assert input.shape[0] % step == 0, "batch size must be divisible by im2col_step"
     return _run(input, offset, None, weight, None, stride, padding, dilation, groups, deform_groups)
 
@@ -95,7 +104,8 @@ class DeformConv2d(nn.Module):
                  dilation: Union[int, Tuple[int, ...]] = 1, groups: int = 1, deform_groups: int = 1,
                  bias: bool = False, im2col_step: int = 32, **kwargs) -> None:
         super().__init__()
-        deform_groups = _deform_groups(deform_groups, kwargs)
+        deform_groups = _positive("deform_groups", _deform_groups(deform_groups, kwargs))
+        groups, im2col_step = _positive("groups", groups), _positive("im2col_step", im2col_step)
         assert not bias, f"bias={bias} is not supported in DeformConv2d."
         assert in_channels % groups == 0, f"in_channels {in_channels} cannot be divisible by groups {groups}"
         assert out_channels % groups == 0, f"out_channels {out_channels} cannot be divisible by groups {groups}"
@@ -185,7 +195,8 @@ class ModulatedDeformConv2d(nn.Module):
                  padding: int = 0, dilation: int = 1, groups: int = 1, deform_groups: int = 1,
                  bias: Union[bool, str] = True, **kwargs):
         super().__init__()
-        deform_groups = _deform_groups(deform_groups, kwargs)
+        deform_groups = _positive("deform_groups", _deform_groups(deform_groups, kwargs))
+        groups = _positive("groups", groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)

@@ -8,6 +8,8 @@ outside (-1, H) x (-1, W).
 """
 from . import _core
 from ._args import array as _array
+from ._args import flag as _flag
+from ._args import integer as _integer
 from ._args import ints as _ints
 
 
@@ -17,7 +19,8 @@ def npu_deformable_conv2d(input, weight, offset, bias, kernel_size, stride, padd
     return _core.npu_forward(
         _array("input", input), _array("weight", weight), _array("offset", offset), _array("bias", bias),
         _ints("kernel_size", kernel_size), _ints("stride", stride), _ints("padding", padding),
-        _ints("dilation", dilation), int(groups), int(deformable_groups), bool(modulated), layout, backend)
+        _ints("dilation", dilation), _integer("groups", groups), _integer("deformable_groups", deformable_groups),
+        _flag("modulated", modulated), layout, backend)
 
 
 def npu_deformable_conv2dbk(input, grad_output, offset_out, weight, offset, kernel_size, stride, padding,
@@ -27,5 +30,5 @@ def npu_deformable_conv2dbk(input, grad_output, offset_out, weight, offset, kern
     return _core.npu_backward(
         _array("input", input), _array("grad_output", grad_output), _array("offset_out", offset_out),
         _array("weight", weight), _array("offset", offset), _ints("kernel_size", kernel_size),
-        _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), int(groups),
-        int(deformable_groups), bool(modulated), layout, backend)
+        _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), _integer("groups", groups),
+        _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), layout, backend)

@@ -201,6 +201,18 @@ def _eager_pair(name: str, v) -> Tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+def _check_conv(stride, padding, dilation, n: int = 2) -> None:
+    """The convolution parameters' counts and ranges, as the core checks them: for the fake
+    kernels (torch.compile, meta tensors), which compute an output size before the core runs."""
+    for name, v, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(v) != n:
+            _fail(f"{name}: expected {n} values, got {len(v)} ({list(v)})")
+        for i, e in enumerate(v):
+            if e < least:
+                what = "a positive integer" if least else "a non-negative integer"
+                _fail(f"{name}[{i}]: expected {what}, got {e}")
+
+
 def _out_size(size: int, pad: int, k: int, dil: int, stride: int) -> int:
     num = size + 2 * pad - (dil * (k - 1) + 1)
     q = num // stride if num >= 0 else -((-num) // stride)  # C truncation, as torchvision
@@ -220,6 +232,7 @@ def _dcn(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], 
 
 @_dcn.register_fake
 def _(input, offset, weight, bias, mask, stride, padding, dilation, open_gate=False):
+    _check_conv(stride, padding, dilation)
     ho = _out_size(input.shape[2], padding[0], weight.shape[2], dilation[0], stride[0])
     wo = _out_size(input.shape[3], padding[1], weight.shape[3], dilation[1], stride[1])
     return input.new_empty((input.shape[0], weight.shape[0], ho, wo))
@@ -350,6 +363,7 @@ def _floor_out(size, pad_a, pad_b, k, dil, stride):
 
 @_npu.register_fake
 def _(input, weight, offset, bias, kernel_size, stride, padding, dilation, groups, deformable_groups, modulated):
+    _check_conv(stride, padding, dilation, 4)
     kh, kw = weight.shape[2], weight.shape[3]
     ho = _floor_out(input.shape[2], padding[0], padding[1], kh, dilation[2], stride[2])
     wo = _floor_out(input.shape[3], padding[2], padding[3], kw, dilation[3], stride[3])
@@ -409,10 +423,10 @@ def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: O
     for name, t in (("weight", weight), ("offset", offset), ("bias", bias)):
         if t is not None:
             _check_like(name, t, input)
-    from ._args import ints
+    from ._args import flag, integer, ints
     return _npu(input, weight, offset, bias, ints("kernel_size", kernel_size), ints("stride", stride),
-                ints("padding", padding), ints("dilation", dilation), int(groups), int(deformable_groups),
-                bool(modulated))
+                ints("padding", padding), ints("dilation", dilation), integer("groups", groups),
+                integer("deformable_groups", deformable_groups), flag("modulated", modulated))
 
 
 # ------------------------------------------------------------------ install(): torchvision's own ops on our kernel
@@ -420,9 +434,25 @@ def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: O
 _installed: list = []
 
 
+def _tv_groups(input, weight, offset, groups, offset_groups) -> None:
+    """The group counts torchvision's op receives explicitly must agree with the shapes, as its own
+    kernel checks them (the core derives them from the shapes)."""
+    for name, v in (("groups (n_weight_grps)", groups), ("offset_groups (n_offset_grps)", offset_groups)):
+        if v < 1:
+            _fail(f"{name}: expected a positive integer, got {v}")
+    if weight.shape[1] * groups != input.shape[1]:
+        _fail(f"groups (n_weight_grps): expected input channels {input.shape[1]} = weight.shape[1] "
+              f"{weight.shape[1]} * groups, got groups = {groups}")
+    taps2 = 2 * weight.shape[2] * weight.shape[3]
+    if offset.shape[1] != offset_groups * taps2:
+        _fail(f"offset_groups (n_offset_grps): expected offset channels {offset.shape[1]} = 2 * kh * kw "
+              f"{taps2} * offset_groups, got offset_groups = {offset_groups}")
+
+
 def _tv_forward(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
                 offset_groups, use_mask):
     _check_tensors(input, offset, weight, bias, mask if use_mask else None)
+    _tv_groups(input, weight, offset, groups, offset_groups)
     y = _core_call(_core.torchvision_forward, _np("input", input), _np("offset", offset), _np("weight", weight),
                    _np("bias", bias), _np("mask", mask) if use_mask else None, [stride_h, stride_w],
                    [pad_h, pad_w], [dil_h, dil_w])
@@ -431,6 +461,7 @@ def _tv_forward(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pa
 
 def _tv_backward(grad, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
                  offset_groups, use_mask):
+    _tv_groups(input, weight, offset, groups, offset_groups)
     gi, go, gm, gw, gb = _core_call(
         _core.torchvision_backward, _np("grad_output", grad.contiguous()), _np("input", input),
         _np("offset", offset), _np("weight", weight), _np("bias", bias), _np("mask", mask) if use_mask else None,

@@ -2,14 +2,16 @@
 //!
 //! Every input is checked (present, known, dtype and shape against the model's declared input)
 //! before the model runs; every output is computed before any file is written, and then written
-//! all together (`npy::Outputs`): a failure leaves nothing behind.
+//! all together (`outputs::Outputs`): a failure leaves nothing behind. A model is checked before
+//! it runs: tensors kept in external files must lie inside the model's folder, every value the
+//! typed graph declares must fit in memory, and a panic inside tract becomes an error.
 
 use crate::npy::{self, Tensor as Npy};
 use crate::outputs::Outputs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use deform_conv_tract::WithDeformConv;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -51,7 +53,134 @@ fn dtype_name(dt: DatumType) -> String {
     }
 }
 
+/// Runs `onnx_unguarded` with tract's panics turned into an error: a hostile model that trips an
+/// assertion inside the loader, optimiser or an operator is a one-line error, not exit 101.
 pub fn onnx(a: &OnnxArgs) -> Result<()> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| onnx_unguarded(a)));
+    std::panic::set_hook(hook);
+    r.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(anyhow!(
+            "model {}: tract cannot load or run this model (it failed inside: {what})",
+            a.model.display()
+        ))
+    })
+}
+
+/// The graph before tract sees it: every graph output is produced by a node or is an input or an
+/// initializer, and every tensor stored outside the model file names a file inside the model's
+/// folder (a relative path of plain names that resolves, links followed, under the folder);
+/// anything else is refused before tract reads a byte of it.
+fn check_proto(model: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    use tract_onnx::pb::{GraphProto, TensorProto};
+    let dir = parent_dir(model)
+        .canonicalize()
+        .with_context(|| format!("model {}: cannot resolve its folder", model.display()))?;
+    let check = |t: &TensorProto| -> Result<()> {
+        for e in t.external_data.iter().filter(|e| e.key == "location") {
+            let loc = Path::new(&e.value);
+            let plain = loc
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            let inside = plain
+                && dir
+                    .join(loc)
+                    .canonicalize()
+                    .is_ok_and(|p| p.starts_with(&dir) && p.is_file());
+            if !inside {
+                bail!(
+                    "model {}: tensor {:?} keeps its data in {:?}, which is not a file inside the model's folder",
+                    model.display(),
+                    t.name,
+                    e.value
+                );
+            }
+        }
+        Ok(())
+    };
+    fn walk(g: &GraphProto, check: &dyn Fn(&TensorProto) -> Result<()>) -> Result<()> {
+        g.initializer.iter().try_for_each(check)?;
+        for attr in g.node.iter().flat_map(|n| &n.attribute) {
+            attr.t.iter().chain(&attr.tensors).try_for_each(check)?;
+            for sub in attr.g.iter().chain(&attr.graphs) {
+                walk(sub, check)?;
+            }
+        }
+        Ok(())
+    }
+    let Some(g) = &proto.graph else {
+        return Ok(());
+    };
+    let known: std::collections::HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| &n.output)
+        .chain(g.input.iter().map(|i| &i.name))
+        .chain(g.initializer.iter().map(|t| &t.name))
+        .map(String::as_str)
+        .collect();
+    if let Some(o) = g.output.iter().find(|o| !known.contains(o.name.as_str())) {
+        bail!(
+            "model {}: graph output {:?} is produced by no node",
+            model.display(),
+            o.name
+        );
+    }
+    walk(g, &check)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Every value the typed graph declares fits this machine's memory, before anything runs (a huge
+/// `ConstantOfShape`, `Expand`, `Tile` or `Range` is an error naming the node, not an abort).
+fn check_sizes(model: &Path, typed: &TypedModel) -> Result<()> {
+    let limit = memory_bytes();
+    for node in typed.nodes() {
+        for (slot, out) in node.outputs.iter().enumerate() {
+            let Some(dims) = out.fact.shape.as_concrete() else {
+                continue;
+            };
+            let bytes = dims
+                .iter()
+                .try_fold(out.fact.datum_type.size_of() as u128, |acc, &d| {
+                    acc.checked_mul(d as u128)
+                });
+            if bytes.is_none_or(|b| b > limit as u128) {
+                bail!(
+                    "model {}: node {:?} output {slot} of shape {dims:?} needs more than this machine's {limit} bytes of memory",
+                    model.display(),
+                    node.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The machine's memory (`MemTotal`), or 2^40 bytes where it cannot be read.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 40, |kb| kb.saturating_mul(1024))
+}
+
+fn onnx_unguarded(a: &OnnxArgs) -> Result<()> {
     if !a.output_dir.is_dir() {
         bail!(
             "--output-dir {}: the folder does not exist",
@@ -64,9 +193,17 @@ pub fn onnx(a: &OnnxArgs) -> Result<()> {
     let proto = loader
         .proto_model_for_read(&mut file)
         .map_err(|e| anyhow!("model {}: not an ONNX model ({e})", a.model.display()))?;
+    check_proto(&a.model, &proto)?;
+    let dir = parent_dir(&a.model).to_str().ok_or_else(|| {
+        anyhow!(
+            "model {}: its folder's name is not UTF-8",
+            a.model.display()
+        )
+    })?;
     let mut model = loader
-        .model_for_proto_model(&proto)
-        .map_err(|e| anyhow!("model {}: {e:#}", a.model.display()))?;
+        .parse(&proto, Some(dir))
+        .map_err(|e| anyhow!("model {}: {e:#}", a.model.display()))?
+        .model;
     for node in model.nodes() {
         let name = node.op.name();
         if let Some(op) = name
@@ -136,7 +273,11 @@ pub fn onnx(a: &OnnxArgs) -> Result<()> {
         values.push(t.into_tvalue());
     }
     let started = Instant::now();
-    let plan = model
+    let typed = model
+        .into_typed()
+        .map_err(|e| anyhow!("model {}: {e:#}", a.model.display()))?;
+    check_sizes(&a.model, &typed)?;
+    let plan = typed
         .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(|e| anyhow!("model {}: {e:#}", a.model.display()))?;

@@ -647,3 +647,180 @@ fn onnx_runs_a_whole_model_and_refuses_bad_input_writing_nothing() {
         );
     }
 }
+
+fn hostile(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hostile_onnx")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The red team's models (tools/make_hostile_onnx.py): each is one clear error line (exit 2, no
+/// panic) and writes nothing; a model whose weight is in a file beside it runs.
+#[test]
+fn hostile_onnx_models_are_errors_and_external_data_stays_in_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_string_lossy().into_owned();
+    let x = format!("x={}", hostile("x.npy"));
+    for (model, words) in [
+        (
+            "missing_output",
+            "graph output \"nothing\" is produced by no node",
+        ),
+        ("huge_constant", "huge_constant.onnx"),
+        ("huge_expand", "needs more than this machine's"),
+        ("huge_tile", "needs more than this machine's"),
+        ("huge_range", "huge_range.onnx"),
+        ("conv_stride_0", "conv_stride_0.onnx"),
+        ("slice_step_0", "slice_step_0.onnx"),
+        ("bad_perm", "bad_perm.onnx"),
+        ("maxpool_kernel_0", "maxpool_kernel_0.onnx"),
+        ("negative_pad", "negative_pad.onnx"),
+        ("external_outside", "not a file inside the model's folder"),
+        (
+            "colliding_outputs",
+            "two outputs would be written to the same file",
+        ),
+    ] {
+        let m = hostile(&format!("{model}.onnx"));
+        fails(
+            &["onnx", &m, "--input", &x, "--output-dir", &out_dir],
+            words,
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{model} wrote a file"
+        );
+    }
+    let m = hostile("external_inside.onnx");
+    ok(&["onnx", &m, "--input", &x, "--output-dir", &out_dir]);
+    let y: ArrayD<f32> = read_npy(dir.path().join("y.npy")).unwrap();
+    let xs: ArrayD<f32> = read_npy(hostile("x.npy")).unwrap();
+    assert_eq!(y, xs.mapv(|v| 2.0 * v), "the external weight is 2");
+}
+
+/// Outputs never replace what is not a regular file (a symlink, a FIFO, a folder), two outputs
+/// never name one file, and a refused command leaves every target as it was.
+#[cfg(unix)]
+#[test]
+fn outputs_replace_only_regular_files_and_never_collide() {
+    let f = Files::new();
+    let (xp, offp, wp) = (f.at("x.npy"), f.at("off.npy"), f.at("w.npy"));
+    let run_to = |output: &str, extra: &[&str]| {
+        let mut v = vec![
+            "run",
+            "--convention",
+            "torchvision",
+            "--input",
+            &xp,
+            "--offset",
+            &offp,
+            "--weight",
+            &wp,
+            "--padding",
+            "1",
+            "--output",
+            output,
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let call = |v: Vec<String>, words: &str| {
+        fails(&v.iter().map(String::as_str).collect::<Vec<_>>(), words)
+    };
+    // A symlink to a regular file: refused, and neither the link nor its target changes.
+    let target = f.at("target.npy");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = f.at("link.npy");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    call(run_to(&link, &[]), "is a symbolic link");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A FIFO and a folder.
+    let fifo = f.at("fifo.npy");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    call(run_to(&fifo, &[]), "is a FIFO");
+    std::fs::create_dir(f.at("folder.npy")).unwrap();
+    call(run_to(&f.at("folder.npy"), &[]), "is a folder");
+    // A later target that is a folder: nothing is written, not even the earlier output.
+    let (y, gy, grads) = (f.at("y.npy"), f.at("gy.npy"), f.at("grads"));
+    std::fs::create_dir(&grads).unwrap();
+    std::fs::create_dir(format!("{grads}/grad_weight.npy")).unwrap();
+    let with_grads = ["--grad-output", gy.as_str(), "--grad-dir", grads.as_str()];
+    call(run_to(&y, &with_grads), "is a folder");
+    assert!(!Path::new(&y).exists(), "the first output was written");
+    std::fs::remove_dir(format!("{grads}/grad_weight.npy")).unwrap();
+    // The same file twice, also through another spelling of its folder.
+    let again = format!(
+        "{}/../{}/grads/grad_input.npy",
+        f.dir.path().display(),
+        f.dir.path().file_name().unwrap().to_string_lossy()
+    );
+    call(run_to(&again, &with_grads), "the same file");
+    assert!(!Path::new(&y).exists());
+    assert_eq!(std::fs::read_dir(&grads).unwrap().count(), 0);
+    // No temporary file is left behind by any of them.
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A regular file is replaced.
+    std::fs::write(&y, b"old").unwrap();
+    ok(&run_to(&y, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let _: Array4<f32> = read_npy(&y).unwrap();
+}
+
+/// A .npy whose zero dimension hides an impossible one, and a thread count no system starts.
+#[test]
+fn empty_but_impossible_shapes_and_absurd_thread_counts_are_errors() {
+    let f = Files::new();
+    std::fs::write(
+        f.at("zero.npy"),
+        lying_npy("(0, 2, 4611686018427387904, 8)"),
+    )
+    .unwrap();
+    let zero = f.at("zero.npy");
+    let y = f.at("y.npy");
+    let args = |input: &str, threads: &str| {
+        vec![
+            "--threads".to_string(),
+            threads.into(),
+            "run".into(),
+            "--convention".into(),
+            "torchvision".into(),
+            "--input".into(),
+            input.into(),
+            "--offset".into(),
+            f.at("off.npy"),
+            "--weight".into(),
+            f.at("w.npy"),
+            "--padding".into(),
+            "1".into(),
+            "--output".into(),
+            y.clone(),
+        ]
+    };
+    let call = |v: Vec<String>, words: &str| {
+        fails(&v.iter().map(String::as_str).collect::<Vec<_>>(), words)
+    };
+    call(args(&zero, "1"), "too large to exist");
+    call(
+        args(&f.at("x.npy"), "100000"),
+        "--threads: threads: expected a thread count of at most 1024",
+    );
+    assert!(!Path::new(&y).exists());
+}

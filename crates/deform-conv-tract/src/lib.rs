@@ -292,15 +292,20 @@ impl DeformConvOp {
                 groups,
                 deform_groups,
             } => {
+                for (name, v) in [("groups", groups), ("deform_groups", deform_groups)] {
+                    if *v < 1 {
+                        bail!("MMCVModulatedDeformConv2d: attribute {name}: expected a positive integer, got {v}");
+                    }
+                }
                 let (c, cg) = (x.shape()[1] as i64, w.shape()[1] as i64);
-                if cg == 0 || c != cg * groups {
+                if cg == 0 || cg.checked_mul(*groups) != Some(c) {
                     bail!("MMCVModulatedDeformConv2d: attribute groups = {groups} disagrees with input channels {c} and weight.shape[1] = {cg}");
                 }
                 let taps = (w.shape()[2] * w.shape()[3]) as i64;
-                if off.shape()[1] as i64 != 2 * deform_groups * taps {
+                let want = deform_groups.checked_mul(2 * taps);
+                if want != Some(off.shape()[1] as i64) {
                     bail!(
-                        "MMCVModulatedDeformConv2d: attribute deform_groups = {deform_groups} expects {} offset channels, got {}",
-                        2 * deform_groups * taps,
+                        "MMCVModulatedDeformConv2d: attribute deform_groups = {deform_groups} disagrees with the offset's {} channels (expected 2 * deform_groups * kh * kw)",
                         off.shape()[1]
                     );
                 }
