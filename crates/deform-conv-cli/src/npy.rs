@@ -388,7 +388,9 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("DEFORM_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000)
+        ))]
         /// Random bytes, random truncations and random corruptions of a valid file: never a
         /// panic, and every accepted header describes exactly the bytes the file holds.
         #[test]

@@ -53,12 +53,21 @@ fn dtype_name(dt: DatumType) -> String {
     }
 }
 
-/// Runs `onnx_unguarded` with tract's panics turned into an error: a hostile model that trips an
-/// assertion inside the loader, optimiser or an operator is a one-line error, not exit 101.
+/// Runs a model with tract's panics turned into an error: a hostile model that trips an assertion
+/// inside the loader, optimiser or an operator is a one-line error, not exit 101.
 pub fn onnx(a: &OnnxArgs) -> Result<()> {
+    guarded(a, || {
+        let proto = read_proto(a)?;
+        run_proto(a, &proto)
+    })
+}
+
+/// `f`, with a panic inside it turned into an error naming the model (the panic hook silenced
+/// meanwhile, so the error is the one line printed).
+fn guarded(a: &OnnxArgs, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| onnx_unguarded(a)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     r.unwrap_or_else(|payload| {
         let what = payload
@@ -180,7 +189,15 @@ fn memory_bytes() -> u64 {
         .map_or(1 << 40, |kb| kb.saturating_mul(1024))
 }
 
-fn onnx_unguarded(a: &OnnxArgs) -> Result<()> {
+fn read_proto(a: &OnnxArgs) -> Result<tract_onnx::pb::ModelProto> {
+    let mut file = std::fs::File::open(&a.model)
+        .with_context(|| format!("model {}: cannot open", a.model.display()))?;
+    tract_onnx::onnx()
+        .proto_model_for_read(&mut file)
+        .map_err(|e| anyhow!("model {}: not an ONNX model ({e})", a.model.display()))
+}
+
+fn run_proto(a: &OnnxArgs, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
     if !a.output_dir.is_dir() {
         bail!(
             "--output-dir {}: the folder does not exist",
@@ -188,12 +205,7 @@ fn onnx_unguarded(a: &OnnxArgs) -> Result<()> {
         );
     }
     let loader = tract_onnx::onnx().with_deform_conv();
-    let mut file = std::fs::File::open(&a.model)
-        .with_context(|| format!("model {}: cannot open", a.model.display()))?;
-    let proto = loader
-        .proto_model_for_read(&mut file)
-        .map_err(|e| anyhow!("model {}: not an ONNX model ({e})", a.model.display()))?;
-    check_proto(&a.model, &proto)?;
+    check_proto(&a.model, proto)?;
     let dir = parent_dir(&a.model).to_str().ok_or_else(|| {
         anyhow!(
             "model {}: its folder's name is not UTF-8",
@@ -201,7 +213,7 @@ fn onnx_unguarded(a: &OnnxArgs) -> Result<()> {
         )
     })?;
     let mut model = loader
-        .parse(&proto, Some(dir))
+        .parse(proto, Some(dir))
         .map_err(|e| anyhow!("model {}: {e:#}", a.model.display()))?
         .model;
     for node in model.nodes() {
@@ -326,4 +338,57 @@ fn onnx_unguarded(a: &OnnxArgs) -> Result<()> {
         println!("output {line}");
     }
     files.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases(default: u32) -> u32 {
+        std::env::var("DEFORM_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn data(file: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deform-conv-tract/tests/data/dcn_block")
+            .join(file)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases(48)))]
+        /// The ONNX front end on the DCN block model with its integer attributes (strides, pads,
+        /// dilations, groups, kernel shapes, axes...) replaced by hostile values: an error or a
+        /// result, never a panic past the guard. `DEFORM_FUZZ_CASES=100000` for a long run.
+        #[test]
+        fn hostile_attributes_are_errors(
+            picks in proptest::collection::vec((0usize..64, 0usize..8, prop_oneof![
+                -3i64..5, Just(0i64), Just(i64::MAX), Just(i64::MIN), Just(1i64 << 40), Just(1 - (1i64 << 62))
+            ]), 1..4),
+        ) {
+            let out = tempfile::tempdir().unwrap();
+            let a = OnnxArgs {
+                model: data("model.onnx"),
+                inputs: vec![("x".into(), data("input_0.npy"))],
+                output_dir: out.path().to_path_buf(),
+            };
+            let mut proto = read_proto(&a).unwrap();
+            let graph = proto.graph.as_mut().unwrap();
+            let mut slots: Vec<&mut i64> = graph
+                .node
+                .iter_mut()
+                .flat_map(|n| n.attribute.iter_mut())
+                .flat_map(|at| std::iter::once(&mut at.i).chain(at.ints.iter_mut()))
+                .collect();
+            prop_assume!(!slots.is_empty());
+            for (slot, _, v) in &picks {
+                let n = slots.len();
+                *slots[slot % n] = *v;
+            }
+            let _ = guarded(&a, || run_proto(&a, &proto));
+        }
+    }
 }

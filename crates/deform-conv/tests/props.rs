@@ -211,6 +211,14 @@ fn non_finite_and_huge_offsets_read_as_zero() {
     }
 }
 
+/// Cases per property: `default`, or `DEFORM_FUZZ_CASES` for a long fuzzing run (README).
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("DEFORM_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn arb_i64() -> impl Strategy<Value = i64> {
     prop_oneof![
         -3i64..5,
@@ -232,7 +240,7 @@ fn arb_dim() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(3000), ..ProptestConfig::default() })]
 
     /// `validate` never panics, whatever the shapes and parameters.
     #[test]
@@ -299,6 +307,63 @@ proptest! {
             let a = npu::NpuAttributes { attrs: ms.clone(), layout };
             let _ = npu::npu_deformable_conv2d(xa.view(), wa.view(), oa.view(), None, &a);
             let _ = npu::npu_deformable_conv2dbk(xa.view(), ma.view(), oa.view(), wa.view(), oa.view(), &a);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(400), ..ProptestConfig::default() })]
+
+    /// Consistent shapes with empty axes allowed (no image, no output channel; no input channel is
+    /// refused: torchvision derives the group count as C / weight.shape[1]):
+    /// every path returns the reference's result, never panics (zero output channels divided by
+    /// zero in the engine).
+    #[test]
+    fn valid_problems_with_empty_axes_match_the_reference(
+        n in 0usize..3, gc in 1usize..3, cg in 1usize..3, dg in 1usize..3, og in 0usize..3,
+        kh in 1usize..4, kw in 1usize..4, h in 1usize..6, w in 1usize..6,
+        stride in 1i64..3, pad in 0i64..2, dil in 1i64..3, seed: u64,
+    ) {
+        use rand::SeedableRng;
+        let c = gc * cg * dg;
+        let cout = gc * og;
+        let ho = (h as i64 + 2 * pad - dil * (kh as i64 - 1) - 1) / stride + 1;
+        let wo = (w as i64 + 2 * pad - dil * (kw as i64 - 1) - 1) / stride + 1;
+        prop_assume!(
+            ho >= 1
+                && wo >= 1
+                && h as i64 + 2 * pad > dil * (kh as i64 - 1)
+                && w as i64 + 2 * pad > dil * (kw as i64 - 1)
+        );
+        let (ho, wo) = (ho as usize, wo as usize);
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut arr = |s: (usize, usize, usize, usize), scale: f64| {
+            Array4::from_shape_simple_fn(s, || scale * (r.gen::<f64>() * 2.0 - 1.0))
+        };
+        let x = arr((n, c, h, w), 1.0);
+        let wt = arr((cout, c / gc, kh, kw), 1.0);
+        let off = arr((n, 2 * dg * kh * kw, ho, wo), 3.0);
+        let m = arr((n, dg * kh * kw, ho, wo), 1.0);
+        let gy = arr((n, cout, ho, wo), 1.0);
+        let b = Array1::from_elem(cout, 0.25);
+        let run = |backend| {
+            let p = torchvision::Params { stride: [stride; 2], padding: [pad; 2], dilation: [dil; 2], backend, ..Default::default() };
+            let y = torchvision::deform_conv2d(x.view(), off.view(), wt.view(), Some(b.view()), Some(m.view()), &p).unwrap();
+            let g = torchvision::deform_conv2d_backward(gy.view(), x.view(), off.view(), wt.view(), Some(b.view()), Some(m.view()), &p).unwrap();
+            (y, g)
+        };
+        let (y0, g0) = run(Backend::Reference);
+        prop_assert_eq!(y0.shape(), &[n, cout, ho, wo]);
+        let close = |a: &Array4<f64>, b: &Array4<f64>| a.shape() == b.shape()
+            && a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() <= 1e-9 * (1.0 + q.abs()));
+        let mut backends = vec![Backend::Engine];
+        backends.extend(deform_conv::engine::Isa::ALL.into_iter().filter(|i| i.supported()).map(Backend::EngineIsa));
+        for backend in backends {
+            let (y, g) = run(backend);
+            prop_assert!(close(&y, &y0), "{:?} output", backend);
+            prop_assert!(close(&g.input, &g0.input), "{:?} grad input", backend);
+            prop_assert!(close(&g.offset, &g0.offset), "{:?} grad offset", backend);
+            prop_assert!(close(&g.weight, &g0.weight), "{:?} grad weight", backend);
         }
     }
 }
