@@ -3,7 +3,8 @@
 #   - Rust crates (cargo fetches them),
 #   - a Python venv at .venv with requirements-dev.txt (reused when already complete),
 #   - the deform_conv Python package, built by maturin into that venv,
-#   - an abi3 wheel and an sdist (dist/), the wheel smoke-tested in a fresh venv without Rust,
+#   - an abi3 manylinux2014 wheel (zig from PyPI's ziglang links it against glibc 2.17; auditwheel
+#     checks the policy) and an sdist (dist/), the wheel smoke-tested in a fresh venv without Rust,
 #   - a venv at .venv-ms with MindSpore 2.10 (requirements-mindspore.txt) and that wheel.
 # Prints cargo's and pytest's summaries; exits non-zero on any failure.
 set -euo pipefail
@@ -11,8 +12,9 @@ cd "$(dirname "$0")"
 
 echo "== rust: format, lints, tests"
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --quiet 2>&1 | grep -vE '^\s*$' | grep -vE '^running [0-9]+ tests?$'
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+cargo clippy -p deform-conv-cli --all-targets --quiet -- -D warnings
+cargo test --workspace --all-features --quiet 2>&1 | grep -vE '^\s*$' | grep -vE '^running [0-9]+ tests?$'
 test "${PIPESTATUS[0]}" -eq 0
 
 echo "== python: venv"
@@ -34,8 +36,15 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== python: wheel and sdist, installed without Rust"
 rm -rf dist
-maturin build --release --quiet --out dist 2>&1 | grep -v "^\s*$" | tail -2
+# Linked by zig against glibc 2.17 (manylinux2014): installs wherever torch's own wheels do.
+maturin build --release --quiet --zig --compatibility manylinux2014 --out dist 2>&1 | grep -v "^\s*$" | tail -2
 maturin sdist --out dist 2>&1 | tail -1
+policy=$(auditwheel show dist/deform_conv-*-abi3-*.whl 2>&1 | tr '\n' ' ' | grep -o 'consistent with the following platform tag: "[^"]*"' || true)
+echo "auditwheel: ${policy:-no policy found}"
+case "$policy" in
+    *manylinux_2_17_x86_64*|*manylinux_2_17_aarch64*) ;;
+    *) echo "the wheel is not manylinux_2_17 (manylinux2014)"; exit 1 ;;
+esac
 wheel_env=$(mktemp -d)
 "$PY" -m venv "$wheel_env/venv"
 # No cargo, rustc or maturin on PATH: only the fresh venv and the system.

@@ -5,7 +5,8 @@
 //! * `convert` offsets interleaved ⇄ packed, NCHW ⇄ NHWC, OIHW ⇄ HWCN;
 //! * `bench`   the benchmark shapes built in: times, GFLOP/s, ratio to the reference path;
 //! * `viz`     the sampling points of chosen output pixels over an image, as a PNG;
-//! * `onnx`    a whole ONNX model with deformable convolutions, through tract.
+//! * `onnx`    a whole ONNX model with deformable convolutions, through tract (built with
+//!   `--features onnx`; without it the subcommand says how to get it).
 //!
 //! Every error is one line on stderr and exit status 2; nothing panics on bad files.
 
@@ -13,6 +14,7 @@ mod bench;
 mod data;
 mod demo;
 mod npy;
+#[cfg(feature = "onnx")]
 mod onnx;
 mod outputs;
 mod run;
@@ -46,7 +48,15 @@ enum Cmd {
     /// Draw the sampling points of output pixels over an image (PNG).
     Viz(viz::VizArgs),
     /// Run a whole ONNX model (DeformConv and mmcv's MMCVModulatedDeformConv2d included) with tract.
+    #[cfg(feature = "onnx")]
     Onnx(onnx::OnnxArgs),
+    /// Run a whole ONNX model through tract: this binary was built without it (see --help).
+    #[cfg(not(feature = "onnx"))]
+    #[command(disable_help_flag = true)]
+    Onnx {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Convert(a) => run::convert(&a),
         Cmd::Bench(a) => bench::bench(&a),
         Cmd::Viz(a) => viz::viz(&a),
+        #[cfg(feature = "onnx")]
         Cmd::Onnx(a) => onnx::onnx(&a),
+        #[cfg(not(feature = "onnx"))]
+        Cmd::Onnx { .. } => Err(anyhow::anyhow!(
+            "onnx: this binary was built without tract; build it with the feature: \
+             cargo run --release -p deform-conv-cli --features onnx -- onnx ..."
+        )),
     }
 }

@@ -550,6 +550,7 @@ fn bad_files_get_one_clear_line() {
     fails(&["bench", "--shapes", "nope"], "--shapes");
 }
 
+#[cfg(feature = "onnx")]
 fn tract_data(case: &str, file: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deform-conv-tract/tests/data")
@@ -559,6 +560,7 @@ fn tract_data(case: &str, file: &str) -> String {
         .into_owned()
 }
 
+#[cfg(feature = "onnx")]
 #[test]
 fn onnx_runs_a_whole_model_and_refuses_bad_input_writing_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -648,6 +650,7 @@ fn onnx_runs_a_whole_model_and_refuses_bad_input_writing_nothing() {
     }
 }
 
+#[cfg(feature = "onnx")]
 fn hostile(file: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/hostile_onnx")
@@ -656,6 +659,7 @@ fn hostile(file: &str) -> String {
         .into_owned()
 }
 
+#[cfg(feature = "onnx")]
 /// The red team's models (tools/make_hostile_onnx.py): each is one clear error line (exit 2, no
 /// panic) and writes nothing; a model whose weight is in a file beside it runs.
 #[test]

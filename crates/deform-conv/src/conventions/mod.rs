@@ -5,6 +5,7 @@
 //! to the canonical op. Outputs are allocated in the convention's layout and written in place
 //! through permuted views, so channels-last results cost no extra copy.
 
+pub mod dcnv3;
 pub mod mindspore;
 pub mod npu;
 pub mod onnx;

@@ -165,6 +165,19 @@ pub(crate) fn backward<T: Element>(
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
+    super::threads::serial_if_small(super::forward::work(g), || {
+        backward_planned(g, ops, dy, grads, gate, isa)
+    })
+}
+
+fn backward_planned<T: Element>(
+    g: &Geometry,
+    ops: &Operands<'_, T>,
+    dy: ArrayView4<'_, T>,
+    grads: GradOutputs<'_, T>,
+    gate: GradGate,
+    isa: Isa,
+) -> Result<()> {
     let mut plan = Plan::new(g, ops, isa, true)?;
     if g.ho.div_ceil(plan.rows) == 1 && g.groups == 1 {
         whole_images(&plan, dy, grads, gate);

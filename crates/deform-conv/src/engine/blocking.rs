@@ -27,6 +27,12 @@ pub(crate) const LANES: usize = 4;
 /// the thread count, so that the split, and with it every bit, is the same on any machine.
 pub(crate) const MIN_TASKS: usize = 4;
 
+/// Below this much work (multiply-adds of the GEMM plus four per sampled channel value) a call
+/// runs on the calling thread alone: handing it to other threads costs more than it takes (a
+/// 1x8x8x8 3x3 layer is ~6e4), and on busy cores a worker that is not scheduled holds the whole
+/// call up. About 25 us of one core.
+pub(crate) const SERIAL_WORK: f64 = (1u32 << 18) as f64;
+
 /// Target pixels per tile of the backward's row-split schedule. A backward lane holds two tiles
 /// (the columns and their gradient `dcol`, `2 * P * K*C` accumulators) beside its `dX` image:
 /// at half the forward's tile they stay nearer the core. Measured (one build, the tile size

@@ -17,7 +17,7 @@ use super::kernels::panel_gemm::NR;
 use super::kernels::{Isa, PanelGemm};
 use super::plan::{pack_panel, split_axis, split_rows, Plan, RowScratch};
 use super::scratch::{take, Buf};
-use super::threads::{for_each_item, PerWorker};
+use super::threads::{self, for_each_item, PerWorker};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::operands::{ForwardOutputs, Operands};
@@ -32,9 +32,17 @@ pub(crate) fn forward<T: Element>(
     out: ForwardOutputs<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    let plan = Plan::new(g, ops, isa, false)?;
-    forward_impl(&plan, out);
-    Ok(())
+    threads::serial_if_small(work(g), || {
+        let plan = Plan::new(g, ops, isa, false)?;
+        forward_impl(&plan, out);
+        Ok(())
+    })
+}
+
+/// A call's work for [`threads::serial_if_small`]: the GEMM's multiply-adds and four per sampled
+/// channel value.
+pub(super) fn work(g: &Geometry) -> f64 {
+    g.macs() + 4.0 * (g.n * g.ho * g.wo * g.taps()) as f64 * g.c as f64
 }
 
 pub(super) struct Scratch<A: Real> {

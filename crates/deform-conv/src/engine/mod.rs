@@ -40,6 +40,7 @@
 
 mod backward;
 mod blocking;
+pub(crate) mod dcnv3;
 mod forward;
 mod gemm;
 pub mod kernels;

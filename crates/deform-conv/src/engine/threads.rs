@@ -66,6 +66,16 @@ pub(crate) fn run(n: usize, f: impl Fn(usize, usize) + Sync) {
     ex.run(n, &|i, w| as_task(|| f(i, w)));
 }
 
+/// Runs `f` on the calling thread alone (every loop inside it serial) when `work` is below
+/// [`super::blocking::SERIAL_WORK`]; the split of work is the same either way, so are the bits.
+pub(crate) fn serial_if_small<R>(work: f64, f: impl FnOnce() -> R) -> R {
+    if work < super::blocking::SERIAL_WORK {
+        as_task(f)
+    } else {
+        f()
+    }
+}
+
 /// The number of workers of the current executor: the bound on a task's `worker` index.
 pub(crate) fn workers() -> usize {
     if IN_TASK.get() {

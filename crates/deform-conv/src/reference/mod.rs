@@ -2,6 +2,8 @@
 //! against, so it shares no code with the engine: no SIMD, no threads, no `unsafe`, no tiling.
 //! Every sum is formed in `T::Acc` (f64 for f64 inputs).
 
+pub mod dcnv3;
+
 use crate::element::{Element, Real};
 use crate::operands::{ForwardOutputs, GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};

@@ -1,0 +1,361 @@
+//! DCNv3 / DCNv4: the engine on every instruction set against the plain-loop reference, the
+//! reference's gradients against finite differences in f64, edge offsets, remove_center, DCNv4's
+//! packing, and the same bits for any thread count.
+
+mod common;
+
+use common::rng;
+use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, dcnv4, dcnv4_backward, Dcnv3Params};
+use deform_conv::engine::{set_num_threads, Isa};
+use deform_conv::Backend;
+use ndarray::{s, Array4};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+struct Case {
+    x: Array4<f64>,
+    off: Array4<f64>,
+    mask: Array4<f64>,
+    gy: Array4<f64>,
+    p: Dcnv3Params,
+}
+
+fn normal(r: &mut StdRng, shape: (usize, usize, usize, usize), scale: f64) -> Array4<f64> {
+    Array4::from_shape_simple_fn(shape, || scale * (r.gen::<f64>() * 2.0 - 1.0))
+}
+
+/// A random problem; offsets mixed with exact integers, half-integers, values far outside the
+/// image and NaN when `edges`.
+fn case(r: &mut StdRng, edges: bool) -> Case {
+    let (k, remove_center) = match r.gen_range(0..4) {
+        0 => ([3, 3], true),
+        1 => ([2, 3], false),
+        2 => ([1, 1], false),
+        _ => ([3, 3], false),
+    };
+    let g = r.gen_range(1..4);
+    let d = [1, 3, 8, 17][r.gen_range(0..4)];
+    let (n, h, w) = (r.gen_range(1..3), r.gen_range(1..7), r.gen_range(1..7));
+    let p = Dcnv3Params {
+        kernel: k,
+        stride: [r.gen_range(1..3), r.gen_range(1..3)],
+        padding: [r.gen_range(0..3), r.gen_range(0..3)],
+        dilation: [r.gen_range(1..3), r.gen_range(1..3)],
+        group: g,
+        group_channels: d,
+        offset_scale: [1.0, 0.5, 2.0][r.gen_range(0..3)],
+        remove_center,
+        backend: Backend::Reference,
+    };
+    let geo = match p.validate(&[n, h, w, (g * d) as usize]) {
+        Ok(geo) => geo,
+        Err(_) => return case(r, edges),
+    };
+    let np = geo.g * geo.points;
+    let mut off = normal(r, (n, geo.ho, geo.wo, 2 * np), 2.5);
+    if edges {
+        for v in off.iter_mut() {
+            *v = match r.gen_range(0..8) {
+                0 => v.round(),
+                1 => v.round() + 0.5,
+                2 => 1e9,
+                3 => f64::NAN,
+                _ => *v,
+            };
+        }
+    }
+    Case {
+        x: normal(r, (n, h, w, geo.c()), 1.0),
+        mask: normal(r, (n, geo.ho, geo.wo, np), 1.0),
+        gy: normal(r, (n, geo.ho, geo.wo, geo.c()), 1.0),
+        off,
+        p,
+    }
+}
+
+fn close(what: &str, a: &Array4<f64>, b: &Array4<f64>, tol: f64) {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}: element {i}: {x} vs {y}"
+        );
+    }
+}
+
+fn isas() -> Vec<Backend> {
+    let mut v = vec![Backend::Engine];
+    v.extend(
+        Isa::ALL
+            .into_iter()
+            .filter(|i| i.supported())
+            .map(Backend::EngineIsa),
+    );
+    v
+}
+
+#[test]
+fn engine_matches_the_reference_on_every_path() {
+    let mut r = rng("dcnv3 engine_matches_the_reference_on_every_path");
+    for round in 0..60 {
+        let c = case(&mut r, round % 2 == 1);
+        let reference = |p: &Dcnv3Params| {
+            let y = dcnv3(c.x.view(), c.off.view(), c.mask.view(), p).unwrap();
+            let g =
+                dcnv3_backward(c.gy.view(), c.x.view(), c.off.view(), c.mask.view(), p).unwrap();
+            (y, g)
+        };
+        let (y0, g0) = reference(&c.p);
+        for backend in isas() {
+            let p = Dcnv3Params {
+                backend,
+                ..c.p.clone()
+            };
+            let (y, g) = reference(&p);
+            let what = format!("{backend:?} {:?}", c.p);
+            close(&format!("output {what}"), &y, &y0, 1e-12);
+            close(&format!("grad input {what}"), &g.input, &g0.input, 1e-12);
+            close(&format!("grad offset {what}"), &g.offset, &g0.offset, 1e-12);
+            close(&format!("grad mask {what}"), &g.mask, &g0.mask, 1e-12);
+            // f32 storage and arithmetic: within f32's rounding.
+            let f = |a: &Array4<f64>| a.mapv(|v| v as f32);
+            let y32 = dcnv3(f(&c.x).view(), f(&c.off).view(), f(&c.mask).view(), &p).unwrap();
+            let y32r = dcnv3(
+                f(&c.x).view(),
+                f(&c.off).view(),
+                f(&c.mask).view(),
+                &Dcnv3Params {
+                    backend: Backend::Reference,
+                    ..p.clone()
+                },
+            )
+            .unwrap();
+            close(
+                &format!("f32 output {what}"),
+                &y32.mapv(f64::from),
+                &y32r.mapv(f64::from),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// The reference's gradients are the derivatives of its forward (central differences, f64, at
+/// random offsets away from pixel boundaries).
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let mut r = rng("dcnv3 reference_gradients_match_finite_differences");
+    for _ in 0..20 {
+        let mut c = case(&mut r, false);
+        // Keep every sample off a pixel boundary, where the derivative jumps.
+        c.off
+            .mapv_inplace(|v| v.round() + 0.3 + 0.4 * (v - v.floor()));
+        let loss = |c: &Case| {
+            dcnv3(c.x.view(), c.off.view(), c.mask.view(), &c.p)
+                .unwrap()
+                .iter()
+                .zip(c.gy.iter())
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        let g = dcnv3_backward(c.gy.view(), c.x.view(), c.off.view(), c.mask.view(), &c.p).unwrap();
+        let eps = 1e-6;
+        for (name, which) in [("input", 0), ("offset", 1), ("mask", 2)] {
+            for _ in 0..6 {
+                let pick = |c: &mut Case| -> (*mut f64, usize) {
+                    let a = match which {
+                        0 => &mut c.x,
+                        1 => &mut c.off,
+                        _ => &mut c.mask,
+                    };
+                    (a.as_mut_ptr(), a.len())
+                };
+                let (_, len) = pick(&mut c);
+                let i = r.gen_range(0..len);
+                let at = |c: &mut Case, d: f64| {
+                    let a = match which {
+                        0 => &mut c.x,
+                        1 => &mut c.off,
+                        _ => &mut c.mask,
+                    };
+                    a.as_slice_mut().unwrap()[i] += d;
+                };
+                at(&mut c, eps);
+                let up = loss(&c);
+                at(&mut c, -2.0 * eps);
+                let down = loss(&c);
+                at(&mut c, eps);
+                let numeric = (up - down) / (2.0 * eps);
+                let analytic = match which {
+                    0 => g.input.as_slice().unwrap()[i],
+                    1 => g.offset.as_slice().unwrap()[i],
+                    _ => g.mask.as_slice().unwrap()[i],
+                };
+                assert!(
+                    (numeric - analytic).abs() <= 1e-6 * (1.0 + numeric.abs()),
+                    "{name}[{i}]: numeric {numeric}, analytic {analytic}, {:?}",
+                    c.p
+                );
+            }
+        }
+    }
+}
+
+/// DCNv4 is DCNv3 with one packed operand: per group P (x, y) pairs then P masks, the last
+/// dimension padded to a multiple of 8 (padding ignored, its gradient zero).
+#[test]
+fn dcnv4_is_dcnv3_packed() {
+    let mut r = rng("dcnv3 dcnv4_is_dcnv3_packed");
+    for _ in 0..20 {
+        let mut c = case(&mut r, true);
+        c.p.backend = Backend::Engine;
+        let geo = c.p.validate(c.x.shape()).unwrap();
+        let (g, pts) = (geo.g, geo.points);
+        let used = g * pts * 3;
+        let padded = used.div_ceil(8) * 8;
+        let (n, ho, wo) = (geo.n, geo.ho, geo.wo);
+        let mut om = Array4::from_elem((n, ho, wo, padded), f64::NAN);
+        for gi in 0..g {
+            om.slice_mut(s![.., .., .., gi * 3 * pts..gi * 3 * pts + 2 * pts])
+                .assign(
+                    &c.off
+                        .slice(s![.., .., .., gi * 2 * pts..(gi + 1) * 2 * pts]),
+                );
+            om.slice_mut(s![.., .., .., gi * 3 * pts + 2 * pts..(gi + 1) * 3 * pts])
+                .assign(&c.mask.slice(s![.., .., .., gi * pts..(gi + 1) * pts]));
+        }
+        let y3 = dcnv3(c.x.view(), c.off.view(), c.mask.view(), &c.p).unwrap();
+        let y4 = dcnv4(c.x.view(), om.view(), &c.p).unwrap();
+        assert_eq!(
+            y3.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            y4.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let g3 =
+            dcnv3_backward(c.gy.view(), c.x.view(), c.off.view(), c.mask.view(), &c.p).unwrap();
+        let g4 = dcnv4_backward(c.gy.view(), c.x.view(), om.view(), &c.p).unwrap();
+        assert_eq!(g3.input, g4.input);
+        for gi in 0..g {
+            assert_eq!(
+                g4.offset_mask
+                    .slice(s![.., .., .., gi * 3 * pts..gi * 3 * pts + 2 * pts]),
+                g3.offset
+                    .slice(s![.., .., .., gi * 2 * pts..(gi + 1) * 2 * pts])
+            );
+            assert_eq!(
+                g4.offset_mask
+                    .slice(s![.., .., .., gi * 3 * pts + 2 * pts..(gi + 1) * 3 * pts]),
+                g3.mask.slice(s![.., .., .., gi * pts..(gi + 1) * pts])
+            );
+        }
+        assert!(g4
+            .offset_mask
+            .slice(s![.., .., .., used..])
+            .iter()
+            .all(|v| *v == 0.0));
+    }
+}
+
+#[test]
+fn same_bits_for_any_thread_count() {
+    let mut r = rng("dcnv3 same_bits_for_any_thread_count");
+    let p = Dcnv3Params {
+        group: 4,
+        group_channels: 16,
+        padding: [1, 1],
+        offset_scale: 1.0,
+        ..Dcnv3Params::default()
+    };
+    let x = normal(&mut r, (2, 24, 20, 64), 1.0).mapv(|v| v as f32);
+    let off = normal(&mut r, (2, 24, 20, 72), 3.0).mapv(|v| v as f32);
+    let mask = normal(&mut r, (2, 24, 20, 36), 1.0).mapv(|v| v as f32);
+    let gy = normal(&mut r, (2, 24, 20, 64), 1.0).mapv(|v| v as f32);
+    let run = |t: usize| {
+        set_num_threads(t).unwrap();
+        let y = dcnv3(x.view(), off.view(), mask.view(), &p).unwrap();
+        let g = dcnv3_backward(gy.view(), x.view(), off.view(), mask.view(), &p).unwrap();
+        (y, g.input, g.offset, g.mask)
+    };
+    let one = run(1);
+    for t in [2, 3] {
+        let other = run(t);
+        assert!(one.0 == other.0 && one.1 == other.1 && one.2 == other.2 && one.3 == other.3);
+    }
+    set_num_threads(0).unwrap();
+}
+
+#[test]
+fn bad_attributes_and_shapes_are_named_errors() {
+    let x = Array4::<f32>::zeros((1, 5, 5, 8));
+    let off = Array4::<f32>::zeros((1, 5, 5, 36));
+    let mask = Array4::<f32>::zeros((1, 5, 5, 18));
+    let ok = Dcnv3Params {
+        group: 2,
+        group_channels: 4,
+        padding: [1, 1],
+        ..Default::default()
+    };
+    assert!(dcnv3(x.view(), off.view(), mask.view(), &ok).is_ok());
+    for (p, words) in [
+        (
+            Dcnv3Params {
+                group: 3,
+                ..ok.clone()
+            },
+            "group * group_channels",
+        ),
+        (
+            Dcnv3Params {
+                stride: [0, 1],
+                ..ok.clone()
+            },
+            "stride_h",
+        ),
+        (
+            Dcnv3Params {
+                kernel: [2, 2],
+                remove_center: true,
+                ..ok.clone()
+            },
+            "remove_center",
+        ),
+        (
+            Dcnv3Params {
+                offset_scale: f64::NAN,
+                ..ok.clone()
+            },
+            "offset_scale",
+        ),
+        (
+            Dcnv3Params {
+                padding: [-1, 0],
+                ..ok.clone()
+            },
+            "pad_h",
+        ),
+        (
+            Dcnv3Params {
+                kernel: [9, 9],
+                padding: [0, 0],
+                ..ok.clone()
+            },
+            "input height",
+        ),
+        (
+            Dcnv3Params {
+                group_channels: i64::MAX,
+                ..ok.clone()
+            },
+            "group",
+        ),
+    ] {
+        let e = dcnv3(x.view(), off.view(), mask.view(), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(words), "{words}: {e}");
+    }
+    let e = dcnv3(x.view(), off.slice(s![.., .., .., ..35]), mask.view(), &ok).unwrap_err();
+    assert!(e.to_string().contains("offset"), "{e}");
+    let e = dcnv4(x.view(), mask.view(), &ok).unwrap_err();
+    assert!(e.to_string().contains("offset_mask"), "{e}");
+}
