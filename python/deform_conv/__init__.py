@@ -30,6 +30,7 @@ __all__ = [
     "nchw_to_nhwc", "nhwc_to_nchw", "oihw_to_hwcn", "hwcn_to_oihw",
     "set_num_threads", "num_threads", "active_isa", "supported_isas",
     "onnx", "mindspore", "npu",
+    "dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward",
 ]
 
 
@@ -64,6 +65,84 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         _array("weight", weight), _array("bias", bias), _array("mask", mask),
         _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
     return Gradients(gi, go, gm, gw, gb)
+
+
+def _dcn3_attrs(kernel_size, stride, pad, dilation, group, group_channels, offset_scale, remove_center):
+    """The attribute tuple the core takes; kernel/stride/pad/dilation as an int or (h, w)."""
+    from ._args import flag, integer
+
+    def pair(name, v):
+        v = _ints(name, v)
+        if len(v) == 1:
+            v = v * 2
+        if len(v) != 2:
+            raise ValueError(f"{name}: expected an int or (h, w), got {len(v)} values")
+        return tuple(v)
+
+    if isinstance(offset_scale, bool) or not isinstance(offset_scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"offset_scale: expected a number, got {type(offset_scale).__name__}")
+    return (pair("kernel_size", kernel_size), pair("stride", stride), pair("pad", pad), pair("dilation", dilation),
+            integer("group", group), integer("group_channels", group_channels), float(offset_scale),
+            flag("remove_center", remove_center))
+
+
+def dcnv3(input, offset, mask, kernel_size=3, stride=1, pad=0, dilation=1, group=1, group_channels=None,
+          offset_scale=1.0, remove_center=False, *, backend="engine"):
+    """InternImage's DCNv3 core (``DCNv3Function`` / ``dcnv3_core_pytorch``), channels-last.
+
+    input [N, H, W, G*D], offset [N, Ho, Wo, G*P*2] ((x, y) per point), mask [N, Ho, Wo, G*P]
+    (already normalised: no softmax inside) -> output [N, Ho, Wo, G*D]; P = kh*kw, less the centre
+    when ``remove_center``. ``group_channels`` defaults to C / group. docs/SPEC.md §6.
+    """
+    input = _array("input", input)
+    gc = _group_channels(input, group, group_channels)
+    return _core.dcnv3_forward(input, _array("offset", offset), _array("mask", mask) if mask is not None else
+                               _missing_mask(), _dcn3_attrs(kernel_size, stride, pad, dilation, group, gc,
+                                                            offset_scale, remove_center), backend)
+
+
+def dcnv3_backward(grad_output, input, offset, mask, kernel_size=3, stride=1, pad=0, dilation=1, group=1,
+                   group_channels=None, offset_scale=1.0, remove_center=False, *, backend="engine"):
+    """(grad_input, grad_offset, grad_mask) of :func:`dcnv3` for ``grad_output`` [N, Ho, Wo, G*D]."""
+    input = _array("input", input)
+    gc = _group_channels(input, group, group_channels)
+    return _core.dcnv3_backward(_array("grad_output", grad_output), input, _array("offset", offset),
+                                _array("mask", mask) if mask is not None else _missing_mask(),
+                                _dcn3_attrs(kernel_size, stride, pad, dilation, group, gc, offset_scale,
+                                            remove_center), backend)
+
+
+def _group_channels(input, group, group_channels):
+    """``group_channels``, or C / group when None (the core checks that they agree with C)."""
+    if group_channels is not None or input.ndim != 4 or isinstance(group, bool) or not isinstance(group, int):
+        return group_channels
+    return input.shape[-1] // group if group > 0 else 1
+
+
+def _missing_mask():
+    raise TypeError("mask: expected a numpy array [N, Ho, Wo, G*P] (DCNv3 has no default mask), got None")
+
+
+def dcnv4(input, offset_mask, kernel_size=3, stride=1, pad=0, dilation=1, group=1, group_channels=None,
+          offset_scale=1.0, remove_center=False, *, backend="engine"):
+    """DCNv4 (``DCNv4Function``): DCNv3 with one packed ``offset_mask`` [N, Ho, Wo, >= G*P*3]: per
+    group P (x, y) pairs then P masks; the last dimension may be padded (DCNv4 pads to a multiple
+    of 8). No softmax inside. Returns [N, Ho, Wo, G*D]."""
+    input = _array("input", input)
+    gc = _group_channels(input, group, group_channels)
+    return _core.dcnv3_forward(input, _array("offset_mask", offset_mask), None,
+                               _dcn3_attrs(kernel_size, stride, pad, dilation, group, gc, offset_scale,
+                                           remove_center), backend)
+
+
+def dcnv4_backward(grad_output, input, offset_mask, kernel_size=3, stride=1, pad=0, dilation=1, group=1,
+                   group_channels=None, offset_scale=1.0, remove_center=False, *, backend="engine"):
+    """(grad_input, grad_offset_mask) of :func:`dcnv4` (zero on offset_mask's padding)."""
+    input = _array("input", input)
+    gc = _group_channels(input, group, group_channels)
+    return _core.dcnv3_backward(_array("grad_output", grad_output), input, _array("offset_mask", offset_mask),
+                                None, _dcn3_attrs(kernel_size, stride, pad, dilation, group, gc, offset_scale,
+                                                  remove_center), backend)
 
 
 def set_num_threads(n):

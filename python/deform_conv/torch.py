@@ -584,3 +584,8 @@ def onnx_translations() -> dict:
     except ImportError:  # pragma: no cover
         pass
     return table
+
+
+from .dcnv3_torch import dcnv3_core_pytorch, dcnv3_function, dcnv4_function  # noqa: E402,F401
+
+__all__ += ["dcnv3_core_pytorch", "dcnv3_function", "dcnv4_function"]

@@ -24,6 +24,7 @@ macro_rules! by_dtype {
 }
 
 mod common;
+mod dcnv3;
 mod layout;
 mod mindspore;
 mod npu;
@@ -37,6 +38,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(torchvision::torchvision_forward, m)?)?;
     m.add_function(wrap_pyfunction!(torchvision::torchvision_backward, m)?)?;
     m.add_function(wrap_pyfunction!(onnx::onnx_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(dcnv3::dcnv3_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(dcnv3::dcnv3_backward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_forward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_backward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_output_shape, m)?)?;

@@ -1,0 +1,121 @@
+"""DCNv3 / DCNv4 against InternImage's grid_sample formulation (float64, autograd), written here
+from its definition: pad, reference points at pixel centres, the kernel grid around them scaled by
+offset_scale, offsets added in pixels, normalised to [-1, 1], ``grid_sample(align_corners=False,
+padding_mode='zeros')``, times the mask, summed over the points."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import deform_conv as dc
+import deform_conv.torch as dct
+
+rng = np.random.default_rng()
+
+
+def grid_sample_dcnv3(x, offset, mask, kh, kw, sh, sw, pad, dh, dw, group, gc, scale, remove_center):
+    """InternImage's CPU fallback, for pad_h == pad_w (it pads H by pad_w and W by pad_h)."""
+    x = F.pad(x, [0, 0, pad, pad, pad, pad])
+    n, hin, win, _ = x.shape
+    _, ho, wo, _ = offset.shape
+    ah, aw = (dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2
+    ys = (ah + 0.5 + sh * torch.arange(ho, dtype=x.dtype)) / hin
+    xs = (aw + 0.5 + sw * torch.arange(wo, dtype=x.dtype)) / win
+    ref = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [ho, wo, 2] as (x, y)
+    gx = (-aw + dw * torch.arange(kw, dtype=x.dtype)) / win
+    gy = (-ah + dh * torch.arange(kh, dtype=x.dtype)) / hin
+    kx, ky = torch.meshgrid(gx, gy, indexing="ij")  # point p = i*kh + j
+    grid = torch.stack([kx.reshape(-1), ky.reshape(-1)], -1)  # [K, 2]
+    if remove_center:
+        grid = torch.cat([grid[: (kh * kw) // 2], grid[(kh * kw) // 2 + 1:]])
+    p = grid.shape[0]
+    loc = ref[:, :, None, None, :] + scale * grid[None, None, None, :, :]  # [ho, wo, 1, P, 2]
+    norm = torch.tensor([win, hin], dtype=x.dtype)
+    loc = loc + offset.view(n, ho, wo, group, p, 2) * scale / norm  # [n, ho, wo, G, P, 2]
+    grids = (2 * loc - 1).permute(0, 3, 1, 2, 4, 5).reshape(n * group, ho * wo, p, 2)
+    xg = x.view(n, hin * win, group, gc).permute(0, 2, 3, 1).reshape(n * group, gc, hin, win)
+    s = F.grid_sample(xg, grids, mode="bilinear", padding_mode="zeros", align_corners=False)  # [nG, gc, ho*wo, P]
+    m = mask.view(n, ho * wo, group, p).permute(0, 2, 1, 3).reshape(n * group, 1, ho * wo, p)
+    out = (s * m).sum(-1).view(n, group, gc, ho * wo).permute(0, 3, 1, 2)
+    return out.reshape(n, ho, wo, group * gc)
+
+
+def problem(kh=3, kw=3, group=2, gc=5, n=2, h=7, w=6, stride=(1, 1), pad=1, dil=(1, 1), remove_center=False,
+            dtype=torch.float64):
+    pts = kh * kw - int(remove_center)
+    ho = (h + 2 * pad - (dil[0] * (kh - 1) + 1)) // stride[0] + 1
+    wo = (w + 2 * pad - (dil[1] * (kw - 1) + 1)) // stride[1] + 1
+    t = lambda *s, scale=1.0: torch.tensor(rng.standard_normal(s) * scale, dtype=dtype, requires_grad=True)
+    return (t(n, h, w, group * gc), t(n, ho, wo, group * pts * 2, scale=2.0), t(n, ho, wo, group * pts),
+            t(n, ho, wo, group * gc))
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(), dict(remove_center=True), dict(kh=1, kw=1, pad=0), dict(stride=(2, 1), dil=(2, 1), pad=2),
+    dict(kh=5, kw=3, group=1, gc=16, pad=2), dict(group=4, gc=3, scale=0.5), dict(h=1, w=1, pad=1),
+    dict(gc=17, scale=2.0, stride=(2, 2)),
+])
+def test_matches_internimages_formulation_forward_and_backward(cfg):
+    cfg = dict(cfg)
+    scale = cfg.pop("scale", 1.0)
+    x, off, m, gy = problem(**cfg)
+    kh, kw = cfg.get("kh", 3), cfg.get("kw", 3)
+    (sh, sw), (dh, dw), pad = cfg.get("stride", (1, 1)), cfg.get("dil", (1, 1)), cfg.get("pad", 1)
+    g, gc, rc = cfg.get("group", 2), cfg.get("gc", 5), cfg.get("remove_center", False)
+    want = grid_sample_dcnv3(x, off, m, kh, kw, sh, sw, pad, dh, dw, g, gc, scale, rc)
+    got = dct.dcnv3_core_pytorch(x, off, m, kh, kw, sh, sw, pad, pad, dh, dw, g, gc, scale, int(rc))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    gw = torch.autograd.grad((want * gy).sum(), (x, off, m))
+    gg = torch.autograd.grad((got * gy).sum(), (x, off, m))
+    for name, a, b in zip(("input", "offset", "mask"), gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, msg=name)
+    # numpy API, float32: the same numbers within float32's rounding.
+    y32 = dc.dcnv3(x.detach().float().numpy(), off.detach().float().numpy(), m.detach().float().numpy(),
+                   (kh, kw), (sh, sw), pad, (dh, dw), g, gc, scale, rc)
+    np.testing.assert_allclose(y32, want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_gradcheck_and_dcnv4_packing():
+    x, off, m, _ = problem(n=1, h=4, w=5, group=2, gc=2)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 1.0)
+    assert torch.autograd.gradcheck(lambda a, b, c: dct.dcnv3_core_pytorch(a, b, c, *args), (x, off, m))
+    # DCNv4: per group 9 (x, y) pairs then 9 masks, padded to a multiple of 8 (54 -> 56).
+    om = torch.full((1, 4, 5, 56), float("nan"), dtype=torch.float64)
+    for gi in range(2):
+        om[..., gi * 27: gi * 27 + 18] = off[..., gi * 18:(gi + 1) * 18].detach()
+        om[..., gi * 27 + 18:(gi + 1) * 27] = m[..., gi * 9:(gi + 1) * 9].detach()
+    om.requires_grad_()
+    y4 = dct.dcnv4_function(x, om, *args[:-1], args[-1], 256, 0)
+    y3 = dct.dcnv3_function(x, off, m, *args, 256, 0)
+    assert torch.equal(y3, y4)
+    y4.sum().backward()
+    assert torch.all(om.grad[..., 54:] == 0)
+    y4n = dc.dcnv4(x.detach().numpy(), om.detach().numpy(), 3, 1, 1, 1, 2, 2)
+    np.testing.assert_array_equal(y4n, y4.detach().numpy())
+
+
+def test_torch_compile_and_half_precision():
+    x, off, m, _ = problem(dtype=torch.float32)
+    f = torch.compile(lambda a, b, c: dct.dcnv3_core_pytorch(a, b, c, 3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 1.0), fullgraph=True)
+    torch.testing.assert_close(f(x, off, m), dct.dcnv3_core_pytorch(x, off, m, 3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 1.0))
+    for dt, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+        y = dct.dcnv3_core_pytorch(x.to(dt), off.to(dt), m.to(dt), 3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 1.0)
+        want = dct.dcnv3_core_pytorch(*(t.to(dt).double() for t in (x, off, m)), 3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 1.0)
+        assert y.dtype == dt
+        torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda x, o, m: dc.dcnv3(x, o, m, 3, 1, 1, 1, 3, 5), ValueError, r"group \* group_channels"),
+    (lambda x, o, m: dc.dcnv3(x, o, m, 2, 1, 1, 1, 2, 5, remove_center=True), ValueError, "remove_center"),
+    (lambda x, o, m: dc.dcnv3(x, o[..., :-1], m, 3, 1, 1, 1, 2, 5), ValueError, "offset"),
+    (lambda x, o, m: dc.dcnv3(x, o, m, 3, 0, 1, 1, 2, 5), ValueError, "stride_h"),
+    (lambda x, o, m: dc.dcnv3(x, o, m, 3, 1, 1, 1, 2.0, 5), TypeError, "group"),
+    (lambda x, o, m: dc.dcnv3(x, o, None, 3, 1, 1, 1, 2, 5), TypeError, "mask"),
+    (lambda x, o, m: dc.dcnv3(x, o, m, 3, 1, 1, 1, 2, 5, offset_scale="1"), TypeError, "offset_scale"),
+    (lambda x, o, m: dc.dcnv4(x, m, 3, 1, 1, 1, 2, 5), ValueError, "offset_mask"),
+])
+def test_bad_arguments_are_named_errors(call, exc, words):
+    x, o, m, _ = problem()
+    with pytest.raises(exc, match=words):
+        call(x.detach().numpy(), o.detach().numpy(), m.detach().numpy())
