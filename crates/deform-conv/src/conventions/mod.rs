@@ -7,6 +7,7 @@
 
 pub mod dcnv3;
 pub mod mindspore;
+pub mod msda;
 pub mod npu;
 pub mod onnx;
 pub mod torchvision;

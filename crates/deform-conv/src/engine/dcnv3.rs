@@ -1,193 +1,125 @@
-//! DCNv3 / DCNv4 on the sampler (SPEC §6): per (output row, group, point) one row of bilinear
-//! descriptors (`sample`), run across the group's channel run of the channels-last image by the
-//! same row kernels as DCNv2 (`gather_row` forward; `dot4_row` and `scatter_row` backward).
-//!
-//! The input is already channels-last; each image is copied once into the accumulation type with
-//! the zero pixel the descriptors point at for corners outside the image. The sampler takes
-//! absolute positions (`y0 = x0 = 0`, no stride): `dy[t]`, `dx[t]` hold DCNv3's `y`, `x`.
-//!
-//! Forward: output rows in parallel, each row's sums formed point by point in a fixed order.
-//! Backward: the rows of an image are dealt to `blocking::LANES` fixed lanes, each with its own
-//! input-gradient image, reduced in lane order; offsets and masks get their gradients row by
-//! row. Same bits for any thread count.
+//! DCNv3 / DCNv4 on the sampling core ([`super::points`]): one plane (the image), rows of `Wo`
+//! output pixels, `G` groups of `D` channels, `P` points per group (SPEC §6).
 
-use super::blocking::LANES;
-use super::kernels::{Isa, Kernels, RowJob};
-use super::plan::kernels_for;
-use super::sample::{RowArgs, RowSamples};
-use super::threads::{self, for_each_item, PerWorker};
+use super::kernels::Isa;
+use super::points::{self, pieces, PointOp, Shape};
 use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands};
-use crate::element::{Element, Real};
-use crate::error::{DeformError, Result};
-use crate::params::GradGate;
+use crate::element::Element;
+use crate::error::Result;
 use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
-use num_traits::{Float, FromPrimitive, One, Zero};
+use num_traits::FromPrimitive;
+use std::ops::Range;
 
-/// A zeroed vector of `len` accumulators, or an allocation error naming `what`.
-fn zeros<A: Real>(what: &str, len: usize) -> Result<Vec<A>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| DeformError::Allocation {
-            name: what.into(),
-            bytes: len.saturating_mul(std::mem::size_of::<A>()),
-            shape: vec![len],
-        })?;
-    v.resize(len, A::zero());
-    Ok(v)
+struct Op<'o, 'a, T> {
+    g: &'o Dcnv3Geometry,
+    ops: &'o Dcnv3Operands<'a, T>,
+    shape: Shape,
 }
 
-/// Image `n` channels-last in `xt` (`[H*W + 1, C]`, the last pixel zero), rows in parallel.
-fn copy_image<T: Element>(input: &ArrayView4<'_, T>, n: usize, c: usize, xt: &mut [T::Acc]) {
-    let img = input.index_axis(Axis(0), n);
-    let row = img.shape()[1] * c;
-    threads::for_each_chunk(xt, row.max(1), |y, dst, _| {
-        if y < img.shape()[0] {
-            for (d, v) in dst.iter_mut().zip(img.index_axis(Axis(0), y).iter()) {
-                *d = v.to_acc();
+impl<'o, 'a, T: Element> Op<'o, 'a, T> {
+    fn new(g: &'o Dcnv3Geometry, ops: &'o Dcnv3Operands<'a, T>) -> Self {
+        let shape = Shape {
+            n: g.n,
+            planes: vec![(g.h, g.w)],
+            c: g.c(),
+            d: g.d,
+            points: g.points,
+            rows: g.ho,
+            row_len: g.wo,
+        };
+        Op { g, ops, shape }
+    }
+
+    fn acc(v: f64) -> T::Acc {
+        T::Acc::from_f64(v).unwrap_or_else(num_traits::Float::nan)
+    }
+}
+
+impl<T: Element> PointOp<T> for Op<'_, '_, T> {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn plane_of(&self, _: usize) -> usize {
+        0
+    }
+
+    fn row(&self, _: usize) -> Range<usize> {
+        0..self.g.wo
+    }
+
+    fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
+        let c = self.g.c();
+        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+            let s = s0 + i;
+            let v = self
+                .ops
+                .input
+                .slice(ndarray::s![n, s / self.g.w, s % self.g.w, ..]);
+            for (d, x) in px.iter_mut().zip(v.iter()) {
+                *d = x.to_acc();
             }
-        } else {
-            dst.fill(T::Acc::zero());
-        }
-    });
-}
-
-/// One row's scratch: positions, masks, descriptors, the sums and a point's samples.
-struct RowScratch<A> {
-    py: Vec<A>,
-    px: Vec<A>,
-    m: Vec<A>,
-    s: RowSamples<A>,
-    acc: Vec<A>,
-    tmp: Vec<A>,
-    dots: Vec<A>,
-}
-
-impl<A: Real> RowScratch<A> {
-    fn new(wo: usize, c: usize) -> Self {
-        RowScratch {
-            py: vec![A::zero(); wo],
-            px: vec![A::zero(); wo],
-            m: vec![A::zero(); wo],
-            s: RowSamples::new(wo),
-            acc: vec![A::zero(); wo * c],
-            tmp: vec![A::zero(); wo * c],
-            dots: vec![A::zero(); 4 * wo],
         }
     }
-}
 
-/// The descriptors of point `p` of group `gi` on output row `oh` of image `n`.
-#[allow(clippy::too_many_arguments)]
-fn describe<T: Element>(
-    g: &Dcnv3Geometry,
-    k: &Kernels<T::Acc>,
-    ops: &Dcnv3Operands<'_, T>,
-    [n, oh, gi, p]: [usize; 4],
-    gradients: bool,
-    r: &mut RowScratch<T::Acc>,
-) {
-    let acc = |v: f64| T::Acc::from_f64(v).unwrap_or_else(T::Acc::nan);
-    let scale = acc(g.scale);
-    let (i, j) = g.tap(p);
-    let (ti, tj) = (acc((i * g.dil[1]) as f64), acc((j * g.dil[0]) as f64));
-    for ow in 0..g.wo {
-        let (by, bx) = g.base(oh, ow);
-        let off_x = ops.offset[[n, oh, ow, ops.layout.offset(gi, p, 0)]].to_acc();
-        let off_y = ops.offset[[n, oh, ow, ops.layout.offset(gi, p, 1)]].to_acc();
-        r.py[ow] = acc(by) + (tj + off_y) * scale;
-        r.px[ow] = acc(bx) + (ti + off_x) * scale;
-        r.m[ow] = ops.mask[[n, oh, ow, ops.layout.mask(gi, p)]].to_acc();
+    fn describe(
+        &self,
+        n: usize,
+        oh: usize,
+        gi: usize,
+        p: usize,
+        y: &mut [T::Acc],
+        x: &mut [T::Acc],
+        m: &mut [T::Acc],
+    ) {
+        let (g, ops) = (self.g, self.ops);
+        let scale = Self::acc(g.scale);
+        let (i, j) = g.tap(p);
+        let (ti, tj) = (
+            Self::acc((i * g.dil[1]) as f64),
+            Self::acc((j * g.dil[0]) as f64),
+        );
+        let (ox, oy, om) = (
+            ops.layout.offset(gi, p, 0),
+            ops.layout.offset(gi, p, 1),
+            ops.layout.mask(gi, p),
+        );
+        for ow in 0..y.len() {
+            let (by, bx) = g.base(oh, ow);
+            y[ow] = Self::acc(by) + (tj + ops.offset[[n, oh, ow, oy]].to_acc()) * scale;
+            x[ow] = Self::acc(bx) + (ti + ops.offset[[n, oh, ow, ox]].to_acc()) * scale;
+            m[ow] = ops.mask[[n, oh, ow, om]].to_acc();
+        }
     }
-    let args = RowArgs {
-        y0: 0,
-        x0: 0,
-        sx: 0,
-        dy: &r.py,
-        dx: &r.px,
-        m: &r.m,
-        h: g.h,
-        w: g.w,
-        gate: GradGate::Open,
-        gradients,
-    };
-    (k.sample_row)(&args, &mut r.s);
 }
 
 /// The forward into `out` (`[N, Ho, Wo, G*D]`, every element written).
 pub(crate) fn forward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
-    mut out: ArrayViewMut4<'_, T>,
+    out: ArrayViewMut4<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    let k = kernels_for::<T::Acc>(isa)?;
-    let c = g.c();
-    if g.n == 0 || c == 0 || g.ho == 0 || g.wo == 0 {
-        return Ok(());
-    }
-    let work = (g.n * g.ho * g.wo * g.points) as f64 * c as f64 * 4.0;
-    threads::serial_if_small(work, || {
-        let mut xt = zeros::<T::Acc>("input (channels-last copy)", (g.h * g.w + 1) * c)?;
-        let scratch = PerWorker::new();
-        for n in 0..g.n {
-            copy_image(&ops.input, n, c, &mut xt);
-            let mut image_out = out.index_axis_mut(Axis(0), n);
-            let rows: Vec<(usize, ArrayViewMut2<'_, T>)> =
-                image_out.axis_iter_mut(Axis(0)).enumerate().collect();
-            for_each_item(rows, |(oh, mut row), w| {
-                scratch.with(
-                    w,
-                    || RowScratch::new(g.wo, c),
-                    |r| {
-                        for gi in 0..g.g {
-                            let lo = gi * g.d;
-                            for p in 0..g.points {
-                                describe(g, &k, ops, [n, oh, gi, p], false, r);
-                                let job = RowJob {
-                                    s: &r.s,
-                                    n: g.wo,
-                                    c,
-                                    lo,
-                                    len: g.d,
-                                    stride: c,
-                                };
-                                if p == 0 {
-                                    (k.gather_row)(&job, &xt, &mut r.acc[lo..]);
-                                } else {
-                                    (k.gather_row)(&job, &xt, &mut r.tmp[lo..]);
-                                    for t in 0..g.wo {
-                                        let at = t * c + lo;
-                                        for (a, v) in
-                                            r.acc[at..at + g.d].iter_mut().zip(&r.tmp[at..at + g.d])
-                                        {
-                                            *a += *v;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        for (o, v) in row.iter_mut().zip(&r.acc) {
-                            *o = T::from_acc(*v);
-                        }
-                    },
-                )
-            });
-        }
-        Ok(())
-    })
+    points::forward(&Op::new(g, ops), isa, rows_of(out))
 }
 
-/// One lane of an image's backward: its rows, its input-gradient image, its rows of the offset
-/// and mask gradients.
-struct Lane<'a, T, A> {
-    rows: std::ops::Range<usize>,
-    dx: &'a mut [A],
-    offset: ndarray::ArrayViewMut3<'a, T>,
-    /// `None`: the mask gradients go into `offset` (DCNv4's one tensor).
-    mask: Option<ndarray::ArrayViewMut3<'a, T>>,
+/// `[N, Ho, Wo, ..]` as image by image, row by row `[Wo, ..]` views.
+fn rows_of<T>(v: ArrayViewMut4<'_, T>) -> Vec<Vec<ArrayViewMut2<'_, T>>> {
+    pieces(v, Axis(0), 1)
+        .into_iter()
+        .map(|img| {
+            pieces(img.index_axis_move(Axis(0), 0), Axis(0), 1)
+                .into_iter()
+                .map(|r| r.index_axis_move(Axis(0), 0))
+                .collect()
+        })
+        .collect()
 }
 
-/// The backward into `grads` (every element written).
+/// A row's gradient views: the offsets' row `[Wo, ..]` and, for DCNv3, the masks'.
+type GradRow<'a, T> = (ArrayViewMut2<'a, T>, Option<ArrayViewMut2<'a, T>>);
+
+/// The backward into `grads` (every element the layout names written).
 pub(crate) fn backward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
@@ -195,131 +127,53 @@ pub(crate) fn backward<T: Element>(
     grads: Dcnv3GradViews<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    let k = kernels_for::<T::Acc>(isa)?;
-    let c = g.c();
     let Dcnv3GradViews {
         input: mut gin,
-        offset: mut goff,
-        mask: mut gmask,
+        offset,
+        mask,
     } = grads;
-    if g.n == 0 || c == 0 {
-        return Ok(());
-    }
-    let work = (g.n * g.ho * g.wo * g.points) as f64 * c as f64 * 12.0;
-    let image = (g.h * g.w + 1) * c;
-    threads::serial_if_small(work, || {
-        let mut xt = zeros::<T::Acc>("input (channels-last copy)", image)?;
-        let mut dx = zeros::<T::Acc>("input gradient lanes", image * LANES)?;
-        let scratch = PerWorker::new();
-        let one = T::Acc::one();
-        let zero = T::Acc::zero();
-        let scale = T::Acc::from_f64(g.scale).unwrap_or_else(T::Acc::nan);
-        for n in 0..g.n {
-            copy_image(&ops.input, n, c, &mut xt);
-            dx.fill(zero);
-            // Lane l: rows [l*Ho/L, (l+1)*Ho/L), contiguous, fixed by the shape alone.
-            let mut lanes = Vec::with_capacity(LANES);
-            let (mut off_rest, mut mask_rest) = (
-                goff.index_axis_mut(Axis(0), n),
-                gmask.as_mut().map(|m| m.index_axis_mut(Axis(0), n)),
-            );
-            let mut dx_rest: &mut [T::Acc] = &mut dx;
-            let mut start = 0;
-            for l in 0..LANES {
-                let end = (l + 1) * g.ho / LANES;
-                let (o, orest) = off_rest.split_at(Axis(0), end - start);
-                let (m, mrest) = match mask_rest {
-                    Some(v) => {
-                        let (a, b) = v.split_at(Axis(0), end - start);
-                        (Some(a), Some(b))
-                    }
-                    None => (None, None),
-                };
-                let (d, drest) = dx_rest.split_at_mut(image);
-                lanes.push(Lane {
-                    rows: start..end,
-                    dx: d,
-                    offset: o,
-                    mask: m,
-                });
-                (off_rest, mask_rest, dx_rest, start) = (orest, mrest, drest, end);
+    let off_rows = rows_of(offset);
+    let grad_rows: Vec<Vec<GradRow<'_, T>>> = match mask {
+        Some(m) => off_rows
+            .into_iter()
+            .zip(rows_of(m))
+            .map(|(o, m)| o.into_iter().zip(m.into_iter().map(Some)).collect())
+            .collect(),
+        None => off_rows
+            .into_iter()
+            .map(|o| o.into_iter().map(|r| (r, None)).collect())
+            .collect(),
+    };
+    let op = Op::new(g, ops);
+    let scale = Op::<T>::acc(g.scale);
+    let layout = ops.layout;
+    let (c, w) = (g.c(), g.w);
+    points::backward(
+        &op,
+        isa,
+        grad_rows,
+        |n, oh, dst| {
+            let row = grad_output.index_axis(Axis(0), n);
+            for (d, v) in dst.iter_mut().zip(row.index_axis(Axis(0), oh).iter()) {
+                *d = v.to_acc();
             }
-            for_each_item(lanes, |mut lane, w| {
-                scratch.with(
-                    w,
-                    || RowScratch::new(g.wo, c),
-                    |r| {
-                        for oh in lane.rows.clone() {
-                            let lr = oh - lane.rows.start;
-                            for (d, v) in r.tmp.iter_mut().zip(
-                                grad_output
-                                    .index_axis(Axis(0), n)
-                                    .index_axis(Axis(0), oh)
-                                    .iter(),
-                            ) {
-                                *d = v.to_acc();
-                            }
-                            for gi in 0..g.g {
-                                let lo = gi * g.d;
-                                for p in 0..g.points {
-                                    describe(g, &k, ops, [n, oh, gi, p], true, r);
-                                    let job = RowJob {
-                                        s: &r.s,
-                                        n: g.wo,
-                                        c,
-                                        lo,
-                                        len: g.d,
-                                        stride: c,
-                                    };
-                                    r.dots.fill(zero);
-                                    (k.dot4_row)(&job, &r.tmp[lo..], &xt, &mut r.dots);
-                                    (k.scatter_row)(&job, &r.tmp[lo..], lane.dx);
-                                    for (ow, a) in r.dots.chunks_exact(4).enumerate() {
-                                        let s = &r.s;
-                                        let (ly, lx, m) = (s.ly[ow], s.lx[ow], s.m[ow]);
-                                        let (hy, hx) = (one - ly, one - lx);
-                                        let (gy, gx, gm) = if s.grad[ow] {
-                                            (
-                                                m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1])),
-                                                m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2])),
-                                                hy * hx * a[0]
-                                                    + hy * lx * a[1]
-                                                    + ly * hx * a[2]
-                                                    + ly * lx * a[3],
-                                            )
-                                        } else {
-                                            (zero, zero, zero)
-                                        };
-                                        let l = ops.layout;
-                                        lane.offset[[lr, ow, l.offset(gi, p, 0)]] =
-                                            T::from_acc(gx * scale);
-                                        lane.offset[[lr, ow, l.offset(gi, p, 1)]] =
-                                            T::from_acc(gy * scale);
-                                        let gmv = lane.mask.as_mut().unwrap_or(&mut lane.offset);
-                                        gmv[[lr, ow, l.mask(gi, p)]] = T::from_acc(gm);
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
-            });
-            // dX = the lanes' sums in lane order, rows in parallel.
-            let mut image_grad = gin.index_axis_mut(Axis(0), n);
-            let rows: Vec<(usize, ArrayViewMut2<'_, T>)> =
-                image_grad.axis_iter_mut(Axis(0)).enumerate().collect();
-            let dx = &dx;
-            for_each_item(rows, |(y, mut row), _| {
-                let at = y * g.w * c;
-                for (i, o) in row.iter_mut().enumerate() {
-                    let mut s = dx[at + i];
-                    for l in 1..LANES {
-                        s += dx[l * image + at + i];
-                    }
-                    *o = T::from_acc(s);
+        },
+        |(off, mask), pg| {
+            for ow in 0..pg.y.len() {
+                off[[ow, layout.offset(pg.g, pg.point, 0)]] = T::from_acc(pg.x[ow] * scale);
+                off[[ow, layout.offset(pg.g, pg.point, 1)]] = T::from_acc(pg.y[ow] * scale);
+                let mv = mask.as_mut().unwrap_or(off);
+                mv[[ow, layout.mask(pg.g, pg.point)]] = T::from_acc(pg.m[ow]);
+            }
+        },
+        |n, dx| {
+            let mut img = gin.index_axis_mut(Axis(0), n);
+            for (s, px) in dx[..g.h * w * c].chunks_exact(c).enumerate() {
+                let mut dst = img.slice_mut(ndarray::s![s / w, s % w, ..]);
+                for (o, v) in dst.iter_mut().zip(px) {
+                    *o = T::from_acc(*v);
                 }
-            });
-        }
-        Ok(())
-    })
+            }
+        },
+    )
 }

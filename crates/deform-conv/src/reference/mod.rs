@@ -3,6 +3,7 @@
 //! Every sum is formed in `T::Acc` (f64 for f64 inputs).
 
 pub mod dcnv3;
+pub mod msda;
 
 use crate::element::{Element, Real};
 use crate::operands::{ForwardOutputs, GradOutputs, Operands};

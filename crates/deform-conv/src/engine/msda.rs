@@ -1,0 +1,160 @@
+//! Multi-scale deformable attention on the sampling core ([`super::points`]): the levels are
+//! the planes, rows are blocks of queries, heads are the groups, `L*P` points per head (SPEC §7).
+
+use super::kernels::Isa;
+use super::points::{self, pieces, PointOp, Shape};
+use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaOperands};
+use crate::element::{Element, Real};
+use crate::error::Result;
+use ndarray::{ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, ArrayViewMut5, Axis};
+use num_traits::One;
+use std::ops::Range;
+
+/// Queries per row of the core: a constant, so the split (and every bit) is the shape's alone.
+const QUERIES: usize = 64;
+
+struct Op<'o, 'a, T> {
+    g: &'o MsdaGeometry,
+    ops: &'o MsdaOperands<'a, T>,
+    shape: Shape,
+}
+
+impl<'o, 'a, T: Element> Op<'o, 'a, T> {
+    fn new(g: &'o MsdaGeometry, ops: &'o MsdaOperands<'a, T>) -> Self {
+        let shape = Shape {
+            n: g.n,
+            planes: g.levels.iter().map(|&(h, w, _)| (h, w)).collect(),
+            c: g.c(),
+            d: g.d,
+            points: g.levels.len() * g.p,
+            rows: g.q.div_ceil(QUERIES),
+            row_len: g.q.min(QUERIES),
+        };
+        Op { g, ops, shape }
+    }
+}
+
+impl<T: Element> PointOp<T> for Op<'_, '_, T> {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn plane_of(&self, k: usize) -> usize {
+        k / self.g.p
+    }
+
+    fn row(&self, r: usize) -> Range<usize> {
+        r * QUERIES..((r + 1) * QUERIES).min(self.g.q)
+    }
+
+    fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
+        let c = self.g.c();
+        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+            let v = self.ops.value.slice(ndarray::s![n, s0 + i, .., ..]);
+            for (d, x) in px.iter_mut().zip(v.iter()) {
+                *d = x.to_acc();
+            }
+        }
+    }
+
+    fn describe(
+        &self,
+        n: usize,
+        r: usize,
+        m: usize,
+        k: usize,
+        y: &mut [T::Acc],
+        x: &mut [T::Acc],
+        a: &mut [T::Acc],
+    ) {
+        let (l, p) = (k / self.g.p, k % self.g.p);
+        let (h, w, _) = self.g.levels[l];
+        let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
+        let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
+        for (t, q) in self.row(r).enumerate() {
+            x[t] = self.ops.loc[[n, q, m, l, p, 0]].to_acc() * wf - half;
+            y[t] = self.ops.loc[[n, q, m, l, p, 1]].to_acc() * hf - half;
+            a[t] = self.ops.attn[[n, q, m, l, p]].to_acc();
+        }
+    }
+}
+
+/// `[N, Lq, ..]` as rows of `QUERIES` queries per image.
+fn query_rows<'a, T, D: ndarray::RemoveAxis>(
+    v: ndarray::ArrayViewMut<'a, T, D>,
+) -> Vec<Vec<ndarray::ArrayViewMut<'a, T, D::Smaller>>> {
+    pieces(v, Axis(0), 1)
+        .into_iter()
+        .map(|img| pieces(img.index_axis_move(Axis(0), 0), Axis(0), QUERIES))
+        .collect()
+}
+
+/// The forward into `out` (`[N, Lq, M*D]`, every element written).
+pub(crate) fn forward<T: Element>(
+    g: &MsdaGeometry,
+    ops: &MsdaOperands<'_, T>,
+    out: ArrayViewMut3<'_, T>,
+    isa: Isa,
+) -> Result<()> {
+    let rows: Vec<Vec<ArrayViewMut2<'_, T>>> = query_rows(out);
+    points::forward(&Op::new(g, ops), isa, rows)
+}
+
+/// The backward into `grads` (every element written).
+pub(crate) fn backward<T: Element>(
+    g: &MsdaGeometry,
+    ops: &MsdaOperands<'_, T>,
+    grad_output: ArrayView3<'_, T>,
+    grads: MsdaGradViews<'_, T>,
+    isa: Isa,
+) -> Result<()> {
+    let MsdaGradViews {
+        value: mut gv,
+        loc,
+        attn,
+    } = grads;
+    let grad_rows: Vec<Vec<(ArrayViewMut5<'_, T>, ArrayViewMut4<'_, T>)>> = query_rows(loc)
+        .into_iter()
+        .zip(query_rows(attn))
+        .map(|(l, a)| l.into_iter().zip(a).collect())
+        .collect();
+    let op = Op::new(g, ops);
+    let c = g.c();
+    points::backward(
+        &op,
+        isa,
+        grad_rows,
+        |n, r, dst| {
+            let q0 = r * QUERIES;
+            let rows = grad_output.slice(ndarray::s![n, q0..(q0 + QUERIES).min(g.q), ..]);
+            for (d, v) in dst.iter_mut().zip(rows.iter()) {
+                *d = v.to_acc();
+            }
+        },
+        |(loc, attn), pg| {
+            let (l, p) = (pg.point / g.p, pg.point % g.p);
+            let (h, w, _) = g.levels[l];
+            let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
+            for t in 0..pg.y.len() {
+                loc[[t, pg.g, l, p, 0]] = T::from_acc(pg.x[t] * wf);
+                loc[[t, pg.g, l, p, 1]] = T::from_acc(pg.y[t] * hf);
+                attn[[t, pg.g, l, p]] = T::from_acc(pg.m[t]);
+            }
+        },
+        |n, dx| {
+            // The copy's layout: each level followed by one pixel to skip.
+            let mut img = gv.index_axis_mut(Axis(0), n);
+            let mut at = 0;
+            for &(h, w, start) in &g.levels {
+                for s in 0..h * w {
+                    let src = &dx[(at + s) * c..(at + s + 1) * c];
+                    let mut dst = img.slice_mut(ndarray::s![start + s, .., ..]);
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = T::from_acc(*v);
+                    }
+                }
+                at += h * w + 1;
+            }
+        },
+    )
+}
