@@ -31,6 +31,7 @@ __all__ = [
     "set_num_threads", "num_threads", "active_isa", "supported_isas",
     "onnx", "mindspore", "npu",
     "dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward",
+    "ms_deform_attn", "ms_deform_attn_backward",
 ]
 
 
@@ -143,6 +144,47 @@ def dcnv4_backward(grad_output, input, offset_mask, kernel_size=3, stride=1, pad
     return _core.dcnv3_backward(_array("grad_output", grad_output), input, _array("offset_mask", offset_mask),
                                 None, _dcn3_attrs(kernel_size, stride, pad, dilation, group, gc, offset_scale,
                                                   remove_center), backend)
+
+
+def _levels(spatial_shapes, level_start_index):
+    """The levels as lists of ints: spatial shapes [(H, W)] and start indices (computed as the
+    prefix sums of H*W when None); arrays and tensors of integers are taken."""
+    shapes = np.asarray(spatial_shapes)
+    if shapes.ndim != 2 or shapes.shape[1] != 2 or not np.issubdtype(shapes.dtype, np.integer):
+        raise ValueError(f"spatial_shapes: expected integers of shape [L, 2], got {shapes.dtype} {shapes.shape}")
+    shapes = [(int(h), int(w)) for h, w in shapes.tolist()]
+    if level_start_index is None:
+        starts, at = [], 0
+        for h, w in shapes:
+            starts.append(at)
+            at += h * w
+        return shapes, starts
+    starts = np.asarray(level_start_index)
+    if starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer):
+        raise ValueError(f"level_start_index: expected integers of shape [L], got {starts.dtype} {starts.shape}")
+    return shapes, [int(v) for v in starts.tolist()]
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *,
+                   backend="engine"):
+    """Multi-scale deformable attention (Deformable DETR's ``ms_deform_attn_core_pytorch``).
+
+    value [N, S, M, D], spatial_shapes [L, 2] (H, W), level_start_index [L] (None: computed),
+    sampling_locations [N, Lq, M, L, P, 2] ((x, y) in [0, 1]), attention_weights [N, Lq, M, L, P]
+    -> output [N, Lq, M*D]. docs/SPEC.md §7.
+    """
+    shapes, starts = _levels(spatial_shapes, level_start_index)
+    return _core.msda_forward(_array("value", value), shapes, starts, _array("sampling_locations", sampling_locations),
+                              _array("attention_weights", attention_weights), backend)
+
+
+def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, *, backend="engine"):
+    """(grad_value, grad_sampling_locations, grad_attention_weights) of :func:`ms_deform_attn`."""
+    shapes, starts = _levels(spatial_shapes, level_start_index)
+    return _core.msda_backward(_array("grad_output", grad_output), _array("value", value), shapes, starts,
+                               _array("sampling_locations", sampling_locations),
+                               _array("attention_weights", attention_weights), backend)
 
 
 def set_num_threads(n):

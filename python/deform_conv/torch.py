@@ -589,3 +589,7 @@ def onnx_translations() -> dict:
 from .dcnv3_torch import dcnv3_core_pytorch, dcnv3_function, dcnv4_function  # noqa: E402,F401
 
 __all__ += ["dcnv3_core_pytorch", "dcnv3_function", "dcnv4_function"]
+
+from .msda_torch import ms_deform_attn, multi_scale_deformable_attn_pytorch  # noqa: E402,F401
+
+__all__ += ["ms_deform_attn", "multi_scale_deformable_attn_pytorch"]

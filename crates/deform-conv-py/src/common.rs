@@ -125,7 +125,8 @@ impl<T: PyElement, D: ndarray::Dimension> In<'_, T, D> {
     }
 }
 
-fn arr<'py, T: PyElement, D: ndarray::Dimension, const R: usize>(
+/// The `R`-D array `obj` as `T` (the call's dtype), or a clear error.
+pub(crate) fn arr<'py, T: PyElement, D: ndarray::Dimension, const R: usize>(
     name: &str,
     obj: &Bound<'py, PyAny>,
 ) -> PyResult<In<'py, T, D>> {
@@ -199,6 +200,14 @@ pub(crate) fn out4<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array4<T>) ->
 }
 
 /// An owned 1-D result as a numpy array (no copy).
+/// An output array of any rank, handed to numpy without a copy.
+pub(crate) fn out_any<'py, T: PyElement, D: ndarray::Dimension>(
+    py: Python<'py>,
+    a: Array<T, D>,
+) -> Obj<'py> {
+    numpy::PyArray::from_owned_array(py, T::to_np(a)).into_any()
+}
+
 pub(crate) fn out1<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array1<T>) -> Obj<'py> {
     PyArray1::from_owned_array(py, T::to_np(a)).into_any()
 }

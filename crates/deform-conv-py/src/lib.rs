@@ -27,6 +27,7 @@ mod common;
 mod dcnv3;
 mod layout;
 mod mindspore;
+mod msda;
 mod npu;
 mod onnx;
 mod threads;
@@ -40,6 +41,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(onnx::onnx_forward, m)?)?;
     m.add_function(wrap_pyfunction!(dcnv3::dcnv3_forward, m)?)?;
     m.add_function(wrap_pyfunction!(dcnv3::dcnv3_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(msda::msda_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(msda::msda_backward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_forward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_backward, m)?)?;
     m.add_function(wrap_pyfunction!(mindspore::mindspore_output_shape, m)?)?;
