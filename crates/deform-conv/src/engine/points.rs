@@ -12,7 +12,8 @@
 //! Each image is copied once into the accumulation type, its planes one after the other, each
 //! followed by the zero pixel the descriptors point at for corners outside it. Forward: rows in
 //! parallel, the sums formed point by point in a fixed order. Backward: rows dealt to
-//! `blocking::LANES` fixed lanes, each with its own input-gradient image, reduced in lane order.
+//! `blocking::LANES` fixed lanes (one where the samples are few for the image), each with its
+//! own input-gradient image, reduced in lane order.
 //! Same bits for any thread count; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;
@@ -307,25 +308,34 @@ where
         return Ok(());
     }
     let work = (sh.n * sh.rows * sh.row_len * sh.points) as f64 * c as f64 * 12.0;
+    // Lanes cost an input-gradient image each (zeroed, then reduced): where the scatter's work
+    // is below that (a decoder's few queries over a large image), one lane. Decided by the
+    // shape alone, so the bits are the same on any machine.
+    let scatter_work = sh.rows * sh.row_len * sh.points * sh.groups() * d * 4;
+    let lanes = if scatter_work < image * c * LANES {
+        1
+    } else {
+        LANES
+    };
     threads::serial_if_small(work, || {
         let len_img = image * c;
         let mut xt = zeros::<T::Acc>("input (channels-last copy)", len_img)?;
-        let mut dx = zeros::<T::Acc>("input gradient lanes", len_img * LANES)?;
+        let mut dx = zeros::<T::Acc>("input gradient lanes", len_img * lanes)?;
         let scratch = PerWorker::new();
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
         for (n, rows) in grad_rows.into_iter().enumerate() {
             copy_image(op, n, &mut xt);
             dx.fill(zero);
             // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone.
-            let mut lanes = Vec::with_capacity(LANES);
+            let mut work_lanes = Vec::with_capacity(lanes);
             let mut rows = rows.into_iter().enumerate();
             for (l, lane_dx) in dx.chunks_mut(len_img).enumerate() {
-                let end = (l + 1) * sh.rows / LANES;
-                let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / LANES).collect();
-                lanes.push((mine, lane_dx));
+                let end = (l + 1) * sh.rows / lanes;
+                let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / lanes).collect();
+                work_lanes.push((mine, lane_dx));
             }
             let xt = &xt;
-            for_each_item(lanes, |(mine, lane_dx), w| {
+            for_each_item(work_lanes, |(mine, lane_dx), w| {
                 scratch.with(
                     w,
                     || RowScratch::new(sh.row_len, c),
@@ -396,7 +406,7 @@ where
             threads::for_each_chunk(first, 4096, |i, part, _| {
                 let at = i * 4096;
                 for (j, v) in part.iter_mut().enumerate() {
-                    for l in 0..LANES - 1 {
+                    for l in 0..lanes - 1 {
                         *v += others[l * len_img + at + j];
                     }
                 }
