@@ -7,7 +7,6 @@ side by side in one process: Deformable DETR's encoder on an 800x1333 image (4 l
 import argparse
 import pathlib
 import sys
-import time
 
 import numpy as np
 import torch
@@ -15,6 +14,8 @@ import torch
 import deform_conv.torch as dct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from side_by_side import compare  # noqa: E402
 from test_msda import grid_sample_msda  # noqa: E402
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
@@ -35,22 +36,7 @@ def main():
         attn = torch.softmax(torch.randn(1, q, 8, 16, generator=g), -1).view(1, q, 8, 4, 4).requires_grad_()
         impls = {"deform_conv": lambda: dct.ms_deform_attn(value, LEVELS, starts, loc, attn),
                  "grid_sample": lambda: grid_sample_msda(value, LEVELS, loc, attn)}
-        with torch.no_grad():
-            err = (impls["deform_conv"]() - impls["grid_sample"]()).abs().max().item()
-        times = {(k, b): [] for k in impls for b in ("fwd", "fwd+bwd")}
-        for _ in range(a.repeat):
-            for k, f in impls.items():
-                t = time.perf_counter()
-                with torch.no_grad():
-                    f()
-                times[(k, "fwd")].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                f().sum().backward()
-                times[(k, "fwd+bwd")].append(time.perf_counter() - t)
-        print(f"{name} (Lq = {q}, max |ours - grid_sample| = {err:.1e})")
-        for b in ("fwd", "fwd+bwd"):
-            ours, gs = (np.median(times[(k, b)]) * 1e3 for k in ("deform_conv", "grid_sample"))
-            print(f"  {b:<8} deform_conv {ours:8.1f} ms   grid_sample {gs:8.1f} ms   speed-up {gs / ours:5.1f}x")
+        compare(f"{name} (Lq = {q})", impls, a.repeat)
     print(f"({a.threads} threads, isa {dct._core.active_isa()}, median of {a.repeat})")
 
 

@@ -1,7 +1,8 @@
 //! DCNv3 / DCNv4 (SPEC §6) as plain loops: one sample at a time, every sum in `T::Acc`.
 
+use super::points::corners;
 use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands};
-use crate::element::{Element, Real};
+use crate::element::Element;
 use ndarray::{ArrayView4, ArrayViewMut4};
 use num_traits::{Float, FromPrimitive, One, Zero};
 
@@ -20,35 +21,6 @@ fn position<T: Element>(
     let y = acc(by) + (acc((j * g.dil[0]) as f64) + off_y) * scale;
     let x = acc(bx) + (acc((i * g.dil[1]) as f64) + off_x) * scale;
     (y, x)
-}
-
-/// The four corners `((row, col), weight)` of a sample strictly inside `(-1, H) x (-1, W)`, the
-/// ones outside the image dropped; `None` outside (NaN included).
-#[allow(clippy::type_complexity)]
-fn corners<A: Real>(
-    h: usize,
-    w: usize,
-    y: A,
-    x: A,
-) -> Option<(A, A, Vec<((usize, usize), [bool; 2], A)>)> {
-    let one = A::one();
-    let inside = y > -one && x > -one && y < A::of_i64(h as i64) && x < A::of_i64(w as i64);
-    if !inside {
-        return None;
-    }
-    let (fy, fx) = (y.floor(), x.floor());
-    let (ly, lx) = (y - fy, x - fx);
-    let (yi, xi) = (fy.to_i64().unwrap_or(-1), fx.to_i64().unwrap_or(-1));
-    let mut out = Vec::new();
-    for (dy, wy) in [(0i64, one - ly), (1, ly)] {
-        for (dx, wx) in [(0i64, one - lx), (1, lx)] {
-            let (r, c) = (yi + dy, xi + dx);
-            if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
-                out.push(((r as usize, c as usize), [dy == 1, dx == 1], wy * wx));
-            }
-        }
-    }
-    Some((ly, lx, out))
 }
 
 /// `out[n, oh, ow, g*D + c] = sum_p mask * bilinear(X, y, x)`.

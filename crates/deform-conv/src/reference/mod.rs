@@ -4,6 +4,7 @@
 
 pub mod dcnv3;
 pub mod msda;
+mod points;
 
 use crate::element::{Element, Real};
 use crate::operands::{ForwardOutputs, GradOutputs, Operands};

@@ -1,32 +1,10 @@
 //! Multi-scale deformable attention (SPEC §7) as plain loops, every sum in `T::Acc`.
 
+use super::points::corners;
 use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaOperands};
 use crate::element::{Element, Real};
 use ndarray::{ArrayView3, ArrayViewMut3};
 use num_traits::{One, Zero};
-
-/// Level `(h, w)`'s corners `(pixel, [hi_y, hi_x], weight)` of a sample strictly inside
-/// `(-1, h) x (-1, w)` at pixel coordinates `(y, x)`, with the fractional parts; `None` outside.
-#[allow(clippy::type_complexity)]
-fn corners<A: Real>(h: usize, w: usize, y: A, x: A) -> Option<(A, A, Vec<(usize, [bool; 2], A)>)> {
-    let one = A::one();
-    if !(y > -one && x > -one && y < A::of_i64(h as i64) && x < A::of_i64(w as i64)) {
-        return None;
-    }
-    let (fy, fx) = (y.floor(), x.floor());
-    let (ly, lx) = (y - fy, x - fx);
-    let (yi, xi) = (fy.to_i64().unwrap_or(-1), fx.to_i64().unwrap_or(-1));
-    let mut out = Vec::new();
-    for (dy, wy) in [(0i64, one - ly), (1, ly)] {
-        for (dx, wx) in [(0i64, one - lx), (1, lx)] {
-            let (r, c) = (yi + dy, xi + dx);
-            if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
-                out.push((r as usize * w + c as usize, [dy == 1, dx == 1], wy * wx));
-            }
-        }
-    }
-    Some((ly, lx, out))
-}
 
 /// Pixel coordinates of sample `(n, q, m, l, p)`: `loc * size - 0.5`.
 fn pixel<T: Element>(
@@ -59,7 +37,8 @@ pub fn forward<T: Element>(
                             let a = ops.attn[[n, q, m, l, p]].to_acc();
                             if let Some((_, _, cs)) = corners(h, w, y, x) {
                                 let mut v = T::Acc::zero();
-                                for (px, _, wgt) in cs {
+                                for ((r, col), _, wgt) in cs {
+                                    let px = r * w + col;
                                     v += wgt * ops.value[[n, start + px, m, d]].to_acc();
                                 }
                                 sum += a * v;
@@ -96,7 +75,8 @@ pub fn backward<T: Element>(
                         let a = ops.attn[[n, q, m, l, p]].to_acc();
                         let (mut d_y, mut d_x, mut d_a) = (zero, zero, zero);
                         if let Some((ly, lx, cs)) = corners(h, w, y, x) {
-                            for (px, [hi_y, hi_x], wgt) in cs {
+                            for ((r, col), [hi_y, hi_x], wgt) in cs {
+                                let px = r * w + col;
                                 let wy = if hi_x { lx } else { one - lx };
                                 let wx = if hi_y { ly } else { one - ly };
                                 let sy = if hi_y { one } else { -one };
