@@ -17,6 +17,15 @@ cargo clippy -p deform-conv-cli --all-targets --quiet -- -D warnings
 cargo test --workspace --all-features --quiet 2>&1 | grep -vE '^\s*$' | grep -vE '^running [0-9]+ tests?$'
 test "${PIPESTATUS[0]}" -eq 0
 
+echo "== rust: miri (the scalar engine on small problems, undefined behaviour checked)"
+if command -v rustup >/dev/null && rustup toolchain list | grep -q '^nightly' &&
+    rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1; then
+    (cd crates/deform-conv && DEFORM_CONV_ISA=scalar cargo +nightly miri test --quiet --test miri 2>&1 |
+        grep -E 'test result|error|Undefined' ; test "${PIPESTATUS[0]}" -eq 0)
+else
+    echo "miri: skipped (no nightly toolchain with miri here: rustup toolchain install nightly --component miri)"
+fi
+
 echo "== python: venv"
 PY=${PYTHON:-python3}
 stamp=".venv/.deform-conv-complete"
