@@ -17,7 +17,7 @@ from torch import Tensor
 from . import _core
 from .torch import _back, _check_like, _check_rank, _core_call, _fail, _is_supported, _np
 
-__all__ = ["dcnv3_core_pytorch", "dcnv3_function", "dcnv4_function"]
+__all__ = ["dcnv3_core_pytorch", "dcnv3_core", "dcnv3_function", "dcnv4_function", "dcnv4"]
 
 
 def _attrs(ints: List[int], offset_scale: float, remove_center: bool):
@@ -139,3 +139,15 @@ def dcnv4_function(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: 
     return _dcnv3(input, offset_mask, None, _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                                   dilation_h, dilation_w, group, group_channels),
                   _scale(offset_scale), bool(remove_center))
+
+
+#: ``dcnv3_core_pytorch``'s positional signature under the short name.
+dcnv3_core = dcnv3_core_pytorch
+
+
+def dcnv4(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+          pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, group: int, group_channels: int,
+          offset_scale: float, remove_center=0) -> Tensor:
+    """DCNv4 without ``im2col_step``: :func:`dcnv4_function`'s other arguments, in its order."""
+    return dcnv4_function(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                          dilation_w, group, group_channels, offset_scale, 256, remove_center)

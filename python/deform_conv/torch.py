@@ -586,9 +586,9 @@ def onnx_translations() -> dict:
     return table
 
 
-from .dcnv3_torch import dcnv3_core_pytorch, dcnv3_function, dcnv4_function  # noqa: E402,F401
+from .dcnv3_torch import dcnv3_core, dcnv3_core_pytorch, dcnv3_function, dcnv4, dcnv4_function  # noqa: E402,F401
 
-__all__ += ["dcnv3_core_pytorch", "dcnv3_function", "dcnv4_function"]
+__all__ += ["dcnv3_core_pytorch", "dcnv3_core", "dcnv3_function", "dcnv4_function", "dcnv4"]
 
 from .msda_torch import ms_deform_attn, multi_scale_deformable_attn_pytorch  # noqa: E402,F401
 

@@ -64,6 +64,8 @@ def test_gradcheck_and_dcnv4_packing():
     assert torch.equal(y3, y4)
     y4.sum().backward()
     assert torch.all(om.grad[..., 54:] == 0)
+    assert torch.equal(dct.dcnv4(x, om, *args), y4)
+    assert torch.equal(dct.dcnv3_core(x, off, m, *args, 0), y3)
     y4n = dc.dcnv4(x.detach().numpy(), om.detach().numpy(), 3, 1, 1, 1, 2, 2)
     np.testing.assert_array_equal(y4n, y4.detach().numpy())
 
