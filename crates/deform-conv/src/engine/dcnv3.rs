@@ -84,11 +84,17 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             ops.layout.offset(gi, p, 1),
             ops.layout.mask(gi, p),
         );
-        for ow in 0..y.len() {
+        // The row's offsets and masks as strided columns: no per-element 4-D index.
+        let (orow, mrow) = (
+            ops.offset.slice(ndarray::s![n, oh, .., ..]),
+            ops.mask.slice(ndarray::s![n, oh, .., om]),
+        );
+        let cols = orow.column(ox).into_iter().zip(orow.column(oy)).zip(mrow);
+        for (ow, ((off_x, off_y), mv)) in cols.enumerate().take(y.len()) {
             let (by, bx) = g.base(oh, ow);
-            y[ow] = Self::acc(by) + (tj + ops.offset[[n, oh, ow, oy]].to_acc()) * scale;
-            x[ow] = Self::acc(bx) + (ti + ops.offset[[n, oh, ow, ox]].to_acc()) * scale;
-            m[ow] = ops.mask[[n, oh, ow, om]].to_acc();
+            y[ow] = Self::acc(by) + (tj + off_y.to_acc()) * scale;
+            x[ow] = Self::acc(bx) + (ti + off_x.to_acc()) * scale;
+            m[ow] = mv.to_acc();
         }
     }
 }
@@ -159,11 +165,20 @@ pub(crate) fn backward<T: Element>(
             }
         },
         |(off, mask), pg| {
-            for ow in 0..pg.y.len() {
-                off[[ow, layout.offset(pg.g, pg.point, 0)]] = T::from_acc(pg.x[ow] * scale);
-                off[[ow, layout.offset(pg.g, pg.point, 1)]] = T::from_acc(pg.y[ow] * scale);
-                let mv = mask.as_mut().unwrap_or(off);
-                mv[[ow, layout.mask(pg.g, pg.point)]] = T::from_acc(pg.m[ow]);
+            // Column by column: strided writes, no per-element 2-D index.
+            for (xy, src) in [(0, pg.x), (1, pg.y)] {
+                let col = off.column_mut(layout.offset(pg.g, pg.point, xy));
+                for (o, v) in col.into_iter().zip(src) {
+                    *o = T::from_acc(*v * scale);
+                }
+            }
+            let mv = mask.as_mut().unwrap_or(off);
+            for (o, v) in mv
+                .column_mut(layout.mask(pg.g, pg.point))
+                .into_iter()
+                .zip(pg.m)
+            {
+                *o = T::from_acc(*v);
             }
         },
         |n, dx| {

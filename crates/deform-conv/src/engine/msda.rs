@@ -71,10 +71,15 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let (h, w, _) = self.g.levels[l];
         let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
         let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
-        for (t, q) in self.row(r).enumerate() {
-            x[t] = self.ops.loc[[n, q, m, l, p, 0]].to_acc() * wf - half;
-            y[t] = self.ops.loc[[n, q, m, l, p, 1]].to_acc() * hf - half;
-            a[t] = self.ops.attn[[n, q, m, l, p]].to_acc();
+        // The row's locations and weights as strided views: no per-element 6-D index.
+        let q = self.row(r);
+        let loc = self.ops.loc.slice(ndarray::s![n, q.clone(), m, l, p, ..]);
+        let attn = self.ops.attn.slice(ndarray::s![n, q, m, l, p]);
+        let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
+        for (t, ((lx, ly), av)) in cols.enumerate().take(y.len()) {
+            x[t] = lx.to_acc() * wf - half;
+            y[t] = ly.to_acc() * hf - half;
+            a[t] = av.to_acc();
         }
     }
 }
@@ -135,10 +140,15 @@ pub(crate) fn backward<T: Element>(
             let (l, p) = (pg.point / g.p, pg.point % g.p);
             let (h, w, _) = g.levels[l];
             let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
-            for t in 0..pg.y.len() {
-                loc[[t, pg.g, l, p, 0]] = T::from_acc(pg.x[t] * wf);
-                loc[[t, pg.g, l, p, 1]] = T::from_acc(pg.y[t] * hf);
-                attn[[t, pg.g, l, p]] = T::from_acc(pg.m[t]);
+            for (xy, src, size) in [(0, pg.x, wf), (1, pg.y, hf)] {
+                let col = loc.slice_mut(ndarray::s![.., pg.g, l, p, xy]);
+                for (o, v) in col.into_iter().zip(src) {
+                    *o = T::from_acc(*v * size);
+                }
+            }
+            let col = attn.slice_mut(ndarray::s![.., pg.g, l, p]);
+            for (o, v) in col.into_iter().zip(pg.m) {
+                *o = T::from_acc(*v);
             }
         },
         |n, dx| {

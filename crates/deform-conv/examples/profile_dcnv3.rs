@@ -1,0 +1,43 @@
+//! DCNv3 at InternImage-T stage 1 (1x200x336x64, 4 groups, 3x3) in a loop, for profilers:
+//! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`).
+use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, Dcnv3Params};
+use ndarray::Array4;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("fwd", |s| s.as_str());
+    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mut seed = 1u64;
+    let mut r = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let (n, h, w, g, d) = (1, 200, 336, 4, 16);
+    let x = Array4::from_shape_simple_fn((n, h, w, g * d), &mut r);
+    let off = Array4::from_shape_simple_fn((n, h, w, g * 18), || 3.0 * r());
+    let m = Array4::from_shape_simple_fn((n, h, w, g * 9), || 0.5 + 0.5 * r());
+    let gy = Array4::from_elem((n, h, w, g * d), 0.01f32);
+    let p = Dcnv3Params {
+        group: g as i64,
+        group_channels: d as i64,
+        padding: [1, 1],
+        ..Default::default()
+    };
+    let t = Instant::now();
+    for _ in 0..reps {
+        if what == "fwd" {
+            std::hint::black_box(dcnv3(x.view(), off.view(), m.view(), &p).unwrap());
+        } else {
+            std::hint::black_box(
+                dcnv3_backward(gy.view(), x.view(), off.view(), m.view(), &p).unwrap(),
+            );
+        }
+    }
+    println!(
+        "dcnv3 {what}: {:.2} ms per call",
+        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    );
+}
