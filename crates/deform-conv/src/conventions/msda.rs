@@ -201,15 +201,14 @@ pub struct MsdaGradients<T> {
     pub attention_weights: Array5<T>,
 }
 
-/// The forward: `output [N, Lq, M*D]`.
-pub fn ms_deform_attn<T: Element>(
-    value: ArrayView4<'_, T>,
+/// The checked geometry and the operands' views.
+fn operands<'a, T>(
+    value: ArrayView4<'a, T>,
     spatial_shapes: ArrayView2<'_, i64>,
     level_start_index: ArrayView1<'_, i64>,
-    sampling_locations: ArrayView6<'_, T>,
-    attention_weights: ArrayView5<'_, T>,
-    p: &MsdaParams,
-) -> Result<Array3<T>> {
+    sampling_locations: ArrayView6<'a, T>,
+    attention_weights: ArrayView5<'a, T>,
+) -> Result<(MsdaGeometry, MsdaOperands<'a, T>)> {
     let g = validate(
         value.shape(),
         spatial_shapes,
@@ -222,6 +221,25 @@ pub fn ms_deform_attn<T: Element>(
         loc: sampling_locations,
         attn: attention_weights,
     };
+    Ok((g, ops))
+}
+
+/// The forward: `output [N, Lq, M*D]`.
+pub fn ms_deform_attn<T: Element>(
+    value: ArrayView4<'_, T>,
+    spatial_shapes: ArrayView2<'_, i64>,
+    level_start_index: ArrayView1<'_, i64>,
+    sampling_locations: ArrayView6<'_, T>,
+    attention_weights: ArrayView5<'_, T>,
+    p: &MsdaParams,
+) -> Result<Array3<T>> {
+    let (g, ops) = operands(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+    )?;
     let mut out: Array3<T> = try_alloc("output", Ix3(g.n, g.q, g.c()))?;
     run_forward(&g, &ops, out.view_mut(), p.backend)?;
     Ok(out)
@@ -253,12 +271,12 @@ pub fn ms_deform_attn_backward<T: Element>(
     attention_weights: ArrayView5<'_, T>,
     p: &MsdaParams,
 ) -> Result<MsdaGradients<T>> {
-    let g = validate(
-        value.shape(),
+    let (g, ops) = operands(
+        value,
         spatial_shapes,
         level_start_index,
-        sampling_locations.shape(),
-        attention_weights.shape(),
+        sampling_locations,
+        attention_weights,
     )?;
     if grad_output.shape() != [g.n, g.q, g.c()] {
         return Err(shape_error(
@@ -267,11 +285,6 @@ pub fn ms_deform_attn_backward<T: Element>(
             grad_output.shape(),
         ));
     }
-    let ops = MsdaOperands {
-        value,
-        loc: sampling_locations,
-        attn: attention_weights,
-    };
     let l = g.levels.len();
     let mut gv: Array4<T> = try_alloc("grad_value", Ix4(g.n, g.s, g.m, g.d))?;
     let mut gl: Array6<T> = try_alloc("grad_sampling_locations", Ix6(g.n, g.q, g.m, l, g.p, 2))?;
