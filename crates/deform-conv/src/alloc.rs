@@ -82,9 +82,15 @@ where
     [usize; R]: ndarray::IntoDimension<Dim = ndarray::Dim<[usize; R]>>,
 {
     let len = checked_product(name, &shape)?;
-    let mut data = try_vec::<T>(name, len, &shape)?;
-    data.resize(len, value);
+    let data = try_vec_filled(name, len, value)?;
     Ok(Array::from_shape_vec(shape, data).expect("length is the product of the shape"))
+}
+
+/// A vector of `len` copies of `value` (an engine buffer), or [`DeformError::Allocation`].
+pub(crate) fn try_vec_filled<T: Copy>(name: &str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut data = try_vec::<T>(name, len, &[len])?;
+    data.resize(len, value);
+    Ok(data)
 }
 
 /// An empty vector with room for `len` elements, or [`DeformError::Allocation`].

@@ -21,8 +21,9 @@ use super::kernels::{Isa, Kernels, RowJob};
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
 use super::threads::{self, for_each_item, PerWorker};
+use crate::alloc::try_vec_filled;
 use crate::element::{Element, Real};
-use crate::error::{DeformError, Result};
+use crate::error::Result;
 use crate::params::GradGate;
 use ndarray::ArrayViewMut2;
 use num_traits::{One, Zero};
@@ -107,19 +108,6 @@ pub(crate) fn pieces<'a, T, D: ndarray::Dimension>(
         v = rest;
     }
     out
-}
-
-/// A zeroed vector of `len` accumulators, or an allocation error naming `what`.
-pub(crate) fn zeros<A: Real>(what: &str, len: usize) -> Result<Vec<A>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| DeformError::Allocation {
-            name: what.into(),
-            bytes: len.saturating_mul(std::mem::size_of::<A>()),
-            shape: vec![len],
-        })?;
-    v.resize(len, A::zero());
-    Ok(v)
 }
 
 /// Image `n` in `xt`: plane by plane, each followed by a zero pixel; pixels in parallel chunks.
@@ -220,7 +208,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     }
     let work = (sh.n * sh.rows * sh.row_len * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
-        let mut xt = zeros::<T::Acc>("input (channels-last copy)", image * c)?;
+        let mut xt = try_vec_filled("input (channels-last copy)", image * c, T::Acc::zero())?;
         let scratch = PerWorker::new();
         for (n, image_rows) in rows.into_iter().enumerate() {
             copy_image(op, n, &mut xt);
@@ -319,8 +307,8 @@ where
     };
     threads::serial_if_small(work, || {
         let len_img = image * c;
-        let mut xt = zeros::<T::Acc>("input (channels-last copy)", len_img)?;
-        let mut dx = zeros::<T::Acc>("input gradient lanes", len_img * lanes)?;
+        let mut xt = try_vec_filled("input (channels-last copy)", len_img, T::Acc::zero())?;
+        let mut dx = try_vec_filled("input gradient lanes", len_img * lanes, T::Acc::zero())?;
         let scratch = PerWorker::new();
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
         for (n, rows) in grad_rows.into_iter().enumerate() {
