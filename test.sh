@@ -6,6 +6,7 @@
 #   - an abi3 manylinux2014 wheel (zig from PyPI's ziglang links it against glibc 2.17; auditwheel
 #     checks the policy) and an sdist (dist/), the wheel smoke-tested in a fresh venv without Rust,
 #   - a venv at .venv-ms with MindSpore 2.10 (requirements-mindspore.txt) and that wheel.
+# Large wheels (torch, triton) resume interrupted downloads (--resume-retries).
 # Prints cargo's and pytest's summaries; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,7 +34,7 @@ want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+    .venv/bin/python -m pip install --quiet --retries 10 --resume-retries 20 -r requirements-dev.txt
     echo "$want" > "$stamp"
 else
     echo "reusing complete .venv"
@@ -71,7 +72,7 @@ ms_want=$(sha256sum requirements-mindspore.txt | cut -d' ' -f1)
 if [ ! -f "$ms_stamp" ] || [ "$(cat "$ms_stamp")" != "$ms_want" ]; then
     [ -x .venv-ms/bin/python ] || "$PY" -m venv .venv-ms
     .venv-ms/bin/python -m pip install --quiet --upgrade pip
-    .venv-ms/bin/python -m pip install --quiet -r requirements-mindspore.txt
+    .venv-ms/bin/python -m pip install --quiet --retries 10 --resume-retries 20 -r requirements-mindspore.txt
     echo "$ms_want" > "$ms_stamp"
 else
     echo "reusing complete .venv-ms"
