@@ -64,7 +64,7 @@ def set_threads(mode: str) -> None:
 
     MindSpore's runtime threads keep spinning while a Python custom op runs, so the engine's own
     threads fight them. Measured on 2 cores in MindSpore's default asynchronous PyNative mode
-    (BENCHMARKS.md): "serial" (the calling thread alone) halves npu_doc's forward (52 → 23 ms)
+    (docs/optimisation-history.md): "serial" (the calling thread alone) halves npu_doc's forward (52 → 23 ms)
     but slows the GEMM-bound layers (resnet_c4 forward 56 → 69 ms), so neither wins everywhere and
     the default stays "engine". With ``ms.set_context(pynative_synchronize=True,
     runtime_num_threads=1)`` nothing spins and "engine" is fastest (npu_doc 13 ms). "auto" picks

@@ -50,7 +50,7 @@ pub(crate) fn call_executor() -> Option<Arc<dyn Executor>> {
 
 /// Runs the calls made on this thread on this thread alone (`true`), or on the engine's threads;
 /// returns the previous state. MindSpore's custom ops use it: its runtime threads spin while a
-/// Python custom op runs, and ours would only fight them (measured in BENCHMARKS.md).
+/// Python custom op runs, and ours would only fight them (measured: docs/optimisation-history.md).
 #[pyfunction]
 pub(crate) fn serial_call(on: bool) -> bool {
     SERIAL.replace(on)
