@@ -12,10 +12,12 @@
 //!   the weight was packed once per tile.
 
 use super::blocking::{LANES, MIN_TASKS};
+use super::columns::RowScratch;
 use super::gemm::{gemm, Mat};
 use super::kernels::panel_gemm::NR;
 use super::kernels::{Isa, PanelGemm};
-use super::plan::{pack_panel, split_axis, split_rows, Plan, RowScratch};
+use super::pack::pack_panel;
+use super::plan::{split_axis, split_rows, Pass, Plan};
 use super::scratch::{take, Buf};
 use super::threads::{self, for_each_item, PerWorker};
 use crate::element::{Element, Real};
@@ -33,7 +35,7 @@ pub(crate) fn forward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     threads::serial_if_small(work(g), || {
-        let plan = Plan::new(g, ops, isa, false)?;
+        let plan = Plan::new(g, ops, isa, Pass::Forward)?;
         forward_impl(&plan, out);
         Ok(())
     })
@@ -148,7 +150,7 @@ fn by_tile<T: Element>(
             let px = nrows * g.wo;
             for q in 0..g.groups {
                 let cols = &mut scr.cols[..px * plan.row_len];
-                plan.columns(n, q, oh0, nrows, xt, cols, &mut scr.rows);
+                plan.columns(n, q, oh0..oh0 + nrows, xt, cols, &mut scr.rows);
                 if let Some(d) = d.as_mut() {
                     let mut d_q = d.slice_mut(ndarray::s![q * cg..(q + 1) * cg, .., ..]);
                     write_deformed(plan, nrows, cols, &mut d_q);
@@ -218,7 +220,7 @@ fn split_wave<T: Element>(
                 w,
                 || RowScratch::new(g.wo),
                 |rs| {
-                    plan.columns(n, q, oh, 1, &xts[n - n0], c_r, rs);
+                    plan.columns(n, q, oh..oh + 1, &xts[n - n0], c_r, rs);
                     if let Some(mut d_r) = d_r {
                         write_deformed(plan, 1, c_r, &mut d_r);
                     }

@@ -40,11 +40,14 @@
 
 mod backward;
 mod blocking;
+mod columns;
 pub(crate) mod dcnv3;
 mod forward;
 mod gemm;
+mod image;
 pub mod kernels;
 pub(crate) mod msda;
+mod pack;
 mod plan;
 mod points;
 mod sample;

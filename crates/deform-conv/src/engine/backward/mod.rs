@@ -14,7 +14,7 @@ mod whole_images;
 
 use super::blocking::{backward_rows_per_tile, LANES};
 use super::kernels::Isa;
-use super::plan::Plan;
+use super::plan::{Pass, Plan};
 use crate::element::Element;
 use crate::error::Result;
 use crate::operands::{GradOutputs, Operands};
@@ -63,7 +63,7 @@ fn backward_planned<T: Element>(
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
-    let mut plan = Plan::new(g, ops, isa, true)?;
+    let mut plan = Plan::new(g, ops, isa, Pass::Backward)?;
     if g.ho.div_ceil(plan.rows) == 1 && g.groups == 1 {
         whole_images::whole_images(&plan, dy, grads, gate);
         return Ok(());

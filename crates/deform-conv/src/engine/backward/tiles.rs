@@ -6,8 +6,9 @@ use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
 use super::{next_view, LaneGrads};
 use crate::element::{Element, Real};
 use crate::engine::blocking::LANES;
+use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm, Mat};
-use crate::engine::plan::{split_rows, Plan, RowScratch};
+use crate::engine::plan::{split_rows, Plan};
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::for_each_item;
 use crate::operands::GradOutputs;
@@ -243,7 +244,7 @@ pub(super) fn backward_tile<T: Element>(
             };
             tap_pass(plan, q, at, xt, dcol, out, gate);
         } else if want_dw {
-            plan.columns(n, q, oh0, nrows, xt, cols, &mut lane.rows);
+            plan.columns(n, q, oh0..oh0 + nrows, xt, cols, &mut lane.rows);
         }
         if want_dw {
             // dW_q^T += dY_q^T * cols (= on the lane's first tile)

@@ -6,8 +6,9 @@ use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
 use super::{next_view, LaneGrads, WEIGHT_BLOCKS};
 use crate::element::Element;
 use crate::engine::blocking::LANES;
+use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm_view, Mat};
-use crate::engine::plan::{split_rows, Plan, RowScratch};
+use crate::engine::plan::{split_rows, Plan};
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::{for_each_chunk, for_each_item, PerWorker};
 use crate::operands::GradOutputs;
@@ -102,7 +103,7 @@ pub(super) fn whole_images<T: Element>(
                 scratch.with(
                     w,
                     || RowScratch::new(g.wo),
-                    |rs| plan.columns(n, 0, oh, 1, &xts[n - n0], c, rs),
+                    |rs| plan.columns(n, 0, oh..oh + 1, &xts[n - n0], c, rs),
                 );
             });
         }
