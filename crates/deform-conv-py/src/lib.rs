@@ -30,6 +30,7 @@ mod mindspore;
 mod msda;
 mod npu;
 mod onnx;
+mod openmp;
 mod threads;
 mod torchvision;
 

@@ -5,7 +5,8 @@
 //! intra-op threads with the calling thread taking part, and 16-bit integer arrays are read as
 //! bfloat16 storage. The numpy API keeps the engine's own rayon pool.
 
-use deform_conv::engine::{self, Executor, GompParallel, Isa, OmpThreadNum, OpenMpExecutor};
+use crate::openmp::{GompParallel, OmpThreadNum, OpenMpExecutor};
+use deform_conv::engine::{self, Executor, Isa};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::cell::Cell;

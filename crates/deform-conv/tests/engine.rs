@@ -591,7 +591,7 @@ fn cast_one<H: Element>(v: f64) -> H {
 /// AVX-512 f32 table (its zmm panel GEMM) is taken on a CPU that has AVX-512.
 #[test]
 fn forced_isa_runs_its_own_kernels() {
-    use deform_conv::engine::kernels::kernels_name;
+    use deform_conv::engine::kernels_name;
     for isa in Isa::ALL {
         let (n32, n64) = (kernels_name::<f32>(isa), kernels_name::<f64>(isa));
         assert_eq!(n32.is_some(), isa.supported(), "{isa:?}");

@@ -153,7 +153,6 @@ pub fn deform_conv2d<'a, T: Element>(
 
 /// Gradients of [`deform_conv2d`] for `grad_output [N, Cout, Ho, Wo]`: input, offset
 /// (interleaved), mask (when given), weight, bias (when given).
-#[allow(clippy::too_many_arguments)]
 pub fn deform_conv2d_backward<'a, T: Element>(
     grad_output: ArrayView4<'a, T>,
     input: ArrayView4<'a, T>,

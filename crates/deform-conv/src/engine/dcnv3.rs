@@ -62,16 +62,8 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
-    fn describe(
-        &self,
-        n: usize,
-        oh: usize,
-        gi: usize,
-        p: usize,
-        y: &mut [T::Acc],
-        x: &mut [T::Acc],
-        m: &mut [T::Acc],
-    ) {
+    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]) {
+        let [n, oh, gi, p] = at;
         let (g, ops) = (self.g, self.ops);
         let scale = Self::acc(g.scale);
         let (i, j) = g.tap(p);

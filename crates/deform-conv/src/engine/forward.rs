@@ -156,7 +156,7 @@ fn by_tile<T: Element>(
                     write_deformed(plan, nrows, cols, &mut d_q);
                 }
                 let y_q = y.slice_mut(ndarray::s![q * coutg..(q + 1) * coutg, .., ..]);
-                output_block(plan, q, 0, cols, vec![y_q], &mut scr.out, bias, None);
+                output_block(plan, [q, 0], cols, vec![y_q], &mut scr.out, bias, None);
             }
         })
     });
@@ -256,7 +256,7 @@ fn split_wave<T: Element>(
                 }
                 &*panels
             });
-            output_block(plan, q, o0, &cols[q], ys, out, bias, block)
+            output_block(plan, [q, o0], &cols[q], ys, out, bias, block)
         })
     });
 }
@@ -264,12 +264,11 @@ fn split_wave<T: Element>(
 /// `Y[q*Coutg + o0 + o, ..] = cols * Wp_q[o0 + o] + b` for the channels of the views `ys`
 /// (`[channels, rows, Wo]` each, covering consecutive pixels of `cols`): one GEMM into the
 /// scratch `out[P x channels]`, then each view's share written out. The panel GEMM reads
-/// `block` (these channels' panels) when given, else the call's [`Plan::panels`].
-#[allow(clippy::too_many_arguments)]
+/// `block` (these channels' panels) when given, else the call's [`Plan::panels`]. `at`: the
+/// conv group `q` and the first output channel `o0` within it.
 fn output_block<T: Element>(
     plan: &Plan<'_, '_, T>,
-    q: usize,
-    o0: usize,
+    [q, o0]: [usize; 2],
     cols: &[T::Acc],
     ys: Vec<ArrayViewMut3<'_, T>>,
     out: &mut [T::Acc],

@@ -45,7 +45,7 @@ pub(crate) mod dcnv3;
 mod forward;
 mod gemm;
 mod image;
-pub mod kernels;
+pub(crate) mod kernels;
 pub(crate) mod msda;
 mod pack;
 mod plan;
@@ -54,12 +54,12 @@ mod sample;
 mod scratch;
 mod threads;
 
-pub use kernels::{active_isa, Isa};
+pub use kernels::{active_isa, kernels_name, Isa};
 #[doc(hidden)]
 pub use scratch::poison_scratch;
 pub use threads::{
-    num_threads, set_num_threads, with_executor, Executor, GompParallel, OmpThreadNum,
-    OpenMpExecutor, RayonExecutor, SerialExecutor, Task,
+    num_threads, set_num_threads, with_executor, Executor, RayonExecutor, SerialExecutor, Task,
+    MAX_THREADS,
 };
 
 pub(crate) use backward::backward;

@@ -57,16 +57,8 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
-    fn describe(
-        &self,
-        n: usize,
-        r: usize,
-        m: usize,
-        k: usize,
-        y: &mut [T::Acc],
-        x: &mut [T::Acc],
-        a: &mut [T::Acc],
-    ) {
+    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], a: &mut [T::Acc]) {
+        let [n, r, m, k] = at;
         let (l, p) = (k / self.g.p, k % self.g.p);
         let (h, w, _) = self.g.levels[l];
         let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());

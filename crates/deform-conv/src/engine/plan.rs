@@ -37,7 +37,7 @@ pub(crate) fn supports(g: &Geometry) -> bool {
         && g.h < i32::MAX as usize
 }
 
-pub(super) fn kernels_for<A: Real>(isa: Isa) -> Result<Kernels<A>> {
+pub(super) fn kernels_for<A: Real>(isa: Isa) -> Result<&'static Kernels<A>> {
     kernels::table::<A>(isa).ok_or_else(|| {
         DeformError::parameter(
             "isa",
@@ -54,7 +54,7 @@ pub(super) fn kernels_for<A: Real>(isa: Isa) -> Result<Kernels<A>> {
 pub(super) struct Plan<'p, 'a, T: Element> {
     pub(super) g: &'p Geometry,
     pub(super) ops: &'p Operands<'a, T>,
-    pub(super) k: Kernels<T::Acc>,
+    pub(super) k: &'static Kernels<T::Acc>,
     /// The packed weight of each conv group. Forward: `wp[q][o*K*Cg + tap*Cg + c] =
     /// Wt[q*Coutg + o, c, i, j]`, read by the `gemm` crate through strides; empty when the
     /// kernels have a panel GEMM (the forward then reads [`Plan::panels`]). Backward: its transpose
@@ -81,7 +81,7 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         let transposed = pass == Pass::Backward;
         let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
         let row_len = kk * cg;
-        let k: Kernels<T::Acc> = kernels_for(isa)?;
+        let k = kernels_for::<T::Acc>(isa)?;
         let wp = if !transposed && k.panel_gemm.is_some() {
             Vec::new() // the forward reads panels instead, packed when asked for
         } else {

@@ -79,18 +79,8 @@ pub(crate) trait PointOp<T: Element>: Sync {
     /// Pixels `s0 ..` of image `n`, all planes concatenated, into `dst` (`C` values a pixel).
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]);
     /// Positions (in pixels of the point's plane) and weights of point `k` of group `g` for the
-    /// elements of row `r` of image `n`.
-    #[allow(clippy::too_many_arguments)]
-    fn describe(
-        &self,
-        n: usize,
-        r: usize,
-        g: usize,
-        k: usize,
-        y: &mut [T::Acc],
-        x: &mut [T::Acc],
-        m: &mut [T::Acc],
-    );
+    /// elements of row `r` of image `n` (`at = [n, r, g, k]`).
+    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]);
 }
 
 /// `v` cut along `axis` into pieces of `size` (the last may be shorter), each keeping `v`'s
@@ -159,7 +149,6 @@ impl<A: Real> RowScratch<A> {
 }
 
 /// The descriptors of point `k` of group `g` on row `r` of image `n` (`len` elements).
-#[allow(clippy::too_many_arguments)]
 fn describe<T: Element, O: PointOp<T>>(
     op: &O,
     k: &Kernels<T::Acc>,
@@ -170,10 +159,7 @@ fn describe<T: Element, O: PointOp<T>>(
 ) {
     let (h, w) = op.shape().planes[op.plane_of(point)];
     op.describe(
-        n,
-        r,
-        g,
-        point,
+        [n, r, g, point],
         &mut s.y[..len],
         &mut s.x[..len],
         &mut s.m[..len],
@@ -224,7 +210,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                             for g in 0..sh.groups() {
                                 let lo = g * d;
                                 for point in 0..sh.points {
-                                    describe(op, &k, [n, r, g, point], len, false, s);
+                                    describe(op, k, [n, r, g, point], len, false, s);
                                     let base = bases[op.plane_of(point)] * c;
                                     let job = RowJob {
                                         s: &s.s,
@@ -334,7 +320,7 @@ where
                             for g in 0..sh.groups() {
                                 let lo = g * d;
                                 for point in 0..sh.points {
-                                    describe(op, &k, [n, r, g, point], len, true, s);
+                                    describe(op, k, [n, r, g, point], len, true, s);
                                     let base = bases[op.plane_of(point)] * c;
                                     let job = RowJob {
                                         s: &s.s,

@@ -5,11 +5,9 @@
 //!
 //! * [`RayonExecutor`] (the default for Rust, the CLI and the numpy API): a rayon pool of its own,
 //!   sized by [`set_num_threads`] or `DEFORM_CONV_NUM_THREADS`.
-//! * [`OpenMpExecutor`]: the OpenMP runtime already loaded in the process (libgomp's
-//!   `GOMP_parallel`), so that under a host such as torch the work runs on the host's own
-//!   intra-op threads, the calling thread taking part: nothing of ours spins against the host and
-//!   nothing of the host's spins against us. `deform_conv.torch` registers torch's libgomp.
-//! * Any other: a host implements [`Executor`] and runs a call under [`with_executor`].
+//! * [`SerialExecutor`]: the calling thread alone.
+//! * Any other: a host implements [`Executor`] and runs a call under [`with_executor`] (the
+//!   Python binding does so over torch's OpenMP threads).
 //!
 //! **Same bits on every executor.** The engine splits work into tasks whose number and contents
 //! depend only on the problem, never on the thread count; every result element is written by one
@@ -19,9 +17,7 @@
 //! A loop inside a task runs serially on that task's thread (no nested parallel regions).
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_int, c_uint, c_void};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A task body: `f(task, worker)`, with `task < n` and `worker < threads()`.
@@ -259,102 +255,5 @@ impl Executor for SerialExecutor {
 
     fn run(&self, n: usize, f: Task<'_>) {
         (0..n).for_each(|i| f(i, 0));
-    }
-}
-
-// ------------------------------------------------------------------------------------ OpenMP
-
-/// libgomp's `void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)`.
-pub type GompParallel =
-    unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-/// OpenMP's `int omp_get_thread_num(void)`.
-pub type OmpThreadNum = unsafe extern "C" fn() -> c_int;
-
-/// The host's OpenMP threads (libgomp), the calling thread taking part.
-pub struct OpenMpExecutor {
-    parallel: GompParallel,
-    thread_num: OmpThreadNum,
-    threads: usize,
-}
-
-impl OpenMpExecutor {
-    /// An executor over the OpenMP runtime whose entry points are given, with `threads` workers.
-    ///
-    /// # Safety
-    ///
-    /// `parallel` must be libgomp's `GOMP_parallel` and `thread_num` the `omp_get_thread_num` of
-    /// the same runtime, both loaded for as long as the executor is used.
-    pub unsafe fn new(parallel: GompParallel, thread_num: OmpThreadNum, threads: usize) -> Self {
-        OpenMpExecutor {
-            parallel,
-            thread_num,
-            threads: threads.clamp(1, MAX_THREADS),
-        }
-    }
-}
-
-/// What every thread of one OpenMP team reads: the task counter and the body.
-struct Team<'a> {
-    n: usize,
-    next: AtomicUsize,
-    f: Task<'a>,
-    thread_num: OmpThreadNum,
-    threads: usize,
-    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
-}
-
-/// The function every thread of the team runs: take tasks until none is left.
-extern "C" fn team_member(data: *mut c_void) {
-    // SAFETY: `data` is the `&Team` that `OpenMpExecutor::run` passed to GOMP_parallel; it lives
-    // on that caller's stack until GOMP_parallel returns, which is after every member returned.
-    let team = unsafe { &*(data as *const Team<'_>) };
-    // SAFETY: `thread_num` is the runtime's omp_get_thread_num (OpenMpExecutor::new's contract).
-    let w = (unsafe { (team.thread_num)() }).max(0) as usize;
-    let w = w.min(team.threads - 1);
-    // No unwinding across the C frames of the runtime: a panic is kept and re-raised by `run`.
-    let r = catch_unwind(AssertUnwindSafe(|| loop {
-        let i = team.next.fetch_add(1, Ordering::Relaxed);
-        if i >= team.n {
-            break;
-        }
-        (team.f)(i, w);
-    }));
-    if let Err(p) = r {
-        team.next.store(team.n, Ordering::Relaxed);
-        team.panic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(p);
-    }
-}
-
-impl Executor for OpenMpExecutor {
-    fn threads(&self) -> usize {
-        self.threads
-    }
-
-    fn run(&self, n: usize, f: Task<'_>) {
-        let team = Team {
-            n,
-            next: AtomicUsize::new(0),
-            f,
-            thread_num: self.thread_num,
-            threads: self.threads,
-            panic: Mutex::new(None),
-        };
-        let teams = self.threads.min(n) as c_uint;
-        // SAFETY: `parallel` is GOMP_parallel (contract of `new`); `team` outlives the call, which
-        // returns only when every member has returned; `team_member` never unwinds.
-        unsafe {
-            (self.parallel)(
-                team_member,
-                &team as *const Team<'_> as *mut c_void,
-                teams,
-                0,
-            )
-        };
-        if let Some(p) = team.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            resume_unwind(p);
-        }
     }
 }

@@ -1,10 +1,7 @@
-//! AVX2 body of the f32 row descriptors, for CPUs without AVX-512 (most client CPUs). The same
-//! IEEE operations in the same order as the portable body: bitwise the same results. Eight lanes;
-//! every step goes through 8-lane stack buffers.
-//!
-//! Measured (forced AVX2, 2 threads): npu_doc forward 7.2 → 6.35 ms, edvr 13.7 → 13.0 ms. An
-//! explicit AVX2 gather was tried as well and was slower than the generic body compiled for AVX2
-//! (npu_doc 7.6 → 10.1 ms), so the generic gather stays on this path.
+//! The explicit AVX2 f32 row kernels, used by the AVX2 and AVX-512 tables: descriptors
+//! (`sample_row`), gather, corner dot products, scatter, and the backward's fused row. Each does
+//! the portable body's IEEE operations in the same order (eight lanes, masked tails): bitwise the
+//! same results.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use super::RowJob;

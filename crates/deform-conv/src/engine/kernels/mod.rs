@@ -1,14 +1,13 @@
 //! Row kernels (descriptors, gather, dot products, scatter) and their run-time dispatch.
 //!
 //! Each kernel body is written once, `#[inline(always)]` and generic over the accumulation type,
-//! over plain slices (one bounds check per channel run, none per element). Thin
-//! `#[target_feature]` wrappers compile that body for AVX2+FMA; the scalar path is the body
-//! compiled for baseline x86-64 (or any other architecture). The hot f32 kernels have explicit
-//! AVX2 bodies (`avx2_f32`); the AVX-512 table is the AVX2 one with only what measured faster on
-//! AVX-512 replaced (`avx512_f32`: the panel GEMM's zmm tile). The instruction set is
-//! chosen once, on first use, from CPU feature detection, overridable with
-//! `DEFORM_CONV_ISA=scalar|avx2|avx512`, and each call can also force one ([`Isa`] in
-//! [`crate::op::Backend::EngineIsa`]).
+//! over plain slices (one bounds check per channel run, none per element): the portable table.
+//! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
+//! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_f32`), AVX-512
+//! the panel GEMM's zmm tile (`avx512_f32`) over the AVX2 table. One table per (element type,
+//! instruction set), built once per process ([`table`]). The instruction set is chosen once, on
+//! first use, from CPU feature detection, overridable with `DEFORM_CONV_ISA=scalar|avx2|avx512`,
+//! and each call can also force one ([`Isa`] in [`crate::op::Backend::EngineIsa`]).
 //!
 //! Reductions accumulate in `LANE` independent partial sums combined in a fixed order, and no
 //! row kernel relies on fused multiply-add, so every instruction set gives bitwise the same
@@ -372,8 +371,53 @@ mod avx2_f32;
 #[cfg(target_arch = "x86_64")]
 mod avx512_f32;
 
-/// The AVX2 f32 table: the explicit descriptor body of `avx2_f32`, the generic gather, dot and
-/// scatter bodies compiled for AVX2.
+/// The portable bodies compiled for `isa` (`None`: not compiled for this architecture).
+fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
+    Some(match isa {
+        Isa::Scalar => Kernels {
+            name: "scalar (portable bodies)",
+            sample_row: scalar_sample_row,
+            gather_row: scalar_gather_row,
+            dot4_row: scalar_dot4_row,
+            scatter_row: scalar_scatter_row,
+            backward_row: None,
+            panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Kernels {
+            name: "avx2 (portable bodies)",
+            sample_row: x86::avx2_sample_row,
+            gather_row: x86::avx2_gather_row,
+            dot4_row: x86::avx2_dot4_row,
+            scatter_row: x86::avx2_scatter_row,
+            backward_row: None,
+            panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
+        },
+        // No portable body measured faster compiled for AVX-512: AVX2's.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Kernels {
+            name: "avx512 (avx2 portable bodies)",
+            ..portable::<A>(Isa::Avx2)?
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => return None,
+    })
+}
+
+/// The f32 table of `isa`: the portable one, with what each instruction set implements
+/// explicitly (and measured faster) in its place.
+fn f32_table(isa: Isa) -> Option<Kernels<f32>> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2_f32_table()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(avx512_f32_table()),
+        _ => portable::<f32>(isa),
+    }
+}
+
+/// The explicit AVX2 f32 kernels over the portable AVX2 table: descriptors, gather, dot
+/// products, scatter and the fused backward row.
 #[cfg(target_arch = "x86_64")]
 fn avx2_f32_table() -> Kernels<f32> {
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
@@ -415,7 +459,7 @@ fn avx2_f32_table() -> Kernels<f32> {
 }
 
 /// The AVX-512 f32 table: the AVX2 table with the one kernel measured faster on AVX-512, the
-/// forward's panel GEMM on a zmm register tile (BENCHMARKS.md, "AVX-512").
+/// forward's panel GEMM on a zmm register tile (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 fn avx512_f32_table() -> Kernels<f32> {
     fn panel_gemm(job: PanelGemm<'_, f32>) {
@@ -429,51 +473,29 @@ fn avx512_f32_table() -> Kernels<f32> {
     }
 }
 
+/// The tables of one accumulation type, one per [`Isa::ALL`] entry (`None`: not supported).
+type Tables<A> = [Option<Kernels<A>>; 3];
+
+fn tables<A: Real>(build: impl Fn(Isa) -> Option<Kernels<A>>) -> Tables<A> {
+    Isa::ALL.map(|isa| if isa.supported() { build(isa) } else { None })
+}
+
 /// What the engine runs for accumulation type `A` on `isa` (`None`: not supported here).
 pub fn kernels_name<A: Real>(isa: Isa) -> Option<&'static str> {
     table::<A>(isa).map(|k| k.name)
 }
 
-/// The kernel table of `isa`, or `None` when this CPU does not support it.
-pub(crate) fn table<A: Real>(isa: Isa) -> Option<Kernels<A>> {
-    if !isa.supported() {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() && isa != Isa::Scalar {
-        let table: Box<dyn std::any::Any> = match isa {
-            Isa::Avx512 => Box::new(avx512_f32_table()),
-            _ => Box::new(avx2_f32_table()),
+/// The kernel table of `isa` for accumulation type `A` (f32 or f64), built once per process;
+/// `None` when this CPU does not support `isa`.
+pub(crate) fn table<A: Real>(isa: Isa) -> Option<&'static Kernels<A>> {
+    static F32: OnceLock<Tables<f32>> = OnceLock::new();
+    static F64: OnceLock<Tables<f64>> = OnceLock::new();
+    let at = Isa::ALL.iter().position(|&i| i == isa)?;
+    let any: &'static dyn std::any::Any =
+        if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
+            &F32.get_or_init(|| tables(f32_table))[at]
+        } else {
+            &F64.get_or_init(|| tables(portable::<f64>))[at]
         };
-        return table.downcast::<Kernels<A>>().ok().map(|k| *k);
-    }
-    Some(match isa {
-        Isa::Scalar => Kernels {
-            name: "scalar (generic bodies)",
-            sample_row: scalar_sample_row,
-            gather_row: scalar_gather_row,
-            dot4_row: scalar_dot4_row,
-            scatter_row: scalar_scatter_row,
-            backward_row: None,
-            panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Kernels {
-            name: "avx2 (generic bodies)",
-            sample_row: x86::avx2_sample_row,
-            gather_row: x86::avx2_gather_row,
-            dot4_row: x86::avx2_dot4_row,
-            scatter_row: x86::avx2_scatter_row,
-            backward_row: None,
-            panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
-        },
-        // No generic body measured faster compiled for AVX-512: its table is AVX2's.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Kernels {
-            name: "avx512 (avx2 generic bodies)",
-            ..table::<A>(Isa::Avx2)?
-        },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => return None,
-    })
+    any.downcast_ref::<Option<Kernels<A>>>()?.as_ref()
 }

@@ -211,7 +211,6 @@ pub(crate) unsafe fn body_with<A: Real, const MR: usize, K: Tile<A>>(job: PanelG
 /// # Safety
 /// As for [`Tile::tile`], for the rows `ap(i0) .. ap(i0 + R - 1)`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows<A: Real, const R: usize, K: Tile<A>>(
     kc: usize,
     ap: &impl Fn(usize) -> *const A,
