@@ -9,10 +9,9 @@
 /// [`COLS_BUDGET_BYTES`].
 pub(crate) const TILE_PIXELS: usize = 256;
 
-/// Upper bound on the bytes of one thread's columns tile (`P * K * C/Gc` accumulators). Measured:
-/// 2 MiB cut stride2_c5 (K*C = 4608) into 112-pixel tiles whose GEMMs each re-packed the 9.4 MB
-/// weight; 8 MiB lets one tile hold a whole 256-pixel image there and changes nothing on the other
-/// shapes. It bounds memory per thread independently of the batch.
+/// Upper bound on the bytes of one thread's columns tile (`P * K * C/Gc` accumulators): large
+/// enough for a whole 256-pixel image of a ResNet c5 layer (K*C = 4608) in one tile, and a
+/// bound on memory per thread that does not grow with the batch.
 pub(crate) const COLS_BUDGET_BYTES: usize = 8 << 20;
 
 /// Work lanes of the backward. Each lane owns its grad-input and grad-weight buffers and walks
@@ -35,12 +34,8 @@ pub(crate) const SERIAL_WORK: f64 = (1u32 << 18) as f64;
 
 /// Target pixels per tile of the backward's row-split schedule. A backward lane holds two tiles
 /// (the columns and their gradient `dcol`, `2 * P * K*C` accumulators) beside its `dX` image:
-/// at half the forward's tile they stay nearer the core. Measured (one build, the tile size
-/// from the environment, 8-12 interleaved rounds, 2 threads, median of the pairwise ratios):
-/// npu_doc -5%, ResNet c3 at batch 2 -8% and at batch 4 -4 to -7%, edvr -1 to -8%, ResNet c4
-/// 0 to -3%; 512 pixels: +10-15%. (The forward measured +4% on npu_doc at 128.) Images that
-/// fit one [`TILE_PIXELS`] tile keep the whole-image schedule: as two 128-pixel tiles, ResNet c4
-/// at batch 2 ran 9% slower.
+/// at half the forward's tile they stay nearer the core (docs/optimisation-history.md, round
+/// 5). Images that fit one [`TILE_PIXELS`] tile keep the whole-image schedule.
 pub(crate) const BACKWARD_TILE_PIXELS: usize = 128;
 
 /// Output rows per tile of `pixels` target pixels, for an output of width `wo` and `row_len`
@@ -63,10 +58,8 @@ pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usiz
 
 /// Least channels per deformable group for which a backward lane zeroes its `dX` rows on first
 /// touch (`LazyDx`): finding the rows a descriptor row touches is a scan of its four corner
-/// index rows, next to a scatter of `4 * C/G` values per pixel. With 8 channels (edvr) the scan
-/// cost what the zeroing saved (edvr -1%, at batch 2 +4%); with 128 channels, ResNet c3's
-/// backward at batch 2 ran 4-9% faster, and 6-7% at stride 2. Below it, lanes zero the whole
-/// image as before.
+/// index rows, next to a scatter of `4 * C/G` values per pixel: with few channels the scan
+/// costs what the zeroing saves. Below it, lanes zero the whole image.
 pub(crate) const LAZY_DX_CHANNELS: usize = 32;
 
 /// Output channels per task of the backward's weight reorder from torch's `[Cout, C, kh, kw]` to
@@ -75,9 +68,8 @@ pub(crate) const LAZY_DX_CHANNELS: usize = 32;
 pub(crate) const REORDER_OUT: usize = 16;
 
 /// Input channels per step of that reorder: a `REORDER_IN x K x REORDER_OUT` tile (9 KB for
-/// 3x3, f32) stays in L1, so both sides are read and written in whole runs. Going element by
-/// element instead, the 16 weight rows 18 KB apart (C = 512) fell into two L1 sets: ResNet c5's
-/// backward spent 40% of its time in its two reorders.
+/// 3x3, f32) stays in L1, so both sides are read and written in whole runs (element by element,
+/// weight rows 18 KB apart fall into few L1 sets).
 pub(crate) const REORDER_IN: usize = 16;
 
 /// Least pixels per task of the channels-last copy: each task reads runs of this many elements

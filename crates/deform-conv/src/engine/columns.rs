@@ -75,8 +75,8 @@ impl<T: Element> Plan<'_, '_, T> {
             dst.extend(src.iter().map(|v| v.to_acc()));
             dst
         }
-        // Row `[n, ch, oh, ..]` by three index steps (a `slice` with `s![]` cost 4% of npu_doc's
-        // forward: its rows are 32 pixels).
+        // Row `[n, ch, oh, ..]` by three index steps (cheaper than an `s![]` slice on short
+        // rows).
         fn row_of<'r, T>(
             a: &ndarray::ArrayView4<'r, T>,
             n: usize,

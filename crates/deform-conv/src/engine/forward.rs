@@ -7,9 +7,8 @@
 //! * **Split** (a wave with fewer than [`MIN_TASKS`] tiles, e.g. ResNet's c5 at batch 1: one
 //!   16x16 tile): one task per (tile, conv group, row) first builds the wave's columns, then one
 //!   task per (conv group, block of output channels) runs one GEMM over every pixel of the wave
-//!   on its slice of the weight. Without it such a layer ran on one thread (measured: c5 at
-//!   16x16 took 2.5x a plain conv, 1.1x with it); with one GEMM per tile instead of per wave,
-//!   the weight was packed once per tile.
+//!   on its slice of the weight, so that such a layer does not run on one thread, and the
+//!   weight is packed once per wave rather than once per tile.
 
 use super::blocking::{LANES, MIN_TASKS};
 use super::columns::RowScratch;
@@ -335,8 +334,7 @@ fn write_output<T: Element>(
     debug_assert!(nc <= ld);
     let px = o.len() / ld;
     // Y[c, p] = out[p, c] + b[c] is a transpose: in blocks of 8 channels, each pixel's 8 sums
-    // are one read and the 8 channel planes are written in order (measured on stride2_c5:
-    // row-by-row slices took 10% of the forward).
+    // are one read and the 8 channel planes are written in order.
     const OB: usize = 8;
     let mut planes: Vec<ArrayViewMut2<'_, T>> = y.outer_iter_mut().collect();
     for (bi, blk) in planes.chunks_mut(OB).enumerate() {
@@ -367,8 +365,7 @@ fn write_output<T: Element>(
 /// The deformed image of one conv group (`d`: its `Cg` channels) for `nrows` output rows from
 /// their columns: `D[c, r*kh + i, ow*kw + j] = cols[pixel (r, ow), tap (i, j), c]`. A transpose:
 /// in blocks of 8 channels, each (pixel, tap)'s 8 values are one read of the columns and the 8
-/// D rows are written in order (measured: the torch_npu demo's forward, 16x32x160x160 deformed
-/// image, 53 → 38 ms; most of the rest is the 52 MB of fresh output pages).
+/// D rows are written in order.
 fn write_deformed<T: Element>(
     plan: &Plan<'_, '_, T>,
     nrows: usize,

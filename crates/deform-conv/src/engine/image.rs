@@ -26,9 +26,8 @@ impl<T: Element> Plan<'_, '_, T> {
     /// One task per (group, band of image rows) of every image: read each channel's band
     /// (contiguous in NCHW) and write it strided into the band's `[rows*W, C/G]` block. A band
     /// holds at least [`NHWC_BAND_PIXELS`] pixels unless that would leave fewer than
-    /// [`NHWC_TASKS`] tasks: one row of a small image (ResNet c5: 16 or 32
-    /// pixels) made each task read 128-byte pieces of C pages, too short for the prefetcher
-    /// (stride2_c5's 2 MB input took 1.7 ms).
+    /// [`NHWC_TASKS`] tasks: a band of one short row would read pieces of each channel plane too
+    /// short for the hardware prefetcher.
     pub(super) fn images_nhwc(&self, n0: usize, bufs: &mut [Buf<T::Acc>]) {
         let g = self.g;
         let (hw, cdg) = (g.h * g.w, g.c_per_deformable_group());

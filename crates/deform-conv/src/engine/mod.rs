@@ -1,42 +1,26 @@
 //! The fast engine: channels-last sampling feeding a GEMM, tile by tile.
 //!
-//! **Forward.** Images go in waves of `blocking::LANES`; each is copied once to channels-last,
-//! blocked by deformable group (`[G, H*W + 1, C/G]`: `T` → accumulation type, plus one zero pixel
-//! per group, see `sample` and `Plan::images_nhwc`). The output is walked in tiles of whole output
-//! rows (`blocking`); per tile and convolution group the sampler builds the columns tile
-//! `cols[P x K*C/Gc]` (row = pixel, column = tap-major, channel-minor) from one bilinear
-//! descriptor per (pixel, tap, deformable group), reused for every channel of the group, and one
-//! GEMM `out[P x Cout/Gc] = cols * Wp`. In f32 on CPUs with fused multiply-add that GEMM is the
-//! engine's own (`kernels::panel_gemm`): it reads the columns tile in place and the weight
-//! packed once per call in panels of 16 output channels, the same fma chain per element on every
-//! instruction set; otherwise (f64) the `gemm` crate reads the weight packed once per call as
-//! `[Cout/Gc, K*C/Gc]` rows, through strides. All tiles of a wave run in parallel; a wave with fewer than
-//! `blocking::MIN_TASKS` tiles (one small image) first builds its columns row by row, then splits
-//! its GEMMs by blocks of output channels (`forward`). Each output element is produced by one
-//! GEMM whose shape depends only on the problem, so the result does not depend on the thread
-//! count.
+//! **Flow.** `plan` fixes the call (kernels, packed weight, tile height); `image` copies each
+//! input image once to channels-last, blocked by deformable group, with a zero pixel per group
+//! for samples outside; `columns` describes each (pixel, tap) by one bilinear descriptor
+//! (`sample`) and gathers the columns tile `cols[P x K*Cg]` across the group's channels;
+//! `forward` multiplies it by the packed weight; `backward` runs `dcol = dY Wp^T`, then one
+//! descriptor pass for the columns, the offset/mask gradients and the input-gradient scatter.
+//! `points` is the same sampling without the GEMM, under DCNv3/v4 (`dcnv3`) and multi-scale
+//! deformable attention (`msda`). `kernels` holds the row kernels and the GEMM tile per
+//! instruction set, `threads` the executor, `blocking` the tile sizes, `scratch` the
+//! buffer pool.
 //!
-//! **Backward.** Per tile (of `blocking::BACKWARD_TILE_PIXELS`): `dcols = dY Wp^T` by GEMM,
-//! then one descriptor pass per (row, deformable group, tap) that, pixel by pixel from one load
-//! of each corner run (`kernels`' `backward_row` where written, else three kernels in turn),
-//! rebuilds the columns (for `dW^T += dY^T cols`, the GEMM that follows, each weight row's
-//! sums contiguous), gives four channel dot
-//! products `a_j = sum_c dcol[c] X[idx_j, c]`, from them right away the offset and mask
-//! gradients (SPEC §2), and scatters `dX[idx_j, c] += w_j dcol[c]` for the input gradient.
-//! Tiles are dealt to `blocking::LANES`
-//! fixed lanes (whole images when there are at least `LANES` of them or they are small; else the
-//! images side by side, `LANES / N` lanes each, each lane a contiguous range of its image's rows,
-//! shorter tiles when one image has fewer tiles than lanes),
-//! each owning its `dX`, `dW` and `db` buffers, reduced in lane order: bitwise identical results
-//! for any thread count, no atomics. Images that are one tile each, with one conv group (small
-//! late-stage layers), instead run each weight-sized GEMM once per wave of images, split by
-//! blocks of the weight, and only the descriptor pass per image or row range
-//! (`backward::whole_images`).
+//! **Same bits everywhere.** Work is split by the shape alone (fixed tiles and `LANES` backward
+//! lanes, reduced in order), never by the thread count; every instruction set performs the same
+//! operations in the same order.
 //!
-//! Kernels ([`kernels`]) are chosen once per call from the run-time instruction set; the hot f32
-//! ones have explicit AVX-512 and AVX2 bodies (and on AVX2 one fused backward row kernel) that
-//! perform the portable bodies' operations in the same order, so every instruction set returns
-//! the same bits.
+//! **Glossary.** `n` image, `q` conv group, `dg` deformable group, `cg` / `cdg` / `coutg`
+//! channels per conv group / per deformable group / output channels per conv group, `kk` or
+//! `K` taps (`kh * kw`), `tap` one of them, `oh`/`ow` output row/column, `P` or `px` pixels of a
+//! tile, `row_len` = `K * Cg` (columns per pixel), `xt` a channels-last image, `wp` the packed
+//! weight, `dyo` `dY` channel-major, `dcol` the columns' gradient, `acc` the four corner sums
+//! `a_j`, `lane` a fixed share of the backward with its own sums.
 
 mod backward;
 mod blocking;

@@ -58,8 +58,7 @@ pub(super) struct Plan<'p, 'a, T: Element> {
     /// The packed weight of each conv group. Forward: `wp[q][o*K*Cg + tap*Cg + c] =
     /// Wt[q*Coutg + o, c, i, j]`, read by the `gemm` crate through strides; empty when the
     /// kernels have a panel GEMM (the forward then reads [`Plan::panels`]). Backward: its transpose
-    /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on (measured:
-    /// stride2_c5 backward 59 ms against 75 ms with the forward layout).
+    /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on.
     pub(super) wp: Vec<Buf<T::Acc>>,
     /// The forward's weight in panels for the panel GEMM (`pack_panel`), every conv group,
     /// packed on first use ([`Plan::panels`]): the split schedule packs each task's block

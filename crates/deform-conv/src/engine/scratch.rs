@@ -2,8 +2,7 @@
 //!
 //! The engine's buffers (columns tiles, channels-last image copies, packed weights, backward lane
 //! buffers) are megabytes each. Allocated fresh per call, they cost page faults and zeroing.
-//! Measured with the pool (2 threads, interleaved runs): stride2_c5 backward 74 → 60 ms, forward
-//! 12.6 → 10.8 ms; edvr backward 57 → 49 ms; the other forwards unchanged. A buffer taken here
+//! A buffer taken here
 //! comes back to the pool when its guard drops. The pool keeps at most [`KEEP_BYTES`], so memory stays bounded by the
 //! largest call's working set, and never by the batch.
 //!

@@ -23,8 +23,7 @@ use ndarray::{ArrayView4, ArrayViewMut3};
 
 /// Tasks of each weight-sized GEMM of the whole-image schedule (`dW^T` by blocks of output
 /// channels, `dcol` by blocks of `K*C` columns): each packs the wave's operand that it shares
-/// with the others again, so few and large. Measured against blocks of 256 columns: ResNet c4
-/// at batch 2 (2304 columns) 6% faster, stride2_c5 3% slower, c5 within noise.
+/// with the others again, so few and large.
 pub(super) const WEIGHT_BLOCKS: usize = 4;
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).

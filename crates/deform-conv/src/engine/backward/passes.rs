@@ -227,8 +227,7 @@ fn tap_grads<T: Element>(
 ) {
     let (zero, one) = (T::Acc::zero(), T::Acc::one());
     let wo = s.grad.len().min(a.len() / 4).min(tmp[0].len());
-    // One pass into three rows (was: a row of `[gy, gx, gm]` triples collected through an
-    // iterator, then three strided reads of it): 7% of edvr's backward.
+    // One pass into three contiguous rows, each then written out in one run.
     let [ty, tx, tm] = tmp;
     let (ty, tx, tm) = (&mut ty[..wo], &mut tx[..wo], &mut tm[..wo]);
     let (grad, open) = (&s.grad[..wo], &s.open[..wo]);
@@ -243,8 +242,7 @@ fn tap_grads<T: Element>(
         tx[ow] = if grad[ow] { gx } else { zero };
         tm[ow] = if grad[ow] && open[ow] { gm } else { zero };
     }
-    // Row `[ch, lr, ..]` by two index steps (an `s![]` slice per row cost 3% of npu_doc's
-    // backward: its rows are 32 pixels).
+    // Row `[ch, lr, ..]` by two index steps (cheaper than an `s![]` slice on short rows).
     for (src, view) in [&*ty, &*tx, &*tm]
         .into_iter()
         .zip([&mut lg.oy, &mut lg.ox, &mut lg.m])

@@ -53,8 +53,7 @@ pub(super) fn by_tiles<T: Element>(
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
     let tiles = g.ho.div_ceil(plan.rows);
     // Enough images for every lane, or images too small to split: each lane takes whole images,
-    // so an image's `dX` has one writer (no per-lane copies to zero and sum; measured: npu_doc
-    // backward -17%, resnet_c3_dcn_b4 -7%). Else the images of a wave (fewer than LANES) share
+    // so an image's `dX` has one writer (no per-lane copies to zero and sum). Else the images of a wave (fewer than LANES) share
     // the lanes, `per` lanes each, each lane a contiguous range of its image's rows: one image
     // on 4 lanes, two on 2 each, so no lane, and on more than 2 cores no thread, sits idle.
     let by_image = g.n > 1 && (g.n >= LANES || tiles < LANES);

@@ -109,8 +109,8 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         ];
         let (open_bits, grad_bits) = (_mm256_movemask_ps(open), _mm256_movemask_ps(grad));
         if len == 8 {
-            // A full step stores straight into the rows (a copy through a stack buffer is a
-            // `memmove` call per array: measured 5% of the edvr backward).
+            // A full step stores straight into the rows (a stack-buffer copy would be a
+            // `memmove` call per array).
             for j in 0..4 {
                 let di = &mut out.idx[j][t..t + 8];
                 // SAFETY: `di` holds 8 u32.
@@ -337,9 +337,8 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
 ///   samples (as `scatter_row`; a pixel's four corners are four different pixels, or the
 ///   zero pixel's garbage row, so the order within a pixel changes no bit).
 ///
-/// The same operations in the same order as the three kernels: the same bits. Run one after
-/// the other they loaded each corner run twice and each `dcol` run three times: measured
-/// -2 to -9% (gather + dot products) and a further -3 to -10% (the scatter) on the backward.
+/// The same operations in the same order as the three kernels: the same bits, with each corner
+/// run loaded once and each `dcol` run once (the three kernels in turn load them 2 and 3 times).
 ///
 /// # Safety
 /// The CPU must support AVX2.

@@ -11,10 +11,9 @@
 //! `MR`, `KC` or the instruction set (a tile's running sums go through `c` between blocks
 //! unchanged), so every instruction set gives the same bits.
 //!
-//! Why not `gemm` here: it packs both operands per call. Inside a forward tile that is the
-//! columns tile once more and the whole weight once per tile (resnet_c4: 2.4 MB per 256
-//! pixels, 6% of the forward in `gemm`'s packing); this kernel reads the columns where they
-//! are and the weight panels packed once per call.
+//! Why not `gemm` here: it packs both operands per call, which inside a forward tile is the
+//! columns tile once more and the whole weight once per tile; this kernel reads the columns
+//! where they are and the weight panels packed once per call.
 
 use crate::element::Real;
 
@@ -134,7 +133,7 @@ impl<A: Real> Tile<A> for Portable {
 
 /// The product, `MR` rows of `a` per tile, the last `m % MR` rows in smaller tiles. Every tile is
 /// whole: `c` has room for the panels' padding columns (see [`PanelGemm::c`]), so no tile needs
-/// a run-time bound (an edge tile through a copy ran scalar: resnet_c4's forward +40%).
+/// a run-time bound (which would keep the edge tiles from vectorising).
 #[inline(always)]
 pub(crate) fn body<A: Real, const MR: usize>(job: PanelGemm<'_, A>) {
     // SAFETY: the portable tile runs on any CPU.
