@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+import deform_conv
 import deform_conv.torch as dct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
@@ -36,7 +37,7 @@ def main():
             "grid_sample": lambda: grid_sample_dcnv3(x, off, m, 3, 3, 1, 1, 1, 1, 1, groups, gc, 1.0, False),
         }
         compare(name, impls, a.repeat)
-    print(f"({a.threads} threads, isa {dct._core.active_isa()}, median of {a.repeat})")
+    print(f"({a.threads} threads, isa {deform_conv.active_isa()}, median of {a.repeat})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import torch
 
+import deform_conv
 import deform_conv.torch as dct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
@@ -37,7 +38,7 @@ def main():
         impls = {"deform_conv": lambda: dct.ms_deform_attn(value, LEVELS, starts, loc, attn),
                  "grid_sample": lambda: grid_sample_msda(value, LEVELS, loc, attn)}
         compare(f"{name} (Lq = {q})", impls, a.repeat)
-    print(f"({a.threads} threads, isa {dct._core.active_isa()}, median of {a.repeat})")
+    print(f"({a.threads} threads, isa {deform_conv.active_isa()}, median of {a.repeat})")
 
 
 if __name__ == "__main__":

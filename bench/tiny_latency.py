@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torchvision
 
+import deform_conv
 import deform_conv.torch as dct
 
 
@@ -69,7 +70,7 @@ def main():
         stop.set()
         for p in procs:
             p.join()
-    print(f"({a.busy} busy processes, {a.threads} threads, {a.calls} calls each, isa {dct._core.active_isa()})")
+    print(f"({a.busy} busy processes, {a.threads} threads, {a.calls} calls each, isa {deform_conv.active_isa()})")
 
 
 if __name__ == "__main__":

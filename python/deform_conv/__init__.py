@@ -54,17 +54,19 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     ``backend``: "engine" (default), "reference" (the plain oracle) or "engine:<isa>".
     """
     return _core.torchvision_forward(
-        _array("input", input), _array("offset", offset), _array("weight", weight), _array("bias", bias),
-        _array("mask", mask), _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
+        (_array("input", input), _array("offset", offset), _array("weight", weight), _array("bias", bias),
+         _array("mask", mask)), (_ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation)),
+        backend)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
                            dilation=(1, 1), mask=None, *, backend="engine"):
     """Every gradient of :func:`deform_conv2d` for ``grad_output`` [N, Cout, Ho, Wo]."""
     gi, go, gm, gw, gb = _core.torchvision_backward(
-        _array("grad_output", grad_output), _array("input", input), _array("offset", offset),
-        _array("weight", weight), _array("bias", bias), _array("mask", mask),
-        _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), backend)
+        _array("grad_output", grad_output),
+        (_array("input", input), _array("offset", offset), _array("weight", weight), _array("bias", bias),
+         _array("mask", mask)), (_ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation)),
+        backend)
     return Gradients(gi, go, gm, gw, gb)
 
 
@@ -182,9 +184,9 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
                             attention_weights, *, backend="engine"):
     """(grad_value, grad_sampling_locations, grad_attention_weights) of :func:`ms_deform_attn`."""
     shapes, starts = _levels(spatial_shapes, level_start_index)
-    return _core.msda_backward(_array("grad_output", grad_output), _array("value", value), shapes, starts,
-                               _array("sampling_locations", sampling_locations),
-                               _array("attention_weights", attention_weights), backend)
+    return _core.msda_backward(_array("grad_output", grad_output),
+                               (_array("value", value), _array("sampling_locations", sampling_locations),
+                                _array("attention_weights", attention_weights)), shapes, starts, backend)
 
 
 def set_num_threads(n):

@@ -35,11 +35,11 @@ def deformable_conv2d(x, weight, offsets, kernel_size, strides, padding, bias=No
     """
     attrs = (tuple(_ints("kernel_size", kernel_size)), tuple(_ints("strides", strides)),
              tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), _integer("groups", groups),
-             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
+             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated))
     if _is_ms_tensor(x):
-        return _ms_call(attrs, x, weight, offsets, bias)
-    return _core.mindspore_forward(_array("x", x), _array("weight", weight), _array("offsets", offsets),
-                                   _array("bias", bias), *attrs)
+        return _ms_call(attrs, backend, x, weight, offsets, bias)
+    return _core.mindspore_forward((_array("x", x), _array("weight", weight), _array("offsets", offsets),
+                                    _array("bias", bias)), attrs, backend)
 
 
 def deformable_conv2d_backward(grad_output, x, weight, offsets, kernel_size, strides, padding, bias=None,
@@ -47,10 +47,11 @@ def deformable_conv2d_backward(grad_output, x, weight, offsets, kernel_size, str
                                backend="engine"):
     """(grad_x, grad_weight, grad_offsets packed, grad_bias), MindSpore CPU's per-tap rule (numpy)."""
     return _core.mindspore_backward(
-        _array("grad_output", grad_output), _array("x", x), _array("weight", weight), _array("offsets", offsets),
-        _array("bias", bias), _ints("kernel_size", kernel_size), _ints("strides", strides), _ints("padding", padding),
-        _ints("dilations", dilations), _integer("groups", groups),
-        _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
+        _array("grad_output", grad_output),
+        (_array("x", x), _array("weight", weight), _array("offsets", offsets), _array("bias", bias)),
+        (_ints("kernel_size", kernel_size), _ints("strides", strides), _ints("padding", padding),
+         _ints("dilations", dilations), _integer("groups", groups), _integer("deformable_groups", deformable_groups),
+         _flag("modulated", modulated)), backend)
 
 
 # ------------------------------------------------------------------ MindSpore Tensors: a Custom op
@@ -96,7 +97,7 @@ class _Threads:
         _core.serial_call(self.prev)
 
 
-def _ms_call(attrs, x, weight, offsets, bias):
+def _ms_call(attrs, backend, x, weight, offsets, bias):
     from mindspore import Tensor
     for name, t in (("weight", weight), ("offsets", offsets), ("bias", bias)):
         if t is not None and not isinstance(t, Tensor):
@@ -113,39 +114,36 @@ def _ms_call(attrs, x, weight, offsets, bias):
             raise TypeError(f"{name}: expected dtype {x.dtype} (x's), got {dt}")
     # The same validation as the numpy path, on shapes alone, before MindSpore runs anything:
     # errors are raised here, with our messages, not later inside MindSpore's executor.
-    shape = _core.mindspore_output_shape(list(x.shape), list(weight.shape), list(offsets.shape),
-                                         None if bias is None else list(bias.shape), *attrs[:-1])
+    shape = _core.mindspore_output_shape((list(x.shape), list(weight.shape), list(offsets.shape),
+                                          None if bias is None else list(bias.shape)), attrs)
     if 0 in shape:
         # An empty result (no image or no output channel): a Custom op cannot return one
         # (MindSpore's executor fails copying it), and there is nothing to compute.
         from mindspore import ops
         return ops.zeros(tuple(shape), x.dtype)
-    op = _op(attrs, bias is not None)
+    op = _op(attrs, backend, bias is not None)
     return op(x, weight, offsets, bias) if bias is not None else op(x, weight, offsets)
 
 
-def _op(attrs, has_bias):
+def _op(attrs, backend, has_bias):
     """The Custom forward op (with its bprop) for these attributes, made once."""
-    key = (attrs, has_bias)
+    key = (attrs, backend, has_bias)
     if key in _OPS:
         return _OPS[key]
     from mindspore import ops
-    ks, st, pad, dil, groups, dg, modulated, backend = attrs
 
     # MindSpore reads the inputs of a pyfunc from its signature: no defaults, no *args.
     def run_forward(x, w, off, b):
         with _Threads():
-            return _core.mindspore_forward(x, w, off, b, list(ks), list(st), list(pad), list(dil), groups, dg,
-                                           modulated, backend)
+            return _core.mindspore_forward((x, w, off, b), attrs, backend)
 
     def run_backward(x, w, off, b, dy):
         with _Threads():
-            return _core.mindspore_backward(dy, x, w, off, b, list(ks), list(st), list(pad), list(dil), groups, dg,
-                                            modulated, backend)
+            return _core.mindspore_backward(dy, (x, w, off, b), attrs, backend)
 
     def shape_of(x, w, off, b):
-        return tuple(_core.mindspore_output_shape(list(x), list(w), list(off), None if b is None else list(b),
-                                                  list(ks), list(st), list(pad), list(dil), groups, dg, modulated))
+        return tuple(_core.mindspore_output_shape((list(x), list(w), list(off), None if b is None else list(b)),
+                                                  attrs))
 
     if has_bias:
         def forward(x, w, off, b):
@@ -204,8 +202,8 @@ def custom_op(kernel_size, strides, padding, dilations=(1, 1, 1, 1), groups=1, d
     ``op(x, weight, offsets[, bias])``. Shapes are validated when MindSpore infers them."""
     attrs = (tuple(_ints("kernel_size", kernel_size)), tuple(_ints("strides", strides)),
              tuple(_ints("padding", padding)), tuple(_ints("dilations", dilations)), _integer("groups", groups),
-             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), backend)
-    return _op(attrs, _flag("has_bias", has_bias))
+             _integer("deformable_groups", deformable_groups), _flag("modulated", modulated))
+    return _op(attrs, backend, _flag("has_bias", has_bias))
 
 
 def _make_cell_class():

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
-from .torch import DeformConvError, _check_conv, _check_tensors, _eager_pair
+from .torch import DeformConvError
+from .torch._checks import _check_conv, _check_tensors, _eager_pair
 
 __all__ = ["deform_conv2d", "modulated_deform_conv2d", "DeformConv2d", "DeformConv2dPack",
            "ModulatedDeformConv2d", "ModulatedDeformConv2dPack"]

@@ -17,10 +17,10 @@ def npu_deformable_conv2d(input, weight, offset, bias, kernel_size, stride, padd
                           groups=1, deformable_groups=1, modulated=True, *, layout="NCHW", backend="engine"):
     """Returns (output [N, Cout, Ho, Wo], deformed image [N, C, Ho*kh, Wo*kw])."""
     return _core.npu_forward(
-        _array("input", input), _array("weight", weight), _array("offset", offset), _array("bias", bias),
-        _ints("kernel_size", kernel_size), _ints("stride", stride), _ints("padding", padding),
-        _ints("dilation", dilation), _integer("groups", groups), _integer("deformable_groups", deformable_groups),
-        _flag("modulated", modulated), layout, backend)
+        (_array("input", input), _array("weight", weight), _array("offset", offset), _array("bias", bias)),
+        (_ints("kernel_size", kernel_size), _ints("stride", stride), _ints("padding", padding),
+         _ints("dilation", dilation), _integer("groups", groups), _integer("deformable_groups", deformable_groups),
+         _flag("modulated", modulated)), layout, backend)
 
 
 def npu_deformable_conv2dbk(input, grad_output, offset_out, weight, offset, kernel_size, stride, padding,
@@ -28,7 +28,8 @@ def npu_deformable_conv2dbk(input, grad_output, offset_out, weight, offset, kern
                             backend="engine"):
     """Returns (grad_input, grad_weight, grad_offset packed, grad_bias)."""
     return _core.npu_backward(
-        _array("input", input), _array("grad_output", grad_output), _array("offset_out", offset_out),
-        _array("weight", weight), _array("offset", offset), _ints("kernel_size", kernel_size),
-        _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation), _integer("groups", groups),
-        _integer("deformable_groups", deformable_groups), _flag("modulated", modulated), layout, backend)
+        (_array("input", input), _array("grad_output", grad_output), _array("offset_out", offset_out),
+         _array("weight", weight), _array("offset", offset)),
+        (_ints("kernel_size", kernel_size), _ints("stride", stride), _ints("padding", padding),
+         _ints("dilation", dilation), _integer("groups", groups), _integer("deformable_groups", deformable_groups),
+         _flag("modulated", modulated)), layout, backend)

@@ -140,3 +140,24 @@ def test_installed_kernel_checks_torchvisions_explicit_group_counts():
             op(x, w, off, mask, bias, 1, 1, 1, 1, 1, 1, 1, 3, False)
     finally:
         dct.uninstall()
+
+
+def test_integer_arrays_are_never_read_as_bfloat16():
+    """A uint16 numpy array is an error; only the explicit Bf16 marker makes 16-bit bits bfloat16."""
+    from deform_conv import _core
+    rng = np.random.default_rng()
+    x = rng.integers(0, 2**16, (1, 2, 4, 4), dtype=np.uint16)
+    off = np.zeros((1, 18, 4, 4), np.uint16)
+    w = np.zeros((3, 2, 3, 3), np.uint16)
+    with pytest.raises(TypeError, match="input: expected dtype float16, float32 or float64, got uint16"):
+        dc.deform_conv2d(x, off, w, padding=1)
+    with pytest.raises(TypeError, match="Bf16: expected a uint16 numpy array"):
+        _core.Bf16(np.zeros(3, np.float32))
+    # Marked, the same bits are bfloat16 and give torch's bfloat16 answer.
+    import torch
+    xb, ob, wb = (torch.from_numpy(a.astype(np.float32) / 65536.0).bfloat16() for a in (x, off, w))
+    y = _core.torchvision_forward(
+        tuple(_core.Bf16(t.view(torch.uint16).numpy()) for t in (xb, ob, wb)) + (None, None), ([1, 1], [1, 1], [1, 1]))
+    want = dc.deform_conv2d(xb.float().numpy(), ob.float().numpy(), wb.float().numpy(), padding=1)
+    got = torch.from_numpy(y).view(torch.bfloat16).float().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)

@@ -288,7 +288,6 @@ impl DeformConv2d {
 
     /// `weight` (and `bias` when `bias`) from `vb`, initialised as torchvision does when `vb`
     /// creates them (kaiming-uniform bound `1/sqrt(fan_in)`).
-    #[allow(clippy::too_many_arguments)]
     pub fn load(
         vb: candle_nn::VarBuilder,
         in_channels: usize,

@@ -40,14 +40,51 @@ impl DType {
     }
 }
 
-/// A numpy array's dtype, or a TypeError naming the tensor. A 16-bit integer array is bfloat16
-/// storage only inside a torch call ([`crate::threads::torch_mode`]): numpy has no bfloat16, so
-/// `deform_conv.torch` hands torch's bfloat16 tensors over as their bits, without a copy.
+/// bfloat16 storage handed over as its bits: a `uint16` numpy array marked as bfloat16, since
+/// numpy has no bfloat16. `deform_conv.torch` wraps torch's bfloat16 tensors this way, without a
+/// copy; an unmarked `uint16` array is an error everywhere.
+#[pyclass(frozen, name = "Bf16")]
+pub(crate) struct Bf16 {
+    bits: Py<PyAny>,
+}
+
+#[pymethods]
+impl Bf16 {
+    #[new]
+    fn new(bits: Bound<'_, PyAny>) -> PyResult<Self> {
+        let ok = bits
+            .cast::<PyUntypedArray>()
+            .is_ok_and(|a| a.dtype().is_equiv_to(&numpy::dtype::<u16>(bits.py())));
+        if !ok {
+            return Err(PyTypeError::new_err(format!(
+                "Bf16: expected a uint16 numpy array (bfloat16 bits), got {}",
+                type_name(&bits)
+            )));
+        }
+        Ok(Bf16 {
+            bits: bits.unbind(),
+        })
+    }
+}
+
+/// The array behind `obj` (a [`Bf16`]'s bits, or `obj` itself) and whether it is bfloat16.
+fn storage<'py>(obj: &Bound<'py, PyAny>) -> (Bound<'py, PyAny>, bool) {
+    match obj.cast::<Bf16>() {
+        Ok(b) => (b.get().bits.bind(obj.py()).clone(), true),
+        Err(_) => (obj.clone(), false),
+    }
+}
+
+/// A numpy array's dtype (a [`Bf16`] is bfloat16), or a TypeError naming the tensor.
 pub(crate) fn dtype_of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<DType> {
+    let (obj, bf16) = storage(obj);
+    if bf16 {
+        return Ok(DType::BF16);
+    }
     let a = obj.cast::<PyUntypedArray>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{name}: expected a numpy array, got {}",
-            type_name(obj)
+            type_name(&obj)
         ))
     })?;
     let dt = a.dtype();
@@ -58,8 +95,6 @@ pub(crate) fn dtype_of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<DType> {
         Ok(DType::F64)
     } else if dt.is_equiv_to(&numpy::dtype::<f16>(py)) {
         Ok(DType::F16)
-    } else if crate::threads::torch_mode() && dt.is_equiv_to(&numpy::dtype::<u16>(py)) {
-        Ok(DType::BF16)
     } else {
         Err(err(DeformError::DType {
             name: name.into(),
@@ -131,6 +166,7 @@ pub(crate) fn arr<'py, T: PyElement, D: ndarray::Dimension, const R: usize>(
     obj: &Bound<'py, PyAny>,
 ) -> PyResult<In<'py, T, D>> {
     let dt = dtype_of(name, obj)?;
+    let (obj, _) = storage(obj);
     let a = obj.cast::<PyUntypedArray>()?;
     check_rank::<R>(name, a.shape()).map_err(err)?;
     let typed = obj.cast::<numpy::PyArray<T::Np, D>>().map_err(|_| {

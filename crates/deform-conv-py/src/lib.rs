@@ -37,6 +37,7 @@ mod torchvision;
 /// The extension module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<common::Bf16>()?;
     m.add_function(wrap_pyfunction!(torchvision::torchvision_forward, m)?)?;
     m.add_function(wrap_pyfunction!(torchvision::torchvision_backward, m)?)?;
     m.add_function(wrap_pyfunction!(onnx::onnx_forward, m)?)?;

@@ -5,35 +5,36 @@ use deform_conv::conventions::mindspore;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn packed_attrs(
-    kernel_size: Vec<i64>,
-    strides: Vec<i64>,
-    padding: Vec<i64>,
-    dilations: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
-    backend_name: &str,
-) -> PyResult<mindspore::Attributes> {
-    Ok(mindspore::Attributes {
-        kernel_size,
-        strides,
-        padding,
-        dilations,
-        groups,
-        deformable_groups,
-        modulated,
-        backend: backend(backend_name)?,
-    })
+/// MindSpore's (and torch_npu's) attributes as the Python layer passes them: `(kernel_size,
+/// strides, padding, dilations, groups, deformable_groups, modulated)`.
+#[derive(FromPyObject)]
+pub(crate) struct Packed(Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, i64, i64, bool);
+
+impl Packed {
+    /// The core's attributes, with the backend named `backend_name`.
+    pub(crate) fn attributes(self, backend_name: &str) -> PyResult<mindspore::Attributes> {
+        let Packed(kernel_size, strides, padding, dilations, groups, deformable_groups, modulated) =
+            self;
+        Ok(mindspore::Attributes {
+            kernel_size,
+            strides,
+            padding,
+            dilations,
+            groups,
+            deformable_groups,
+            modulated,
+            backend: backend(backend_name)?,
+        })
+    }
 }
+
+/// MindSpore's tensors: `(x, weight, offsets, bias)`, bias optional.
+#[derive(FromPyObject)]
+pub(crate) struct MsTensors<'py>(Obj<'py>, Obj<'py>, Obj<'py>, Option<Obj<'py>>);
 
 fn ms_fwd<'py, T: PyElement>(
     py: Python<'py>,
-    x: &Obj<'py>,
-    weight: &Obj<'py>,
-    offsets: &Obj<'py>,
-    bias: Option<&Obj<'py>>,
+    MsTensors(x, weight, offsets, bias): &MsTensors<'py>,
     a: &mindspore::Attributes,
 ) -> PyResult<Obj<'py>> {
     let (xa, wa, oa) = (
@@ -41,7 +42,7 @@ fn ms_fwd<'py, T: PyElement>(
         arr4::<T>("weight", weight)?,
         arr4::<T>("offsets", offsets)?,
     );
-    let ba = bias.map(|b| arr1::<T>("bias", b)).transpose()?;
+    let ba = bias.as_ref().map(|b| arr1::<T>("bias", b)).transpose()?;
     let (xv, wv, ov, bv) = (
         xa.as_array(),
         wa.as_array(),
@@ -55,10 +56,7 @@ fn ms_fwd<'py, T: PyElement>(
 fn ms_bwd<'py, T: PyElement>(
     py: Python<'py>,
     grad_output: &Obj<'py>,
-    x: &Obj<'py>,
-    weight: &Obj<'py>,
-    offsets: &Obj<'py>,
-    bias: Option<&Obj<'py>>,
+    MsTensors(x, weight, offsets, bias): &MsTensors<'py>,
     a: &mindspore::Attributes,
 ) -> PyResult<Obj<'py>> {
     let gy = arr4::<T>("grad_output", grad_output)?;
@@ -67,7 +65,7 @@ fn ms_bwd<'py, T: PyElement>(
         arr4::<T>("weight", weight)?,
         arr4::<T>("offsets", offsets)?,
     );
-    let ba = bias.map(|b| arr1::<T>("bias", b)).transpose()?;
+    let ba = bias.as_ref().map(|b| arr1::<T>("bias", b)).transpose()?;
     let (gv, xv, wv, ov, bv) = (
         gy.as_array(),
         xa.as_array(),
@@ -95,103 +93,44 @@ fn ms_bwd<'py, T: PyElement>(
     .into_any())
 }
 
-/// MindSpore deformable_conv2d forward.
+/// MindSpore deformable_conv2d forward on `(x, weight, offsets, bias)`.
 #[pyfunction]
-#[pyo3(signature = (x, weight, offsets, bias, kernel_size, strides, padding, dilations, groups, deformable_groups, modulated, backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (tensors, attrs, backend="engine"))]
 pub(crate) fn mindspore_forward<'py>(
     py: Python<'py>,
-    x: Obj<'py>,
-    weight: Obj<'py>,
-    offsets: Obj<'py>,
-    bias: Option<Obj<'py>>,
-    kernel_size: Vec<i64>,
-    strides: Vec<i64>,
-    padding: Vec<i64>,
-    dilations: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
+    tensors: MsTensors<'py>,
+    attrs: Packed,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
-    let a = packed_attrs(
-        kernel_size,
-        strides,
-        padding,
-        dilations,
-        groups,
-        deformable_groups,
-        modulated,
-        backend,
-    )?;
-    by_dtype!(
-        dtype_of("x", &x)?,
-        ms_fwd(py, &x, &weight, &offsets, bias.as_ref(), &a)
-    )
+    let a = attrs.attributes(backend)?;
+    by_dtype!(dtype_of("x", &tensors.0)?, ms_fwd(py, &tensors, &a))
 }
 
 /// MindSpore deformable_conv2d backward: (grad_x, grad_weight, grad_offsets packed, grad_bias).
 #[pyfunction]
-#[pyo3(signature = (grad_output, x, weight, offsets, bias, kernel_size, strides, padding, dilations, groups, deformable_groups, modulated, backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (grad_output, tensors, attrs, backend="engine"))]
 pub(crate) fn mindspore_backward<'py>(
     py: Python<'py>,
     grad_output: Obj<'py>,
-    x: Obj<'py>,
-    weight: Obj<'py>,
-    offsets: Obj<'py>,
-    bias: Option<Obj<'py>>,
-    kernel_size: Vec<i64>,
-    strides: Vec<i64>,
-    padding: Vec<i64>,
-    dilations: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
+    tensors: MsTensors<'py>,
+    attrs: Packed,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
-    let a = packed_attrs(
-        kernel_size,
-        strides,
-        padding,
-        dilations,
-        groups,
-        deformable_groups,
-        modulated,
-        backend,
-    )?;
+    let a = attrs.attributes(backend)?;
     by_dtype!(
-        dtype_of("x", &x)?,
-        ms_bwd(py, &grad_output, &x, &weight, &offsets, bias.as_ref(), &a)
+        dtype_of("x", &tensors.0)?,
+        ms_bwd(py, &grad_output, &tensors, &a)
     )
 }
 
-/// The output shape of `mindspore_forward` for tensors of these shapes, or its error; no data.
+/// The output shape of `mindspore_forward` for tensors of these shapes `(x, weight, offsets,
+/// bias)`, or its error; no data.
 #[pyfunction]
-#[pyo3(signature = (x, weight, offsets, bias, kernel_size, strides, padding, dilations, groups, deformable_groups, modulated))]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn mindspore_output_shape(
-    x: Vec<usize>,
-    weight: Vec<usize>,
-    offsets: Vec<usize>,
-    bias: Option<Vec<usize>>,
-    kernel_size: Vec<i64>,
-    strides: Vec<i64>,
-    padding: Vec<i64>,
-    dilations: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
+    shapes: (Vec<usize>, Vec<usize>, Vec<usize>, Option<Vec<usize>>),
+    attrs: Packed,
 ) -> PyResult<[usize; 4]> {
-    let a = packed_attrs(
-        kernel_size,
-        strides,
-        padding,
-        dilations,
-        groups,
-        deformable_groups,
-        modulated,
-        "engine",
-    )?;
+    let (x, weight, offsets, bias) = shapes;
+    let a = attrs.attributes("engine")?;
     mindspore::output_shape(&x, &weight, &offsets, bias.as_deref(), &a).map_err(err)
 }

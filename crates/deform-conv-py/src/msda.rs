@@ -86,34 +86,25 @@ pub(crate) fn msda_forward<'py>(
     )
 }
 
-/// The backward: `(grad_value, grad_sampling_locations, grad_attention_weights)`.
+/// The backward on `(value, sampling_locations, attention_weights)`: `(grad_value,
+/// grad_sampling_locations, grad_attention_weights)`.
 #[pyfunction]
-#[pyo3(signature = (grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (grad_output, tensors, spatial_shapes, level_start_index, backend="engine"))]
 pub(crate) fn msda_backward<'py>(
     py: Python<'py>,
     grad_output: Obj<'py>,
-    value: Obj<'py>,
+    tensors: (Obj<'py>, Obj<'py>, Obj<'py>),
     spatial_shapes: Vec<[i64; 2]>,
     level_start_index: Vec<i64>,
-    sampling_locations: Obj<'py>,
-    attention_weights: Obj<'py>,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
     let p = MsdaParams {
         backend: crate::common::backend(backend)?,
     };
     let lv = levels(spatial_shapes, level_start_index);
+    let (value, loc, attn) = &tensors;
     by_dtype!(
-        dtype_of("value", &value)?,
-        backward(
-            py,
-            &grad_output,
-            &value,
-            &lv,
-            &sampling_locations,
-            &attention_weights,
-            &p
-        )
+        dtype_of("value", value)?,
+        backward(py, &grad_output, value, &lv, loc, attn, &p)
     )
 }

@@ -1,17 +1,22 @@
 //! `torch_npu.npu_deformable_conv2d` and `npu_deformable_conv2dbk` on numpy arrays, NCHW or NHWC.
 
 use crate::common::*;
-use crate::mindspore::packed_attrs;
+use crate::mindspore::Packed;
 use deform_conv::conventions::npu;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+/// torch_npu's forward tensors: `(input, weight, offset, bias)`, bias optional.
+#[derive(FromPyObject)]
+pub(crate) struct NpuTensors<'py>(Obj<'py>, Obj<'py>, Obj<'py>, Option<Obj<'py>>);
+
+/// torch_npu's backward tensors: `(input, grad_output, offset_out, weight, offset)`.
+#[derive(FromPyObject)]
+pub(crate) struct NpuGradTensors<'py>(Obj<'py>, Obj<'py>, Obj<'py>, Obj<'py>, Obj<'py>);
+
 fn npu_fwd<'py, T: PyElement>(
     py: Python<'py>,
-    input: &Obj<'py>,
-    weight: &Obj<'py>,
-    offset: &Obj<'py>,
-    bias: Option<&Obj<'py>>,
+    NpuTensors(input, weight, offset, bias): &NpuTensors<'py>,
     a: &npu::NpuAttributes,
 ) -> PyResult<Obj<'py>> {
     let (xa, wa, oa) = (
@@ -19,7 +24,7 @@ fn npu_fwd<'py, T: PyElement>(
         arr4::<T>("weight", weight)?,
         arr4::<T>("offset", offset)?,
     );
-    let ba = bias.map(|b| arr1::<T>("bias", b)).transpose()?;
+    let ba = bias.as_ref().map(|b| arr1::<T>("bias", b)).transpose()?;
     let (xv, wv, ov, bv) = (
         xa.as_array(),
         wa.as_array(),
@@ -30,14 +35,9 @@ fn npu_fwd<'py, T: PyElement>(
     Ok(PyTuple::new(py, [out4(py, y), out4(py, d)])?.into_any())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn npu_bwd<'py, T: PyElement>(
     py: Python<'py>,
-    input: &Obj<'py>,
-    grad_output: &Obj<'py>,
-    offset_out: &Obj<'py>,
-    weight: &Obj<'py>,
-    offset: &Obj<'py>,
+    NpuGradTensors(input, grad_output, offset_out, weight, offset): &NpuGradTensors<'py>,
     a: &npu::NpuAttributes,
 ) -> PyResult<Obj<'py>> {
     let (xa, ga, da) = (
@@ -66,81 +66,37 @@ fn npu_bwd<'py, T: PyElement>(
     .into_any())
 }
 
-/// torch_npu npu_deformable_conv2d: (output, deformed image).
+/// torch_npu npu_deformable_conv2d on `(input, weight, offset, bias)`: (output, deformed image).
 #[pyfunction]
-#[pyo3(signature = (input, weight, offset, bias, kernel_size, stride, padding, dilation, groups, deformable_groups, modulated, layout="NCHW", backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (tensors, attrs, layout="NCHW", backend="engine"))]
 pub(crate) fn npu_forward<'py>(
     py: Python<'py>,
-    input: Obj<'py>,
-    weight: Obj<'py>,
-    offset: Obj<'py>,
-    bias: Option<Obj<'py>>,
-    kernel_size: Vec<i64>,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
+    tensors: NpuTensors<'py>,
+    attrs: Packed,
     layout: &str,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
     let a = npu::NpuAttributes {
-        attrs: packed_attrs(
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            deformable_groups,
-            modulated,
-            backend,
-        )?,
+        attrs: attrs.attributes(backend)?,
         layout: layout_of(layout)?,
     };
-    by_dtype!(
-        dtype_of("input", &input)?,
-        npu_fwd(py, &input, &weight, &offset, bias.as_ref(), &a)
-    )
+    by_dtype!(dtype_of("input", &tensors.0)?, npu_fwd(py, &tensors, &a))
 }
 
-/// torch_npu npu_deformable_conv2dbk: (grad_input, grad_weight, grad_offset, grad_bias).
+/// torch_npu npu_deformable_conv2dbk on `(input, grad_output, offset_out, weight, offset)`:
+/// (grad_input, grad_weight, grad_offset, grad_bias).
 #[pyfunction]
-#[pyo3(signature = (input, grad_output, offset_out, weight, offset, kernel_size, stride, padding, dilation, groups, deformable_groups, modulated, layout="NCHW", backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (tensors, attrs, layout="NCHW", backend="engine"))]
 pub(crate) fn npu_backward<'py>(
     py: Python<'py>,
-    input: Obj<'py>,
-    grad_output: Obj<'py>,
-    offset_out: Obj<'py>,
-    weight: Obj<'py>,
-    offset: Obj<'py>,
-    kernel_size: Vec<i64>,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
-    groups: i64,
-    deformable_groups: i64,
-    modulated: bool,
+    tensors: NpuGradTensors<'py>,
+    attrs: Packed,
     layout: &str,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
     let a = npu::NpuAttributes {
-        attrs: packed_attrs(
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            deformable_groups,
-            modulated,
-            backend,
-        )?,
+        attrs: attrs.attributes(backend)?,
         layout: layout_of(layout)?,
     };
-    by_dtype!(
-        dtype_of("input", &input)?,
-        npu_bwd(py, &input, &grad_output, &offset_out, &weight, &offset, &a)
-    )
+    by_dtype!(dtype_of("input", &tensors.0)?, npu_bwd(py, &tensors, &a))
 }

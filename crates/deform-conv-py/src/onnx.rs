@@ -4,13 +4,30 @@ use crate::common::*;
 use deform_conv::conventions::onnx;
 use pyo3::prelude::*;
 
+/// The node's inputs: `(X, W, offset, B, mask)`, B and mask optional.
+#[derive(FromPyObject)]
+pub(crate) struct OnnxInputs<'py>(
+    Obj<'py>,
+    Obj<'py>,
+    Obj<'py>,
+    Option<Obj<'py>>,
+    Option<Obj<'py>>,
+);
+
+/// The node's attributes: `(dilations, group, kernel_shape, offset_group, pads, strides)`.
+#[derive(FromPyObject)]
+pub(crate) struct OnnxAttrs(
+    Option<Vec<i64>>,
+    i64,
+    Option<Vec<i64>>,
+    i64,
+    Option<Vec<i64>>,
+    Option<Vec<i64>>,
+);
+
 fn onnx_fwd<'py, T: PyElement>(
     py: Python<'py>,
-    x: &Obj<'py>,
-    w: &Obj<'py>,
-    offset: &Obj<'py>,
-    b: Option<&Obj<'py>>,
-    mask: Option<&Obj<'py>>,
+    OnnxInputs(x, w, offset, b, mask): &OnnxInputs<'py>,
     a: &onnx::Attributes,
 ) -> PyResult<Obj<'py>> {
     let (xa, wa, oa) = (
@@ -18,8 +35,8 @@ fn onnx_fwd<'py, T: PyElement>(
         arr4::<T>("W", w)?,
         arr4::<T>("offset", offset)?,
     );
-    let ba = b.map(|b| arr1::<T>("B", b)).transpose()?;
-    let ma = mask.map(|m| arr4::<T>("mask", m)).transpose()?;
+    let ba = b.as_ref().map(|b| arr1::<T>("B", b)).transpose()?;
+    let ma = mask.as_ref().map(|m| arr4::<T>("mask", m)).transpose()?;
     let (xv, wv, ov, bv, mv) = (
         xa.as_array(),
         wa.as_array(),
@@ -33,23 +50,14 @@ fn onnx_fwd<'py, T: PyElement>(
 
 /// ONNX DeformConv.
 #[pyfunction]
-#[pyo3(signature = (x, w, offset, b, mask, dilations, group, kernel_shape, offset_group, pads, strides, backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (inputs, attrs, backend="engine"))]
 pub(crate) fn onnx_forward<'py>(
     py: Python<'py>,
-    x: Obj<'py>,
-    w: Obj<'py>,
-    offset: Obj<'py>,
-    b: Option<Obj<'py>>,
-    mask: Option<Obj<'py>>,
-    dilations: Option<Vec<i64>>,
-    group: i64,
-    kernel_shape: Option<Vec<i64>>,
-    offset_group: i64,
-    pads: Option<Vec<i64>>,
-    strides: Option<Vec<i64>>,
+    inputs: OnnxInputs<'py>,
+    attrs: OnnxAttrs,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
+    let OnnxAttrs(dilations, group, kernel_shape, offset_group, pads, strides) = attrs;
     let a = onnx::Attributes {
         dilations,
         group,
@@ -59,8 +67,5 @@ pub(crate) fn onnx_forward<'py>(
         strides,
         backend: self::backend(backend)?,
     };
-    by_dtype!(
-        dtype_of("X", &x)?,
-        onnx_fwd(py, &x, &w, &offset, b.as_ref(), mask.as_ref(), &a)
-    )
+    by_dtype!(dtype_of("X", &inputs.0)?, onnx_fwd(py, &inputs, &a))
 }

@@ -2,8 +2,8 @@
 //!
 //! Under `deform_conv.torch` every call runs in *torch mode* ([`torch_call`]): the engine's work
 //! goes to the OpenMP runtime torch loaded (registered once by [`use_openmp`]), on torch's
-//! intra-op threads with the calling thread taking part, and 16-bit integer arrays are read as
-//! bfloat16 storage. The numpy API keeps the engine's own rayon pool.
+//! intra-op threads with the calling thread taking part. The mode says where work runs, never
+//! what an array means. The numpy API keeps the engine's own rayon pool.
 
 use crate::openmp::{GompParallel, OmpThreadNum, OpenMpExecutor};
 use deform_conv::engine::{self, Executor, Isa};
@@ -31,7 +31,7 @@ static HOST: RwLock<Option<Host>> = RwLock::new(None);
 static HOST_ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// True inside a torch call on this thread.
-pub(crate) fn torch_mode() -> bool {
+fn torch_mode() -> bool {
     TORCH_MODE.get()
 }
 

@@ -5,14 +5,23 @@ use deform_conv::conventions::torchvision;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-#[allow(clippy::too_many_arguments)]
+/// torchvision's tensors: `(input, offset, weight, bias, mask)`, bias and mask optional.
+#[derive(FromPyObject)]
+pub(crate) struct TvTensors<'py>(
+    Obj<'py>,
+    Obj<'py>,
+    Obj<'py>,
+    Option<Obj<'py>>,
+    Option<Obj<'py>>,
+);
+
+/// The convolution's `(stride, padding, dilation)`, each an int or a pair.
+#[derive(FromPyObject)]
+pub(crate) struct Conv(Vec<i64>, Vec<i64>, Vec<i64>);
+
 fn tv_forward<'py, T: PyElement>(
     py: Python<'py>,
-    input: &Obj<'py>,
-    offset: &Obj<'py>,
-    weight: &Obj<'py>,
-    bias: Option<&Obj<'py>>,
-    mask: Option<&Obj<'py>>,
+    TvTensors(input, offset, weight, bias, mask): &TvTensors<'py>,
     p: &torchvision::Params,
 ) -> PyResult<Obj<'py>> {
     let (x, off, w) = (
@@ -20,8 +29,8 @@ fn tv_forward<'py, T: PyElement>(
         arr4::<T>("offset", offset)?,
         arr4::<T>("weight", weight)?,
     );
-    let b = bias.map(|b| arr1::<T>("bias", b)).transpose()?;
-    let m = mask.map(|m| arr4::<T>("mask", m)).transpose()?;
+    let b = bias.as_ref().map(|b| arr1::<T>("bias", b)).transpose()?;
+    let m = mask.as_ref().map(|m| arr4::<T>("mask", m)).transpose()?;
     let (xv, ov, wv, bv, mv) = (
         x.as_array(),
         off.as_array(),
@@ -33,15 +42,10 @@ fn tv_forward<'py, T: PyElement>(
     Ok(out4(py, y))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn tv_backward<'py, T: PyElement>(
     py: Python<'py>,
     grad_output: &Obj<'py>,
-    input: &Obj<'py>,
-    offset: &Obj<'py>,
-    weight: &Obj<'py>,
-    bias: Option<&Obj<'py>>,
-    mask: Option<&Obj<'py>>,
+    TvTensors(input, offset, weight, bias, mask): &TvTensors<'py>,
     p: &torchvision::Params,
 ) -> PyResult<Obj<'py>> {
     let gy = arr4::<T>("grad_output", grad_output)?;
@@ -50,8 +54,8 @@ fn tv_backward<'py, T: PyElement>(
         arr4::<T>("offset", offset)?,
         arr4::<T>("weight", weight)?,
     );
-    let b = bias.map(|b| arr1::<T>("bias", b)).transpose()?;
-    let m = mask.map(|m| arr4::<T>("mask", m)).transpose()?;
+    let b = bias.as_ref().map(|b| arr1::<T>("bias", b)).transpose()?;
+    let m = mask.as_ref().map(|m| arr4::<T>("mask", m)).transpose()?;
     let (gv, xv, ov, wv, bv, mv) = (
         gy.as_array(),
         x.as_array(),
@@ -81,9 +85,7 @@ fn tv_backward<'py, T: PyElement>(
 }
 
 fn tv_params(
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
+    Conv(stride, padding, dilation): Conv,
     backend_name: &str,
     gate: &str,
 ) -> PyResult<torchvision::Params> {
@@ -105,67 +107,33 @@ fn tv_params(
     })
 }
 
-/// torchvision's forward; returns the output array.
+/// torchvision's forward on `(input, offset, weight, bias, mask)`; returns the output array.
 #[pyfunction]
-#[pyo3(signature = (input, offset, weight, bias, mask, stride, padding, dilation, backend="engine"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (tensors, conv, backend="engine"))]
 pub(crate) fn torchvision_forward<'py>(
     py: Python<'py>,
-    input: Obj<'py>,
-    offset: Obj<'py>,
-    weight: Obj<'py>,
-    bias: Option<Obj<'py>>,
-    mask: Option<Obj<'py>>,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
+    tensors: TvTensors<'py>,
+    conv: Conv,
     backend: &str,
 ) -> PyResult<Obj<'py>> {
-    let p = tv_params(stride, padding, dilation, backend, "per_tap")?;
-    by_dtype!(
-        dtype_of("input", &input)?,
-        tv_forward(
-            py,
-            &input,
-            &offset,
-            &weight,
-            bias.as_ref(),
-            mask.as_ref(),
-            &p
-        )
-    )
+    let p = tv_params(conv, backend, "per_tap")?;
+    by_dtype!(dtype_of("input", &tensors.0)?, tv_forward(py, &tensors, &p))
 }
 
 /// torchvision's backward; returns (grad_input, grad_offset, grad_mask|None, grad_weight, grad_bias|None).
 #[pyfunction]
-#[pyo3(signature = (grad_output, input, offset, weight, bias, mask, stride, padding, dilation, backend="engine", gate="per_tap"))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (grad_output, tensors, conv, backend="engine", gate="per_tap"))]
 pub(crate) fn torchvision_backward<'py>(
     py: Python<'py>,
     grad_output: Obj<'py>,
-    input: Obj<'py>,
-    offset: Obj<'py>,
-    weight: Obj<'py>,
-    bias: Option<Obj<'py>>,
-    mask: Option<Obj<'py>>,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
+    tensors: TvTensors<'py>,
+    conv: Conv,
     backend: &str,
     gate: &str,
 ) -> PyResult<Obj<'py>> {
-    let p = tv_params(stride, padding, dilation, backend, gate)?;
+    let p = tv_params(conv, backend, gate)?;
     by_dtype!(
-        dtype_of("input", &input)?,
-        tv_backward(
-            py,
-            &grad_output,
-            &input,
-            &offset,
-            &weight,
-            bias.as_ref(),
-            mask.as_ref(),
-            &p
-        )
+        dtype_of("input", &tensors.0)?,
+        tv_backward(py, &grad_output, &tensors, &p)
     )
 }

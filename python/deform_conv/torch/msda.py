@@ -11,8 +11,9 @@ from typing import List
 import torch
 from torch import Tensor
 
-from . import _core
-from .torch import _back, _check_like, _check_rank, _core_call, _fail, _is_supported, _np
+from .. import _core
+from ._checks import _check_like, _check_rank, _is_supported
+from ._runtime import _back, _core_call, _fail, _np
 
 __all__ = ["ms_deform_attn", "multi_scale_deformable_attn_pytorch"]
 
@@ -34,8 +35,9 @@ def _(value, shapes, starts, loc, attn):
 def _msda_backward(grad: Tensor, value: Tensor, shapes: List[int], starts: List[int], loc: Tensor,
                    attn: Tensor) -> List[Tensor]:
     pairs = [(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2)]
-    gv, gl, ga = _core_call(_core.msda_backward, _np("grad_output", grad), _np("value", value), pairs, starts,
-                            _np("sampling_locations", loc), _np("attention_weights", attn))
+    gv, gl, ga = _core_call(_core.msda_backward, _np("grad_output", grad),
+                            (_np("value", value), _np("sampling_locations", loc), _np("attention_weights", attn)),
+                            pairs, starts)
     dt = value.dtype
     return [_back(gv, dt), _back(gl, dt), _back(ga, dt)]
 

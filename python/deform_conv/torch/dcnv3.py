@@ -14,8 +14,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _core
-from .torch import _back, _check_like, _check_rank, _core_call, _fail, _is_supported, _np
+from .. import _core
+from ._checks import _check_like, _check_rank, _floor_out, _is_supported
+from ._runtime import _back, _core_call, _fail, _np
 
 __all__ = ["dcnv3_core_pytorch", "dcnv3_core", "dcnv3_function", "dcnv4_function", "dcnv4"]
 
@@ -33,10 +34,6 @@ def _dcnv3(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int
     return _back(y, input.dtype)
 
 
-def _out_size(size: int, pad: int, k: int, dil: int, stride: int) -> int:
-    return (size + 2 * pad - (dil * (k - 1) + 1)) // stride + 1
-
-
 @_dcnv3.register_fake
 def _(input, offset, mask, ints, offset_scale, remove_center):
     kh, kw, sh, sw, ph, pw, dh, dw, g, gc = ints
@@ -44,8 +41,8 @@ def _(input, offset, mask, ints, offset_scale, remove_center):
                     ("kernel_h", kh), ("kernel_w", kw), ("group", g), ("group_channels", gc)):
         if v < 1:
             _fail(f"{name}: expected a positive integer, got {v}")
-    ho = _out_size(input.shape[1], ph, kh, dh, sh)
-    wo = _out_size(input.shape[2], pw, kw, dw, sw)
+    ho = _floor_out(input.shape[1], ph, ph, kh, dh, sh)
+    wo = _floor_out(input.shape[2], pw, pw, kw, dw, sw)
     return input.new_empty((input.shape[0], ho, wo, input.shape[3]))
 
 
@@ -98,7 +95,7 @@ def _check(input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> None:
 
 def _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
           group_channels) -> List[int]:
-    from ._args import integer
+    from .._args import integer
     names = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
              "group", "group_channels")
     values = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels)

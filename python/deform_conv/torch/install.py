@@ -1,0 +1,80 @@
+"""``install()``: torchvision's own deformable convolution ops run on this package's CPU kernel."""
+import warnings
+
+import torch
+
+from .. import _core
+from ._checks import _check_tensors
+from ._runtime import _back, _core_call, _fail, _np
+
+_installed: list = []
+
+
+def _tv_groups(input, weight, offset, groups, offset_groups) -> None:
+    """The group counts torchvision's op receives explicitly must agree with the shapes, as its own
+    kernel checks them (the core derives them from the shapes)."""
+    for name, v in (("groups (n_weight_grps)", groups), ("offset_groups (n_offset_grps)", offset_groups)):
+        if v < 1:
+            _fail(f"{name}: expected a positive integer, got {v}")
+    if weight.shape[1] * groups != input.shape[1]:
+        _fail(f"groups (n_weight_grps): expected input channels {input.shape[1]} = weight.shape[1] "
+              f"{weight.shape[1]} * groups, got groups = {groups}")
+    taps2 = 2 * weight.shape[2] * weight.shape[3]
+    if offset.shape[1] != offset_groups * taps2:
+        _fail(f"offset_groups (n_offset_grps): expected offset channels {offset.shape[1]} = 2 * kh * kw "
+              f"{taps2} * offset_groups, got offset_groups = {offset_groups}")
+
+
+def _tv_forward(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                offset_groups, use_mask):
+    _check_tensors(input, offset, weight, bias, mask if use_mask else None)
+    _tv_groups(input, weight, offset, groups, offset_groups)
+    y = _core_call(_core.torchvision_forward,
+                   (_np("input", input), _np("offset", offset), _np("weight", weight), _np("bias", bias),
+                    _np("mask", mask) if use_mask else None), ([stride_h, stride_w], [pad_h, pad_w], [dil_h, dil_w]))
+    return _back(y, input.dtype)
+
+
+def _tv_backward(grad, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                 offset_groups, use_mask):
+    _tv_groups(input, weight, offset, groups, offset_groups)
+    gi, go, gm, gw, gb = _core_call(
+        _core.torchvision_backward, _np("grad_output", grad.contiguous()),
+        (_np("input", input), _np("offset", offset), _np("weight", weight), _np("bias", bias),
+         _np("mask", mask) if use_mask else None), ([stride_h, stride_w], [pad_h, pad_w], [dil_h, dil_w]))
+    dt = input.dtype
+    gm = _back(gm, dt) if gm is not None else torch.zeros_like(mask)
+    return _back(gi, dt), _back(gw, dt), _back(go, dt), gm, _back(gb, dt)
+
+
+def install() -> None:
+    """Runs torchvision's own deformable convolution on this package's CPU kernel, for the whole
+    process: ``torchvision.ops.deform_conv2d``, ``torchvision.ops.DeformConv2d``,
+    ``torch.ops.torchvision.deform_conv2d``, models already built and models already scripted.
+
+    Our forward and backward become the CPU kernels of ``torchvision::deform_conv2d`` and
+    ``torchvision::_deform_conv2d_backward``; torchvision's autograd, argument checks and every
+    other device stay its own. The one line that speeds up an existing model (mmdet, BiRefNet, ...).
+    Idempotent; :func:`uninstall` restores torchvision's kernels.
+    """
+    if _installed:
+        return
+    import torchvision  # noqa: F401  (registers the torchvision ops)
+
+    lib = torch.library.Library("torchvision", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": that is the point
+        lib.impl("deform_conv2d", _tv_forward, "CPU")
+        lib.impl("_deform_conv2d_backward", _tv_backward, "CPU")
+    _installed.append(lib)
+
+
+def uninstall() -> None:
+    """Restores torchvision's own CPU kernels (undoes :func:`install`)."""
+    while _installed:
+        _installed.pop()._destroy()
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    return bool(_installed)
