@@ -608,7 +608,7 @@ fn forced_isa_runs_its_own_kernels() {
             .contains("zmm panel GEMM"));
         assert!(kernels_name::<f64>(Isa::Avx512)
             .unwrap()
-            .contains("generic"));
+            .contains("portable"));
     }
 }
 

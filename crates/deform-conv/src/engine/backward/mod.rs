@@ -14,12 +14,12 @@ mod whole_images;
 
 use super::blocking::{backward_rows_per_tile, LANES};
 use super::kernels::Isa;
-use super::plan::{Pass, Plan};
+use super::plan::{split_rows, Pass, Plan};
 use crate::element::Element;
 use crate::error::Result;
 use crate::operands::{GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
-use ndarray::{ArrayView4, ArrayViewMut3};
+use ndarray::{ArrayView4, ArrayViewMut1, ArrayViewMut3, ArrayViewMut4, Axis};
 
 /// Tasks of each weight-sized GEMM of the whole-image schedule (`dW^T` by blocks of output
 /// channels, `dcol` by blocks of `K*C` columns): each packs the wave's operand that it shares
@@ -33,11 +33,56 @@ pub(super) struct LaneGrads<'a, T> {
     m: Option<ArrayViewMut3<'a, T>>,
 }
 
-/// The next image's view of an optional per-image iterator.
-pub(super) fn next_view<'a, T>(
-    it: &mut Option<ndarray::iter::AxisIterMut<'a, T, ndarray::Ix3>>,
-) -> Option<ArrayViewMut3<'a, T>> {
+type PerImage<'a, T> = Option<ndarray::iter::AxisIterMut<'a, T, ndarray::Ix3>>;
+
+/// The per-image gradients, handed out image after image: the input's (`[C, H, W]`) and the
+/// offset and mask ones (`[G*K, Ho, Wo]`), and which gradients the call wants.
+pub(super) struct Images<'a, T> {
+    input: PerImage<'a, T>,
+    oy: PerImage<'a, T>,
+    ox: PerImage<'a, T>,
+    m: PerImage<'a, T>,
+    pub(super) want_dx: bool,
+    pub(super) want_dw: bool,
+    pub(super) want_tap: bool,
+}
+
+impl<'a, T> Images<'a, T> {
+    /// The next image's input gradient.
+    pub(super) fn input(&mut self) -> Option<ArrayViewMut3<'a, T>> {
+        next(&mut self.input)
+    }
+
+    /// The next image's offset and mask gradients, whole.
+    pub(super) fn taps(&mut self) -> LaneGrads<'a, T> {
+        LaneGrads {
+            oy: next(&mut self.oy),
+            ox: next(&mut self.ox),
+            m: next(&mut self.m),
+        }
+    }
+
+    /// The next image's offset and mask gradients, cut into consecutive ranges of rows.
+    pub(super) fn taps_by_rows(&mut self, lens: &[usize]) -> Vec<LaneGrads<'a, T>> {
+        let oy = split_rows(next(&mut self.oy), lens);
+        let ox = split_rows(next(&mut self.ox), lens);
+        let m = split_rows(next(&mut self.m), lens);
+        oy.into_iter()
+            .zip(ox)
+            .zip(m)
+            .map(|((oy, ox), m)| LaneGrads { oy, ox, m })
+            .collect()
+    }
+}
+
+fn next<'a, T>(it: &mut PerImage<'a, T>) -> Option<ArrayViewMut3<'a, T>> {
     it.as_mut().map(|i| i.next().expect("one view per image"))
+}
+
+/// The weight and bias gradients, summed once at the end of a call.
+pub(super) struct Sums<'a, T> {
+    pub(super) weight: Option<ArrayViewMut4<'a, T>>,
+    pub(super) bias: Option<ArrayViewMut1<'a, T>>,
 }
 
 /// Engine backward; see the module documentation.
@@ -50,21 +95,40 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     super::threads::serial_if_small(super::forward::work(g), || {
-        backward_planned(g, ops, dy, grads, gate, isa)
+        let GradOutputs {
+            mut input,
+            mut offset_y,
+            mut offset_x,
+            mut mask,
+            weight,
+            bias,
+        } = grads;
+        let images = Images {
+            want_dx: input.is_some(),
+            want_dw: weight.is_some(),
+            want_tap: offset_y.is_some() || offset_x.is_some() || mask.is_some(),
+            input: input.as_mut().map(|v| v.axis_iter_mut(Axis(0))),
+            oy: offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0))),
+            ox: offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0))),
+            m: mask.as_mut().map(|v| v.axis_iter_mut(Axis(0))),
+        };
+        let sums = Sums { weight, bias };
+        schedule(g, ops, dy, (images, sums), gate, isa)
     })
 }
 
-fn backward_planned<T: Element>(
+/// Plans the call and runs the schedule its shape calls for.
+fn schedule<T: Element>(
     g: &Geometry,
     ops: &Operands<'_, T>,
     dy: ArrayView4<'_, T>,
-    grads: GradOutputs<'_, T>,
+    (images, sums): (Images<'_, T>, Sums<'_, T>),
     gate: GradGate,
     isa: Isa,
 ) -> Result<()> {
     let mut plan = Plan::new(g, ops, isa, Pass::Backward)?;
     if g.ho.div_ceil(plan.rows) == 1 && g.groups == 1 {
-        whole_images::whole_images(&plan, dy, grads, gate);
+        whole_images::whole_images(&plan, dy, images, sums, gate);
         return Ok(());
     }
     plan.rows = backward_rows_per_tile(
@@ -78,6 +142,6 @@ fn backward_planned<T: Element>(
         // every lane rows. Decided by the shape alone.
         plan.rows = g.ho.div_ceil(LANES).max(1);
     }
-    tiles::by_tiles(&plan, dy, grads, gate);
+    tiles::by_tiles(&plan, dy, images, sums, gate);
     Ok(())
 }

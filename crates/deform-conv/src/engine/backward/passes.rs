@@ -4,7 +4,7 @@
 
 use super::lazy_dx::LazyDx;
 use super::tiles::Lane;
-use super::LaneGrads;
+use super::{LaneGrads, Sums};
 use crate::element::Element;
 use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm, Mat};
@@ -12,7 +12,6 @@ use crate::engine::plan::Plan;
 use crate::engine::sample::RowSamples;
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::{for_each_chunk, for_each_item};
-use crate::operands::GradOutputs;
 use crate::params::GradGate;
 use ndarray::Axis;
 use num_traits::{One, Zero};
@@ -48,7 +47,7 @@ pub(super) fn reduce_weight_bias<T: Element>(
     plan: &Plan<'_, '_, T>,
     lanes: &[Lane<T::Acc>],
     summed: Option<Summed<'_, T::Acc>>,
-    grads: &mut GradOutputs<'_, T>,
+    grads: &mut Sums<'_, T>,
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();

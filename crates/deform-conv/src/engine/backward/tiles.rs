@@ -3,15 +3,14 @@
 
 use super::lazy_dx::{write_input_grad, LazyDx};
 use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
-use super::{next_view, LaneGrads};
+use super::{Images, LaneGrads, Sums};
 use crate::element::{Element, Real};
 use crate::engine::blocking::LANES;
 use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm, Mat};
-use crate::engine::plan::{split_rows, Plan};
+use crate::engine::plan::Plan;
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::for_each_item;
-use crate::operands::GradOutputs;
 use crate::params::GradGate;
 use ndarray::{ArrayView3, ArrayView4, Axis};
 use num_traits::Zero;
@@ -38,16 +37,15 @@ pub(super) struct Lane<A: Real> {
 pub(super) fn by_tiles<T: Element>(
     plan: &Plan<'_, '_, T>,
     dy: ArrayView4<'_, T>,
-    mut grads: GradOutputs<'_, T>,
+    mut images: Images<'_, T>,
+    mut sums: Sums<'_, T>,
     gate: GradGate,
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
     let (coutg, gk) = (g.cout_per_group(), g.deformable_groups * g.taps());
     let tile_px = plan.rows * g.wo;
-    let want_dx = grads.input.is_some();
-    let want_dw = grads.weight.is_some();
-    let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    let (want_dx, want_dw, want_tap) = (images.want_dx, images.want_dw, images.want_tap);
     // Buffers come from the scratch pool; `take` leaves stale contents where every element is
     // written before it is read; accumulators are zeroed (or first written) by their users.
     let some = |want: bool, len: usize| take(if want { len } else { 0 }, zero);
@@ -83,10 +81,6 @@ pub(super) fn by_tiles<T: Element>(
         .collect();
     // One channels-last image per image of a wave, and each gradient's views image by image.
     let mut xts: Vec<Buf<T::Acc>> = (0..wave).map(|_| take(plan.image_len(), zero)).collect();
-    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
     if by_image {
         // Lane l takes whole images n0 + l of each wave of LANES images,
         // and writes their input gradient directly (an image belongs to one lane: no reduction).
@@ -94,12 +88,8 @@ pub(super) fn by_tiles<T: Element>(
             let nw = used.min(g.n - n0);
             let mut work = Vec::with_capacity(nw);
             for ((l, lane), xt) in lanes.iter_mut().enumerate().take(nw).zip(xts.iter_mut()) {
-                let lg = LaneGrads {
-                    oy: next_view(&mut oy_imgs),
-                    ox: next_view(&mut ox_imgs),
-                    m: next_view(&mut om_imgs),
-                };
-                work.push((n0 + l, lane, xt, lg, next_view(&mut gi_imgs)));
+                let lg = images.taps();
+                work.push((n0 + l, lane, xt, lg, images.input()));
             }
             for_each_item(work, |(n, lane, xt, mut lg, gi), _| {
                 plan.image_nhwc(n, xt);
@@ -121,7 +111,7 @@ pub(super) fn by_tiles<T: Element>(
                 }
             });
         }
-        reduce_weight_bias(plan, &lanes, None, &mut grads);
+        reduce_weight_bias(plan, &lanes, None, &mut sums);
         return;
     }
     // Lane i*per + r owns tiles [r*T/per, (r+1)*T/per) of image i of the wave: a fixed,
@@ -136,12 +126,8 @@ pub(super) fn by_tiles<T: Element>(
         let mut work = Vec::with_capacity(nw * per);
         let mut free = lanes.iter_mut();
         for (i, xt) in xts[..nw].iter().enumerate() {
-            let oy = split_rows(next_view(&mut oy_imgs), &lens);
-            let ox = split_rows(next_view(&mut ox_imgs), &lens);
-            let om = split_rows(next_view(&mut om_imgs), &lens);
-            for (r, ((oy, ox), m)) in oy.into_iter().zip(ox).zip(om).enumerate() {
+            for (r, lg) in images.taps_by_rows(&lens).into_iter().enumerate() {
                 let lane = free.next().expect("per lanes per image");
-                let lg = LaneGrads { oy, ox, m };
                 work.push((n0 + i, &xt[..], bounds[r], lens[r], lane, lg));
             }
         }
@@ -162,13 +148,13 @@ pub(super) fn by_tiles<T: Element>(
             }
         });
         for lanes in lanes.chunks(per).take(nw) {
-            if let Some(gi) = next_view(&mut gi_imgs) {
+            if let Some(gi) = images.input() {
                 let parts: Vec<&LazyDx<T::Acc>> = lanes.iter().map(|l| &l.dx).collect();
                 write_input_grad(plan, &parts, gi, true);
             }
         }
     }
-    reduce_weight_bias(plan, &lanes, None, &mut grads);
+    reduce_weight_bias(plan, &lanes, None, &mut sums);
 }
 
 /// Backward of `at`'s output rows into `lane` and the lane's offset/mask views `lg`.

@@ -3,15 +3,14 @@
 
 use super::lazy_dx::{write_input_grad, LazyDx};
 use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
-use super::{next_view, LaneGrads, WEIGHT_BLOCKS};
+use super::{Images, Sums, WEIGHT_BLOCKS};
 use crate::element::Element;
 use crate::engine::blocking::LANES;
 use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm_view, Mat};
-use crate::engine::plan::{split_rows, Plan};
+use crate::engine::plan::Plan;
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::{for_each_chunk, for_each_item, PerWorker};
-use crate::operands::GradOutputs;
 use crate::params::GradGate;
 use ndarray::{ArrayView4, ArrayViewMut2, Axis};
 use num_traits::Zero;
@@ -33,16 +32,15 @@ use num_traits::Zero;
 pub(super) fn whole_images<T: Element>(
     plan: &Plan<'_, '_, T>,
     dy: ArrayView4<'_, T>,
-    mut grads: GradOutputs<'_, T>,
+    mut images: Images<'_, T>,
+    mut sums: Sums<'_, T>,
     gate: GradGate,
 ) {
     let g = plan.g;
     let zero = T::Acc::zero();
     let (row_len, cout, gk) = (plan.row_len, g.cout, g.deformable_groups * g.taps());
     let px = g.ho * g.wo;
-    let want_dx = grads.input.is_some();
-    let want_dw = grads.weight.is_some();
-    let want_tap = grads.offset_y.is_some() || grads.offset_x.is_some() || grads.mask.is_some();
+    let (want_dx, want_dw, want_tap) = (images.want_dx, images.want_dw, images.want_tap);
     let want_dcol = want_dx || want_tap;
     let wave = LANES.min(g.n).max(1);
     // One image: its rows in LANES ranges; several: one range (the whole image) per image.
@@ -73,10 +71,6 @@ pub(super) fn whole_images<T: Element>(
         .collect();
     let mut slot_rows: Vec<RowScratch<T::Acc>> =
         (0..slots).map(|_| RowScratch::new(g.wo)).collect();
-    let mut gi_imgs = grads.input.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut oy_imgs = grads.offset_y.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut ox_imgs = grads.offset_x.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
-    let mut om_imgs = grads.mask.as_mut().map(|v| v.axis_iter_mut(Axis(0)));
     for n0 in (0..g.n).step_by(wave) {
         let nw = wave.min(g.n - n0);
         let pw = nw * px;
@@ -163,19 +157,12 @@ pub(super) fn whole_images<T: Element>(
         for i in 0..nw {
             let n = n0 + i;
             let lens: Vec<usize> = ranges.iter().map(|r| r.1).collect();
-            let oy = split_rows(next_view(&mut oy_imgs), &lens);
-            let ox = split_rows(next_view(&mut ox_imgs), &lens);
-            let om = split_rows(next_view(&mut om_imgs), &lens);
+            let taps = images.taps_by_rows(&lens);
             // Several images: each slot writes its image's dX. One image: its ranges' dX are
             // summed after the pass.
-            let mut gi = if g.n == 1 {
-                None
-            } else {
-                next_view(&mut gi_imgs)
-            };
-            for (((&(row0, nrows), oy), ox), m) in ranges.iter().zip(oy).zip(ox).zip(om) {
+            let mut gi = if g.n == 1 { None } else { images.input() };
+            for (&(row0, nrows), lg) in ranges.iter().zip(taps) {
                 let ((dx, acc), rs) = slot_bufs.next().expect("one slot per range");
-                let lg = LaneGrads { oy, ox, m };
                 work.push((n, i, row0, nrows, dx, acc, rs, lg, gi.take()));
             }
         }
@@ -205,10 +192,10 @@ pub(super) fn whole_images<T: Element>(
         });
     }
     if g.n == 1 {
-        if let Some(gi) = grads.input.as_mut() {
+        if let Some(gi) = images.input() {
             let parts: Vec<&LazyDx<T::Acc>> = slot_dx.iter().collect();
-            write_input_grad(plan, &parts, gi.index_axis_mut(Axis(0), 0), true);
+            write_input_grad(plan, &parts, gi, true);
         }
     }
-    reduce_weight_bias(plan, &[], Some((&dw, &db)), &mut grads);
+    reduce_weight_bias(plan, &[], Some((&dw, &db)), &mut sums);
 }
