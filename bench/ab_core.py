@@ -1,0 +1,101 @@
+"""A/B of two builds of the extension in one process: the installed ``deform_conv._core`` (B) against
+another build's ``_core`` shared library (A), on the DCNv2 shapes of ``bench/shapes.json``,
+forward and forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A.
+
+    $ git worktree add /tmp/base <rev> && (cd /tmp/base && maturin build --release -o /tmp/base-whl)
+    $ unzip -o /tmp/base-whl/*.whl 'deform_conv/_core*' -d /tmp/base-core
+    $ .venv/bin/python bench/ab_core.py /tmp/base-core/deform_conv/_core.abi3.so --repeat 9
+"""
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+import deform_conv
+from deform_conv import _core as core_b
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load(path):
+    """Another build's ``_core``, under a name of its own (its init function is ``PyInit__core``)."""
+    loader = importlib.machinery.ExtensionFileLoader("ab_base._core", path)
+    spec = importlib.util.spec_from_file_location("ab_base._core", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def forward(core, t, conv):
+    try:
+        return core.torchvision_forward(t, conv)
+    except TypeError:  # a build from before the tuple arguments
+        return core.torchvision_forward(*t, *conv)
+
+
+def backward(core, gy, t, conv):
+    try:
+        return core.torchvision_backward(gy, t, conv)
+    except TypeError:
+        x, off, w, b, m = t
+        return core.torchvision_backward(gy, x, off, w, b, m, *conv)
+
+
+def inputs(spec, rng):
+    n, c, h, w, cout, k, s, p, d, g, dg = spec
+    ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    wo = (w + 2 * p - d * (k - 1) - 1) // s + 1
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    off = 2 * rng.standard_normal((n, 2 * dg * k * k, ho, wo), dtype=np.float32)
+    wt = rng.standard_normal((cout, c // g, k, k), dtype=np.float32) * 0.05
+    b = rng.standard_normal(cout, dtype=np.float32)
+    m = rng.random((n, dg * k * k, ho, wo), dtype=np.float32)
+    gy = rng.standard_normal((n, cout, ho, wo), dtype=np.float32)
+    return (x, off, wt, b, m), ([s, s], [p, p], [d, d]), gy
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("base", help="path of build A's _core shared library")
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    deform_conv.set_num_threads(a.threads)
+    core_a = load(a.base)
+    core_a.set_num_threads(a.threads)
+    shapes = json.load(open(os.path.join(HERE, "shapes.json")))["shapes"]
+    rng = np.random.default_rng(0)
+    print(f"A = {a.base}\nB = installed deform_conv ({core_b.active_isa()}), {a.threads} threads, "
+          f"median of {a.repeat}, interleaved")
+    print(f"{'shape':18} {'fwd A ms':>9} {'fwd B ms':>9} {'B/A':>6} {'f+b A ms':>9} {'f+b B ms':>9} {'B/A':>6}")
+    ratios = {"fwd": [], "fb": []}
+    for name, spec in shapes.items():
+        t, conv, gy = inputs(spec, rng)
+        ya, yb = forward(core_a, t, conv), forward(core_b, t, conv)
+        assert np.array_equal(ya, yb), f"{name}: the two builds disagree"
+        times = {k: [] for k in ("fa", "fb", "ba", "bb")}
+        for _ in range(a.repeat):
+            for key, core in (("a", core_a), ("b", core_b)):
+                t0 = time.perf_counter()
+                forward(core, t, conv)
+                t1 = time.perf_counter()
+                backward(core, gy, t, conv)
+                t2 = time.perf_counter()
+                times["f" + key].append((t1 - t0) * 1e3)
+                times["b" + key].append((t2 - t0) * 1e3)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rf, rb = med["fb"] / med["fa"], med["bb"] / med["ba"]
+        ratios["fwd"].append(rf)
+        ratios["fb"].append(rb)
+        print(f"{name:18} {med['fa']:9.2f} {med['fb']:9.2f} {rf:6.3f} {med['ba']:9.2f} {med['bb']:9.2f} {rb:6.3f}")
+    gm = {k: float(np.exp(np.mean(np.log(v)))) for k, v in ratios.items()}
+    print(f"geomean B/A: forward {gm['fwd']:.3f}, forward+backward {gm['fb']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
