@@ -3,7 +3,7 @@
 //! Each kernel body is written once, `#[inline(always)]` and generic over the accumulation type,
 //! over plain slices (one bounds check per channel run, none per element): the portable table.
 //! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
-//! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_f32`), AVX-512
+//! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`, `avx2_f32`), AVX-512
 //! the panel GEMM's zmm tile (`avx512_f32`) over the AVX2 table. One table per (element type,
 //! instruction set), built once per process ([`table`]). The instruction set is chosen once, on
 //! first use, from CPU feature detection, overridable with `DEFORM_CONV_ISA=scalar|avx2|avx512`,
@@ -15,15 +15,14 @@
 //! multiply-add on every instruction set (`f32::mul_add`), one chain per element in a fixed order,
 //! and so it too returns the same bits on each.
 
-use super::sample::{sample_row_body, RowArgs, RowSamples};
+use super::sample::{RowArgs, RowSamples};
 use crate::element::Real;
 use std::sync::OnceLock;
 
 pub(crate) mod panel_gemm;
+mod portable;
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
-
-/// Partial sums per dot product: one 512-bit register of f32.
-const LANE: usize = 16;
+use portable::{panel_gemm_for, portable};
 
 /// An instruction set the engine can run its kernels with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,261 +147,12 @@ pub(crate) struct Kernels<A> {
     pub panel_gemm: Option<PanelGemmFn<A>>,
 }
 
-/// The panel GEMM of `isa` for accumulation type `A`: f32 only, and only where the CPU has
-/// fused multiply-add, so that every instruction set of this CPU runs the same fma chain (the
-/// portable body calls `f32::mul_add`, one instruction there). Elsewhere every instruction set
-/// uses the `gemm` crate, again the same bits on each.
-fn panel_gemm_for<A: Real>(isa: Isa) -> Option<PanelGemmFn<A>> {
-    if std::any::TypeId::of::<A>() != std::any::TypeId::of::<f32>() {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !is_x86_feature_detected!("fma") {
-            return None;
-        }
-        Some(match isa {
-            Isa::Scalar => scalar_panel_gemm::<A>,
-            Isa::Avx2 | Isa::Avx512 => x86::avx2_panel_gemm::<A>,
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        Some(scalar_panel_gemm::<A>)
-    }
-}
-
-/// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
-/// over a register-sized accumulator, a shape the vectoriser turns into full-width vectors.
-#[inline(always)]
-fn gather_fixed<A: Real, const N: usize>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
-    let s0: &[A; N] = (&s[0][..N]).try_into().expect("N elements");
-    let mut acc = [A::zero(); N];
-    for c in 0..N {
-        acc[c] = w[0] * s0[c];
-    }
-    for j in 1..4 {
-        let sj: &[A; N] = (&s[j][..N]).try_into().expect("N elements");
-        for c in 0..N {
-            acc[c] += w[j] * sj[c];
-        }
-    }
-    dst[..N].copy_from_slice(&acc);
-}
-
-#[inline(always)]
-fn gather_run<A: Real>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
-    let n = dst.len();
-    match n {
-        4 => gather_fixed::<A, 4>(dst, s, w),
-        8 => gather_fixed::<A, 8>(dst, s, w),
-        16 => gather_fixed::<A, 16>(dst, s, w),
-        _ => {
-            let mut c = 0;
-            while c + LANE <= n {
-                gather_fixed::<A, LANE>(&mut dst[c..], s.map(|x| &x[c..]), w);
-                c += LANE;
-            }
-            for k in c..n {
-                dst[k] = w[0] * s[0][k] + w[1] * s[1][k] + w[2] * s[2][k] + w[3] * s[3][k];
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
-    let (i0, i1, i2, i3) = (
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    );
-    let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
-    for t in 0..n {
-        let b = [
-            i0[t] as usize * c + lo,
-            i1[t] as usize * c + lo,
-            i2[t] as usize * c + lo,
-            i3[t] as usize * c + lo,
-        ];
-        let src = [
-            &xt[b[0]..b[0] + len],
-            &xt[b[1]..b[1] + len],
-            &xt[b[2]..b[2] + len],
-            &xt[b[3]..b[3] + len],
-        ];
-        gather_run(
-            &mut cols[t * job.stride..t * job.stride + len],
-            src,
-            [w0[t], w1[t], w2[t], w3[t]],
-        );
-    }
-}
-
-#[inline(always)]
-fn dot_body<A: Real>(d: &[A], s: &[A]) -> A {
-    let mut acc = [A::zero(); LANE];
-    let mut dc = d.chunks_exact(LANE);
-    let mut sc = s.chunks_exact(LANE);
-    for (dv, sv) in (&mut dc).zip(&mut sc) {
-        for l in 0..LANE {
-            acc[l] += dv[l] * sv[l];
-        }
-    }
-    for (l, (dv, sv)) in dc.remainder().iter().zip(sc.remainder()).enumerate() {
-        acc[l] += *dv * *sv;
-    }
-    // Fixed pairwise combination.
-    let mut width = LANE;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0]
-}
-
-#[inline(always)]
-fn dot4_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
-    let (len, s) = (job.len, job.s);
-    for t in 0..job.n {
-        if !s.grad[t] {
-            continue;
-        }
-        let d = &dcol[t * job.stride..t * job.stride + len];
-        for j in 0..4 {
-            let b = s.idx[j][t] as usize * job.c + job.lo;
-            acc[4 * t + j] += dot_body(d, &xt[b..b + len]);
-        }
-    }
-}
-
-#[inline(always)]
-fn scatter_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-    let (len, s) = (job.len, job.s);
-    for t in 0..job.n {
-        if !s.open[t] {
-            continue;
-        }
-        let d = &dcol[t * job.stride..t * job.stride + len];
-        for j in 0..4 {
-            let b = s.idx[j][t] as usize * job.c + job.lo;
-            let w = s.w[j][t];
-            for (o, v) in dx[b..b + len].iter_mut().zip(d) {
-                *o += w * *v;
-            }
-        }
-    }
-}
-
-fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
-    sample_row_body(a, out)
-}
-fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    gather_row_body(job, xt, cols)
-}
-fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
-    dot4_row_body(job, dcol, xt, acc)
-}
-fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-    scatter_row_body(job, dcol, dx)
-}
-fn scalar_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
-    panel_gemm::body::<A, 6>(job)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    //! AVX2 compilations of the kernel bodies: a `#[target_feature]` function per kernel, and a
-    //! safe entry point that the dispatch table stores. The table is only built after
-    //! `Isa::supported()` (see `table`).
-    use super::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_sample_row_impl<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
-        sample_row_body(a, out)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        gather_row_body(job, xt, cols)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
-        dot4_row_body(job, dcol, xt, acc)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_scatter_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-        scatter_row_body(job, dcol, dx)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_panel_gemm_impl<A: Real>(job: PanelGemm<'_, A>) {
-        // 6 x 16: twelve accumulators, two panel registers and one broadcast of 16.
-        panel_gemm::body::<A, 6>(job)
-    }
-
-    pub(super) fn avx2_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
-        // SAFETY: stored only in the table built after `Isa::Avx2.supported()` returned true.
-        unsafe { avx2_sample_row_impl(a, out) }
-    }
-    pub(super) fn avx2_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        // SAFETY: as for `avx2_sample_row`.
-        unsafe { avx2_gather_row_impl(job, xt, cols) }
-    }
-    pub(super) fn avx2_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
-        // SAFETY: as for `avx2_sample_row`.
-        unsafe { avx2_dot4_row_impl(job, dcol, xt, acc) }
-    }
-    pub(super) fn avx2_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
-        // SAFETY: as for `avx2_sample_row`.
-        unsafe { avx2_scatter_row_impl(job, dcol, dx) }
-    }
-    pub(super) fn avx2_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
-        // SAFETY: stored only in tables built after `Isa::Avx2.supported()` returned true.
-        unsafe { avx2_panel_gemm_impl(job) }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2_f32;
 #[cfg(target_arch = "x86_64")]
+mod avx2_sample;
+#[cfg(target_arch = "x86_64")]
 mod avx512_f32;
-
-/// The portable bodies compiled for `isa` (`None`: not compiled for this architecture).
-fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
-    Some(match isa {
-        Isa::Scalar => Kernels {
-            name: "scalar (portable bodies)",
-            sample_row: scalar_sample_row,
-            gather_row: scalar_gather_row,
-            dot4_row: scalar_dot4_row,
-            scatter_row: scalar_scatter_row,
-            backward_row: None,
-            panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Kernels {
-            name: "avx2 (portable bodies)",
-            sample_row: x86::avx2_sample_row,
-            gather_row: x86::avx2_gather_row,
-            dot4_row: x86::avx2_dot4_row,
-            scatter_row: x86::avx2_scatter_row,
-            backward_row: None,
-            panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
-        },
-        // No portable body measured faster compiled for AVX-512: AVX2's.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Kernels {
-            name: "avx512 (avx2 portable bodies)",
-            ..portable::<A>(Isa::Avx2)?
-        },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => return None,
-    })
-}
 
 /// The f32 table of `isa`: the portable one, with what each instruction set implements
 /// explicitly (and measured faster) in its place.
@@ -422,7 +172,7 @@ fn f32_table(isa: Isa) -> Option<Kernels<f32>> {
 fn avx2_f32_table() -> Kernels<f32> {
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
         // SAFETY: this table is only built after `Isa::Avx2.supported()` returned true.
-        unsafe { avx2_f32::sample_row(a, out) }
+        unsafe { avx2_sample::sample_row(a, out) }
     }
     fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
         // SAFETY: as for `sample_row`.
