@@ -25,7 +25,8 @@ from torch.nn.modules.utils import _pair, _single
 from .torch import DeformConvError
 from .torch._checks import _check_conv, _check_tensors, _eager_pair
 
-__all__ = ["deform_conv2d", "modulated_deform_conv2d", "DeformConv2d", "DeformConv2dPack",
+__all__ = ["MultiScaleDeformableAttention", "MultiScaleDeformableAttnFunction", "multi_scale_deformable_attn_pytorch",
+           "deform_conv2d", "modulated_deform_conv2d", "DeformConv2d", "DeformConv2dPack",
            "ModulatedDeformConv2d", "ModulatedDeformConv2dPack"]
 
 
@@ -254,3 +255,135 @@ class ModulatedDeformConv2dPack(_OffsetKeysV1, ModulatedDeformConv2d):
         mask = torch.sigmoid(mask)
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups, self.deform_groups)
+
+
+# ------------------------------------------------------------------ multi-scale deformable attention
+
+from .torch.msda import ms_deform_attn, multi_scale_deformable_attn_pytorch  # noqa: E402
+
+
+class MultiScaleDeformableAttnFunction:
+    """mmcv's autograd function: ``apply(value, spatial_shapes, level_start_index, sampling_locations,
+    attention_weights, im2col_step)``, on our kernel (``im2col_step`` is accepted and not needed)."""
+
+    @staticmethod
+    def apply(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
+              im2col_step=64):
+        return ms_deform_attn(value, value_spatial_shapes, value_level_start_index, sampling_locations,
+                              attention_weights, im2col_step)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """mmcv's ``MultiScaleDeformableAttention`` (Deformable DETR's attention block): the same
+    constructor arguments, submodules and state_dict keys (``sampling_offsets``,
+    ``attention_weights``, ``value_proj``, ``output_proj``), initialisation, ``batch_first``
+    convention and forward arguments, with the sampling on our CPU kernel (any device mmcv's
+    extension would serve falls back to the pure-PyTorch path, as mmcv does on a CPU)."""
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,
+                 im2col_step: int = 64, dropout: float = 0.1, batch_first: bool = False, norm_cfg=None,
+                 init_cfg=None, value_proj_ratio: float = 1.0):
+        super().__init__()
+        for name, v in (("embed_dims", embed_dims), ("num_heads", num_heads), ("num_levels", num_levels),
+                        ("num_points", num_points)):
+            _positive(name, v)
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims must be divisible by num_heads, but got {embed_dims} and {num_heads}")
+        self.norm_cfg = norm_cfg
+        self.init_cfg = init_cfg
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first = batch_first
+        self.im2col_step = im2col_step
+        self.embed_dims = embed_dims
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        points = num_heads * num_levels * num_points
+        self.sampling_offsets = nn.Linear(embed_dims, points * 2)
+        self.attention_weights = nn.Linear(embed_dims, points)
+        value_proj_size = int(embed_dims * value_proj_ratio)
+        self.value_proj = nn.Linear(embed_dims, value_proj_size)
+        self.output_proj = nn.Linear(value_proj_size, embed_dims)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """mmcv's initialisation: offsets zero with a bias fanning the heads' points out around the
+        reference point (point i at i+1 steps along the head's direction), attention weights zero,
+        the projections Xavier-uniform with zero bias."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.num_levels, self.num_points, 1)
+        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for lin in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, query: Tensor, key: Optional[Tensor] = None, value: Optional[Tensor] = None,
+                identity: Optional[Tensor] = None, query_pos: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None, reference_points: Optional[Tensor] = None,
+                spatial_shapes: Optional[Tensor] = None, level_start_index: Optional[Tensor] = None,
+                **kwargs) -> Tensor:
+        if "residual" in kwargs and identity is None:  # mmcv's deprecated name
+            identity = kwargs.pop("residual")
+        if reference_points is None or spatial_shapes is None:
+            raise DeformConvError("reference_points and spatial_shapes: expected tensors, got None")
+        value = query if value is None else value
+        identity = query if identity is None else identity
+        if query_pos is not None:
+            query = query + query_pos
+        if not self.batch_first:
+            query, value = query.permute(1, 0, 2), value.permute(1, 0, 2)
+        bs, num_query, _ = query.shape
+        _, num_value, _ = value.shape
+        shapes = spatial_shapes if isinstance(spatial_shapes, Tensor) else torch.as_tensor(spatial_shapes)
+        if int((shapes[:, 0] * shapes[:, 1]).sum()) != num_value:
+            raise DeformConvError(f"spatial_shapes: expected levels that hold the value's {num_value} positions, "
+                                  f"got {shapes.tolist()}")
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(bs, num_value, self.num_heads, -1)
+        h, lv, pt = self.num_heads, self.num_levels, self.num_points
+        offsets = self.sampling_offsets(query).view(bs, num_query, h, lv, pt, 2)
+        weights = self.attention_weights(query).view(bs, num_query, h, lv * pt).softmax(-1)
+        weights = weights.view(bs, num_query, h, lv, pt)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1).to(offsets.dtype)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / pt * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"Last dim of reference_points must be 2 or 4, but get {reference_points.shape[-1]} "
+                             "instead.")
+        if value.device.type == "cpu":
+            output = ms_deform_attn(value, shapes, level_start_index, locations, weights, self.im2col_step)
+        else:
+            output = _grid_sample_msda(value, shapes, locations, weights)
+        output = self.output_proj(output)
+        if not self.batch_first:
+            output = output.permute(1, 0, 2)
+        return self.dropout(output) + identity
+
+
+def _grid_sample_msda(value, shapes, locations, weights):
+    """The pure-PyTorch formulation (other devices)."""
+    bs, _, heads, dims = value.shape
+    _, nq, _, levels, points, _ = locations.shape
+    sizes = [(int(h), int(w)) for h, w in shapes.tolist()]
+    parts = value.split([h * w for h, w in sizes], dim=1)
+    grids = 2 * locations - 1
+    sampled = []
+    for lvl, (h, w) in enumerate(sizes):
+        v = parts[lvl].flatten(2).transpose(1, 2).reshape(bs * heads, dims, h, w)
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    w = weights.transpose(1, 2).reshape(bs * heads, 1, nq, levels * points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * w).sum(-1).view(bs, heads * dims, nq)
+    return out.transpose(1, 2).contiguous()

@@ -47,32 +47,50 @@ def _tv_backward(grad, input, weight, offset, mask, bias, stride_h, stride_w, pa
     return _back(gi, dt), _back(gw, dt), _back(go, dt), gm, _back(gb, dt)
 
 
-def install() -> None:
-    """Runs torchvision's own deformable convolution on this package's CPU kernel, for the whole
-    process: ``torchvision.ops.deform_conv2d``, ``torchvision.ops.DeformConv2d``,
-    ``torch.ops.torchvision.deform_conv2d``, models already built and models already scripted.
-
-    Our forward and backward become the CPU kernels of ``torchvision::deform_conv2d`` and
-    ``torchvision::_deform_conv2d_backward``; torchvision's autograd, argument checks and every
-    other device stay its own. The one line that speeds up an existing model (mmdet, BiRefNet, ...).
-    Idempotent; :func:`uninstall` restores torchvision's kernels.
-    """
-    if _installed:
-        return
-    import torchvision  # noqa: F401  (registers the torchvision ops)
-
+def _install_torchvision():
+    """Our forward and backward as the CPU kernels of torchvision's own ops; returns the undo."""
+    try:
+        import torchvision  # noqa: F401  (registers the torchvision ops)
+    except ImportError:
+        return None
     lib = torch.library.Library("torchvision", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel": that is the point
         lib.impl("deform_conv2d", _tv_forward, "CPU")
         lib.impl("_deform_conv2d_backward", _tv_backward, "CPU")
-    _installed.append(lib)
+    return lib._destroy
+
+
+def install() -> None:
+    """Runs the deformable ops of existing models on this package's CPU kernels, for the whole
+    process, models already built included:
+
+    * torchvision: ``torchvision.ops.deform_conv2d``, ``DeformConv2d``,
+      ``torch.ops.torchvision.deform_conv2d`` (also models already scripted). Our forward and
+      backward become the CPU kernels of ``torchvision::deform_conv2d`` and
+      ``torchvision::_deform_conv2d_backward``; torchvision's autograd, checks and other devices
+      stay its own.
+    * HF transformers: every ``MultiScaleDeformableAttention`` (Deformable DETR, Grounding DINO,
+      RT-DETR, ...) and Mask2Former's / OneFormer's ``multi_scale_deformable_attention``, on CPU
+      tensors; other devices keep transformers' own path. Modules imported later are patched when
+      they are imported.
+
+    Idempotent; :func:`uninstall` restores everything.
+    """
+    if _installed:
+        return
+    from . import _transformers
+    for undo in (_install_torchvision(), _transformers.install()):
+        if undo is not None:
+            _installed.append(undo)
+    if not _installed:
+        _installed.append(lambda: None)
 
 
 def uninstall() -> None:
-    """Restores torchvision's own CPU kernels (undoes :func:`install`)."""
+    """Restores the peers' own kernels (undoes :func:`install`)."""
     while _installed:
-        _installed.pop()._destroy()
+        _installed.pop()()
 
 
 def installed() -> bool:
