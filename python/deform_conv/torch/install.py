@@ -74,13 +74,16 @@ def install() -> None:
       RT-DETR, ...) and Mask2Former's / OneFormer's ``multi_scale_deformable_attention``, on CPU
       tensors; other devices keep transformers' own path. Modules imported later are patched when
       they are imported.
+    * InternImage and DCNv4: ``import DCNv3`` and ``from DCNv4 import ext`` (their compiled
+      extensions, which need CUDA to build) resolve to our op under the same function names and
+      argument orders, so their unmodified code runs on a CPU.
 
     Idempotent; :func:`uninstall` restores everything.
     """
     if _installed:
         return
-    from . import _transformers
-    for undo in (_install_torchvision(), _transformers.install()):
+    from . import _extensions, _transformers
+    for undo in (_install_torchvision(), _transformers.install(), _extensions.install()):
         if undo is not None:
             _installed.append(undo)
     if not _installed:
