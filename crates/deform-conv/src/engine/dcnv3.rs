@@ -10,10 +10,17 @@ use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
 use num_traits::FromPrimitive;
 use std::ops::Range;
 
-struct Op<'o, 'a, T> {
+struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
     ops: &'o Dcnv3Operands<'a, T>,
     shape: Shape,
+    /// `base_y` of each output row and `base_x` of each output column, in the accumulation type
+    /// (rounded once from f64, as per element before).
+    by: Vec<T::Acc>,
+    bx: Vec<T::Acc>,
+    /// `(tap_y * dil_y, tap_x * dil_x)` of each point, and the offset scale.
+    taps: Vec<(T::Acc, T::Acc)>,
+    scale: T::Acc,
 }
 
 impl<'o, 'a, T: Element> Op<'o, 'a, T> {
@@ -27,7 +34,26 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             rows: g.ho,
             row_len: g.wo,
         };
-        Op { g, ops, shape }
+        let by = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
+        let bx = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
+        let taps = (0..g.points)
+            .map(|p| {
+                let (i, j) = g.tap(p);
+                (
+                    Self::acc((j * g.dil[0]) as f64),
+                    Self::acc((i * g.dil[1]) as f64),
+                )
+            })
+            .collect();
+        Op {
+            g,
+            ops,
+            shape,
+            by,
+            bx,
+            taps,
+            scale: Self::acc(g.scale),
+        }
     }
 
     fn acc(v: f64) -> T::Acc {
@@ -50,12 +76,17 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
 
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
         let c = self.g.c();
+        let image = self.ops.input.index_axis(Axis(0), n);
+        if let Some(src) = image.as_slice() {
+            // A contiguous image: one run.
+            for (d, x) in dst.iter_mut().zip(&src[s0 * c..]) {
+                *d = x.to_acc();
+            }
+            return;
+        }
         for (i, px) in dst.chunks_exact_mut(c).enumerate() {
             let s = s0 + i;
-            let v = self
-                .ops
-                .input
-                .slice(ndarray::s![n, s / self.g.w, s % self.g.w, ..]);
+            let v = image.slice(ndarray::s![s / self.g.w, s % self.g.w, ..]);
             for (d, x) in px.iter_mut().zip(v.iter()) {
                 *d = x.to_acc();
             }
@@ -65,27 +96,39 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
     fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]) {
         let [n, oh, gi, p] = at;
         let (g, ops) = (self.g, self.ops);
-        let scale = Self::acc(g.scale);
-        let (i, j) = g.tap(p);
-        let (ti, tj) = (
-            Self::acc((i * g.dil[1]) as f64),
-            Self::acc((j * g.dil[0]) as f64),
-        );
+        let (scale, by) = (self.scale, self.by[oh]);
+        let (tj, ti) = self.taps[p];
         let (ox, oy, om) = (
             ops.layout.offset(gi, p, 0),
             ops.layout.offset(gi, p, 1),
             ops.layout.mask(gi, p),
         );
-        // The row's offsets and masks as strided columns: no per-element 4-D index.
         let (orow, mrow) = (
             ops.offset.slice(ndarray::s![n, oh, .., ..]),
-            ops.mask.slice(ndarray::s![n, oh, .., om]),
+            ops.mask.slice(ndarray::s![n, oh, .., ..]),
         );
-        let cols = orow.column(ox).into_iter().zip(orow.column(oy)).zip(mrow);
-        for (ow, ((off_x, off_y), mv)) in cols.enumerate().take(y.len()) {
-            let (by, bx) = g.base(oh, ow);
-            y[ow] = Self::acc(by) + (tj + off_y.to_acc()) * scale;
-            x[ow] = Self::acc(bx) + (ti + off_x.to_acc()) * scale;
+        let len = y.len().min(g.wo);
+        let (y, x, m, bx) = (&mut y[..len], &mut x[..len], &mut m[..len], &self.bx[..len]);
+        // Contiguous rows (the usual channels-last tensors): plain strided slice reads.
+        if let (Some(o), Some(mk)) = (orow.as_slice(), mrow.as_slice()) {
+            let (os, ms) = (orow.shape()[1], mrow.shape()[1]);
+            for ow in 0..len {
+                let at = ow * os;
+                y[ow] = by + (tj + o[at + oy].to_acc()) * scale;
+                x[ow] = bx[ow] + (ti + o[at + ox].to_acc()) * scale;
+                m[ow] = mk[ow * ms + om].to_acc();
+            }
+            return;
+        }
+        // Any other strides: the row's columns as strided views.
+        let cols = orow
+            .column(ox)
+            .into_iter()
+            .zip(orow.column(oy))
+            .zip(mrow.column(om));
+        for (ow, ((off_x, off_y), mv)) in cols.enumerate().take(len) {
+            y[ow] = by + (tj + off_y.to_acc()) * scale;
+            x[ow] = bx[ow] + (ti + off_x.to_acc()) * scale;
             m[ow] = mv.to_acc();
         }
     }

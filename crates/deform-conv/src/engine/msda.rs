@@ -49,8 +49,16 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
 
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
         let c = self.g.c();
+        let image = self.ops.value.index_axis(Axis(0), n);
+        if let Some(src) = image.as_slice() {
+            // A contiguous image: one run.
+            for (d, x) in dst.iter_mut().zip(&src[s0 * c..]) {
+                *d = x.to_acc();
+            }
+            return;
+        }
         for (i, px) in dst.chunks_exact_mut(c).enumerate() {
-            let v = self.ops.value.slice(ndarray::s![n, s0 + i, .., ..]);
+            let v = image.slice(ndarray::s![s0 + i, .., ..]);
             for (d, x) in px.iter_mut().zip(v.iter()) {
                 *d = x.to_acc();
             }
@@ -63,12 +71,30 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let (h, w, _) = self.g.levels[l];
         let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
         let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
-        // The row's locations and weights as strided views: no per-element 6-D index.
         let q = self.row(r);
-        let loc = self.ops.loc.slice(ndarray::s![n, q.clone(), m, l, p, ..]);
-        let attn = self.ops.attn.slice(ndarray::s![n, q, m, l, p]);
+        let len = y.len().min(q.len());
+        let (y, x, a) = (&mut y[..len], &mut x[..len], &mut a[..len]);
+        let (loc_n, attn_n) = (
+            self.ops.loc.index_axis(Axis(0), n),
+            self.ops.attn.index_axis(Axis(0), n),
+        );
+        // Contiguous tensors: each query's entries at a fixed step.
+        if let (Some(lv), Some(av)) = (loc_n.as_slice(), attn_n.as_slice()) {
+            let step = self.g.m * self.g.levels.len() * self.g.p;
+            let first = ((q.start * self.g.m + m) * self.g.levels.len() + l) * self.g.p + p;
+            for t in 0..len {
+                let at = first + t * step;
+                x[t] = lv[2 * at].to_acc() * wf - half;
+                y[t] = lv[2 * at + 1].to_acc() * hf - half;
+                a[t] = av[at].to_acc();
+            }
+            return;
+        }
+        // Any other strides: the row's locations and weights as strided views.
+        let loc = loc_n.slice(ndarray::s![q.clone(), m, l, p, ..]);
+        let attn = attn_n.slice(ndarray::s![q, m, l, p]);
         let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
-        for (t, ((lx, ly), av)) in cols.enumerate().take(y.len()) {
+        for (t, ((lx, ly), av)) in cols.enumerate().take(len) {
             x[t] = lx.to_acc() * wf - half;
             y[t] = ly.to_acc() * hf - half;
             a[t] = av.to_acc();

@@ -69,6 +69,47 @@ impl Shape {
     }
 }
 
+/// Elements of `A` in a 64-byte cache line.
+fn per_line<A>() -> usize {
+    (64 / std::mem::size_of::<A>()).max(1)
+}
+
+/// `parts` zeroed buffers of `len` elements each, every one starting on a cache line (a group's
+/// channel run of 64 bytes is then one line, not two), as one allocation; `len` is rounded up to
+/// whole lines.
+struct Lines<A> {
+    data: Vec<A>,
+    start: usize,
+    stride: usize,
+}
+
+impl<A: Real> Lines<A> {
+    fn new(name: &str, len: usize, parts: usize) -> Result<Self> {
+        let line = per_line::<A>();
+        let stride = len.next_multiple_of(line);
+        let total = stride
+            .checked_mul(parts)
+            .and_then(|t| t.checked_add(line))
+            .ok_or_else(|| {
+                crate::error::DeformError::parameter(name, "a size that fits in memory", "overflow")
+            })?;
+        let data = try_vec_filled(name, total, A::zero())?;
+        let misaligned = (data.as_ptr() as usize % 64) / std::mem::size_of::<A>();
+        let start = (line - misaligned) % line;
+        Ok(Lines {
+            data,
+            start,
+            stride,
+        })
+    }
+
+    /// All parts, each `stride` long (its first `len` elements are the buffer).
+    fn all(&mut self) -> &mut [A] {
+        let (start, end) = (self.start, self.start + self.data.len() - per_line::<A>());
+        &mut self.data[start..end]
+    }
+}
+
 /// An operator on the sampling core.
 pub(crate) trait PointOp<T: Element>: Sync {
     fn shape(&self) -> &Shape;
@@ -194,11 +235,12 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     }
     let work = (sh.n * sh.rows * sh.row_len * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
-        let mut xt = try_vec_filled("input (channels-last copy)", image * c, T::Acc::zero())?;
+        let mut lines = Lines::new("input (channels-last copy)", image * c, 1)?;
+        let xt = &mut lines.all()[..image * c];
         let scratch = PerWorker::new();
         for (n, image_rows) in rows.into_iter().enumerate() {
-            copy_image(op, n, &mut xt);
-            let xt = &xt;
+            copy_image(op, n, xt);
+            let xt = &*xt;
             for_each_item(
                 image_rows.into_iter().enumerate().collect(),
                 |(r, mut out), w| {
@@ -212,6 +254,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                 for point in 0..sh.points {
                                     describe(op, k, [n, r, g, point], len, false, s);
                                     let base = bases[op.plane_of(point)] * c;
+                                    // Point 0 stores its samples, the others add theirs.
                                     let job = RowJob {
                                         s: &s.s,
                                         n: len,
@@ -219,20 +262,9 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                         lo,
                                         len: d,
                                         stride: c,
+                                        add: point > 0,
                                     };
-                                    if point == 0 {
-                                        (k.gather_row)(&job, &xt[base..], &mut s.acc[lo..]);
-                                        continue;
-                                    }
-                                    (k.gather_row)(&job, &xt[base..], &mut s.tmp[lo..]);
-                                    for t in 0..len {
-                                        let at = t * c + lo;
-                                        for (a, v) in
-                                            s.acc[at..at + d].iter_mut().zip(&s.tmp[at..at + d])
-                                        {
-                                            *a += *v;
-                                        }
-                                    }
+                                    (k.gather_row)(&job, &xt[base..], &mut s.acc[lo..]);
                                 }
                             }
                             for (o, v) in out.iter_mut().zip(&s.acc) {
@@ -293,22 +325,25 @@ where
     };
     threads::serial_if_small(work, || {
         let len_img = image * c;
-        let mut xt = try_vec_filled("input (channels-last copy)", len_img, T::Acc::zero())?;
-        let mut dx = try_vec_filled("input gradient lanes", len_img * lanes, T::Acc::zero())?;
+        let mut xt_lines = Lines::new("input (channels-last copy)", len_img, 1)?;
+        let xt = &mut xt_lines.all()[..len_img];
+        let mut dx_lines = Lines::new("input gradient lanes", len_img, lanes)?;
+        let stride = dx_lines.stride;
+        let dx = dx_lines.all();
         let scratch = PerWorker::new();
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
         for (n, rows) in grad_rows.into_iter().enumerate() {
-            copy_image(op, n, &mut xt);
+            copy_image(op, n, xt);
             dx.fill(zero);
             // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone.
             let mut work_lanes = Vec::with_capacity(lanes);
             let mut rows = rows.into_iter().enumerate();
-            for (l, lane_dx) in dx.chunks_mut(len_img).enumerate() {
+            for (l, lane_dx) in dx.chunks_mut(stride).enumerate() {
                 let end = (l + 1) * sh.rows / lanes;
                 let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / lanes).collect();
                 work_lanes.push((mine, lane_dx));
             }
-            let xt = &xt;
+            let xt = &*xt;
             for_each_item(work_lanes, |(mine, lane_dx), w| {
                 scratch.with(
                     w,
@@ -329,10 +364,20 @@ where
                                         lo,
                                         len: d,
                                         stride: c,
+                                        add: false,
                                     };
                                     s.dots[..4 * len].fill(zero);
-                                    (k.dot4_row)(&job, &s.tmp[lo..], &xt[base..], &mut s.dots);
-                                    (k.scatter_row)(&job, &s.tmp[lo..], &mut lane_dx[base..]);
+                                    let (dcol, x, gx) =
+                                        (&s.tmp[lo..], &xt[base..], &mut lane_dx[base..]);
+                                    match k.backward_row {
+                                        Some(fused) => {
+                                            fused(&job, dcol, x, &mut [], &mut s.dots, gx)
+                                        }
+                                        None => {
+                                            (k.dot4_row)(&job, dcol, x, &mut s.dots);
+                                            (k.scatter_row)(&job, dcol, gx);
+                                        }
+                                    }
                                     // Reuse the position buffers for the gradients.
                                     let RowScratch {
                                         y,
@@ -375,13 +420,14 @@ where
                 )
             });
             // The lanes' sums in lane order, into lane 0.
-            let (first, others) = dx.split_at_mut(len_img);
+            let (first, others) = dx.split_at_mut(stride);
+            let first = &mut first[..len_img];
             let others = &*others;
             threads::for_each_chunk(first, 4096, |i, part, _| {
                 let at = i * 4096;
                 for (j, v) in part.iter_mut().enumerate() {
                     for l in 0..lanes - 1 {
-                        *v += others[l * len_img + at + j];
+                        *v += others[l * stride + at + j];
                     }
                 }
             });

@@ -13,8 +13,9 @@ fn tail_mask(rem: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(rem.min(8) as i32), iota)
 }
 
-/// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3`, 8 channels per step, the tail
-/// through masked loads and stores (masked-off lanes are not accessed).
+/// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` (`+=` that sum when `job.add`), 8
+/// channels per step, the tail through masked loads and stores (masked-off lanes are not
+/// accessed).
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -69,6 +70,9 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
+                if job.add {
+                    acc = _mm256_add_ps(_mm256_loadu_ps(dst.add(i)), acc);
+                }
                 _mm256_storeu_ps(dst.add(i), acc);
             }
             i += 8;
@@ -82,6 +86,9 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
+                if job.add {
+                    acc = _mm256_add_ps(_mm256_maskload_ps(dst.add(i), tail), acc);
+                }
                 _mm256_maskstore_ps(dst.add(i), tail, acc);
             }
         }
@@ -180,8 +187,8 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
 }
 
 /// The backward's work on one row in one pass, each corner run loaded once per pixel:
-/// - `cols[t*stride + c] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` for open samples, +0 for the
-///   others (as `gather_row` with the forward's descriptors);
+/// - when `cols` is not empty, `cols[t*stride + c] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` for open
+///   samples, +0 for the others (as `gather_row` with the forward's descriptors);
 /// - `acc[4t + j] += sum_c dcol[t*stride + c] * X[idx_j[t], lo + c]` for gradient samples (as
 ///   `dot4_row`);
 /// - when `dx` is not empty, `dX[idx_j[t], lo + c] += w_j[t] * dcol[t*stride + c]` for open
@@ -206,7 +213,7 @@ pub(super) unsafe fn backward_row(
     if n == 0 || len == 0 {
         return;
     }
-    let scatter = !dx.is_empty();
+    let (scatter, columns) = (!dx.is_empty(), !cols.is_empty());
     let idx = [
         &s.idx[0][..n],
         &s.idx[1][..n],
@@ -227,7 +234,7 @@ pub(super) unsafe fn backward_row(
         top * c + lo + len <= xt.len()
             && (!scatter || top * c + lo + len <= dx.len())
             && last <= dcol.len()
-            && last <= cols.len(),
+            && (!columns || last <= cols.len()),
         "descriptor runs lie inside the image, dX, dcol and the columns tile"
     );
     let (xp, dp, cp, gp) = (
@@ -238,9 +245,9 @@ pub(super) unsafe fn backward_row(
     );
     let zero = _mm256_setzero_ps();
     for t in 0..n {
-        // SAFETY: `t < n`, so `t*stride .. t*stride + len` lies inside `cols` (checked above).
-        let dst = unsafe { cp.add(t * job.stride) };
-        if !open[t] {
+        // Inside `cols` when `columns` (`t < n`, checked above); without, never dereferenced.
+        let dst = cp.wrapping_add(t * job.stride);
+        if columns && !open[t] {
             let mut i = 0;
             while i + 8 <= len {
                 // SAFETY: elements i..i+8 of the length-`len` run at `dst`.
@@ -297,13 +304,15 @@ pub(super) unsafe fn backward_row(
                     col = _mm256_add_ps(col, _mm256_mul_ps(w[1], v[1]));
                     col = _mm256_add_ps(col, _mm256_mul_ps(w[2], v[2]));
                     col = _mm256_add_ps(col, _mm256_mul_ps(w[3], v[3]));
-                    // SAFETY: elements at..at+8 of the length-`len` run at `dst`, or for a tail
-                    // step only the lanes enabled in `k`.
-                    unsafe {
-                        if full {
-                            _mm256_storeu_ps(dst.add(at), col);
-                        } else {
-                            _mm256_maskstore_ps(dst.add(at), k, col);
+                    if columns {
+                        // SAFETY: elements at..at+8 of the length-`len` run at `dst` (inside
+                        // `cols` with `columns`), or for a tail step only the lanes enabled in `k`.
+                        unsafe {
+                            if full {
+                                _mm256_storeu_ps(dst.add(at), col);
+                            } else {
+                                _mm256_maskstore_ps(dst.add(at), k, col);
+                            }
                         }
                     }
                     if scatter {

@@ -116,19 +116,22 @@ pub(crate) struct RowJob<'a, A> {
     pub len: usize,
     /// Columns-tile elements between consecutive pixels.
     pub stride: usize,
+    /// The gather adds its sums to the destination instead of storing them (the point core sums
+    /// a group's points in place: the same additions as through a temporary row).
+    pub add: bool,
 }
 
 /// Descriptors of one row.
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
-/// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
+/// `cols[t*stride + c'] (+)= sum_j w_j[t] * X[idx_j[t], lo + c']` (`+=` when `job.add`).
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// `acc[4t + j] += sum_c' dcol[t*stride + c'] * X[idx_j[t], lo + c']` for gradient samples.
 pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
 /// `dX[idx_j[t], lo + c'] += w_j[t] * dcol[t*stride + c']` for open samples.
 pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
-/// The backward's row in one pass, `(job, dcol, xt, cols, acc, dx)`: the gather for open
-/// samples (+0 for the others), the `Dot4RowFn` sums and, when `dx` is not empty, the
-/// `ScatterRowFn` scatter; bitwise as the three kernels.
+/// The backward's row in one pass, `(job, dcol, xt, cols, acc, dx)`: when `cols` is not empty
+/// the gather for open samples (+0 for the others), the `Dot4RowFn` sums and, when `dx` is not
+/// empty, the `ScatterRowFn` scatter; bitwise as the three kernels.
 pub(crate) type BackwardRowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A], &mut [A], &mut [A]);
 
 /// The kernels of one instruction set for accumulation type `A`.

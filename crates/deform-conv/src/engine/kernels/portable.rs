@@ -37,7 +37,7 @@ pub(super) fn panel_gemm_for<A: Real>(isa: Isa) -> Option<PanelGemmFn<A>> {
 /// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
 /// over a register-sized accumulator, a shape the vectoriser turns into full-width vectors.
 #[inline(always)]
-fn gather_fixed<A: Real, const N: usize>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
+fn gather_fixed<A: Real, const N: usize, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
     let s0: &[A; N] = (&s[0][..N]).try_into().expect("N elements");
     let mut acc = [A::zero(); N];
     for c in 0..N {
@@ -49,24 +49,33 @@ fn gather_fixed<A: Real, const N: usize>(dst: &mut [A], s: [&[A]; 4], w: [A; 4])
             acc[c] += w[j] * sj[c];
         }
     }
-    dst[..N].copy_from_slice(&acc);
+    if ADD {
+        dst[..N].iter_mut().zip(&acc).for_each(|(d, a)| *d += *a);
+    } else {
+        dst[..N].copy_from_slice(&acc);
+    }
 }
 
 #[inline(always)]
-fn gather_run<A: Real>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
+fn gather_run<A: Real, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
     let n = dst.len();
     match n {
-        4 => gather_fixed::<A, 4>(dst, s, w),
-        8 => gather_fixed::<A, 8>(dst, s, w),
-        16 => gather_fixed::<A, 16>(dst, s, w),
+        4 => gather_fixed::<A, 4, ADD>(dst, s, w),
+        8 => gather_fixed::<A, 8, ADD>(dst, s, w),
+        16 => gather_fixed::<A, 16, ADD>(dst, s, w),
         _ => {
             let mut c = 0;
             while c + LANE <= n {
-                gather_fixed::<A, LANE>(&mut dst[c..], s.map(|x| &x[c..]), w);
+                gather_fixed::<A, LANE, ADD>(&mut dst[c..], s.map(|x| &x[c..]), w);
                 c += LANE;
             }
             for k in c..n {
-                dst[k] = w[0] * s[0][k] + w[1] * s[1][k] + w[2] * s[2][k] + w[3] * s[3][k];
+                let v = w[0] * s[0][k] + w[1] * s[1][k] + w[2] * s[2][k] + w[3] * s[3][k];
+                if ADD {
+                    dst[k] += v;
+                } else {
+                    dst[k] = v;
+                }
             }
         }
     }
@@ -74,6 +83,15 @@ fn gather_run<A: Real>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
 
 #[inline(always)]
 fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
+    if job.add {
+        gather_rows::<A, true>(job, xt, cols)
+    } else {
+        gather_rows::<A, false>(job, xt, cols)
+    }
+}
+
+#[inline(always)]
+fn gather_rows<A: Real, const ADD: bool>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
     let (i0, i1, i2, i3) = (
         &s.idx[0][..n],
@@ -95,7 +113,7 @@ fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
             &xt[b[2]..b[2] + len],
             &xt[b[3]..b[3] + len],
         ];
-        gather_run(
+        gather_run::<A, ADD>(
             &mut cols[t * job.stride..t * job.stride + len],
             src,
             [w0[t], w1[t], w2[t], w3[t]],
