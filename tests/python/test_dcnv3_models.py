@@ -174,3 +174,24 @@ def test_install_serves_the_extensions_unmodified_code_imports(upstream_code):
         sys.modules["DCNv4.ext"].dcnv4_forward(x, om, *args, 256, 0, 8, 128, True)
     dct.uninstall()
     assert "DCNv3" not in sys.modules and "DCNv4.ext" not in sys.modules
+
+
+def test_onnx_export_emits_internimages_node_and_dcnv4s():
+    """TorchScript export: DCNv3 becomes mmdeploy::TRTDCNv3 with InternImage's attributes, DCNv4
+    deform_conv::DCNv4 (crates/deform-conv-tract runs both: tests/onnx_models.rs)."""
+    import io
+    import warnings
+    onnx = pytest.importorskip("onnx")
+    for layer, x, node, domain in ((dct.DCNv3(channels=8, group=2, remove_center=True), torch.randn(1, 5, 6, 8),
+                                    "TRTDCNv3", "mmdeploy"),
+                                   (dct.DCNv4(channels=32, group=2), torch.randn(1, 16, 32), "DCNv4", "deform_conv")):
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(layer.eval(), (x,), f, opset_version=17, dynamo=False)
+        model = onnx.load_from_string(f.getvalue())
+        nodes = [n for n in model.graph.node if n.op_type == node]
+        assert len(nodes) == 1 and nodes[0].domain == domain
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+        assert attrs["kernel_h"] == 3 and attrs["group"] == 2 and attrs["group_channels"] == layer.group_channels
+        assert attrs["remove_center"] == layer.remove_center and attrs["pad_w"] == 1

@@ -139,3 +139,27 @@ def test_float32_model_agrees_with_transformers_own_path():
         finally:
             dct.uninstall()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_export_emits_mmdeploys_node():
+    """TorchScript export: the attention becomes mmdeploy::MMCVMultiScaleDeformableAttention with the
+    levels as int64 constants (crates/deform-conv-tract runs it: tests/onnx_models.rs)."""
+    import io
+    import warnings
+    onnx = pytest.importorskip("onnx")
+    value, loc, attn = (torch.randn(1, 26, 2, 4), torch.rand(1, 5, 2, 2, 3, 2), torch.rand(1, 5, 2, 2, 3))
+
+    class Block(torch.nn.Module):
+        def forward(self, v, l, a):
+            return dct.ms_deform_attn(v, [(4, 5), (2, 3)], [0, 20], l, a)
+
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Block(), (value, loc, attn), f, opset_version=17, dynamo=False)
+    model = onnx.load_from_string(f.getvalue())
+    (node,) = [n for n in model.graph.node if n.op_type == "MMCVMultiScaleDeformableAttention"]
+    assert node.domain == "mmdeploy"
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+              if n.op_type == "Constant"}
+    assert consts[node.input[1]].tolist() == [[4, 5], [2, 3]] and consts[node.input[2]].tolist() == [0, 20]

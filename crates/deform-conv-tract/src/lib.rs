@@ -4,7 +4,8 @@
 //! operator (opset 19 and 22: `group`, `offset_group`, optional bias and mask, `pads`, `strides`,
 //! `dilations`, `kernel_shape`; f16, f32, f64) and mmcv's `MMCVModulatedDeformConv2d` (the node
 //! that mmdeploy-exported detection and video models carry) to [tract-onnx]'s model loader,
-//! computed by deform-conv's engine. Shapes are inferred, so tract's optimiser and
+//! computed by deform-conv's engine; and the weightless family: InternImage's `TRTDCNv3`, `DCNv4`
+//! and mmdeploy's `MMCVMultiScaleDeformableAttention` (Deformable DETR and its descendants). Shapes are inferred, so tract's optimiser and
 //! `into_runnable` work on the whole graph.
 //!
 //! ```no_run
@@ -37,7 +38,7 @@ use tract_onnx::tract_hir::internal::*;
 
 /// Enables the deformable convolution operators on an ONNX model loader.
 pub trait WithDeformConv {
-    /// The loader with `DeformConv` and `MMCVModulatedDeformConv2d` registered.
+    /// The loader with every operator of [`register`] registered.
     fn with_deform_conv(self) -> Self;
 }
 
@@ -48,11 +49,16 @@ impl WithDeformConv for tract_onnx::Onnx {
     }
 }
 
-/// Registers `DeformConv` and `MMCVModulatedDeformConv2d` on `onnx`.
+mod points;
+pub use points::{Dcnv3Op, MsdaOp};
+
+/// Registers `DeformConv`, `MMCVModulatedDeformConv2d`, `TRTDCNv3`, `DCNv4` and
+/// `MMCVMultiScaleDeformableAttention` on `onnx`.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert("DeformConv", deform_conv_node);
     onnx.op_register
         .insert("MMCVModulatedDeformConv2d", mmcv_node);
+    points::register(onnx);
 }
 
 /// Which convention a node follows, with its attributes.

@@ -1,7 +1,8 @@
 //! Whole ONNX models through tract with our operators: ONNX's own DeformConv node test cases
 //! (from the onnx package's test-case generator), an mmcv::MMCVModulatedDeformConv2d node
 //! (expected output from torchvision), and a DCN block exported from torch (expected output
-//! from onnxruntime). Fixtures: tools/make_onnx_fixtures.py.
+//! from onnxruntime), and DCNv3, DCNv4 and multi-scale deformable attention blocks exported from
+//! torch (expected outputs from the grid_sample formulations). Fixtures: tools/make_onnx_fixtures.py.
 
 use deform_conv_tract::WithDeformConv;
 use ndarray::ArrayD;
@@ -99,4 +100,19 @@ fn without_the_registration_the_operator_is_unknown() {
         .map(|e| format!("{e:?}"))
         .unwrap_or_default();
     assert!(err.contains("DeformConv"), "{err}");
+}
+
+#[test]
+fn an_internimage_dcnv3_block_matches_the_grid_sample_formulation() {
+    check(&data().join("dcnv3_block"), 1e-4);
+}
+
+#[test]
+fn a_dcnv4_block_matches_the_grid_sample_formulation() {
+    check(&data().join("dcnv4_block"), 1e-4);
+}
+
+#[test]
+fn an_mmcv_deformable_attention_block_matches_the_grid_sample_formulation() {
+    check(&data().join("msda_block"), 1e-4);
 }

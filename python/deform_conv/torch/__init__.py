@@ -24,10 +24,10 @@ import torch  # noqa: F401  (fails early, with torch's own message, when torch i
 from ._runtime import DeformConvError, DeformConvTypeError, executor, set_executor
 from .dcnv2 import DeformConv2d, deform_conv2d, npu_deformable_conv2d
 from .install import install, installed, uninstall
-from .onnx_export import onnx_translations
 from .dcnv3 import dcnv3_core, dcnv3_core_pytorch, dcnv3_function, dcnv4, dcnv4_function
 from .msda import ms_deform_attn, multi_scale_deformable_attn_pytorch
 from .dcnv3_modules import DCNv3, DCNv3_pytorch, DCNv4
+from .onnx_export import onnx_translations  # after the ops it exports
 
 __all__ = ["deform_conv2d", "DeformConv2d", "npu_deformable_conv2d", "install", "uninstall", "installed",
            "onnx_translations", "DeformConvError", "DeformConvTypeError", "executor", "set_executor",

@@ -10,8 +10,10 @@ def _onnx_attrs(input_shape, weight_shape, offset_channels, stride, padding, dil
 
 
 def _register_onnx_symbolics():
-    """The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): our op and
-    torchvision's become the standard ``DeformConv`` node (opset 19)."""
+    """The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): our DCNv2 op and
+    torchvision's become the standard ``DeformConv`` node (opset 19); DCNv3 InternImage's
+    ``mmdeploy::TRTDCNv3``, DCNv4 ``deform_conv::DCNv4``, attention mmdeploy's
+    ``mmdeploy::MMCVMultiScaleDeformableAttention`` (``deform-conv onnx`` runs all of them)."""
     try:
         from torch.onnx import register_custom_op_symbolic, symbolic_helper as sh
     except ImportError:  # pragma: no cover - torch without the TorchScript exporter
@@ -40,6 +42,29 @@ def _register_onnx_symbolics():
 
     register_custom_op_symbolic("deform_conv::deform_conv2d", ours, 19)
     register_custom_op_symbolic("torchvision::deform_conv2d", torchvisions, 19)
+
+    @sh.parse_args("v", "v", "v", "is", "f", "b")
+    def dcnv3(g, input, offset, mask, ints, offset_scale, remove_center):
+        """InternImage's node (its DCNv3Function.symbolic's name and attributes); DCNv4, which has
+        no node of its own upstream, as ``deform_conv::DCNv4`` with the same attributes."""
+        kh, kw, s_h, s_w, ph, pw, dh, dw, group, gc = ints
+        attrs = dict(kernel_h_i=kh, kernel_w_i=kw, stride_h_i=s_h, stride_w_i=s_w, pad_h_i=ph, pad_w_i=pw,
+                     dilation_h_i=dh, dilation_w_i=dw, group_i=group, group_channels_i=gc,
+                     offset_scale_f=offset_scale, im2col_step_i=256, remove_center_i=int(remove_center))
+        if mask is None or sh._is_none(mask):
+            return g.op("deform_conv::DCNv4", input, offset, **attrs)
+        return g.op("mmdeploy::TRTDCNv3", input, offset, mask, **attrs)
+
+    @sh.parse_args("v", "is", "is", "v", "v")
+    def msda(g, value, shapes, starts, loc, attn):
+        """mmdeploy's node; the levels (static in the traced model) as int64 constants."""
+        levels = len(starts)
+        ss = g.op("Constant", value_t=torch.tensor(shapes, dtype=torch.int64).view(levels, 2))
+        st = g.op("Constant", value_t=torch.tensor(starts, dtype=torch.int64))
+        return g.op("mmdeploy::MMCVMultiScaleDeformableAttention", value, ss, st, loc, attn, im2col_step_i=64)
+
+    register_custom_op_symbolic("deform_conv::dcnv3", dcnv3, 9)
+    register_custom_op_symbolic("deform_conv::ms_deform_attn", msda, 9)
 
 
 _register_onnx_symbolics()
