@@ -1,6 +1,8 @@
 """DCNv3 against the grid_sample fallback that InternImage's users run on CPUs, side by side in
-one process, interleaved: an InternImage-T stage-1 layer at detection resolution (1x200x336x64,
-4 groups of 16 channels, 3x3, pad 1) and its stage-2 layer (1x100x168x128, 8 groups).
+one process, interleaved: InternImage-T's four stage layers (channels 64-512, groups 4-32 of 16
+channels, 3x3, pad 1) at detection resolution (800x1333: 200x336 down to 25x42) and at 224x224
+(56x56 down to 7x7), forward with a memory floor beside it (reading the input, offsets and
+masks and writing an output once), and forward+backward. Prints the geomeans.
 
     .venv/bin/python bench/dcnv3.py --repeat 5
 """
@@ -8,6 +10,7 @@ import argparse
 import pathlib
 import sys
 
+import numpy as np
 import torch
 
 import deform_conv
@@ -18,7 +21,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from side_by_side import compare  # noqa: E402
 from grid_sample_dcnv3 import grid_sample_dcnv3  # noqa: E402
 
-SHAPES = {"internimage_t_stage1": (1, 200, 336, 4, 16), "internimage_t_stage2": (1, 100, 168, 8, 16)}
+SHAPES = {f"internimage_t_stage{i + 1}_{res}": (1, h >> i, w >> i, 4 << i, 16)
+          for res, (h, w) in (("800x1333", (200, 336)), ("224", (56, 56))) for i in range(4)}
 
 
 def main():
@@ -28,6 +32,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
+    ups = {}
     for name, (n, h, w, groups, gc) in SHAPES.items():
         x = torch.randn(n, h, w, groups * gc, generator=g, requires_grad=True)
         off = (2 * torch.randn(n, h, w, groups * 18, generator=g)).requires_grad_()
@@ -36,7 +41,14 @@ def main():
             "deform_conv": lambda: dct.dcnv3_core_pytorch(x, off, m, 3, 3, 1, 1, 1, 1, 1, 1, groups, gc, 1.0),
             "grid_sample": lambda: grid_sample_dcnv3(x, off, m, 3, 3, 1, 1, 1, 1, 1, groups, gc, 1.0, False),
         }
-        compare(name, impls, a.repeat)
+        def floor():
+            with torch.no_grad():
+                return x.clone(), off.sum(), m.sum()
+        ups[name] = compare(name, impls, a.repeat, floor)
+    for res in ("800x1333", "224"):
+        v = np.array([u for k, u in ups.items() if k.endswith(res)])
+        print(f"geomean speed-up at {res}: forward {np.exp(np.log(v[:, 0]).mean()):.1f}x, "
+              f"forward+backward {np.exp(np.log(v[:, 1]).mean()):.1f}x")
     print(f"({a.threads} threads, isa {deform_conv.active_isa()}, median of {a.repeat})")
 
 

@@ -1,5 +1,7 @@
-//! DCNv3 / DCNv4 on the sampling core ([`super::points`]): one plane (the image), rows of `Wo`
-//! output pixels, `G` groups of `D` channels, `P` points per group (SPEC §6).
+//! DCNv3 / DCNv4 on the sampling core ([`super::points`]): one plane (the image), `G` groups of
+//! `D` channels, `P` points per group (SPEC §6). A core row is a run of [`CHUNK`] output pixels in
+//! row-major order (short image rows would make each kernel call a few pixels long), or one
+//! output row where an output view is not in standard layout.
 
 use super::kernels::Isa;
 use super::points::{self, pieces, PointOp, Shape};
@@ -9,6 +11,9 @@ use crate::error::Result;
 use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
 use num_traits::FromPrimitive;
 use std::ops::Range;
+
+/// Output pixels per core row.
+const CHUNK: usize = 128;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
@@ -21,18 +26,21 @@ struct Op<'o, 'a, T: Element> {
     /// `(tap_y * dil_y, tap_x * dil_x)` of each point, and the offset scale.
     taps: Vec<(T::Acc, T::Acc)>,
     scale: T::Acc,
+    /// Output pixels per core row (the last one may be shorter).
+    chunk: usize,
 }
 
 impl<'o, 'a, T: Element> Op<'o, 'a, T> {
-    fn new(g: &'o Dcnv3Geometry, ops: &'o Dcnv3Operands<'a, T>) -> Self {
+    fn new(g: &'o Dcnv3Geometry, ops: &'o Dcnv3Operands<'a, T>, chunk: usize) -> Self {
+        let chunk = chunk.max(1);
         let shape = Shape {
             n: g.n,
             planes: vec![(g.h, g.w)],
             c: g.c(),
             d: g.d,
             points: g.points,
-            rows: g.ho,
-            row_len: g.wo,
+            rows: (g.ho * g.wo).div_ceil(chunk),
+            row_len: chunk,
         };
         let by = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
         let bx = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
@@ -53,6 +61,7 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             bx,
             taps,
             scale: Self::acc(g.scale),
+            chunk,
         }
     }
 
@@ -70,8 +79,8 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         0
     }
 
-    fn row(&self, _: usize) -> Range<usize> {
-        0..self.g.wo
+    fn row(&self, r: usize) -> Range<usize> {
+        r * self.chunk..((r + 1) * self.chunk).min(self.g.ho * self.g.wo)
     }
 
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
@@ -94,42 +103,38 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
     }
 
     fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]) {
-        let [n, oh, gi, p] = at;
+        let [n, r, gi, p] = at;
         let (g, ops) = (self.g, self.ops);
-        let (scale, by) = (self.scale, self.by[oh]);
+        let scale = self.scale;
         let (tj, ti) = self.taps[p];
         let (ox, oy, om) = (
             ops.layout.offset(gi, p, 0),
             ops.layout.offset(gi, p, 1),
             ops.layout.mask(gi, p),
         );
-        let (orow, mrow) = (
-            ops.offset.slice(ndarray::s![n, oh, .., ..]),
-            ops.mask.slice(ndarray::s![n, oh, .., ..]),
+        let pixels = self.row(r);
+        let len = y.len().min(pixels.len());
+        let (y, x, m) = (&mut y[..len], &mut x[..len], &mut m[..len]);
+        let (offs, masks) = (
+            ops.offset.index_axis(Axis(0), n),
+            ops.mask.index_axis(Axis(0), n),
         );
-        let len = y.len().min(g.wo);
-        let (y, x, m, bx) = (&mut y[..len], &mut x[..len], &mut m[..len], &self.bx[..len]);
-        // Contiguous rows (the usual channels-last tensors): plain strided slice reads.
-        if let (Some(o), Some(mk)) = (orow.as_slice(), mrow.as_slice()) {
-            let (os, ms) = (orow.shape()[1], mrow.shape()[1]);
-            for ow in 0..len {
-                let at = ow * os;
-                y[ow] = by + (tj + o[at + oy].to_acc()) * scale;
-                x[ow] = bx[ow] + (ti + o[at + ox].to_acc()) * scale;
-                m[ow] = mk[ow * ms + om].to_acc();
+        // Contiguous tensors (the usual channels-last ones): plain strided slice reads.
+        if let (Some(o), Some(mk)) = (offs.as_slice(), masks.as_slice()) {
+            let (os, ms) = (offs.shape()[2], masks.shape()[2]);
+            for (t, pix) in pixels.take(len).enumerate() {
+                let (oh, ow) = (pix / g.wo, pix % g.wo);
+                y[t] = self.by[oh] + (tj + o[pix * os + oy].to_acc()) * scale;
+                x[t] = self.bx[ow] + (ti + o[pix * os + ox].to_acc()) * scale;
+                m[t] = mk[pix * ms + om].to_acc();
             }
             return;
         }
-        // Any other strides: the row's columns as strided views.
-        let cols = orow
-            .column(ox)
-            .into_iter()
-            .zip(orow.column(oy))
-            .zip(mrow.column(om));
-        for (ow, ((off_x, off_y), mv)) in cols.enumerate().take(len) {
-            y[ow] = by + (tj + off_y.to_acc()) * scale;
-            x[ow] = bx[ow] + (ti + off_x.to_acc()) * scale;
-            m[ow] = mv.to_acc();
+        for (t, pix) in pixels.take(len).enumerate() {
+            let (oh, ow) = (pix / g.wo, pix % g.wo);
+            y[t] = self.by[oh] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
+            x[t] = self.bx[ow] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
+            m[t] = masks[[oh, ow, om]].to_acc();
         }
     }
 }
@@ -141,18 +146,37 @@ pub(crate) fn forward<T: Element>(
     out: ArrayViewMut4<'_, T>,
     isa: Isa,
 ) -> Result<()> {
-    points::forward(&Op::new(g, ops), isa, rows_of(out))
+    let chunk = chunk_for(g, &[out.is_standard_layout()]);
+    points::forward(&Op::new(g, ops, chunk), isa, rows_of(out, chunk))
 }
 
-/// `[N, Ho, Wo, ..]` as image by image, row by row `[Wo, ..]` views.
-fn rows_of<T>(v: ArrayViewMut4<'_, T>) -> Vec<Vec<ArrayViewMut2<'_, T>>> {
+/// [`CHUNK`] where every output view is in standard layout, else one output row.
+fn chunk_for(g: &Dcnv3Geometry, standard: &[bool]) -> usize {
+    if standard.iter().all(|s| *s) {
+        CHUNK
+    } else {
+        g.wo
+    }
+}
+
+/// `[N, Ho, Wo, ..]` as image by image, core row by core row `[len, ..]` views: runs of `chunk`
+/// pixels of a standard-layout view, or its output rows (`chunk == Wo`).
+fn rows_of<T>(v: ArrayViewMut4<'_, T>, chunk: usize) -> Vec<Vec<ArrayViewMut2<'_, T>>> {
+    let (ho, wo, c) = (v.shape()[1], v.shape()[2], v.shape()[3]);
     pieces(v, Axis(0), 1)
         .into_iter()
         .map(|img| {
-            pieces(img.index_axis_move(Axis(0), 0), Axis(0), 1)
-                .into_iter()
-                .map(|r| r.index_axis_move(Axis(0), 0))
-                .collect()
+            let img = img.index_axis_move(Axis(0), 0);
+            if chunk == wo || !img.is_standard_layout() {
+                return pieces(img, Axis(0), 1)
+                    .into_iter()
+                    .map(|r| r.index_axis_move(Axis(0), 0))
+                    .collect();
+            }
+            let flat = img
+                .into_shape_with_order((ho * wo, c))
+                .expect("a standard-layout image is its pixels in order");
+            pieces(flat, Axis(0), chunk)
         })
         .collect()
 }
@@ -173,11 +197,18 @@ pub(crate) fn backward<T: Element>(
         offset,
         mask,
     } = grads;
-    let off_rows = rows_of(offset);
+    let chunk = chunk_for(
+        g,
+        &[
+            offset.is_standard_layout(),
+            mask.as_ref().is_none_or(|m| m.is_standard_layout()),
+        ],
+    );
+    let off_rows = rows_of(offset, chunk);
     let grad_rows: Vec<Vec<GradRow<'_, T>>> = match mask {
         Some(m) => off_rows
             .into_iter()
-            .zip(rows_of(m))
+            .zip(rows_of(m, chunk))
             .map(|(o, m)| o.into_iter().zip(m.into_iter().map(Some)).collect())
             .collect(),
         None => off_rows
@@ -185,7 +216,7 @@ pub(crate) fn backward<T: Element>(
             .map(|o| o.into_iter().map(|r| (r, None)).collect())
             .collect(),
     };
-    let op = Op::new(g, ops);
+    let op = Op::new(g, ops, chunk);
     let scale = Op::<T>::acc(g.scale);
     let layout = ops.layout;
     let (c, w) = (g.c(), g.w);
@@ -193,10 +224,20 @@ pub(crate) fn backward<T: Element>(
         &op,
         isa,
         grad_rows,
-        |n, oh, dst| {
-            let row = grad_output.index_axis(Axis(0), n);
-            for (d, v) in dst.iter_mut().zip(row.index_axis(Axis(0), oh).iter()) {
-                *d = v.to_acc();
+        |n, r, dst| {
+            let image = grad_output.index_axis(Axis(0), n);
+            let pixels = op.row(r);
+            if let Some(src) = image.as_slice() {
+                for (d, v) in dst.iter_mut().zip(&src[pixels.start * c..pixels.end * c]) {
+                    *d = v.to_acc();
+                }
+                return;
+            }
+            for (pix, px) in pixels.zip(dst.chunks_exact_mut(c)) {
+                let src = image.slice(ndarray::s![pix / g.wo, pix % g.wo, ..]);
+                for (d, v) in px.iter_mut().zip(src.iter()) {
+                    *d = v.to_acc();
+                }
             }
         },
         |(off, mask), pg| {

@@ -141,6 +141,11 @@ pub(crate) fn pieces<'a, T, D: ndarray::Dimension>(
     out
 }
 
+/// Output elements per image (the rows' lengths summed).
+fn elements<T: Element, O: PointOp<T>>(op: &O) -> usize {
+    (0..op.shape().rows).map(|r| op.row(r).len()).sum()
+}
+
 /// Image `n` in `xt`: plane by plane, each followed by a zero pixel; pixels in parallel chunks.
 fn copy_image<T: Element, O: PointOp<T>>(op: &O, n: usize, xt: &mut [T::Acc]) {
     let sh = op.shape();
@@ -153,8 +158,9 @@ fn copy_image<T: Element, O: PointOp<T>>(op: &O, n: usize, xt: &mut [T::Acc]) {
         let (plane, r) = rest.split_at_mut((h * w + 1) * c);
         let (pixels, zero) = plane.split_at_mut(h * w * c);
         zero.fill(T::Acc::zero());
-        // Chunks of about 64 KiB of accumulators.
-        let chunk_px = ((16 << 10) / c.max(1)).max(1);
+        // Chunks of about 256 KiB of f32 accumulators: a smaller image is one task, not a
+        // hand-off to other threads for a few microseconds of copying.
+        let chunk_px = ((64 << 10) / c.max(1)).max(1);
         for (i, part) in pixels.chunks_mut(chunk_px * c).enumerate() {
             parts.push((s0 + i * chunk_px, part));
         }
@@ -233,7 +239,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     if sh.n == 0 || c == 0 {
         return Ok(());
     }
-    let work = (sh.n * sh.rows * sh.row_len * sh.points) as f64 * c as f64 * 4.0;
+    let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
         let mut lines = Lines::new("input (channels-last copy)", image * c, 1)?;
         let xt = &mut lines.all()[..image * c];
@@ -313,15 +319,15 @@ where
     if sh.n == 0 || c == 0 {
         return Ok(());
     }
-    let work = (sh.n * sh.rows * sh.row_len * sh.points) as f64 * c as f64 * 12.0;
+    let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 12.0;
     // Lanes cost an input-gradient image each (zeroed, then reduced): where the scatter's work
-    // is below that (a decoder's few queries over a large image), one lane. Decided by the
-    // shape alone, so the bits are the same on any machine.
-    let scatter_work = sh.rows * sh.row_len * sh.points * sh.groups() * d * 4;
+    // is below that (a decoder's few queries over a large image), one lane; never more lanes
+    // than rows. Decided by the shape alone, so the bits are the same on any machine.
+    let scatter_work = elements(op) * sh.points * sh.groups() * d * 4;
     let lanes = if scatter_work < image * c * LANES {
         1
     } else {
-        LANES
+        LANES.min(sh.rows)
     };
     threads::serial_if_small(work, || {
         let len_img = image * c;
