@@ -259,6 +259,13 @@ pub(crate) fn backward<T: Element>(
         },
         |n, dx| {
             let mut img = gin.index_axis_mut(Axis(0), n);
+            if let Some(dst) = img.as_slice_mut() {
+                // A contiguous gradient: one run (the copy's last pixel is the zero pixel).
+                for (o, v) in dst.iter_mut().zip(&dx[..g.h * w * c]) {
+                    *o = T::from_acc(*v);
+                }
+                return;
+            }
             for (s, px) in dx[..g.h * w * c].chunks_exact(c).enumerate() {
                 let mut dst = img.slice_mut(ndarray::s![s / w, s % w, ..]);
                 for (o, v) in dst.iter_mut().zip(px) {

@@ -173,6 +173,17 @@ pub(crate) fn backward<T: Element>(
             // The copy's layout: each level followed by one pixel to skip.
             let mut img = gv.index_axis_mut(Axis(0), n);
             let mut at = 0;
+            if let Some(dst) = img.as_slice_mut() {
+                // A contiguous gradient: each level one run.
+                for &(h, w, start) in &g.levels {
+                    let (src, dst) = (&dx[at * c..(at + h * w) * c], &mut dst[start * c..]);
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = T::from_acc(*v);
+                    }
+                    at += h * w + 1;
+                }
+                return;
+            }
             for &(h, w, start) in &g.levels {
                 for s in 0..h * w {
                     let src = &dx[(at + s) * c..(at + s + 1) * c];

@@ -20,8 +20,8 @@ use super::blocking::LANES;
 use super::kernels::{Isa, Kernels, RowJob};
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
+use super::scratch::{try_take, Buf};
 use super::threads::{self, for_each_item, PerWorker};
-use crate::alloc::try_vec_filled;
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::params::GradGate;
@@ -74,11 +74,11 @@ fn per_line<A>() -> usize {
     (64 / std::mem::size_of::<A>()).max(1)
 }
 
-/// `parts` zeroed buffers of `len` elements each, every one starting on a cache line (a group's
+/// `parts` buffers of `len` elements each (stale contents), every one starting on a cache line (a group's
 /// channel run of 64 bytes is then one line, not two), as one allocation; `len` is rounded up to
 /// whole lines.
-struct Lines<A> {
-    data: Vec<A>,
+struct Lines<A: Real> {
+    data: Buf<A>,
     start: usize,
     stride: usize,
 }
@@ -93,7 +93,9 @@ impl<A: Real> Lines<A> {
             .ok_or_else(|| {
                 crate::error::DeformError::parameter(name, "a size that fits in memory", "overflow")
             })?;
-        let data = try_vec_filled(name, total, A::zero())?;
+        // From the scratch pool: reused across calls (no fresh pages to fault in); its contents
+        // are stale, every user writes (or zeroes) what it reads.
+        let data = try_take(name, total, A::zero())?;
         let misaligned = (data.as_ptr() as usize % 64) / std::mem::size_of::<A>();
         let start = (line - misaligned) % line;
         Ok(Lines {
@@ -340,7 +342,7 @@ where
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
         for (n, rows) in grad_rows.into_iter().enumerate() {
             copy_image(op, n, xt);
-            dx.fill(zero);
+            threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(zero));
             // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone.
             let mut work_lanes = Vec::with_capacity(lanes);
             let mut rows = rows.into_iter().enumerate();

@@ -75,6 +75,33 @@ fn bytes_of(b: &(dyn Any + Send)) -> usize {
 
 /// A buffer of `len` elements with unspecified (stale or `fill`) contents.
 pub(crate) fn take<A: Real>(len: usize, fill: A) -> Buf<A> {
+    match take_with(len, fill, |len| {
+        Ok::<_, std::convert::Infallible>(Vec::with_capacity(len))
+    }) {
+        Ok(buf) => buf,
+        Err(never) => match never {},
+    }
+}
+
+/// [`take`] for a caller-sized buffer: a new allocation that fails is an error naming `name`.
+pub(crate) fn try_take<A: Real>(name: &str, len: usize, fill: A) -> crate::error::Result<Buf<A>> {
+    take_with(len, fill, |len| {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| crate::error::DeformError::Allocation {
+                name: name.to_string(),
+                bytes: len.saturating_mul(std::mem::size_of::<A>()),
+                shape: vec![len],
+            })?;
+        Ok(v)
+    })
+}
+
+fn take_with<A: Real, E>(
+    len: usize,
+    fill: A,
+    new: impl FnOnce(usize) -> std::result::Result<Vec<A>, E>,
+) -> std::result::Result<Buf<A>, E> {
     let found = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest pooled Vec<A> that is large enough.
@@ -89,11 +116,11 @@ pub(crate) fn take<A: Real>(len: usize, fill: A) -> Buf<A> {
     };
     let mut v = match found.map(|b| b.downcast::<Vec<A>>()) {
         Some(Ok(v)) => *v,
-        _ => Vec::with_capacity(len),
+        _ => new(len)?,
     };
     v.resize(len, fill);
     if POISON.load(Ordering::Relaxed) {
         v.fill(A::nan());
     }
-    Buf { v }
+    Ok(Buf { v })
 }
