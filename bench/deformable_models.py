@@ -35,7 +35,9 @@ def fallback_core(x, offset, mask, kh, kw, sh, sw, ph, pw, dh, dw, group, gc, sc
 
 
 def floor_core(x, offset, mask, *args):
-    return x  # stride 1, same padding: the output has the input's shape
+    """The input itself (stride 1, same padding: the output's shape), the offsets and masks joined
+    with weight 0 so that a training step still runs the backward of the layers making them."""
+    return x + 0 * (offset.sum(-1, keepdim=True) + mask.sum(-1, keepdim=True))
 
 
 class Block(nn.Module):

@@ -1,0 +1,48 @@
+//! Multi-scale deformable attention at the Deformable DETR encoder shape (800x1333: 4 levels,
+//! 8 heads of 32, 4 points, every pixel a query) in a loop, for profilers:
+//! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`).
+use deform_conv::conventions::msda::{ms_deform_attn, ms_deform_attn_backward, MsdaParams};
+use ndarray::{Array, Array1, Array2};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("fwd", |s| s.as_str());
+    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut seed = 7u64;
+    let mut r = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let levels = [(100usize, 167usize), (50, 84), (25, 42), (13, 21)];
+    let s: usize = levels.iter().map(|(h, w)| h * w).sum();
+    let (m, d, l, p) = (8, 32, levels.len(), 4);
+    let shapes = Array2::from_shape_fn((l, 2), |(i, j)| {
+        (if j == 0 { levels[i].0 } else { levels[i].1 }) as i64
+    });
+    let mut at = 0;
+    let starts = Array1::from_iter(levels.iter().map(|(h, w)| {
+        let s0 = at;
+        at += (h * w) as i64;
+        s0
+    }));
+    let value = Array::from_shape_simple_fn((1, s, m, d), || r() - 0.5);
+    let loc = Array::from_shape_simple_fn((1, s, m, l, p, 2), &mut r);
+    let attn = Array::from_shape_simple_fn((1, s, m, l, p), || r() / 16.0);
+    let gy = Array::from_elem((1, s, m * d), 0.01f32);
+    let prm = MsdaParams::default();
+    let t = Instant::now();
+    for _ in 0..reps {
+        let (sv, st) = (shapes.view(), starts.view());
+        if what == "bwd" {
+            ms_deform_attn_backward(gy.view(), value.view(), sv, st, loc.view(), attn.view(), &prm)
+                .unwrap();
+        } else {
+            ms_deform_attn(value.view(), sv, st, loc.view(), attn.view(), &prm).unwrap();
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    println!("msda {what}: {ms:.2} ms per call");
+}
