@@ -1,6 +1,9 @@
 """Multi-scale deformable attention against the grid_sample path DETR-family models run on CPUs,
 side by side in one process: Deformable DETR's encoder on an 800x1333 image (4 levels at strides
 8-64, 8 heads of 32 channels, 4 points; every value pixel a query) and its decoder (300 queries).
+Locations two ways: uniform over each level (no locality: the worst case for both), and as a
+trained encoder places them (each query's reference point, its own pixel centre, plus offsets of
+about 2 pixels of each level).
 
     .venv/bin/python bench/msda.py --repeat 3
 """
@@ -31,9 +34,20 @@ def main():
     g = torch.Generator().manual_seed(0)
     s = sum(h * w for h, w in LEVELS)
     starts = np.cumsum([0] + [h * w for h, w in LEVELS])[:-1].tolist()
-    for name, q in (("detr_encoder", s), ("detr_decoder", 300)):
+    # Each encoder query's reference point: its pixel's centre, normalised (the same point in
+    # every level), as Deformable DETR's encoder computes it.
+    ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(w) + 0.5) / w, (torch.arange(h) + 0.5) / h,
+                                                indexing="xy"), -1).reshape(-1, 2) for h, w in LEVELS])
+    size = torch.tensor([[w, h] for h, w in LEVELS], dtype=torch.float32)  # [L, 2] as (x, y)
+    cases = (("detr_encoder, uniform locations", s, None), ("detr_encoder, reference points + ~2 px", s, ref),
+             ("detr_decoder, uniform locations", 300, None))
+    for name, q, refs in cases:
         value = torch.randn(1, s, 8, 32, generator=g, requires_grad=True)
-        loc = torch.rand(1, q, 8, 4, 4, 2, generator=g, requires_grad=True)
+        if refs is None:
+            loc = torch.rand(1, q, 8, 4, 4, 2, generator=g, requires_grad=True)
+        else:
+            off = 2 * torch.randn(1, q, 8, 4, 4, 2, generator=g) / size[None, None, None, :, None, :]
+            loc = (refs[None, :, None, None, None, :] + off).requires_grad_()
         attn = torch.softmax(torch.randn(1, q, 8, 16, generator=g), -1).view(1, q, 8, 4, 4).requires_grad_()
         impls = {"deform_conv": lambda: dct.ms_deform_attn(value, LEVELS, starts, loc, attn),
                  "grid_sample": lambda: grid_sample_msda(value, LEVELS, loc, attn)}

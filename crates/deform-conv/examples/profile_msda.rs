@@ -37,8 +37,16 @@ fn main() {
     for _ in 0..reps {
         let (sv, st) = (shapes.view(), starts.view());
         if what == "bwd" {
-            ms_deform_attn_backward(gy.view(), value.view(), sv, st, loc.view(), attn.view(), &prm)
-                .unwrap();
+            ms_deform_attn_backward(
+                gy.view(),
+                value.view(),
+                sv,
+                st,
+                loc.view(),
+                attn.view(),
+                &prm,
+            )
+            .unwrap();
         } else {
             ms_deform_attn(value.view(), sv, st, loc.view(), attn.view(), &prm).unwrap();
         }

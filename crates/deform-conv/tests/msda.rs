@@ -31,7 +31,7 @@ fn case(r: &mut StdRng, edges: bool) -> Case {
         r.gen_range(1..3),
         r.gen_range(1..150),
         r.gen_range(1..4),
-        [1, 4, 8, 19][r.gen_range(0..4)],
+        [1, 4, 8, 19, 16, 32][r.gen_range(0..6)],
         r.gen_range(1..5),
     );
     let mut u = |lo: f64, hi: f64| lo + (hi - lo) * r.gen::<f64>();

@@ -101,7 +101,7 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
 /// the result holds corner `j` in lane `j`. (One corner at a time took 4 horizontal reductions
 /// of 7 instructions each per pixel, as much as the products at 8 channels per run.)
 #[target_feature(enable = "avx2")]
-fn reduce16x4(a: [__m256; 4], b: [__m256; 4]) -> __m128 {
+pub(super) fn reduce16x4(a: [__m256; 4], b: [__m256; 4]) -> __m128 {
     // + 8: v[j] = a[j] + b[j].
     let v: [__m256; 4] = std::array::from_fn(|j| _mm256_add_ps(a[j], b[j]));
     // + 4: [lo(v0) | lo(v1)] + [hi(v0) | hi(v1)] = [u0 | u1], likewise [u2 | u3].

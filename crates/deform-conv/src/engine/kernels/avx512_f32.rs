@@ -53,3 +53,95 @@ pub(super) unsafe fn panel_gemm<const MR: usize>(job: super::PanelGemm<'_, f32>)
     // SAFETY: the CPU supports AVX-512F (the contract), all the zmm tile needs.
     unsafe { super::panel_gemm::body_with::<f32, MR, Zmm>(job) }
 }
+
+/// The point core's backward row for channel runs of exactly `16 * NZ` channels (DCNv3's 16,
+/// attention's 32), a run in `NZ` zmm registers, no masks: `acc[4t + j] += sum_c dcol[c] *
+/// X[idx_j[t], lo + c]` for gradient samples and `dX[idx_j[t], lo + c] += w_j[t] * dcol[c]` for
+/// open ones, as AVX2's `backward_row` without columns: element `c` into partial sum `c % 16`
+/// (lane `c % 16` of the register), the same reduction after it, the same products and sums in
+/// the scatter. The same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX2; `job.len == 16 * NZ`; `dx` is empty or as long as `xt`.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn point_row<const NZ: usize>(
+    job: &super::RowJob<'_, f32>,
+    dcol: &[f32],
+    xt: &[f32],
+    acc: &mut [f32],
+    dx: &mut [f32],
+) {
+    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
+    let len = 16 * NZ;
+    if n == 0 {
+        return;
+    }
+    let scatter = !dx.is_empty();
+    let idx = [
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    ];
+    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
+    let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
+    let top = idx
+        .iter()
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as usize;
+    assert!(
+        job.len == len
+            && top * c + lo + len <= xt.len()
+            && (!scatter || top * c + lo + len <= dx.len())
+            && (n - 1) * job.stride + len <= dcol.len(),
+        "descriptor runs lie inside the image, dX and dcol"
+    );
+    let (xp, dp, gp) = (xt.as_ptr(), dcol.as_ptr(), dx.as_mut_ptr());
+    for t in 0..n {
+        if !grad[t] {
+            continue;
+        }
+        // SAFETY: every corner index is at most `top` and `t < n`: the runs lie inside `xt` and
+        // `dcol` (checked above).
+        let (src, d) = unsafe {
+            (
+                idx.map(|v| xp.add(v[t] as usize * c + lo)),
+                dp.add(t * job.stride),
+            )
+        };
+        // The same runs of `dx`, inside it with `scatter` (checked above); never dereferenced
+        // without.
+        let grads = idx.map(|v| gp.wrapping_add(v[t] as usize * c + lo));
+        let mut sums = [_mm512_setzero_ps(); 4];
+        for z in 0..NZ {
+            // SAFETY: elements 16z..16z+16 of the length-`len` runs `d` and `src[j]`.
+            let (dv, v) = unsafe {
+                (
+                    _mm512_loadu_ps(d.add(16 * z)),
+                    src.map(|p| _mm512_loadu_ps(p.add(16 * z))),
+                )
+            };
+            if open[t] && scatter {
+                for (g, wj) in grads.iter().zip(wts) {
+                    let w = _mm512_set1_ps(wj[t]);
+                    // SAFETY: elements 16z..16z+16 of a length-`len` run of `dx` (checked).
+                    unsafe {
+                        let o = _mm512_add_ps(_mm512_loadu_ps(g.add(16 * z)), _mm512_mul_ps(w, dv));
+                        _mm512_storeu_ps(g.add(16 * z), o);
+                    }
+                }
+            }
+            for (sum, vj) in sums.iter_mut().zip(v) {
+                *sum = _mm512_add_ps(*sum, _mm512_mul_ps(dv, vj));
+            }
+        }
+        // Partial sums 0-7 and 8-15 of each corner, reduced as the AVX2 kernel does.
+        let lo8 = sums.map(|v| _mm512_castps512_ps256(v));
+        let hi8 = sums.map(|v| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+        let four = super::avx2_f32::reduce16x4(lo8, hi8);
+        let a4 = &mut acc[4 * t..4 * t + 4];
+        // SAFETY: `a4` holds 4 f32; each lane gets one addition, as in the AVX2 kernel.
+        unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), four)) };
+    }
+}

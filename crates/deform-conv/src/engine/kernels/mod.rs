@@ -211,17 +211,42 @@ fn avx2_f32_table() -> Kernels<f32> {
     }
 }
 
-/// The AVX-512 f32 table: the AVX2 table with the one kernel measured faster on AVX-512, the
-/// forward's panel GEMM on a zmm register tile (BENCHMARKS.md).
+/// The AVX-512 f32 table: the AVX2 table with what measured faster on AVX-512: the forward's
+/// panel GEMM on a zmm register tile, and the point core's backward rows of 16 and 32 channels
+/// (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 fn avx512_f32_table() -> Kernels<f32> {
     fn panel_gemm(job: PanelGemm<'_, f32>) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
         unsafe { avx512_f32::panel_gemm::<16>(job) }
     }
+    fn backward_row(
+        job: &RowJob<'_, f32>,
+        dcol: &[f32],
+        xt: &[f32],
+        cols: &mut [f32],
+        acc: &mut [f32],
+        dx: &mut [f32],
+    ) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
+        // includes AVX2); the zmm rows get exactly their run length, and `dx` is empty or an
+        // image as long as `xt` (the point core's lanes).
+        unsafe {
+            match (cols.is_empty(), job.len) {
+                (true, 16) if dx.is_empty() || dx.len() == xt.len() => {
+                    avx512_f32::point_row::<1>(job, dcol, xt, acc, dx)
+                }
+                (true, 32) if dx.is_empty() || dx.len() == xt.len() => {
+                    avx512_f32::point_row::<2>(job, dcol, xt, acc, dx)
+                }
+                _ => avx2_f32::backward_row(job, dcol, xt, cols, acc, dx),
+            }
+        }
+    }
     Kernels {
-        name: "avx512 (avx2 f32 kernels, zmm panel GEMM)",
+        name: "avx512 (avx2 f32 kernels, zmm panel GEMM and point rows)",
         panel_gemm: Some(panel_gemm),
+        backward_row: Some(backward_row),
         ..avx2_f32_table()
     }
 }
