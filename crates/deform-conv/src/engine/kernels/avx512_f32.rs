@@ -145,3 +145,66 @@ pub(super) unsafe fn point_row<const NZ: usize>(
         unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), four)) };
     }
 }
+
+/// The gather for channel runs of exactly `16 * NZ` channels in zmm registers: `cols[t*stride +
+/// c] (+)= ((w0*s0 + w1*s1) + w2*s2) + w3*s3`, as AVX2's `gather_row` (the same products and sums
+/// in the same order, `+=` when `job.add`). The same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `job.len == 16 * NZ`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gather_row<const NZ: usize>(
+    job: &super::RowJob<'_, f32>,
+    xt: &[f32],
+    cols: &mut [f32],
+) {
+    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
+    let len = 16 * NZ;
+    if n == 0 {
+        return;
+    }
+    let idx = [
+        &s.idx[0][..n],
+        &s.idx[1][..n],
+        &s.idx[2][..n],
+        &s.idx[3][..n],
+    ];
+    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
+    let top = idx
+        .iter()
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as usize;
+    assert!(
+        job.len == len
+            && top * c + lo + len <= xt.len()
+            && (n - 1) * job.stride + len <= cols.len(),
+        "descriptor runs lie inside the image and the columns tile"
+    );
+    let (xp, cp) = (xt.as_ptr(), cols.as_mut_ptr());
+    for t in 0..n {
+        // SAFETY: every corner index is at most `top` and `t < n`: the runs lie inside `xt` and
+        // `cols` (checked above).
+        let (src, dst) = unsafe {
+            (
+                idx.map(|v| xp.add(v[t] as usize * c + lo)),
+                cp.add(t * job.stride),
+            )
+        };
+        let w = wts.map(|v| _mm512_set1_ps(v[t]));
+        for z in 0..NZ {
+            // SAFETY: elements 16z..16z+16 of the length-`len` runs `src[j]` and `dst`.
+            unsafe {
+                let l = |j: usize| _mm512_loadu_ps(src[j].add(16 * z));
+                let mut acc = _mm512_mul_ps(w[0], l(0));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)));
+                if job.add {
+                    acc = _mm512_add_ps(_mm512_loadu_ps(dst.add(16 * z)), acc);
+                }
+                _mm512_storeu_ps(dst.add(16 * z), acc);
+            }
+        }
+    }
+}

@@ -243,10 +243,22 @@ fn avx512_f32_table() -> Kernels<f32> {
             }
         }
     }
+    fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
+        // includes AVX2); the zmm rows get exactly their run length.
+        unsafe {
+            match job.len {
+                16 => avx512_f32::gather_row::<1>(job, xt, cols),
+                32 => avx512_f32::gather_row::<2>(job, xt, cols),
+                _ => avx2_f32::gather_row(job, xt, cols),
+            }
+        }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM and point rows)",
         panel_gemm: Some(panel_gemm),
         backward_row: Some(backward_row),
+        gather_row,
         ..avx2_f32_table()
     }
 }
