@@ -1,6 +1,8 @@
 //! Multi-scale deformable attention at the Deformable DETR encoder shape (800x1333: 4 levels,
 //! 8 heads of 32, 4 points, every pixel a query) in a loop, for profilers:
-//! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`).
+//! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`); a third
+//! argument `near` places each query's samples within a few pixels of its own position (as a
+//! trained encoder does) instead of uniformly.
 use deform_conv::conventions::msda::{ms_deform_attn, ms_deform_attn_backward, MsdaParams};
 use ndarray::{Array, Array1, Array2};
 use std::time::Instant;
@@ -29,7 +31,23 @@ fn main() {
         s0
     }));
     let value = Array::from_shape_simple_fn((1, s, m, d), || r() - 0.5);
-    let loc = Array::from_shape_simple_fn((1, s, m, l, p, 2), &mut r);
+    let near = args.get(3).is_some_and(|a| a == "near");
+    // Query q's own position, normalised (its level's pixel centre).
+    let centre: Vec<(f32, f32)> = levels
+        .iter()
+        .flat_map(|&(h, w)| {
+            (0..h * w).map(move |i| (((i % w) as f32 + 0.5) / w as f32, ((i / w) as f32 + 0.5) / h as f32))
+        })
+        .collect();
+    let loc = Array::from_shape_fn((1, s, m, l, p, 2), |(_, q, _, lv, _, xy)| {
+        let u = r();
+        if !near {
+            return u;
+        }
+        let size = if xy == 0 { levels[lv].1 } else { levels[lv].0 } as f32;
+        let c = if xy == 0 { centre[q].0 } else { centre[q].1 };
+        c + 4.0 * (u - 0.5) / size
+    });
     let attn = Array::from_shape_simple_fn((1, s, m, l, p), || r() / 16.0);
     let gy = Array::from_elem((1, s, m * d), 0.01f32);
     let prm = MsdaParams::default();
