@@ -49,6 +49,19 @@ impl WithDeformConv for tract_onnx::Onnx {
     }
 }
 
+/// `Op` for an adapter whose typed form is itself, named by its `Expansion`.
+macro_rules! typed_op {
+    ($t:ty) => {
+        impl Op for $t {
+            fn name(&self) -> StaticName {
+                Expansion::name(self)
+            }
+
+            op_as_typed_op!();
+        }
+    };
+}
+
 mod points;
 pub use points::{Dcnv3Op, MsdaOp};
 
@@ -199,13 +212,7 @@ impl Expansion for DeformConvOp {
     }
 }
 
-impl Op for DeformConvOp {
-    fn name(&self) -> StaticName {
-        Expansion::name(self)
-    }
-
-    op_as_typed_op!();
-}
+typed_op!(DeformConvOp);
 
 impl TypedOp for DeformConvOp {
     as_op!();

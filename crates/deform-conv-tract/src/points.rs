@@ -129,13 +129,7 @@ impl Expansion for Dcnv3Op {
     }
 }
 
-impl Op for Dcnv3Op {
-    fn name(&self) -> StaticName {
-        Dcnv3Op::name(self).into()
-    }
-
-    op_as_typed_op!();
-}
+typed_op!(Dcnv3Op);
 
 impl TypedOp for Dcnv3Op {
     as_op!();
@@ -259,13 +253,7 @@ impl Expansion for MsdaOp {
     }
 }
 
-impl Op for MsdaOp {
-    fn name(&self) -> StaticName {
-        MSDA.into()
-    }
-
-    op_as_typed_op!();
-}
+typed_op!(MsdaOp);
 
 impl TypedOp for MsdaOp {
     as_op!();

@@ -36,7 +36,12 @@ fn main() {
     let centre: Vec<(f32, f32)> = levels
         .iter()
         .flat_map(|&(h, w)| {
-            (0..h * w).map(move |i| (((i % w) as f32 + 0.5) / w as f32, ((i / w) as f32 + 0.5) / h as f32))
+            (0..h * w).map(move |i| {
+                (
+                    ((i % w) as f32 + 0.5) / w as f32,
+                    ((i / w) as f32 + 0.5) / h as f32,
+                )
+            })
         })
         .collect();
     let loc = Array::from_shape_fn((1, s, m, l, p, 2), |(_, q, _, lv, _, xy)| {

@@ -34,7 +34,30 @@ pub(crate) struct RowSamples<A> {
     pub grad: Vec<bool>,
 }
 
+/// The first `n` samples' four corner indices and weights, and the largest index (the explicit
+/// kernels check the furthest corner run against the image once per row).
+pub(crate) struct Corners<'a, A> {
+    pub idx: [&'a [u32]; 4],
+    pub w: [&'a [A]; 4],
+    pub top: usize,
+}
+
 impl<A: Real> RowSamples<A> {
+    /// [`Corners`] of the first `n` samples.
+    pub(crate) fn corners(&self, n: usize) -> Corners<'_, A> {
+        let idx: [&[u32]; 4] = std::array::from_fn(|j| &self.idx[j][..n]);
+        let top = idx
+            .iter()
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .max()
+            .unwrap_or(0) as usize;
+        Corners {
+            idx,
+            w: std::array::from_fn(|j| &self.w[j][..n]),
+            top,
+        }
+    }
+
     pub fn new(len: usize) -> Self {
         let z = || vec![A::zero(); len];
         RowSamples {

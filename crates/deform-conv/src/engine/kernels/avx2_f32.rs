@@ -25,20 +25,10 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
     if n == 0 || len == 0 {
         return;
     }
-    let (i0, i1, i2, i3) = (
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    );
-    let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
+    let super::super::sample::Corners { idx, w, top } = s.corners(n);
+    let ([i0, i1, i2, i3], [w0, w1, w2, w3]) = (idx, w);
     // One bounds check per row instead of five per pixel: the run of the largest index ends
     // inside `xt`, and the last pixel's run inside `cols`.
-    let top = [i0, i1, i2, i3]
-        .iter()
-        .map(|v| v.iter().copied().max().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as usize;
     assert!(
         top * c + lo + len <= xt.len() && (n - 1) * job.stride + len <= cols.len(),
         "descriptor runs lie inside the image and the columns tile"
@@ -214,21 +204,10 @@ pub(super) unsafe fn backward_row(
         return;
     }
     let (scatter, columns) = (!dx.is_empty(), !cols.is_empty());
-    let idx = [
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    ];
-    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
+    let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
     // One bounds check per row: the run of the largest index ends inside `xt`, the last pixel's
     // runs inside `dcol` and `cols`.
-    let top = idx
-        .iter()
-        .map(|v| v.iter().copied().max().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as usize;
     let last = (n - 1) * job.stride + len;
     assert!(
         top * c + lo + len <= xt.len()

@@ -77,19 +77,8 @@ pub(super) unsafe fn point_row<const NZ: usize>(
         return;
     }
     let scatter = !dx.is_empty();
-    let idx = [
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    ];
-    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
+    let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
-    let top = idx
-        .iter()
-        .map(|v| v.iter().copied().max().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as usize;
     assert!(
         job.len == len
             && top * c + lo + len <= xt.len()
@@ -163,18 +152,7 @@ pub(super) unsafe fn gather_row<const NZ: usize>(
     if n == 0 {
         return;
     }
-    let idx = [
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    ];
-    let wts = [&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]];
-    let top = idx
-        .iter()
-        .map(|v| v.iter().copied().max().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as usize;
+    let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     assert!(
         job.len == len
             && top * c + lo + len <= xt.len()
