@@ -163,3 +163,24 @@ def test_onnx_export_emits_mmdeploys_node():
     consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
               if n.op_type == "Constant"}
     assert consts[node.input[1]].tolist() == [[4, 5], [2, 3]] and consts[node.input[2]].tolist() == [0, 20]
+
+
+def test_install_serves_mask2formers_attention_function():
+    """Mask2Former (and OneFormer) call a module-level multi_scale_deformable_attention: after
+    install() it runs our kernel, with transformers' own results."""
+    m2f = importlib.import_module("transformers.models.mask2former.modeling_mask2former")
+    shapes = [(5, 6), (3, 2), (1, 1)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 3, 8, dtype=torch.float64)
+    loc = torch.rand(2, 9, 3, 3, 4, 2, dtype=torch.float64) * 1.2 - 0.1
+    attn = torch.rand(2, 9, 3, 3, 4, dtype=torch.float64)
+    dct.uninstall()
+    names, want = ops_run(lambda: m2f.multi_scale_deformable_attention(value, shapes, loc, attn))
+    assert "aten::grid_sampler_2d" in names
+    dct.install()
+    try:
+        names, got = ops_run(lambda: m2f.multi_scale_deformable_attention(value, shapes, loc, attn))
+    finally:
+        dct.uninstall()
+    assert "deform_conv::ms_deform_attn" in names and "aten::grid_sampler_2d" not in names
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
