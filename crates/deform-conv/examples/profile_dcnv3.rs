@@ -1,5 +1,6 @@
 //! DCNv3 at InternImage-T stage 1 (1x200x336x64, 4 groups, 3x3) in a loop, for profilers:
 //! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`).
+mod common;
 use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, Dcnv3Params};
 use ndarray::Array4;
 use std::time::Instant;
@@ -8,13 +9,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("fwd", |s| s.as_str());
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let mut seed = 1u64;
-    let mut r = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut u = common::uniform(1);
+    let mut r = move || u() * 2.0 - 1.0;
     let (n, h, w, g, d) = (1, 200, 336, 4, 16);
     let x = Array4::from_shape_simple_fn((n, h, w, g * d), &mut r);
     let off = Array4::from_shape_simple_fn((n, h, w, g * 18), || 3.0 * r());

@@ -3,6 +3,7 @@
 //! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`); a third
 //! argument `near` places each query's samples within a few pixels of its own position (as a
 //! trained encoder does) instead of uniformly.
+mod common;
 use deform_conv::conventions::msda::{ms_deform_attn, ms_deform_attn_backward, MsdaParams};
 use ndarray::{Array, Array1, Array2};
 use std::time::Instant;
@@ -11,13 +12,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("fwd", |s| s.as_str());
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let mut seed = 7u64;
-    let mut r = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut r = common::uniform(7);
     let levels = [(100usize, 167usize), (50, 84), (25, 42), (13, 21)];
     let s: usize = levels.iter().map(|(h, w)| h * w).sum();
     let (m, d, l, p) = (8, 32, levels.len(), 4);

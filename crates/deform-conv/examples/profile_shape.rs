@@ -1,5 +1,6 @@
 //! Runs one benchmark shape forward (and backward) in a loop, for profilers:
 //! `cargo run --release -p deform-conv --example profile_shape -- edvr_align_dg8 fwd 20`
+mod common;
 use deform_conv::conventions::torchvision::{deform_conv2d, deform_conv2d_backward, Params};
 use ndarray::{Array1, Array4};
 use std::time::Instant;
@@ -30,13 +31,8 @@ fn main() {
     };
     let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
     let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
-    let mut seed = 1u64;
-    let mut r = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut u = common::uniform(1);
+    let mut r = move || u() * 2.0 - 1.0;
     let x = Array4::from_shape_simple_fn((n, c, h, w), &mut r);
     let wt = Array4::from_shape_simple_fn((cout, c / g, k, k), &mut r);
     let off = Array4::from_shape_simple_fn((n, 2 * dg * k * k, ho, wo), || 4.0 * r());

@@ -321,11 +321,12 @@ where
     if sh.n == 0 || c == 0 {
         return Ok(());
     }
-    let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 12.0;
+    let elems = elements(op);
+    let work = (sh.n * elems * sh.points) as f64 * c as f64 * 12.0;
     // Lanes cost an input-gradient image each (zeroed, then reduced): where the scatter's work
     // is below that (a decoder's few queries over a large image), one lane; never more lanes
     // than rows. Decided by the shape alone, so the bits are the same on any machine.
-    let scatter_work = elements(op) * sh.points * sh.groups() * d * 4;
+    let scatter_work = elems * sh.points * sh.groups() * d * 4;
     let lanes = if scatter_work < image * c * LANES {
         1
     } else {
