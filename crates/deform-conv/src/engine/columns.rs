@@ -103,6 +103,7 @@ impl<T: Element> Plan<'_, '_, T> {
             h: g.h,
             w: g.w,
             gate: gate.unwrap_or(GradGate::Open),
+            at: 0,
             gradients: gate.is_some(),
         };
         (self.k.sample_row)(&args, s);

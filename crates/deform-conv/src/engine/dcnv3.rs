@@ -26,6 +26,8 @@ struct Op<'o, 'a, T: Element> {
     /// `(tap_y * dil_y, tap_x * dil_x)` of each point, and the offset scale.
     taps: Vec<(T::Acc, T::Acc)>,
     scale: T::Acc,
+    /// `[x offset, y offset, mask]` columns of point `p` of group `gi` at `gi*P + p`.
+    cols: Vec<[usize; 3]>,
     /// Output pixels per core row (the last one may be shorter).
     chunk: usize,
 }
@@ -53,6 +55,12 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
                 )
             })
             .collect();
+        let l = &ops.layout;
+        let cols = (0..g.c() / g.d.max(1))
+            .flat_map(|gi| {
+                (0..g.points).map(move |p| [l.offset(gi, p, 0), l.offset(gi, p, 1), l.mask(gi, p)])
+            })
+            .collect();
         Op {
             g,
             ops,
@@ -60,6 +68,7 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             by,
             bx,
             taps,
+            cols,
             scale: Self::acc(g.scale),
             chunk,
         }
@@ -83,6 +92,10 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         r * self.chunk..((r + 1) * self.chunk).min(self.g.ho * self.g.wo)
     }
 
+    fn image(&self, n: usize) -> Option<&[T]> {
+        self.ops.input.index_axis_move(Axis(0), n).to_slice()
+    }
+
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
         let c = self.g.c();
         let image = self.ops.input.index_axis(Axis(0), n);
@@ -102,39 +115,51 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
-    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]) {
-        let [n, r, gi, p] = at;
+    fn describe(
+        &self,
+        [n, r, gi]: [usize; 3],
+        len: usize,
+        y: &mut [T::Acc],
+        x: &mut [T::Acc],
+        m: &mut [T::Acc],
+    ) {
         let (g, ops) = (self.g, self.ops);
         let scale = self.scale;
-        let (tj, ti) = self.taps[p];
-        let (ox, oy, om) = (
-            ops.layout.offset(gi, p, 0),
-            ops.layout.offset(gi, p, 1),
-            ops.layout.mask(gi, p),
-        );
         let pixels = self.row(r);
-        let len = y.len().min(pixels.len());
-        let (y, x, m) = (&mut y[..len], &mut x[..len], &mut m[..len]);
+        let len = len.min(pixels.len());
         let (offs, masks) = (
             ops.offset.index_axis(Axis(0), n),
             ops.mask.index_axis(Axis(0), n),
         );
-        // Contiguous tensors (the usual channels-last ones): plain strided slice reads.
+        let points = g.points;
+        let cols = &self.cols[gi * points..(gi + 1) * points];
+        // Contiguous tensors (the usual channels-last ones): a pixel's offsets and masks of a
+        // group are short runs, read pixel by pixel.
         if let (Some(o), Some(mk)) = (offs.as_slice(), masks.as_slice()) {
             let (os, ms) = (offs.shape()[2], masks.shape()[2]);
+            let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
             for (t, pix) in pixels.take(len).enumerate() {
-                let (oh, ow) = (pix / g.wo, pix % g.wo);
-                y[t] = self.by[oh] + (tj + o[pix * os + oy].to_acc()) * scale;
-                x[t] = self.bx[ow] + (ti + o[pix * os + ox].to_acc()) * scale;
-                m[t] = mk[pix * ms + om].to_acc();
+                let (by, bx) = (self.by[oh], self.bx[ow]);
+                let (orow, mrow) = (&o[pix * os..(pix + 1) * os], &mk[pix * ms..(pix + 1) * ms]);
+                for (p, (&[ox, oy, om], &(tj, ti))) in cols.iter().zip(&self.taps).enumerate() {
+                    y[p * len + t] = by + (tj + orow[oy].to_acc()) * scale;
+                    x[p * len + t] = bx + (ti + orow[ox].to_acc()) * scale;
+                    m[p * len + t] = mrow[om].to_acc();
+                }
+                ow += 1;
+                if ow == g.wo {
+                    (oh, ow) = (oh + 1, 0);
+                }
             }
             return;
         }
         for (t, pix) in pixels.take(len).enumerate() {
             let (oh, ow) = (pix / g.wo, pix % g.wo);
-            y[t] = self.by[oh] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
-            x[t] = self.bx[ow] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
-            m[t] = masks[[oh, ow, om]].to_acc();
+            for (p, (&[ox, oy, om], &(tj, ti))) in cols.iter().zip(&self.taps).enumerate() {
+                y[p * len + t] = self.by[oh] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
+                x[p * len + t] = self.bx[ow] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
+                m[p * len + t] = masks[[oh, ow, om]].to_acc();
+            }
         }
     }
 }
@@ -259,16 +284,20 @@ pub(crate) fn backward<T: Element>(
         },
         |n, dx| {
             let mut img = gin.index_axis_mut(Axis(0), n);
-            if let Some(dst) = img.as_slice_mut() {
-                // A contiguous gradient: one run (the copy's last pixel is the zero pixel).
-                for (o, v) in dst.iter_mut().zip(&dx[..g.h * w * c]) {
-                    *o = T::from_acc(*v);
+            if let Some(all) = img.as_slice_mut() {
+                // A contiguous gradient: pixel after pixel.
+                for (s, px) in all.chunks_exact_mut(c).enumerate() {
+                    for (o, run) in px.chunks_exact_mut(g.d).zip(dx.runs(s)) {
+                        for (o, v) in o.iter_mut().zip(run) {
+                            *o = T::from_acc(*v);
+                        }
+                    }
                 }
                 return;
             }
-            for (s, px) in dx[..g.h * w * c].chunks_exact(c).enumerate() {
-                let mut dst = img.slice_mut(ndarray::s![s / w, s % w, ..]);
-                for (o, v) in dst.iter_mut().zip(px) {
+            for s in 0..g.h * w {
+                let dst = img.slice_mut(ndarray::s![s / w, s % w, ..]);
+                for (o, v) in dst.into_iter().zip(dx.runs(s).flatten()) {
                     *o = T::from_acc(*v);
                 }
             }

@@ -13,10 +13,12 @@ use std::ops::Range;
 /// Queries per row of the core: a constant, so the split (and every bit) is the shape's alone.
 const QUERIES: usize = 64;
 
-struct Op<'o, 'a, T> {
+struct Op<'o, 'a, T: Element> {
     g: &'o MsdaGeometry,
     ops: &'o MsdaOperands<'a, T>,
     shape: Shape,
+    /// `(H, W)` of each level in the accumulation type.
+    sizes: Vec<(T::Acc, T::Acc)>,
 }
 
 impl<'o, 'a, T: Element> Op<'o, 'a, T> {
@@ -30,7 +32,17 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             rows: g.q.div_ceil(QUERIES),
             row_len: g.q.min(QUERIES),
         };
-        Op { g, ops, shape }
+        let sizes = g
+            .levels
+            .iter()
+            .map(|&(h, w, _)| (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64)))
+            .collect();
+        Op {
+            g,
+            ops,
+            shape,
+            sizes,
+        }
     }
 }
 
@@ -45,6 +57,10 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
 
     fn row(&self, r: usize) -> Range<usize> {
         r * QUERIES..((r + 1) * QUERIES).min(self.g.q)
+    }
+
+    fn image(&self, n: usize) -> Option<&[T]> {
+        self.ops.value.index_axis_move(Axis(0), n).to_slice()
     }
 
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]) {
@@ -65,39 +81,58 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
-    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], a: &mut [T::Acc]) {
-        let [n, r, m, k] = at;
-        let (l, p) = (k / self.g.p, k % self.g.p);
-        let (h, w, _) = self.g.levels[l];
+    fn describe(
+        &self,
+        [n, r, m]: [usize; 3],
+        len: usize,
+        y: &mut [T::Acc],
+        x: &mut [T::Acc],
+        a: &mut [T::Acc],
+    ) {
+        let (levels, p) = (self.g.levels.len(), self.g.p);
+        let points = levels * p;
         let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
-        let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
         let q = self.row(r);
-        let len = y.len().min(q.len());
-        let (y, x, a) = (&mut y[..len], &mut x[..len], &mut a[..len]);
+        let len = len.min(q.len());
         let (loc_n, attn_n) = (
             self.ops.loc.index_axis(Axis(0), n),
             self.ops.attn.index_axis(Axis(0), n),
         );
-        // Contiguous tensors: each query's entries at a fixed step.
+        // Contiguous tensors: a query's points of head `m` are one run, queries a fixed step
+        // apart.
         if let (Some(lv), Some(av)) = (loc_n.as_slice(), attn_n.as_slice()) {
-            let step = self.g.m * self.g.levels.len() * self.g.p;
-            let first = ((q.start * self.g.m + m) * self.g.levels.len() + l) * self.g.p + p;
+            let step = self.g.m * points;
+            let first = (q.start * self.g.m + m) * points;
             for t in 0..len {
                 let at = first + t * step;
-                x[t] = lv[2 * at].to_acc() * wf - half;
-                y[t] = lv[2 * at + 1].to_acc() * hf - half;
-                a[t] = av[at].to_acc();
+                let (locs, weights) = (&lv[2 * at..2 * (at + points)], &av[at..at + points]);
+                let mut k = 0;
+                for (locs, (weights, &(hf, wf))) in locs
+                    .chunks_exact(2 * p)
+                    .zip(weights.chunks_exact(p).zip(&self.sizes))
+                {
+                    for (xy, w) in locs.chunks_exact(2).zip(weights) {
+                        x[k * len + t] = xy[0].to_acc() * wf - half;
+                        y[k * len + t] = xy[1].to_acc() * hf - half;
+                        a[k * len + t] = w.to_acc();
+                        k += 1;
+                    }
+                }
             }
             return;
         }
-        // Any other strides: the row's locations and weights as strided views.
-        let loc = loc_n.slice(ndarray::s![q.clone(), m, l, p, ..]);
-        let attn = attn_n.slice(ndarray::s![q, m, l, p]);
-        let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
-        for (t, ((lx, ly), av)) in cols.enumerate().take(len) {
-            x[t] = lx.to_acc() * wf - half;
-            y[t] = ly.to_acc() * hf - half;
-            a[t] = av.to_acc();
+        // Any other strides: each point's locations and weights as strided views.
+        for k in 0..points {
+            let (l, pi) = (k / p, k % p);
+            let (hf, wf) = self.sizes[l];
+            let loc = loc_n.slice(ndarray::s![q.clone(), m, l, pi, ..]);
+            let attn = attn_n.slice(ndarray::s![q.clone(), m, l, pi]);
+            let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
+            for (t, ((lx, ly), av)) in cols.enumerate().take(len) {
+                x[k * len + t] = lx.to_acc() * wf - half;
+                y[k * len + t] = ly.to_acc() * hf - half;
+                a[k * len + t] = av.to_acc();
+            }
         }
     }
 }
@@ -170,15 +205,19 @@ pub(crate) fn backward<T: Element>(
             }
         },
         |n, dx| {
-            // The copy's layout: each level followed by one pixel to skip.
+            // The copy's pixels: each level followed by one pixel to skip.
             let mut img = gv.index_axis_mut(Axis(0), n);
             let mut at = 0;
-            if let Some(dst) = img.as_slice_mut() {
-                // A contiguous gradient: each level one run.
+            if let Some(all) = img.as_slice_mut() {
+                // A contiguous gradient: pixel after pixel.
                 for &(h, w, start) in &g.levels {
-                    let (src, dst) = (&dx[at * c..(at + h * w) * c], &mut dst[start * c..]);
-                    for (o, v) in dst.iter_mut().zip(src) {
-                        *o = T::from_acc(*v);
+                    let level = &mut all[start * c..(start + h * w) * c];
+                    for (s, px) in level.chunks_exact_mut(c).enumerate() {
+                        for (o, run) in px.chunks_exact_mut(g.d).zip(dx.runs(at + s)) {
+                            for (o, v) in o.iter_mut().zip(run) {
+                                *o = T::from_acc(*v);
+                            }
+                        }
                     }
                     at += h * w + 1;
                 }
@@ -186,9 +225,8 @@ pub(crate) fn backward<T: Element>(
             }
             for &(h, w, start) in &g.levels {
                 for s in 0..h * w {
-                    let src = &dx[(at + s) * c..(at + s + 1) * c];
-                    let mut dst = img.slice_mut(ndarray::s![start + s, .., ..]);
-                    for (o, v) in dst.iter_mut().zip(src) {
+                    let dst = img.index_axis_mut(Axis(0), start + s);
+                    for (o, v) in dst.into_iter().zip(dx.runs(at + s).flatten()) {
                         *o = T::from_acc(*v);
                     }
                 }

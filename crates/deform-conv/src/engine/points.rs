@@ -121,9 +121,38 @@ pub(crate) trait PointOp<T: Element>: Sync {
     fn row(&self, r: usize) -> Range<usize>;
     /// Pixels `s0 ..` of image `n`, all planes concatenated, into `dst` (`C` values a pixel).
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]);
-    /// Positions (in pixels of the point's plane) and weights of point `k` of group `g` for the
-    /// elements of row `r` of image `n` (`at = [n, r, g, k]`).
-    fn describe(&self, at: [usize; 4], y: &mut [T::Acc], x: &mut [T::Acc], m: &mut [T::Acc]);
+    /// Image `n` as one slice (all planes concatenated, `C` values a pixel), when contiguous.
+    fn image(&self, n: usize) -> Option<&[T]>;
+    /// Positions (in pixels of each point's plane) and weights of every point of group `g` for
+    /// the `len` elements of row `r` of image `n` (`at = [n, r, g]`): point `k`'s at `k*len ..
+    /// (k+1)*len` of `y`, `x` and `m`.
+    fn describe(
+        &self,
+        at: [usize; 3],
+        len: usize,
+        y: &mut [T::Acc],
+        x: &mut [T::Acc],
+        m: &mut [T::Acc],
+    );
+}
+
+/// An image in the copy's layout, group-major (see [`copy_image`]): what the backward hands an
+/// operator as its input gradient.
+pub(crate) struct Grouped<'a, A> {
+    data: &'a [A],
+    /// Pixels of the copy (each plane's and its zero pixel).
+    image: usize,
+    d: usize,
+}
+
+impl<'a, A> Grouped<'a, A> {
+    /// Pixel `s` of the copy (planes one after the other, each followed by one pixel to
+    /// ignore), as its groups' channel runs in order.
+    pub(crate) fn runs(&self, s: usize) -> impl Iterator<Item = &'a [A]> + '_ {
+        let (d, data) = (self.d, self.data);
+        data.chunks_exact(self.image * d)
+            .map(move |group| &group[s * d..(s + 1) * d])
+    }
 }
 
 /// `v` cut along `axis` into pieces of `size` (the last may be shorter), each keeping `v`'s
@@ -148,31 +177,86 @@ fn elements<T: Element, O: PointOp<T>>(op: &O) -> usize {
     (0..op.shape().rows).map(|r| op.row(r).len()).sum()
 }
 
-/// Image `n` in `xt`: plane by plane, each followed by a zero pixel; pixels in parallel chunks.
+/// A chunk of the copy: its first source pixel, its pixels, its run in each group.
+type CopyTask<'a, A> = (usize, usize, Vec<&'a mut [A]>);
+
+/// Image `n` in `xt`, group-major: group by group (`image * D` values each), plane by plane,
+/// each followed by a zero pixel, `D` values a pixel: a group's corners of neighbouring pixels
+/// are neighbours in memory. Pixels in parallel chunks.
 fn copy_image<T: Element, O: PointOp<T>>(op: &O, n: usize, xt: &mut [T::Acc]) {
     let sh = op.shape();
-    let c = sh.c;
-    let (bases, _) = sh.bases();
-    let mut parts: Vec<(usize, &mut [T::Acc])> = Vec::new();
-    let mut rest: &mut [T::Acc] = xt;
-    let mut s0 = 0;
-    for (&(h, w), _) in sh.planes.iter().zip(&bases) {
-        let (plane, r) = rest.split_at_mut((h * w + 1) * c);
-        let (pixels, zero) = plane.split_at_mut(h * w * c);
-        zero.fill(T::Acc::zero());
-        // Chunks of about 256 KiB of f32 accumulators: a smaller image is one task, not a
-        // hand-off to other threads for a few microseconds of copying.
-        let chunk_px = ((64 << 10) / c.max(1)).max(1);
-        for (i, part) in pixels.chunks_mut(chunk_px * c).enumerate() {
-            parts.push((s0 + i * chunk_px, part));
+    let (c, d, groups) = (sh.c, sh.d, sh.groups());
+    let (_, image) = sh.bases();
+    // Chunks of about 64 KiB of f32 accumulators: a smaller image is one task, not a hand-off
+    // to other threads for a few microseconds of copying.
+    let chunk_px = ((16 << 10) / c.max(1)).max(1);
+    let mut tasks: Vec<CopyTask<'_, T::Acc>> = Vec::new();
+    for (g, mut rest) in xt.chunks_mut(image * d).take(groups).enumerate() {
+        let mut s0 = 0;
+        let mut at = 0;
+        for &(h, w) in &sh.planes {
+            let (plane, r) = rest.split_at_mut((h * w + 1) * d);
+            let (pixels, zero) = plane.split_at_mut(h * w * d);
+            zero.fill(T::Acc::zero());
+            for (i, part) in pixels.chunks_mut(chunk_px * d).enumerate() {
+                if g == 0 {
+                    tasks.push((s0 + i * chunk_px, part.len() / d.max(1), Vec::new()));
+                }
+                tasks[at + i].2.push(part);
+            }
+            at += (h * w).div_ceil(chunk_px);
+            s0 += h * w;
+            rest = r;
         }
-        s0 += h * w;
-        rest = r;
     }
-    for_each_item(parts, |(s, part), _| op.copy_pixels(n, s, part));
+    let whole = op.image(n);
+    for_each_item(tasks, |(s0, count, mut parts), _| {
+        if let Some(src) = whole {
+            // Straight from the image into each group's run.
+            let src = &src[s0 * c..(s0 + count) * c];
+            for (g, part) in parts.iter_mut().enumerate() {
+                for (dst, px) in part.chunks_exact_mut(d).zip(src.chunks_exact(c)) {
+                    run_to_acc::<T>(dst, &px[g * d..(g + 1) * d]);
+                }
+            }
+            return;
+        }
+        if let [only] = &mut parts[..] {
+            return op.copy_pixels(n, s0, only);
+        }
+        let mut pixels = vec![T::Acc::zero(); count * c];
+        op.copy_pixels(n, s0, &mut pixels);
+        for (g, part) in parts.iter_mut().enumerate() {
+            for (dst, src) in part.chunks_exact_mut(d).zip(pixels.chunks_exact(c)) {
+                dst.copy_from_slice(&src[g * d..(g + 1) * d]);
+            }
+        }
+    });
 }
 
-/// One row's scratch: positions, weights, descriptors, the sums and a point's samples.
+/// `dst = src` in the accumulation type, for a group's short run: the usual lengths as
+/// fixed-size loops (a `memmove` call per run was most of a transpose's time).
+#[inline(always)]
+fn run_to_acc<T: Element>(dst: &mut [T::Acc], src: &[T]) {
+    #[inline(always)]
+    fn fixed<T: Element, const N: usize>(dst: &mut [T::Acc], src: &[T]) {
+        let s: &[T; N] = src.try_into().expect("runs of N");
+        let d: &mut [T::Acc; N] = dst.try_into().expect("runs of N");
+        for (d, s) in d.iter_mut().zip(s) {
+            *d = s.to_acc();
+        }
+    }
+    match src.len() {
+        8 => fixed::<T, 8>(dst, src),
+        16 => fixed::<T, 16>(dst, src),
+        32 => fixed::<T, 32>(dst, src),
+        64 => fixed::<T, 64>(dst, src),
+        _ => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_acc()),
+    }
+}
+
+/// One row's scratch: a group's positions and weights, descriptors, the sums, the output
+/// gradient and one point's gradients.
 struct RowScratch<A> {
     y: Vec<A>,
     x: Vec<A>,
@@ -181,51 +265,69 @@ struct RowScratch<A> {
     acc: Vec<A>,
     tmp: Vec<A>,
     dots: Vec<A>,
+    grads: [Vec<A>; 3],
 }
 
 impl<A: Real> RowScratch<A> {
-    fn new(len: usize, c: usize) -> Self {
+    /// For rows of up to `len` elements of `c` channels, `points` points per group, descriptors
+    /// for `described` of them at once.
+    fn new(len: usize, c: usize, points: usize, described: usize) -> Self {
         RowScratch {
-            y: vec![A::zero(); len],
-            x: vec![A::zero(); len],
-            m: vec![A::zero(); len],
-            s: RowSamples::new(len),
+            y: vec![A::zero(); len * points],
+            x: vec![A::zero(); len * points],
+            m: vec![A::zero(); len * points],
+            s: RowSamples::new(len * described),
             acc: vec![A::zero(); len * c],
             tmp: vec![A::zero(); len * c],
             dots: vec![A::zero(); 4 * len],
+            grads: std::array::from_fn(|_| vec![A::zero(); len]),
         }
     }
 }
 
-/// The descriptors of point `k` of group `g` on row `r` of image `n` (`len` elements).
-fn describe<T: Element, O: PointOp<T>>(
+/// The descriptors of point `point` (positions already in `s.y`, `s.x`, `s.m` at `point*len`),
+/// `len` elements, into entries `at ..` of `s.s`.
+fn sample<T: Element, O: PointOp<T>>(
     op: &O,
     k: &Kernels<T::Acc>,
-    [n, r, g, point]: [usize; 4],
-    len: usize,
+    point: usize,
+    (len, at): (usize, usize),
     gradients: bool,
     s: &mut RowScratch<T::Acc>,
 ) {
     let (h, w) = op.shape().planes[op.plane_of(point)];
-    op.describe(
-        [n, r, g, point],
-        &mut s.y[..len],
-        &mut s.x[..len],
-        &mut s.m[..len],
-    );
+    let r = point * len..(point + 1) * len;
     let args = RowArgs {
         y0: 0,
         x0: 0,
         sx: 0,
-        dy: &s.y[..len],
-        dx: &s.x[..len],
-        m: &s.m[..len],
+        dy: &s.y[r.clone()],
+        dx: &s.x[r.clone()],
+        m: &s.m[r],
         h,
         w,
         gate: GradGate::Open,
+        at,
         gradients,
     };
     (k.sample_row)(&args, &mut s.s);
+}
+
+/// Every point's positions and weights of group `g` on row `r` of image `n` into `s`.
+fn describe<T: Element, O: PointOp<T>>(
+    op: &O,
+    [n, r, g]: [usize; 3],
+    len: usize,
+    s: &mut RowScratch<T::Acc>,
+) {
+    let all = len * op.shape().points;
+    op.describe(
+        [n, r, g],
+        len,
+        &mut s.y[..all],
+        &mut s.x[..all],
+        &mut s.m[..all],
+    );
 }
 
 /// The forward: `rows[n][r]` (`[len of row r, C]`) receives row `r` of image `n`.
@@ -241,6 +343,20 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     if sh.n == 0 || c == 0 {
         return Ok(());
     }
+    // Descriptors index the whole copy (each plane's start added to its points' indices).
+    let bases = bases
+        .iter()
+        .map(|&b| u32::try_from(b))
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .ok()
+        .filter(|_| u32::try_from(image).is_ok())
+        .ok_or_else(|| {
+            crate::error::DeformError::parameter(
+                "input",
+                "fewer than 2^32 pixels in an image (all levels together)",
+                image,
+            )
+        })?;
     let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
         let mut lines = Lines::new("input (channels-last copy)", image * c, 1)?;
@@ -254,26 +370,32 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                 |(r, mut out), w| {
                     scratch.with(
                         w,
-                        || RowScratch::new(sh.row_len, c),
+                        || RowScratch::new(sh.row_len, c, sh.points, sh.points),
                         |s| {
                             let len = op.row(r).len();
                             for g in 0..sh.groups() {
-                                let lo = g * d;
+                                describe(op, [n, r, g], len, s);
                                 for point in 0..sh.points {
-                                    describe(op, k, [n, r, g, point], len, false, s);
-                                    let base = bases[op.plane_of(point)] * c;
-                                    // Point 0 stores its samples, the others add theirs.
-                                    let job = RowJob {
-                                        s: &s.s,
-                                        n: len,
-                                        c,
-                                        lo,
-                                        len: d,
-                                        stride: c,
-                                        add: point > 0,
-                                    };
-                                    (k.gather_row)(&job, &xt[base..], &mut s.acc[lo..]);
+                                    let at = point * len;
+                                    sample(op, k, point, (len, at), false, s);
+                                    let base = bases[op.plane_of(point)];
+                                    if base > 0 {
+                                        for idx in &mut s.s.idx {
+                                            idx[at..at + len].iter_mut().for_each(|i| *i += base);
+                                        }
+                                    }
                                 }
+                                let job = RowJob {
+                                    s: &s.s,
+                                    n: len,
+                                    c: d,
+                                    lo: 0,
+                                    len: d,
+                                    stride: c,
+                                    add: false,
+                                };
+                                let xt = &xt[g * image * d..(g + 1) * image * d];
+                                (k.gather_points)(&job, sh.points, xt, &mut s.acc[g * d..]);
                             }
                             for (o, v) in out.iter_mut().zip(&s.acc) {
                                 *o = T::from_acc(*v);
@@ -299,15 +421,14 @@ pub(crate) struct PointGrads<'a, A> {
 
 /// The backward. `grad_rows[n][r]` is what the operator writes row `r`'s position and weight
 /// gradients into (through `put`); `dout(n, r, dst)` fills `dst` (`[len, C]`) with the output
-/// gradient of row `r`; `store_dx(n, dx)` receives image `n`'s input gradient in the copy's
-/// layout (planes one after the other, each followed by one pixel to ignore).
+/// gradient of row `r`; `store_dx(n, dx)` receives image `n`'s input gradient.
 pub(crate) fn backward<T, O, G>(
     op: &O,
     isa: Isa,
     grad_rows: Vec<Vec<G>>,
     dout: impl Fn(usize, usize, &mut [T::Acc]) + Sync,
     put: impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
-    mut store_dx: impl FnMut(usize, &[T::Acc]),
+    mut store_dx: impl FnMut(usize, &Grouped<'_, T::Acc>),
 ) -> Result<()>
 where
     T: Element,
@@ -356,28 +477,31 @@ where
             for_each_item(work_lanes, |(mine, lane_dx), w| {
                 scratch.with(
                     w,
-                    || RowScratch::new(sh.row_len, c),
+                    || RowScratch::new(sh.row_len, c, sh.points, 1),
                     |s| {
                         for (r, mut sink) in mine {
                             let len = op.row(r).len();
                             dout(n, r, &mut s.tmp[..len * c]);
                             for g in 0..sh.groups() {
                                 let lo = g * d;
+                                let group = g * image * d..(g + 1) * image * d;
+                                let (xg, dxg) = (&xt[group.clone()], &mut lane_dx[group]);
+                                describe(op, [n, r, g], len, s);
                                 for point in 0..sh.points {
-                                    describe(op, k, [n, r, g, point], len, true, s);
-                                    let base = bases[op.plane_of(point)] * c;
+                                    sample(op, k, point, (len, 0), true, s);
+                                    let base = bases[op.plane_of(point)] * d;
                                     let job = RowJob {
                                         s: &s.s,
                                         n: len,
-                                        c,
-                                        lo,
+                                        c: d,
+                                        lo: 0,
                                         len: d,
                                         stride: c,
                                         add: false,
                                     };
                                     s.dots[..4 * len].fill(zero);
                                     let (dcol, x, gx) =
-                                        (&s.tmp[lo..], &xt[base..], &mut lane_dx[base..]);
+                                        (&s.tmp[lo..], &xg[base..], &mut dxg[base..]);
                                     match k.backward_row {
                                         Some(fused) => {
                                             fused(&job, dcol, x, &mut [], &mut s.dots, gx)
@@ -387,19 +511,16 @@ where
                                             (k.scatter_row)(&job, dcol, gx);
                                         }
                                     }
-                                    // Reuse the position buffers for the gradients.
                                     let RowScratch {
-                                        y,
-                                        x,
-                                        m,
                                         s: rs,
                                         dots,
+                                        grads: [gy, gx, gm],
                                         ..
                                     } = &mut *s;
                                     for (t, a) in dots[..4 * len].chunks_exact(4).enumerate() {
                                         let (ly, lx, mt) = (rs.ly[t], rs.lx[t], rs.m[t]);
                                         let (hy, hx) = (one - ly, one - lx);
-                                        (y[t], x[t], m[t]) = if rs.grad[t] {
+                                        (gy[t], gx[t], gm[t]) = if rs.grad[t] {
                                             (
                                                 mt * (hx * (a[2] - a[0]) + lx * (a[3] - a[1])),
                                                 mt * (hy * (a[1] - a[0]) + ly * (a[3] - a[2])),
@@ -417,9 +538,9 @@ where
                                         &PointGrads {
                                             g,
                                             point,
-                                            y: &y[..len],
-                                            x: &x[..len],
-                                            m: &m[..len],
+                                            y: &gy[..len],
+                                            x: &gx[..len],
+                                            m: &gm[..len],
                                         },
                                     );
                                 }
@@ -440,7 +561,14 @@ where
                     }
                 }
             });
-            store_dx(n, &dx[..len_img]);
+            store_dx(
+                n,
+                &Grouped {
+                    data: &dx[..len_img],
+                    image,
+                    d,
+                },
+            );
         }
         Ok(())
     })

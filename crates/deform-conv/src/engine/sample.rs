@@ -43,7 +43,9 @@ pub(crate) struct Corners<'a, A> {
 }
 
 impl<A: Real> RowSamples<A> {
-    /// [`Corners`] of the first `n` samples.
+    /// [`Corners`] of the first `n` samples (inlined: the maximum vectorises for the caller's
+    /// instruction set).
+    #[inline(always)]
     pub(crate) fn corners(&self, n: usize) -> Corners<'_, A> {
         let idx: [&[u32]; 4] = std::array::from_fn(|j| &self.idx[j][..n]);
         let top = idx
@@ -88,6 +90,9 @@ pub(crate) struct RowArgs<'a, A> {
     pub w: usize,
     /// Which samples get descriptors: [`GradGate::Open`] for the forward.
     pub gate: GradGate,
+    /// Sample `t`'s descriptors go to entry `at + t` of the output (the point core keeps a
+    /// group's points one after the other in one [`RowSamples`]).
+    pub at: usize,
     /// Also fill `ly`, `lx`, `m`, `open` and `grad` (the backward's offset, mask and input
     /// gradients). The columns need only `idx` and `w`: skipping the rest is a fifth of the
     /// descriptor work.
@@ -116,12 +121,27 @@ pub(crate) fn sample_row_body<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<
     let outside = a.h * a.w;
     let n = a.dy.len();
     let (dy, dx) = (&a.dy[..n], &a.dx[..n]);
+    let r = a.at..a.at + n;
     let [i0, i1, i2, i3] = &mut out.idx;
-    let (i0, i1, i2, i3) = (&mut i0[..n], &mut i1[..n], &mut i2[..n], &mut i3[..n]);
+    let (i0, i1, i2, i3) = (
+        &mut i0[r.clone()],
+        &mut i1[r.clone()],
+        &mut i2[r.clone()],
+        &mut i3[r.clone()],
+    );
     let [w0, w1, w2, w3] = &mut out.w;
-    let (w0, w1, w2, w3) = (&mut w0[..n], &mut w1[..n], &mut w2[..n], &mut w3[..n]);
-    let (oly, olx, om) = (&mut out.ly[..n], &mut out.lx[..n], &mut out.m[..n]);
-    let (oopen, ograd) = (&mut out.open[..n], &mut out.grad[..n]);
+    let (w0, w1, w2, w3) = (
+        &mut w0[r.clone()],
+        &mut w1[r.clone()],
+        &mut w2[r.clone()],
+        &mut w3[r.clone()],
+    );
+    let (oly, olx, om) = (
+        &mut out.ly[r.clone()],
+        &mut out.lx[r.clone()],
+        &mut out.m[r.clone()],
+    );
+    let (oopen, ograd) = (&mut out.open[r.clone()], &mut out.grad[r]);
     let y0 = A::of_i64(a.y0);
     let per_tap = a.gate == GradGate::PerTap;
     let (h, w) = (a.h as i32, a.w as i32);

@@ -32,6 +32,7 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         _mm256_set1_epi32(a.sx as i32),
     );
     let per_tap = a.gate == GradGate::PerTap;
+    let at = a.at;
     let mut t = 0;
     while t < n {
         let len = (n - t).min(8);
@@ -110,16 +111,16 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             // A full step stores straight into the rows (a stack-buffer copy would be a
             // `memmove` call per array).
             for j in 0..4 {
-                let di = &mut out.idx[j][t..t + 8];
+                let di = &mut out.idx[j][at + t..at + t + 8];
                 // SAFETY: `di` holds 8 u32.
                 unsafe { _mm256_storeu_si256(di.as_mut_ptr().cast(), idx[j]) };
-                let dw = &mut out.w[j][t..t + 8];
+                let dw = &mut out.w[j][at + t..at + t + 8];
                 // SAFETY: `dw` holds 8 f32.
                 unsafe { _mm256_storeu_ps(dw.as_mut_ptr(), w[j]) };
             }
             if a.gradients {
                 for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
-                    let d = &mut dst[t..t + 8];
+                    let d = &mut dst[at + t..at + t + 8];
                     // SAFETY: `d` holds 8 f32.
                     unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) };
                 }
@@ -130,23 +131,23 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             for j in 0..4 {
                 // SAFETY: 8-element stack buffers.
                 unsafe { _mm256_storeu_si256(ib.as_mut_ptr().cast(), idx[j]) };
-                out.idx[j][t..t + len].copy_from_slice(&ib[..len]);
+                out.idx[j][at + t..at + t + len].copy_from_slice(&ib[..len]);
                 // SAFETY: as above.
                 unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), w[j]) };
-                out.w[j][t..t + len].copy_from_slice(&fb[..len]);
+                out.w[j][at + t..at + t + len].copy_from_slice(&fb[..len]);
             }
             if a.gradients {
                 for (dst, v) in [(&mut out.ly, ly), (&mut out.lx, lx), (&mut out.m, vm)] {
                     // SAFETY: as above.
                     unsafe { _mm256_storeu_ps(fb.as_mut_ptr(), v) };
-                    dst[t..t + len].copy_from_slice(&fb[..len]);
+                    dst[at + t..at + t + len].copy_from_slice(&fb[..len]);
                 }
             }
         }
         if a.gradients {
             for l in 0..len {
-                out.open[t + l] = (open_bits >> l) & 1 == 1;
-                out.grad[t + l] = (grad_bits >> l) & 1 == 1;
+                out.open[at + t + l] = (open_bits >> l) & 1 == 1;
+                out.grad[at + t + l] = (grad_bits >> l) & 1 == 1;
             }
         }
         t += 8;

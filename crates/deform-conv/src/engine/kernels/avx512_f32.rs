@@ -186,3 +186,64 @@ pub(super) unsafe fn gather_row<const NZ: usize>(
         }
     }
 }
+
+/// The point core's forward row for channel runs of exactly `16 * NZ` channels: each element's
+/// sum over the points in `NZ` zmm registers, stored once. Per point the same products and sums
+/// as [`gather_row`] (`((w0*s0 + w1*s1) + w2*s2) + w3*s3`), the first point's sample the start
+/// of the sum and each next one added to it: the bits of `gather_row` point by point.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `job.len == 16 * NZ`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gather_points<const NZ: usize>(
+    job: &super::RowJob<'_, f32>,
+    points: usize,
+    xt: &[f32],
+    cols: &mut [f32],
+) {
+    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
+    let len = 16 * NZ;
+    if n == 0 || points == 0 {
+        return;
+    }
+    let total = n
+        .checked_mul(points)
+        .expect("descriptors of a row fit in memory");
+    let super::super::sample::Corners { idx, w: wts, top } = s.corners(total);
+    assert!(
+        job.len == len
+            && top * c + lo + len <= xt.len()
+            && (n - 1) * job.stride + len <= cols.len(),
+        "descriptor runs lie inside the image and the columns tile"
+    );
+    let (xp, cp) = (xt.as_ptr(), cols.as_mut_ptr());
+    // The sample of descriptor `i`, channels 16z..16z+16.
+    let sample = |i: usize| -> [__m512; NZ] {
+        // SAFETY: `i < total`, the length of every descriptor slice; every corner index is at
+        // most `top`, so each run of `len` lies inside `xt` (checked above).
+        unsafe {
+            let src = idx.map(|v| xp.add(*v.get_unchecked(i) as usize * c + lo));
+            let w = wts.map(|v| _mm512_set1_ps(*v.get_unchecked(i)));
+            std::array::from_fn(|z| {
+                let l = |j: usize| _mm512_loadu_ps(src[j].add(16 * z));
+                let mut acc = _mm512_mul_ps(w[0], l(0));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
+                _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)))
+            })
+        }
+    };
+    for t in 0..n {
+        let mut acc = sample(t);
+        for k in 1..points {
+            let v = sample(k * n + t);
+            for z in 0..NZ {
+                acc[z] = _mm512_add_ps(acc[z], v[z]);
+            }
+        }
+        for (z, v) in acc.into_iter().enumerate() {
+            // SAFETY: `t < n`: elements 16z..16z+16 of the run at t*stride lie inside `cols`.
+            unsafe { _mm512_storeu_ps(cp.add(t * job.stride + 16 * z), v) };
+        }
+    }
+}

@@ -22,6 +22,8 @@ use std::sync::OnceLock;
 pub(crate) mod panel_gemm;
 mod portable;
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
+#[cfg(target_arch = "x86_64")]
+use portable::avx2_gather_points;
 use portable::{panel_gemm_for, portable};
 
 /// An instruction set the engine can run its kernels with.
@@ -125,6 +127,10 @@ pub(crate) struct RowJob<'a, A> {
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
 /// `cols[t*stride + c'] (+)= sum_j w_j[t] * X[idx_j[t], lo + c']` (`+=` when `job.add`).
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
+/// `(job, points, xt, cols)`: the point core's forward row, `cols[t*stride + c'] = sum_k
+/// gather_k(t, c')` over `k < points` in order (the first stored, the others added: bitwise as
+/// `GatherRowFn` point by point), point `k`'s descriptors at entries `k*job.n ..` of `job.s`.
+pub(crate) type GatherPointsFn<A> = fn(&RowJob<'_, A>, usize, &[A], &mut [A]);
 /// `acc[4t + j] += sum_c' dcol[t*stride + c'] * X[idx_j[t], lo + c']` for gradient samples.
 pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
 /// `dX[idx_j[t], lo + c'] += w_j[t] * dcol[t*stride + c']` for open samples.
@@ -140,6 +146,7 @@ pub(crate) struct Kernels<A> {
     pub name: &'static str,
     pub sample_row: SampleRowFn<A>,
     pub gather_row: GatherRowFn<A>,
+    pub gather_points: GatherPointsFn<A>,
     pub dot4_row: Dot4RowFn<A>,
     pub scatter_row: ScatterRowFn<A>,
     /// The backward's gather, dot products and scatter fused, where written (AVX2 f32); `None`:
@@ -204,6 +211,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         name: "avx2 (explicit f32 kernels)",
         sample_row,
         gather_row,
+        gather_points: avx2_gather_points,
         dot4_row,
         scatter_row,
         backward_row: Some(backward_row),
@@ -254,11 +262,22 @@ fn avx512_f32_table() -> Kernels<f32> {
             }
         }
     }
+    fn gather_points(job: &RowJob<'_, f32>, points: usize, xt: &[f32], cols: &mut [f32]) {
+        // SAFETY: as for `gather_row`.
+        unsafe {
+            match job.len {
+                16 => avx512_f32::gather_points::<1>(job, points, xt, cols),
+                32 => avx512_f32::gather_points::<2>(job, points, xt, cols),
+                _ => avx2_gather_points(job, points, xt, cols),
+            }
+        }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM and point rows)",
         panel_gemm: Some(panel_gemm),
         backward_row: Some(backward_row),
         gather_row,
+        gather_points,
         ..avx2_f32_table()
     }
 }

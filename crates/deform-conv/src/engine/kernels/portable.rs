@@ -122,6 +122,25 @@ fn gather_rows<A: Real, const ADD: bool>(job: &RowJob<'_, A>, xt: &[A], cols: &m
 }
 
 #[inline(always)]
+fn gather_points_body<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    for t in 0..n {
+        let dst = &mut cols[t * job.stride..t * job.stride + len];
+        for k in 0..points {
+            let i = k * n + t;
+            let b: [usize; 4] = std::array::from_fn(|j| s.idx[j][i] as usize * c + lo);
+            let src = b.map(|b| &xt[b..b + len]);
+            let w = std::array::from_fn(|j| s.w[j][i]);
+            if k == 0 {
+                gather_run::<A, false>(dst, src, w);
+            } else {
+                gather_run::<A, true>(dst, src, w);
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn dot_body<A: Real>(d: &[A], s: &[A]) -> A {
     let mut acc = [A::zero(); LANE];
     let mut dc = d.chunks_exact(LANE);
@@ -184,6 +203,9 @@ fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
 fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
     gather_row_body(job, xt, cols)
 }
+fn scalar_gather_points<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
+    gather_points_body(job, points, xt, cols)
+}
 fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
     dot4_row_body(job, dcol, xt, acc)
 }
@@ -193,6 +215,9 @@ fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
 fn scalar_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
     panel_gemm::body::<A, 6>(job)
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::avx2_gather_points;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -208,6 +233,15 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn avx2_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
         gather_row_body(job, xt, cols)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2_gather_points_impl<A: Real>(
+        job: &RowJob<'_, A>,
+        points: usize,
+        xt: &[A],
+        cols: &mut [A],
+    ) {
+        gather_points_body(job, points, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
@@ -231,6 +265,15 @@ mod x86 {
         // SAFETY: as for `avx2_sample_row`.
         unsafe { avx2_gather_row_impl(job, xt, cols) }
     }
+    pub(in super::super) fn avx2_gather_points<A: Real>(
+        job: &RowJob<'_, A>,
+        points: usize,
+        xt: &[A],
+        cols: &mut [A],
+    ) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_gather_points_impl(job, points, xt, cols) }
+    }
     pub(super) fn avx2_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
         // SAFETY: as for `avx2_sample_row`.
         unsafe { avx2_dot4_row_impl(job, dcol, xt, acc) }
@@ -252,6 +295,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             name: "scalar (portable bodies)",
             sample_row: scalar_sample_row,
             gather_row: scalar_gather_row,
+            gather_points: scalar_gather_points,
             dot4_row: scalar_dot4_row,
             scatter_row: scalar_scatter_row,
             backward_row: None,
@@ -262,6 +306,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             name: "avx2 (portable bodies)",
             sample_row: x86::avx2_sample_row,
             gather_row: x86::avx2_gather_row,
+            gather_points: x86::avx2_gather_points,
             dot4_row: x86::avx2_dot4_row,
             scatter_row: x86::avx2_scatter_row,
             backward_row: None,
