@@ -234,24 +234,26 @@ fn copy_image<T: Element, O: PointOp<T>>(op: &O, n: usize, xt: &mut [T::Acc]) {
     });
 }
 
-/// `dst = src` in the accumulation type, for a group's short run: the usual lengths as
-/// fixed-size loops (a `memmove` call per run was most of a transpose's time).
+/// `dst = src` in the accumulation type, for a group's short run: f32 and f64 runs of the
+/// usual lengths as fixed-size array copies (vector moves; a `memmove` call per run, or an
+/// element loop, was most of a transpose's time).
 #[inline(always)]
 fn run_to_acc<T: Element>(dst: &mut [T::Acc], src: &[T]) {
     #[inline(always)]
-    fn fixed<T: Element, const N: usize>(dst: &mut [T::Acc], src: &[T]) {
-        let s: &[T; N] = src.try_into().expect("runs of N");
-        let d: &mut [T::Acc; N] = dst.try_into().expect("runs of N");
-        for (d, s) in d.iter_mut().zip(s) {
-            *d = s.to_acc();
-        }
+    fn fixed<A: Copy, const N: usize>(dst: &mut [A], src: &[A]) {
+        let s: &[A; N] = src.try_into().expect("runs of N");
+        let d: &mut [A; N] = dst.try_into().expect("runs of N");
+        *d = *s;
     }
-    match src.len() {
-        8 => fixed::<T, 8>(dst, src),
-        16 => fixed::<T, 16>(dst, src),
-        32 => fixed::<T, 32>(dst, src),
-        64 => fixed::<T, 64>(dst, src),
-        _ => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_acc()),
+    match T::as_acc(src) {
+        Some(s) => match s.len() {
+            8 => fixed::<T::Acc, 8>(dst, s),
+            16 => fixed::<T::Acc, 16>(dst, s),
+            32 => fixed::<T::Acc, 32>(dst, s),
+            64 => fixed::<T::Acc, 64>(dst, s),
+            _ => dst.copy_from_slice(s),
+        },
+        None => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_acc()),
     }
 }
 
@@ -285,18 +287,18 @@ impl<A: Real> RowScratch<A> {
     }
 }
 
-/// The descriptors of point `point` (positions already in `s.y`, `s.x`, `s.m` at `point*len`),
-/// `len` elements, into entries `at ..` of `s.s`.
+/// The descriptors of points `pts` (of one plane; positions already in `s.y`, `s.x`, `s.m` at
+/// `pts.start*len`), `len` elements each, into entries `at ..` of `s.s`.
 fn sample<T: Element, O: PointOp<T>>(
     op: &O,
     k: &Kernels<T::Acc>,
-    point: usize,
+    pts: Range<usize>,
     (len, at): (usize, usize),
     gradients: bool,
     s: &mut RowScratch<T::Acc>,
 ) {
-    let (h, w) = op.shape().planes[op.plane_of(point)];
-    let r = point * len..(point + 1) * len;
+    let (h, w) = op.shape().planes[op.plane_of(pts.start)];
+    let r = pts.start * len..pts.end * len;
     let args = RowArgs {
         y0: 0,
         x0: 0,
@@ -311,6 +313,18 @@ fn sample<T: Element, O: PointOp<T>>(
         gradients,
     };
     (k.sample_row)(&args, &mut s.s);
+}
+
+/// The points in runs that sample the same plane.
+fn plane_runs<T: Element, O: PointOp<T>>(op: &O) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for k in 0..op.shape().points {
+        match runs.last_mut() {
+            Some(r) if op.plane_of(r.start) == op.plane_of(k) => r.end = k + 1,
+            _ => runs.push(k..k + 1),
+        }
+    }
+    runs
 }
 
 /// Every point's positions and weights of group `g` on row `r` of image `n` into `s`.
@@ -357,6 +371,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                 image,
             )
         })?;
+    let runs = plane_runs(op);
     let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
         let mut lines = Lines::new("input (channels-last copy)", image * c, 1)?;
@@ -375,13 +390,13 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                             let len = op.row(r).len();
                             for g in 0..sh.groups() {
                                 describe(op, [n, r, g], len, s);
-                                for point in 0..sh.points {
-                                    let at = point * len;
-                                    sample(op, k, point, (len, at), false, s);
-                                    let base = bases[op.plane_of(point)];
+                                for pts in &runs {
+                                    let at = pts.start * len;
+                                    sample(op, k, pts.clone(), (len, at), false, s);
+                                    let base = bases[op.plane_of(pts.start)];
                                     if base > 0 {
                                         for idx in &mut s.s.idx {
-                                            idx[at..at + len].iter_mut().for_each(|i| *i += base);
+                                            idx[at..pts.end * len].iter_mut().for_each(|i| *i += base);
                                         }
                                     }
                                 }
@@ -397,8 +412,15 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                 let xt = &xt[g * image * d..(g + 1) * image * d];
                                 (k.gather_points)(&job, sh.points, xt, &mut s.acc[g * d..]);
                             }
-                            for (o, v) in out.iter_mut().zip(&s.acc) {
-                                *o = T::from_acc(*v);
+                            match out.as_slice_mut() {
+                                Some(o) => o
+                                    .iter_mut()
+                                    .zip(&s.acc)
+                                    .for_each(|(o, v)| *o = T::from_acc(*v)),
+                                None => out
+                                    .iter_mut()
+                                    .zip(&s.acc)
+                                    .for_each(|(o, v)| *o = T::from_acc(*v)),
                             }
                         },
                     )
@@ -488,7 +510,7 @@ where
                                 let (xg, dxg) = (&xt[group.clone()], &mut lane_dx[group]);
                                 describe(op, [n, r, g], len, s);
                                 for point in 0..sh.points {
-                                    sample(op, k, point, (len, 0), true, s);
+                                    sample(op, k, point..point + 1, (len, 0), true, s);
                                     let base = bases[op.plane_of(point)] * d;
                                     let job = RowJob {
                                         s: &s.s,
