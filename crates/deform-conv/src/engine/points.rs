@@ -396,7 +396,9 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                     let base = bases[op.plane_of(pts.start)];
                                     if base > 0 {
                                         for idx in &mut s.s.idx {
-                                            idx[at..pts.end * len].iter_mut().for_each(|i| *i += base);
+                                            idx[at..pts.end * len]
+                                                .iter_mut()
+                                                .for_each(|i| *i += base);
                                         }
                                     }
                                 }

@@ -163,6 +163,8 @@ mod avx2_f32;
 mod avx2_sample;
 #[cfg(target_arch = "x86_64")]
 mod avx512_f32;
+#[cfg(target_arch = "x86_64")]
+mod avx512_sample;
 
 /// The f32 table of `isa`: the portable one, with what each instruction set implements
 /// explicitly (and measured faster) in its place.
@@ -262,6 +264,10 @@ fn avx512_f32_table() -> Kernels<f32> {
             }
         }
     }
+    fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
+        unsafe { avx512_sample::sample_row(a, out) }
+    }
     fn gather_points(job: &RowJob<'_, f32>, points: usize, xt: &[f32], cols: &mut [f32]) {
         // SAFETY: as for `gather_row`.
         unsafe {
@@ -276,6 +282,7 @@ fn avx512_f32_table() -> Kernels<f32> {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM and point rows)",
         panel_gemm: Some(panel_gemm),
         backward_row: Some(backward_row),
+        sample_row,
         gather_row,
         gather_points,
         ..avx2_f32_table()
