@@ -34,7 +34,7 @@ fn case(r: &mut StdRng, edges: bool) -> Case {
         _ => ([3, 3], false),
     };
     let g = r.gen_range(1..4);
-    let d = [1, 3, 8, 16, 17][r.gen_range(0..5)];
+    let d = [1, 3, 8, 16, 17, 32][r.gen_range(0..6)];
     let (n, h, w) = (r.gen_range(1..3), r.gen_range(1..7), r.gen_range(1..7));
     let p = Dcnv3Params {
         kernel: k,

@@ -1,5 +1,5 @@
 //! DCNv3 / DCNv4 on the sampling core ([`super::points`]): one plane (the image), `G` groups of
-//! `D` channels, `P` points per group (SPEC §6). A core row is a run of [`CHUNK`] output pixels in
+//! `D` channels, `P` points per group (SPEC §6). A core row is a run of at most [`CHUNK`] output pixels in
 //! row-major order (short image rows would make each kernel call a few pixels long), or one
 //! output row where an output view is not in standard layout.
 
@@ -12,8 +12,13 @@ use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
 use num_traits::FromPrimitive;
 use std::ops::Range;
 
-/// Output pixels per core row.
+/// Output pixels per core row, at most.
 const CHUNK: usize = 128;
+/// Core rows an image is cut into, at least, where its pixels allow: a small image (InternImage's
+/// 7x7 and 14x14 stages) is still work for every thread and every backward lane.
+const MIN_ROWS: usize = 8;
+/// Output pixels per core row, at least.
+const MIN_CHUNK: usize = 16;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
@@ -175,10 +180,12 @@ pub(crate) fn forward<T: Element>(
     points::forward(&Op::new(g, ops, chunk), isa, rows_of(out, chunk))
 }
 
-/// [`CHUNK`] where every output view is in standard layout, else one output row.
+/// Where every output view is in standard layout, runs of [`MIN_CHUNK`] to [`CHUNK`] pixels,
+/// [`MIN_ROWS`] of them where the image allows (decided by the shape alone); else one output
+/// row.
 fn chunk_for(g: &Dcnv3Geometry, standard: &[bool]) -> usize {
     if standard.iter().all(|s| *s) {
-        CHUNK
+        (g.ho * g.wo).div_ceil(MIN_ROWS).clamp(MIN_CHUNK, CHUNK)
     } else {
         g.wo
     }

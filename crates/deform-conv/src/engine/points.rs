@@ -2,18 +2,21 @@
 //! attention): outputs that are weighted sums of bilinear samples of a channels-last image.
 //!
 //! An operator ([`PointOp`]) describes an image of one or more planes (DCNv3: one; attention: its
-//! levels) of `C` channels in groups of `D`, and output rows (DCNv3: a row of `Wo` pixels;
+//! levels) of `C` channels in groups of `D`, and output rows (DCNv3: a run of output pixels;
 //! attention: a block of queries) whose every element `t` of group `g` is
 //! `out[t, g*D + c] = sum_k m_k[t] * bilinear(plane(k), y_k[t], x_k[t], g*D + c)`.
-//! Per (row, group, point) one row of descriptors is computed by the same kernels as DCNv2's
-//! (`sample_row`, with absolute positions: `y0 = x0 = 0`, no stride) and run across the group's
-//! channel run (`gather_row` forward; `dot4_row` and `scatter_row` backward).
+//! Per (row, group) the operator describes every point's positions at once; the descriptors are
+//! computed by the same kernels as DCNv2's (`sample_row`, with absolute positions: `y0 = x0 = 0`,
+//! no stride), one call per plane's run of points, and run across the group's channel run:
+//! forward `gather_points` (each element's sum over the points in registers, stored once);
+//! backward per point `dot4_row` and `scatter_row` (fused where a table has `backward_row`).
 //!
-//! Each image is copied once into the accumulation type, its planes one after the other, each
-//! followed by the zero pixel the descriptors point at for corners outside it. Forward: rows in
-//! parallel, the sums formed point by point in a fixed order. Backward: rows dealt to
-//! `blocking::LANES` fixed lanes (one where the samples are few for the image), each with its
-//! own input-gradient image, reduced in lane order.
+//! Each image is copied once into the accumulation type, group-major as DCNv2's (`image`): group
+//! by group, its planes one after the other, each followed by the zero pixel the descriptors
+//! point at for corners outside it, so a group's neighbouring corners are neighbours in memory.
+//! Forward: rows in parallel, the sums formed point by point in a fixed order. Backward: rows
+//! dealt to `blocking::LANES` fixed lanes (one where the samples are few for the image), each
+//! with its own input-gradient image, reduced in lane order.
 //! Same bits for any thread count; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;

@@ -3,8 +3,9 @@
 //! Each kernel body is written once, `#[inline(always)]` and generic over the accumulation type,
 //! over plain slices (one bounds check per channel run, none per element): the portable table.
 //! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
-//! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`, `avx2_f32`), AVX-512
-//! the panel GEMM's zmm tile (`avx512_f32`) over the AVX2 table. One table per (element type,
+//! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`,
+//! `avx2_f32`); AVX-512, over the AVX2 table, the row descriptors (`avx512_sample`), the panel
+//! GEMM's zmm tile and the point core's rows of 16 and 32 channels (`avx512_f32`). One table per (element type,
 //! instruction set), built once per process ([`table`]). The instruction set is chosen once, on
 //! first use, from CPU feature detection, overridable with `DEFORM_CONV_ISA=scalar|avx2|avx512`,
 //! and each call can also force one ([`Isa`] in [`crate::op::Backend::EngineIsa`]).
@@ -221,9 +222,9 @@ fn avx2_f32_table() -> Kernels<f32> {
     }
 }
 
-/// The AVX-512 f32 table: the AVX2 table with what measured faster on AVX-512: the forward's
-/// panel GEMM on a zmm register tile, and the point core's backward rows of 16 and 32 channels
-/// (BENCHMARKS.md).
+/// The AVX-512 f32 table: the AVX2 table with what measured faster on AVX-512: the row
+/// descriptors sixteen at a time, the forward's panel GEMM on a zmm register tile, and the point
+/// core's forward and backward rows of 16 and 32 channels (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 fn avx512_f32_table() -> Kernels<f32> {
     fn panel_gemm(job: PanelGemm<'_, f32>) {
@@ -279,7 +280,7 @@ fn avx512_f32_table() -> Kernels<f32> {
         }
     }
     Kernels {
-        name: "avx512 (avx2 f32 kernels, zmm panel GEMM and point rows)",
+        name: "avx512 (avx2 f32 kernels, zmm panel GEMM, descriptors and point rows)",
         panel_gemm: Some(panel_gemm),
         backward_row: Some(backward_row),
         sample_row,
