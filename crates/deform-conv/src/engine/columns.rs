@@ -30,7 +30,6 @@ impl<T: Element> Plan<'_, '_, T> {
             lo: chans.start - dg * cdg,
             len: chans.len(),
             stride,
-            add: false,
         };
         (job, dg * (g.h * g.w + 1) * cdg)
     }

@@ -318,6 +318,19 @@ fn sample<T: Element, O: PointOp<T>>(
     (k.sample_row)(&args, &mut s.s);
 }
 
+/// A group's row of `len` elements on its group-major image (`d` channels a pixel) against rows
+/// of `c` channels (the output, the output gradient).
+fn group_row<A>(s: &RowSamples<A>, len: usize, d: usize, c: usize) -> RowJob<'_, A> {
+    RowJob {
+        s,
+        n: len,
+        c: d,
+        lo: 0,
+        len: d,
+        stride: c,
+    }
+}
+
 /// The points in runs that sample the same plane.
 fn plane_runs<T: Element, O: PointOp<T>>(op: &O) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
@@ -405,15 +418,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                         }
                                     }
                                 }
-                                let job = RowJob {
-                                    s: &s.s,
-                                    n: len,
-                                    c: d,
-                                    lo: 0,
-                                    len: d,
-                                    stride: c,
-                                    add: false,
-                                };
+                                let job = group_row(&s.s, len, d, c);
                                 let xt = &xt[g * image * d..(g + 1) * image * d];
                                 (k.gather_points)(&job, sh.points, xt, &mut s.acc[g * d..]);
                             }
@@ -517,15 +522,7 @@ where
                                 for point in 0..sh.points {
                                     sample(op, k, point..point + 1, (len, 0), true, s);
                                     let base = bases[op.plane_of(point)] * d;
-                                    let job = RowJob {
-                                        s: &s.s,
-                                        n: len,
-                                        c: d,
-                                        lo: 0,
-                                        len: d,
-                                        stride: c,
-                                        add: false,
-                                    };
+                                    let job = group_row(&s.s, len, d, c);
                                     s.dots[..4 * len].fill(zero);
                                     let (dcol, x, gx) =
                                         (&s.tmp[lo..], &xg[base..], &mut dxg[base..]);

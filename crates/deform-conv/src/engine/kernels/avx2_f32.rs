@@ -13,7 +13,7 @@ fn tail_mask(rem: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(rem.min(8) as i32), iota)
 }
 
-/// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` (`+=` that sum when `job.add`), 8
+/// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` 8
 /// channels per step, the tail through masked loads and stores (masked-off lanes are not
 /// accessed).
 ///
@@ -60,9 +60,6 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
-                if job.add {
-                    acc = _mm256_add_ps(_mm256_loadu_ps(dst.add(i)), acc);
-                }
                 _mm256_storeu_ps(dst.add(i), acc);
             }
             i += 8;
@@ -76,9 +73,6 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
-                if job.add {
-                    acc = _mm256_add_ps(_mm256_maskload_ps(dst.add(i), tail), acc);
-                }
                 _mm256_maskstore_ps(dst.add(i), tail, acc);
             }
         }

@@ -135,62 +135,11 @@ pub(super) unsafe fn point_row<const NZ: usize>(
     }
 }
 
-/// The gather for channel runs of exactly `16 * NZ` channels in zmm registers: `cols[t*stride +
-/// c] (+)= ((w0*s0 + w1*s1) + w2*s2) + w3*s3`, as AVX2's `gather_row` (the same products and sums
-/// in the same order, `+=` when `job.add`). The same bits.
-///
-/// # Safety
-/// The CPU must support AVX-512F; `job.len == 16 * NZ`.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn gather_row<const NZ: usize>(
-    job: &super::RowJob<'_, f32>,
-    xt: &[f32],
-    cols: &mut [f32],
-) {
-    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
-    let len = 16 * NZ;
-    if n == 0 {
-        return;
-    }
-    let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
-    assert!(
-        job.len == len
-            && top * c + lo + len <= xt.len()
-            && (n - 1) * job.stride + len <= cols.len(),
-        "descriptor runs lie inside the image and the columns tile"
-    );
-    let (xp, cp) = (xt.as_ptr(), cols.as_mut_ptr());
-    for t in 0..n {
-        // SAFETY: every corner index is at most `top` and `t < n`: the runs lie inside `xt` and
-        // `cols` (checked above).
-        let (src, dst) = unsafe {
-            (
-                idx.map(|v| xp.add(v[t] as usize * c + lo)),
-                cp.add(t * job.stride),
-            )
-        };
-        let w = wts.map(|v| _mm512_set1_ps(v[t]));
-        for z in 0..NZ {
-            // SAFETY: elements 16z..16z+16 of the length-`len` runs `src[j]` and `dst`.
-            unsafe {
-                let l = |j: usize| _mm512_loadu_ps(src[j].add(16 * z));
-                let mut acc = _mm512_mul_ps(w[0], l(0));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)));
-                if job.add {
-                    acc = _mm512_add_ps(_mm512_loadu_ps(dst.add(16 * z)), acc);
-                }
-                _mm512_storeu_ps(dst.add(16 * z), acc);
-            }
-        }
-    }
-}
-
-/// The point core's forward row for channel runs of exactly `16 * NZ` channels: each element's
-/// sum over the points in `NZ` zmm registers, stored once. Per point the same products and sums
-/// as [`gather_row`] (`((w0*s0 + w1*s1) + w2*s2) + w3*s3`), the first point's sample the start
-/// of the sum and each next one added to it: the bits of `gather_row` point by point.
+/// The gather for channel runs of exactly `16 * NZ` channels, each element's sum over `points`
+/// points in `NZ` zmm registers, stored once (the point core's forward row; with one point, the
+/// columns' gather). Per point the same products and sums as AVX2's `gather_row` (`((w0*s0 +
+/// w1*s1) + w2*s2) + w3*s3`), the first point's sample the start of the sum and each next one
+/// added to it: the bits of `gather_row` point by point.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `job.len == 16 * NZ`.

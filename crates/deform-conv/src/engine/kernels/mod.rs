@@ -119,14 +119,11 @@ pub(crate) struct RowJob<'a, A> {
     pub len: usize,
     /// Columns-tile elements between consecutive pixels.
     pub stride: usize,
-    /// The gather adds its sums to the destination instead of storing them (the point core sums
-    /// a group's points in place: the same additions as through a temporary row).
-    pub add: bool,
 }
 
 /// Descriptors of one row.
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
-/// `cols[t*stride + c'] (+)= sum_j w_j[t] * X[idx_j[t], lo + c']` (`+=` when `job.add`).
+/// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// `(job, points, xt, cols)`: the point core's forward row, `cols[t*stride + c'] = sum_k
 /// gather_k(t, c')` over `k < points` in order (the first stored, the others added: bitwise as
@@ -259,8 +256,8 @@ fn avx512_f32_table() -> Kernels<f32> {
         // includes AVX2); the zmm rows get exactly their run length.
         unsafe {
             match job.len {
-                16 => avx512_f32::gather_row::<1>(job, xt, cols),
-                32 => avx512_f32::gather_row::<2>(job, xt, cols),
+                16 => avx512_f32::gather_points::<1>(job, 1, xt, cols),
+                32 => avx512_f32::gather_points::<2>(job, 1, xt, cols),
                 _ => avx2_f32::gather_row(job, xt, cols),
             }
         }

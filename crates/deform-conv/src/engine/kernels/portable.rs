@@ -83,15 +83,6 @@ fn gather_run<A: Real, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) 
 
 #[inline(always)]
 fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    if job.add {
-        gather_rows::<A, true>(job, xt, cols)
-    } else {
-        gather_rows::<A, false>(job, xt, cols)
-    }
-}
-
-#[inline(always)]
-fn gather_rows<A: Real, const ADD: bool>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
     let (i0, i1, i2, i3) = (
         &s.idx[0][..n],
@@ -113,7 +104,7 @@ fn gather_rows<A: Real, const ADD: bool>(job: &RowJob<'_, A>, xt: &[A], cols: &m
             &xt[b[2]..b[2] + len],
             &xt[b[3]..b[3] + len],
         ];
-        gather_run::<A, ADD>(
+        gather_run::<A, false>(
             &mut cols[t * job.stride..t * job.stride + len],
             src,
             [w0[t], w1[t], w2[t], w3[t]],
