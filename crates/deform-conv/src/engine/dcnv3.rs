@@ -294,11 +294,7 @@ pub(crate) fn backward<T: Element>(
             if let Some(all) = img.as_slice_mut() {
                 // A contiguous gradient: pixel after pixel.
                 for (s, px) in all.chunks_exact_mut(c).enumerate() {
-                    for (o, run) in px.chunks_exact_mut(g.d).zip(dx.runs(s)) {
-                        for (o, v) in o.iter_mut().zip(run) {
-                            *o = T::from_acc(*v);
-                        }
-                    }
+                    dx.store_pixel(s, px);
                 }
                 return;
             }

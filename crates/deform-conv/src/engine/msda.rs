@@ -213,11 +213,7 @@ pub(crate) fn backward<T: Element>(
                 for &(h, w, start) in &g.levels {
                     let level = &mut all[start * c..(start + h * w) * c];
                     for (s, px) in level.chunks_exact_mut(c).enumerate() {
-                        for (o, run) in px.chunks_exact_mut(g.d).zip(dx.runs(at + s)) {
-                            for (o, v) in o.iter_mut().zip(run) {
-                                *o = T::from_acc(*v);
-                            }
-                        }
+                        dx.store_pixel(at + s, px);
                     }
                     at += h * w + 1;
                 }

@@ -148,13 +148,22 @@ pub(crate) struct Grouped<'a, A> {
     d: usize,
 }
 
-impl<'a, A> Grouped<'a, A> {
+impl<'a, A: Real> Grouped<'a, A> {
     /// Pixel `s` of the copy (planes one after the other, each followed by one pixel to
     /// ignore), as its groups' channel runs in order.
     pub(crate) fn runs(&self, s: usize) -> impl Iterator<Item = &'a [A]> + '_ {
         let (d, data) = (self.d, self.data);
         data.chunks_exact(self.image * d)
             .map(move |group| &group[s * d..(s + 1) * d])
+    }
+
+    /// Pixel `s` of the copy into `px` (its `C` channels), rounded to the storage type.
+    pub(crate) fn store_pixel<T: Element<Acc = A>>(&self, s: usize, px: &mut [T]) {
+        for (o, run) in px.chunks_exact_mut(self.d).zip(self.runs(s)) {
+            for (o, v) in o.iter_mut().zip(run) {
+                *o = T::from_acc(*v);
+            }
+        }
     }
 }
 
@@ -373,20 +382,16 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     if sh.n == 0 || c == 0 {
         return Ok(());
     }
-    // Descriptors index the whole copy (each plane's start added to its points' indices).
-    let bases = bases
-        .iter()
-        .map(|&b| u32::try_from(b))
-        .collect::<std::result::Result<Vec<u32>, _>>()
-        .ok()
-        .filter(|_| u32::try_from(image).is_ok())
-        .ok_or_else(|| {
-            crate::error::DeformError::parameter(
-                "input",
-                "fewer than 2^32 pixels in an image (all levels together)",
-                image,
-            )
-        })?;
+    // Descriptors index the whole copy (each plane's start added to its points' indices), so
+    // every pixel index of the copy must fit in u32; then so does every plane's start.
+    if u32::try_from(image).is_err() {
+        return Err(crate::error::DeformError::parameter(
+            "input",
+            "fewer than 2^32 pixels in an image (all levels together)",
+            image,
+        ));
+    }
+    let bases: Vec<u32> = bases.iter().map(|&b| b as u32).collect();
     let runs = plane_runs(op);
     let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
     threads::serial_if_small(work, || {
