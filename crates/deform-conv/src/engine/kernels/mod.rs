@@ -5,10 +5,11 @@
 //! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
 //! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`,
 //! `avx2_f32`); AVX-512, over the AVX2 table, the row descriptors (`avx512_sample`), the panel
-//! GEMM's zmm tile and the point core's rows of 16 and 32 channels (`avx512_f32`). One table per (element type,
-//! instruction set), built once per process ([`table`]). The instruction set is chosen once, on
-//! first use, from CPU feature detection, overridable with `DEFORM_CONV_ISA=scalar|avx2|avx512`,
-//! and each call can also force one ([`Isa`] in [`crate::op::Backend::EngineIsa`]).
+//! GEMM's zmm tile and the point core's rows of 16 and 32 channels (`avx512_f32`). One table
+//! per (element type, instruction set), built once per process ([`table`]). The instruction set
+//! is chosen once, on first use, from CPU feature detection, overridable with
+//! `DEFORM_CONV_ISA=scalar|avx2|avx512`, and each call can also force one ([`Isa`] in
+//! [`crate::op::Backend::EngineIsa`]).
 //!
 //! Reductions accumulate in `LANE` independent partial sums combined in a fixed order, and no
 //! row kernel relies on fused multiply-add, so every instruction set gives bitwise the same

@@ -81,37 +81,8 @@ fn gather_run<A: Real, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) 
     }
 }
 
-#[inline(always)]
-fn gather_row_body<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
-    let (i0, i1, i2, i3) = (
-        &s.idx[0][..n],
-        &s.idx[1][..n],
-        &s.idx[2][..n],
-        &s.idx[3][..n],
-    );
-    let (w0, w1, w2, w3) = (&s.w[0][..n], &s.w[1][..n], &s.w[2][..n], &s.w[3][..n]);
-    for t in 0..n {
-        let b = [
-            i0[t] as usize * c + lo,
-            i1[t] as usize * c + lo,
-            i2[t] as usize * c + lo,
-            i3[t] as usize * c + lo,
-        ];
-        let src = [
-            &xt[b[0]..b[0] + len],
-            &xt[b[1]..b[1] + len],
-            &xt[b[2]..b[2] + len],
-            &xt[b[3]..b[3] + len],
-        ];
-        gather_run::<A, false>(
-            &mut cols[t * job.stride..t * job.stride + len],
-            src,
-            [w0[t], w1[t], w2[t], w3[t]],
-        );
-    }
-}
-
+/// The gather of `points` points per element, point `k`'s descriptors at `k*job.n ..` (the
+/// columns' gather is one point).
 #[inline(always)]
 fn gather_points_body<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
@@ -192,7 +163,7 @@ fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
     sample_row_body(a, out)
 }
 fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    gather_row_body(job, xt, cols)
+    gather_points_body(job, 1, xt, cols)
 }
 fn scalar_gather_points<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
     gather_points_body(job, points, xt, cols)
@@ -223,7 +194,7 @@ mod x86 {
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        gather_row_body(job, xt, cols)
+        gather_points_body(job, 1, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_gather_points_impl<A: Real>(
