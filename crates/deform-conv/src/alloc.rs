@@ -2,8 +2,10 @@
 //! too large for the machine is [`DeformError::Allocation`] (or [`DeformError::Overflow`]), never
 //! an allocation abort.
 
+use crate::element::Element;
 use crate::error::{checked_product, DeformError, Result};
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
+use std::mem::MaybeUninit;
 
 /// A zero array of `shape`, or [`DeformError::Allocation`] / [`DeformError::Overflow`] instead
 /// of an abort when the machine cannot hold it.
@@ -41,6 +43,46 @@ pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
         }
     };
     Ok(ndarray::Array::from_shape_vec(shape, v).expect("length is the product of the shape"))
+}
+
+/// An output array of `shape` that the engine writes in full before anyone reads it
+/// ([`Written::done`]), allocated fallibly with no pass over its memory: `calloc` must zero a
+/// reused heap block (a 23 MB attention output: a serial `memset` of ~5% of the call). While
+/// [`crate::engine::poison_scratch`] is on (tests) every element starts as NaN instead.
+pub(crate) struct Written<T, D: Dimension>(Array<MaybeUninit<T>, D>);
+
+impl<T: Element, D: Dimension> Written<T, D> {
+    pub(crate) fn new(name: &str, shape: D) -> Result<Self> {
+        let len = checked_product(name, shape.slice())?;
+        let mut data = try_vec::<MaybeUninit<T>>(name, len, shape.slice())?;
+        if crate::engine::scratch_poisoned() {
+            let nan = T::from_acc(<T::Acc as num_traits::Float>::nan());
+            data.resize(len, MaybeUninit::new(nan));
+        } else {
+            // Compiles to no pass over the memory.
+            data.resize_with(len, MaybeUninit::uninit);
+        }
+        Ok(Written(
+            Array::from_shape_vec(shape, data).expect("length is the product of the shape"),
+        ))
+    }
+
+    /// The view the engine writes every element of.
+    pub(crate) fn view_mut(&mut self) -> ArrayViewMut<'_, MaybeUninit<T>, D> {
+        self.0.view_mut()
+    }
+
+    /// The array, once the engine has written it.
+    ///
+    /// # Safety
+    ///
+    /// Every element of [`Self::view_mut`] has been written (the engine's forward functions
+    /// that take such a view write every element when they return `Ok`; the tests poison the
+    /// array to check it).
+    pub(crate) unsafe fn done(self) -> Array<T, D> {
+        // SAFETY: every element is initialised (this function's contract).
+        unsafe { self.0.assume_init() }
+    }
 }
 
 /// Types for which all-zero bytes are a valid value (zero).

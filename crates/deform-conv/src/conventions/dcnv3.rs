@@ -332,15 +332,15 @@ fn run_forward<T: Element>(
     ops: &Dcnv3Operands<'_, T>,
     backend: Backend,
 ) -> Result<Array4<T>> {
-    let mut y: Array4<T> = try_alloc("output", Ix4(g.n, g.ho, g.wo, g.c()))?;
     match backend {
-        Backend::Reference => crate::reference::dcnv3::forward(g, ops, y.view_mut()),
-        Backend::Engine => {
-            crate::engine::dcnv3::forward(g, ops, y.view_mut(), crate::engine::active_isa())?
+        Backend::Reference => {
+            let mut y: Array4<T> = try_alloc("output", Ix4(g.n, g.ho, g.wo, g.c()))?;
+            crate::reference::dcnv3::forward(g, ops, y.view_mut());
+            Ok(y)
         }
-        Backend::EngineIsa(isa) => crate::engine::dcnv3::forward(g, ops, y.view_mut(), isa)?,
+        Backend::Engine => crate::engine::dcnv3::forward(g, ops, crate::engine::active_isa()),
+        Backend::EngineIsa(isa) => crate::engine::dcnv3::forward(g, ops, isa),
     }
-    Ok(y)
 }
 
 fn run_backward<T: Element>(

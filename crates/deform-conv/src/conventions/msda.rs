@@ -34,7 +34,7 @@ use crate::element::Element;
 use crate::error::{checked_product, DeformError, Result};
 use crate::op::Backend;
 use ndarray::{Array3, Array4, Array5, Array6, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
-use ndarray::{ArrayView5, ArrayView6, ArrayViewMut3, ArrayViewMut4, ArrayViewMut5, ArrayViewMut6};
+use ndarray::{ArrayView5, ArrayView6, ArrayViewMut4, ArrayViewMut5, ArrayViewMut6};
 use ndarray::{Ix3, Ix4, Ix5, Ix6};
 
 /// How the operator runs (it has no attributes of its own: `im2col_step` is a CUDA batching knob).
@@ -240,24 +240,14 @@ pub fn ms_deform_attn<T: Element>(
         sampling_locations,
         attention_weights,
     )?;
-    let mut out: Array3<T> = try_alloc("output", Ix3(g.n, g.q, g.c()))?;
-    run_forward(&g, &ops, out.view_mut(), p.backend)?;
-    Ok(out)
-}
-
-fn run_forward<T: Element>(
-    g: &MsdaGeometry,
-    ops: &MsdaOperands<'_, T>,
-    out: ArrayViewMut3<'_, T>,
-    backend: Backend,
-) -> Result<()> {
-    match backend {
+    match p.backend {
         Backend::Reference => {
-            crate::reference::msda::forward(g, ops, out);
-            Ok(())
+            let mut out: Array3<T> = try_alloc("output", Ix3(g.n, g.q, g.c()))?;
+            crate::reference::msda::forward(&g, &ops, out.view_mut());
+            Ok(out)
         }
-        Backend::Engine => crate::engine::msda::forward(g, ops, out, crate::engine::active_isa()),
-        Backend::EngineIsa(isa) => crate::engine::msda::forward(g, ops, out, isa),
+        Backend::Engine => crate::engine::msda::forward(&g, &ops, crate::engine::active_isa()),
+        Backend::EngineIsa(isa) => crate::engine::msda::forward(&g, &ops, isa),
     }
 }
 

@@ -5,10 +5,11 @@
 
 use super::kernels::Isa;
 use super::points::{self, pieces, PointOp, Shape};
+use crate::alloc::Written;
 use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands};
 use crate::element::Element;
 use crate::error::Result;
-use ndarray::{ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
+use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Ix4};
 use num_traits::FromPrimitive;
 use std::ops::Range;
 
@@ -169,15 +170,17 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
     }
 }
 
-/// The forward into `out` (`[N, Ho, Wo, G*D]`, every element written).
+/// The forward: `[N, Ho, Wo, G*D]`.
 pub(crate) fn forward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
-    out: ArrayViewMut4<'_, T>,
     isa: Isa,
-) -> Result<()> {
-    let chunk = chunk_for(g, &[out.is_standard_layout()]);
-    points::forward(&Op::new(g, ops, chunk), isa, rows_of(out, chunk))
+) -> Result<Array4<T>> {
+    let mut out = Written::new("output", Ix4(g.n, g.ho, g.wo, g.c()))?;
+    let chunk = chunk_for(g, &[true]);
+    points::forward(&Op::new(g, ops, chunk), isa, rows_of(out.view_mut(), chunk))?;
+    // SAFETY: the rows cover the output, and `points::forward` wrote every element of every row.
+    Ok(unsafe { out.done() })
 }
 
 /// Where every output view is in standard layout, runs of [`MIN_CHUNK`] to [`CHUNK`] pixels,

@@ -41,6 +41,7 @@ mod threads;
 pub use kernels::{active_isa, kernels_name, Isa};
 #[doc(hidden)]
 pub use scratch::poison_scratch;
+pub(crate) use scratch::poisoned as scratch_poisoned;
 pub use threads::{
     num_threads, set_num_threads, with_executor, Executor, RayonExecutor, SerialExecutor, Task,
     MAX_THREADS,

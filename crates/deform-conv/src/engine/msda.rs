@@ -3,10 +3,11 @@
 
 use super::kernels::Isa;
 use super::points::{self, pieces, PointOp, Shape};
+use crate::alloc::Written;
 use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaOperands};
 use crate::element::{Element, Real};
 use crate::error::Result;
-use ndarray::{ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, ArrayViewMut5, Axis};
+use ndarray::{Array3, ArrayView3, ArrayViewMut4, ArrayViewMut5, Axis, Ix3};
 use num_traits::One;
 use std::ops::Range;
 
@@ -147,15 +148,16 @@ fn query_rows<'a, T, D: ndarray::RemoveAxis>(
         .collect()
 }
 
-/// The forward into `out` (`[N, Lq, M*D]`, every element written).
+/// The forward: `[N, Lq, M*D]`.
 pub(crate) fn forward<T: Element>(
     g: &MsdaGeometry,
     ops: &MsdaOperands<'_, T>,
-    out: ArrayViewMut3<'_, T>,
     isa: Isa,
-) -> Result<()> {
-    let rows: Vec<Vec<ArrayViewMut2<'_, T>>> = query_rows(out);
-    points::forward(&Op::new(g, ops), isa, rows)
+) -> Result<Array3<T>> {
+    let mut out = Written::new("output", Ix3(g.n, g.q, g.c()))?;
+    points::forward(&Op::new(g, ops), isa, query_rows(out.view_mut()))?;
+    // SAFETY: the rows cover the output, and `points::forward` wrote every element of every row.
+    Ok(unsafe { out.done() })
 }
 
 /// The backward into `grads` (every element written).

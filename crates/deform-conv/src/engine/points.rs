@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::params::GradGate;
 use ndarray::ArrayViewMut2;
 use num_traits::{One, Zero};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The sizes of a point operator.
@@ -369,11 +370,12 @@ fn describe<T: Element, O: PointOp<T>>(
     );
 }
 
-/// The forward: `rows[n][r]` (`[len of row r, C]`) receives row `r` of image `n`.
+/// The forward: `rows[n][r]` (`[len of row r, C]`) receives row `r` of image `n`, every
+/// element written when it returns `Ok`.
 pub(crate) fn forward<T: Element, O: PointOp<T>>(
     op: &O,
     isa: Isa,
-    rows: Vec<Vec<ArrayViewMut2<'_, T>>>,
+    rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
 ) -> Result<()> {
     let k = kernels_for::<T::Acc>(isa)?;
     let sh = op.shape();
@@ -427,15 +429,12 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                 let xt = &xt[g * image * d..(g + 1) * image * d];
                                 (k.gather_points)(&job, sh.points, xt, &mut s.acc[g * d..]);
                             }
+                            let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
+                                o.write(T::from_acc(*v));
+                            };
                             match out.as_slice_mut() {
-                                Some(o) => o
-                                    .iter_mut()
-                                    .zip(&s.acc)
-                                    .for_each(|(o, v)| *o = T::from_acc(*v)),
-                                None => out
-                                    .iter_mut()
-                                    .zip(&s.acc)
-                                    .for_each(|(o, v)| *o = T::from_acc(*v)),
+                                Some(o) => o.iter_mut().zip(&s.acc).for_each(store),
+                                None => out.iter_mut().zip(&s.acc).for_each(store),
                             }
                         },
                     )

@@ -29,6 +29,11 @@ pub fn poison_scratch(on: bool) {
 /// Most bytes the pool keeps between calls.
 const KEEP_BYTES: usize = 512 << 20;
 
+/// Is [`poison_scratch`] on?
+pub(crate) fn poisoned() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
+
 static POOL: Mutex<Vec<Box<dyn Any + Send>>> = Mutex::new(Vec::new());
 
 /// A pooled `Vec<A>`, returned to the pool on drop.
