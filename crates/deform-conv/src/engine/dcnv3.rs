@@ -228,7 +228,7 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     let Dcnv3GradViews {
-        input: mut gin,
+        input: gin,
         offset,
         mask,
     } = grads;
@@ -277,36 +277,24 @@ pub(crate) fn backward<T: Element>(
         },
         |(off, mask), pg| {
             // Column by column: strided writes, no per-element 2-D index.
-            for (xy, src) in [(0, pg.x), (1, pg.y)] {
-                let col = off.column_mut(layout.offset(pg.g, pg.point, xy));
-                for (o, v) in col.into_iter().zip(src) {
-                    *o = T::from_acc(*v * scale);
+            for point in 0..g.points {
+                let at = point * pg.len..(point + 1) * pg.len;
+                for (xy, src) in [(0, &pg.x[at.clone()]), (1, &pg.y[at.clone()])] {
+                    let col = off.column_mut(layout.offset(pg.g, point, xy));
+                    for (o, v) in col.into_iter().zip(src) {
+                        *o = T::from_acc(*v * scale);
+                    }
                 }
-            }
-            let mv = mask.as_mut().unwrap_or(off);
-            for (o, v) in mv
-                .column_mut(layout.mask(pg.g, pg.point))
-                .into_iter()
-                .zip(pg.m)
-            {
-                *o = T::from_acc(*v);
-            }
-        },
-        |n, dx| {
-            let mut img = gin.index_axis_mut(Axis(0), n);
-            if let Some(all) = img.as_slice_mut() {
-                // A contiguous gradient: pixel after pixel.
-                for (s, px) in all.chunks_exact_mut(c).enumerate() {
-                    dx.store_pixel(s, px);
-                }
-                return;
-            }
-            for s in 0..g.h * w {
-                let dst = img.slice_mut(ndarray::s![s / w, s % w, ..]);
-                for (o, v) in dst.into_iter().zip(dx.runs(s).flatten()) {
+                let mv = mask.as_mut().unwrap_or(&mut *off);
+                for (o, v) in mv
+                    .column_mut(layout.mask(pg.g, point))
+                    .into_iter()
+                    .zip(&pg.m[at])
+                {
                     *o = T::from_acc(*v);
                 }
             }
         },
+        points::image_rows("grad_input", gin, g.h * w, c)?,
     )
 }

@@ -169,7 +169,7 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<()> {
     let MsdaGradViews {
-        value: mut gv,
+        value: gv,
         loc,
         attn,
     } = grads;
@@ -187,49 +187,45 @@ pub(crate) fn backward<T: Element>(
         |n, r, dst| {
             let q0 = r * QUERIES;
             let rows = grad_output.slice(ndarray::s![n, q0..(q0 + QUERIES).min(g.q), ..]);
-            for (d, v) in dst.iter_mut().zip(rows.iter()) {
-                *d = v.to_acc();
+            match rows.as_slice() {
+                Some(src) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.to_acc()),
+                None => dst.iter_mut().zip(&rows).for_each(|(d, v)| *d = v.to_acc()),
             }
         },
         |(loc, attn), pg| {
-            let (l, p) = (pg.point / g.p, pg.point % g.p);
-            let (h, w, _) = g.levels[l];
-            let (hf, wf) = (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64));
-            for (xy, src, size) in [(0, pg.x, wf), (1, pg.y, hf)] {
-                let col = loc.slice_mut(ndarray::s![.., pg.g, l, p, xy]);
-                for (o, v) in col.into_iter().zip(src) {
-                    *o = T::from_acc(*v * size);
-                }
-            }
-            let col = attn.slice_mut(ndarray::s![.., pg.g, l, p]);
-            for (o, v) in col.into_iter().zip(pg.m) {
-                *o = T::from_acc(*v);
-            }
-        },
-        |n, dx| {
-            // The copy's pixels: each level followed by one pixel to skip.
-            let mut img = gv.index_axis_mut(Axis(0), n);
-            let mut at = 0;
-            if let Some(all) = img.as_slice_mut() {
-                // A contiguous gradient: pixel after pixel.
-                for &(h, w, start) in &g.levels {
-                    let level = &mut all[start * c..(start + h * w) * c];
-                    for (s, px) in level.chunks_exact_mut(c).enumerate() {
-                        dx.store_pixel(at + s, px);
+            let (lp, len) = (g.levels.len() * g.p, pg.len);
+            let sizes = &op.sizes;
+            // Contiguous rows (the usual case): a query's points of head `g` are one run.
+            if let (Some(lv), Some(av)) = (loc.as_slice_mut(), attn.as_slice_mut()) {
+                for t in 0..len {
+                    let at = (t * g.m + pg.g) * lp;
+                    let (locs, weights) = (&mut lv[2 * at..2 * (at + lp)], &mut av[at..at + lp]);
+                    for (k, (xy, a)) in locs.chunks_exact_mut(2).zip(weights).enumerate() {
+                        let (hf, wf) = sizes[k / g.p];
+                        let i = k * len + t;
+                        xy[0] = T::from_acc(pg.x[i] * wf);
+                        xy[1] = T::from_acc(pg.y[i] * hf);
+                        *a = T::from_acc(pg.m[i]);
                     }
-                    at += h * w + 1;
                 }
                 return;
             }
-            for &(h, w, start) in &g.levels {
-                for s in 0..h * w {
-                    let dst = img.index_axis_mut(Axis(0), start + s);
-                    for (o, v) in dst.into_iter().zip(dx.runs(at + s).flatten()) {
-                        *o = T::from_acc(*v);
+            for k in 0..lp {
+                let (l, p) = (k / g.p, k % g.p);
+                let (hf, wf) = sizes[l];
+                let at = k * len..(k + 1) * len;
+                for (xy, src, size) in [(0, &pg.x[at.clone()], wf), (1, &pg.y[at.clone()], hf)] {
+                    let col = loc.slice_mut(ndarray::s![.., pg.g, l, p, xy]);
+                    for (o, v) in col.into_iter().zip(src) {
+                        *o = T::from_acc(*v * size);
                     }
                 }
-                at += h * w + 1;
+                let col = attn.slice_mut(ndarray::s![.., pg.g, l, p]);
+                for (o, v) in col.into_iter().zip(&pg.m[at]) {
+                    *o = T::from_acc(*v);
+                }
             }
         },
+        points::image_rows("grad_value", gv, g.s, c)?,
     )
 }

@@ -28,7 +28,7 @@ use super::threads::{self, for_each_item, PerWorker};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::params::GradGate;
-use ndarray::ArrayViewMut2;
+use ndarray::{ArrayViewMut2, Axis};
 use num_traits::{One, Zero};
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -140,34 +140,6 @@ pub(crate) trait PointOp<T: Element>: Sync {
     );
 }
 
-/// An image in the copy's layout, group-major (see [`copy_image`]): what the backward hands an
-/// operator as its input gradient.
-pub(crate) struct Grouped<'a, A> {
-    data: &'a [A],
-    /// Pixels of the copy (each plane's and its zero pixel).
-    image: usize,
-    d: usize,
-}
-
-impl<'a, A: Real> Grouped<'a, A> {
-    /// Pixel `s` of the copy (planes one after the other, each followed by one pixel to
-    /// ignore), as its groups' channel runs in order.
-    pub(crate) fn runs(&self, s: usize) -> impl Iterator<Item = &'a [A]> + '_ {
-        let (d, data) = (self.d, self.data);
-        data.chunks_exact(self.image * d)
-            .map(move |group| &group[s * d..(s + 1) * d])
-    }
-
-    /// Pixel `s` of the copy into `px` (its `C` channels), rounded to the storage type.
-    pub(crate) fn store_pixel<T: Element<Acc = A>>(&self, s: usize, px: &mut [T]) {
-        for (o, run) in px.chunks_exact_mut(self.d).zip(self.runs(s)) {
-            for (o, v) in o.iter_mut().zip(run) {
-                *o = T::from_acc(*v);
-            }
-        }
-    }
-}
-
 /// `v` cut along `axis` into pieces of `size` (the last may be shorter), each keeping `v`'s
 /// lifetime (what the operators hand the core as output rows).
 pub(crate) fn pieces<'a, T, D: ndarray::Dimension>(
@@ -183,6 +155,28 @@ pub(crate) fn pieces<'a, T, D: ndarray::Dimension>(
         v = rest;
     }
     out
+}
+
+/// `[N, pixels.., C]` as each image's `[pixels, C]` view (an input gradient for the backward);
+/// an error naming `name` for strides that do not allow it.
+pub(crate) fn image_rows<'a, T, D: ndarray::RemoveAxis>(
+    name: &str,
+    v: ndarray::ArrayViewMut<'a, T, D>,
+    pixels: usize,
+    c: usize,
+) -> Result<Vec<ArrayViewMut2<'a, T>>> {
+    pieces(v, Axis(0), 1)
+        .into_iter()
+        .map(|img| {
+            img.into_shape_with_order((pixels, c)).map_err(|_| {
+                crate::error::DeformError::parameter(
+                    name,
+                    "a standard-layout array",
+                    "other strides",
+                )
+            })
+        })
+        .collect()
 }
 
 /// Output elements per image (the rows' lengths summed).
@@ -295,7 +289,7 @@ impl<A: Real> RowScratch<A> {
             acc: vec![A::zero(); len * c],
             tmp: vec![A::zero(); len * c],
             dots: vec![A::zero(); 4 * len],
-            grads: std::array::from_fn(|_| vec![A::zero(); len]),
+            grads: std::array::from_fn(|_| vec![A::zero(); len * points]),
         }
     }
 }
@@ -445,11 +439,12 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     })
 }
 
-/// What the backward hands an operator for one (row, group, point): the gradients of the
-/// positions (`y`, `x`, in pixels of the point's plane) and of the weight, per element.
+/// What the backward hands an operator for one (row, group): the gradients of every point's
+/// position (`y`, `x`, in pixels of the point's plane) and weight, point `k`'s for the row's
+/// `len` elements at `k*len .. (k+1)*len`.
 pub(crate) struct PointGrads<'a, A> {
     pub g: usize,
-    pub point: usize,
+    pub len: usize,
     pub y: &'a [A],
     pub x: &'a [A],
     pub m: &'a [A],
@@ -457,14 +452,15 @@ pub(crate) struct PointGrads<'a, A> {
 
 /// The backward. `grad_rows[n][r]` is what the operator writes row `r`'s position and weight
 /// gradients into (through `put`); `dout(n, r, dst)` fills `dst` (`[len, C]`) with the output
-/// gradient of row `r`; `store_dx(n, dx)` receives image `n`'s input gradient.
+/// gradient of row `r`; `dx_images[n]` (`[pixels of every plane, C]`, the planes in order)
+/// receives image `n`'s input gradient, every element written.
 pub(crate) fn backward<T, O, G>(
     op: &O,
     isa: Isa,
     grad_rows: Vec<Vec<G>>,
     dout: impl Fn(usize, usize, &mut [T::Acc]) + Sync,
     put: impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
-    mut store_dx: impl FnMut(usize, &Grouped<'_, T::Acc>),
+    dx_images: Vec<ArrayViewMut2<'_, T>>,
 ) -> Result<()>
 where
     T: Element,
@@ -498,7 +494,7 @@ where
         let dx = dx_lines.all();
         let scratch = PerWorker::new();
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
-        for (n, rows) in grad_rows.into_iter().enumerate() {
+        for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
             copy_image(op, n, xt);
             threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(zero));
             // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone.
@@ -545,6 +541,12 @@ where
                                         grads: [gy, gx, gm],
                                         ..
                                     } = &mut *s;
+                                    let at = point * len;
+                                    let (gy, gx, gm) = (
+                                        &mut gy[at..at + len],
+                                        &mut gx[at..at + len],
+                                        &mut gm[at..at + len],
+                                    );
                                     for (t, a) in dots[..4 * len].chunks_exact(4).enumerate() {
                                         let (ly, lx, mt) = (rs.ly[t], rs.lx[t], rs.m[t]);
                                         let (hy, hx) = (one - ly, one - lx);
@@ -561,43 +563,70 @@ where
                                             (zero, zero, zero)
                                         };
                                     }
-                                    put(
-                                        &mut sink,
-                                        &PointGrads {
-                                            g,
-                                            point,
-                                            y: &gy[..len],
-                                            x: &gx[..len],
-                                            m: &gm[..len],
-                                        },
-                                    );
                                 }
+                                let all = len * sh.points;
+                                let [gy, gx, gm] = &s.grads;
+                                let pg = PointGrads {
+                                    g,
+                                    len,
+                                    y: &gy[..all],
+                                    x: &gx[..all],
+                                    m: &gm[..all],
+                                };
+                                put(&mut sink, &pg);
                             }
                         }
                     },
                 )
             });
-            // The lanes' sums in lane order, into lane 0.
-            let (first, others) = dx.split_at_mut(stride);
-            let first = &mut first[..len_img];
-            let others = &*others;
-            threads::for_each_chunk(first, 4096, |i, part, _| {
-                let at = i * 4096;
-                for (j, v) in part.iter_mut().enumerate() {
-                    for l in 0..lanes - 1 {
-                        *v += others[l * stride + at + j];
-                    }
-                }
-            });
-            store_dx(
-                n,
-                &Grouped {
-                    data: &dx[..len_img],
-                    image,
-                    d,
-                },
-            );
+            store_dx(sh, (&dx[..], stride, lanes), dx_image);
         }
         Ok(())
     })
+}
+
+/// Image `n`'s input gradient, `[pixels of every plane, C]`: the lanes' sums (in lane order) of
+/// each pixel of the group-major lanes `dx` (`lanes` of them, `stride` apart). Pixels in
+/// parallel chunks.
+fn store_dx<T: Element>(
+    sh: &Shape,
+    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    out: ArrayViewMut2<'_, T>,
+) {
+    let (d, (_, image)) = (sh.d, sh.bases());
+    let chunk_px = ((16 << 10) / sh.c.max(1)).max(1);
+    // (pixel of the copy, the output's pixels from there)
+    let mut tasks = Vec::new();
+    let (mut rest, mut at) = (out, 0);
+    for &(h, w) in &sh.planes {
+        let (plane, r) = rest.split_at(Axis(0), h * w);
+        for (i, part) in pieces(plane, Axis(0), chunk_px).into_iter().enumerate() {
+            tasks.push((at + i * chunk_px, part));
+        }
+        (rest, at) = (r, at + h * w + 1);
+    }
+    for_each_item(tasks, |(at, mut part), _| {
+        let mut sum = vec![T::Acc::zero(); d];
+        for (i, mut px) in part.outer_iter_mut().enumerate() {
+            let s = at + i;
+            for (g, mut run) in px.exact_chunks_mut(d).into_iter().enumerate() {
+                let from = g * image * d + s * d;
+                sum.copy_from_slice(&dx[from..from + d]);
+                for l in 1..lanes {
+                    let lane = &dx[l * stride + from..l * stride + from + d];
+                    sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
+                }
+                match run.as_slice_mut() {
+                    Some(o) => o
+                        .iter_mut()
+                        .zip(&sum)
+                        .for_each(|(o, v)| *o = T::from_acc(*v)),
+                    None => run
+                        .iter_mut()
+                        .zip(&sum)
+                        .for_each(|(o, v)| *o = T::from_acc(*v)),
+                }
+            }
+        }
+    });
 }
