@@ -47,7 +47,7 @@ use crate::alloc::try_alloc;
 use crate::element::Element;
 use crate::error::{check_rank, checked_product, DeformError, Result};
 use crate::op::Backend;
-use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix4};
+use ndarray::{Array4, ArrayView4, ArrayViewMut4, IntoDimension, Ix4};
 
 /// The operator's attributes, as `DCNv3Function` / `DCNv4Function` take them.
 #[derive(Debug, Clone, PartialEq)]
@@ -343,29 +343,43 @@ fn run_forward<T: Element>(
     }
 }
 
+/// The input gradient, the offset gradient (`offset_shape`) and, with `mask`, the mask's.
 fn run_backward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
     grad_output: ArrayView4<'_, T>,
-    grads: Dcnv3GradViews<'_, T>,
+    (offset_shape, mask): ([usize; 4], bool),
     backend: Backend,
-) -> Result<()> {
+) -> Result<(Array4<T>, Array4<T>, Option<Array4<T>>)> {
     expect_shape(
         "grad_output",
         grad_output.shape(),
         &g.output_shape(),
         "the output's shape",
     )?;
-    match backend {
+    let isa = match backend {
         Backend::Reference => {
-            crate::reference::dcnv3::backward(g, ops, grad_output, grads);
-            Ok(())
+            let mut gi: Array4<T> = try_alloc("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
+            let mut go: Array4<T> = try_alloc("grad_offset", offset_shape.into_dimension())?;
+            let mut gm: Option<Array4<T>> = match mask {
+                true => Some(try_alloc(
+                    "grad_mask",
+                    Ix4(g.n, g.ho, g.wo, g.g * g.points),
+                )?),
+                false => None,
+            };
+            let views = Dcnv3GradViews {
+                input: gi.view_mut(),
+                offset: go.view_mut(),
+                mask: gm.as_mut().map(|m| m.view_mut()),
+            };
+            crate::reference::dcnv3::backward(g, ops, grad_output, views);
+            return Ok((gi, go, gm));
         }
-        Backend::Engine => {
-            crate::engine::dcnv3::backward(g, ops, grad_output, grads, crate::engine::active_isa())
-        }
-        Backend::EngineIsa(isa) => crate::engine::dcnv3::backward(g, ops, grad_output, grads, isa),
-    }
+        Backend::Engine => crate::engine::active_isa(),
+        Backend::EngineIsa(isa) => isa,
+    };
+    crate::engine::dcnv3::backward(g, ops, grad_output, (offset_shape, mask), isa)
 }
 
 fn dcnv3_operands<'a, T>(
@@ -421,20 +435,12 @@ pub fn dcnv3_backward<T: Element>(
     p: &Dcnv3Params,
 ) -> Result<Dcnv3Gradients<T>> {
     let (g, ops) = dcnv3_operands(input, offset, mask, p)?;
-    let np = g.g * g.points;
-    let mut gi: Array4<T> = try_alloc("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
-    let mut go: Array4<T> = try_alloc("grad_offset", Ix4(g.n, g.ho, g.wo, np * 2))?;
-    let mut gm: Array4<T> = try_alloc("grad_mask", Ix4(g.n, g.ho, g.wo, np))?;
-    let views = Dcnv3GradViews {
-        input: gi.view_mut(),
-        offset: go.view_mut(),
-        mask: Some(gm.view_mut()),
-    };
-    run_backward(&g, &ops, grad_output, views, p.backend)?;
+    let shape = [g.n, g.ho, g.wo, g.g * g.points * 2];
+    let (input, offset, mask) = run_backward(&g, &ops, grad_output, (shape, true), p.backend)?;
     Ok(Dcnv3Gradients {
-        input: gi,
-        offset: go,
-        mask: gm,
+        input,
+        offset,
+        mask: mask.expect("asked for the mask gradient"),
     })
 }
 
@@ -490,17 +496,8 @@ pub fn dcnv4_backward<T: Element>(
     p: &Dcnv3Params,
 ) -> Result<Dcnv4Gradients<T>> {
     let (g, ops) = dcnv4_operands(input, offset_mask, p)?;
-    let mut gi: Array4<T> = try_alloc("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
     let s = offset_mask.shape();
-    let mut gom: Array4<T> = try_alloc("grad_offset_mask", Ix4(s[0], s[1], s[2], s[3]))?;
-    let views = Dcnv3GradViews {
-        input: gi.view_mut(),
-        offset: gom.view_mut(),
-        mask: None,
-    };
-    run_backward(&g, &ops, grad_output, views, p.backend)?;
-    Ok(Dcnv4Gradients {
-        input: gi,
-        offset_mask: gom,
-    })
+    let shape = [s[0], s[1], s[2], s[3]];
+    let (input, offset_mask, _) = run_backward(&g, &ops, grad_output, (shape, false), p.backend)?;
+    Ok(Dcnv4Gradients { input, offset_mask })
 }

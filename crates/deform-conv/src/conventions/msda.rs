@@ -275,6 +275,19 @@ pub fn ms_deform_attn_backward<T: Element>(
             grad_output.shape(),
         ));
     }
+    let isa = match p.backend {
+        Backend::Reference => return reference_backward(&g, &ops, grad_output),
+        Backend::Engine => crate::engine::active_isa(),
+        Backend::EngineIsa(isa) => isa,
+    };
+    crate::engine::msda::backward(&g, &ops, grad_output, isa)
+}
+
+fn reference_backward<T: Element>(
+    g: &MsdaGeometry,
+    ops: &MsdaOperands<'_, T>,
+    grad_output: ArrayView3<'_, T>,
+) -> Result<MsdaGradients<T>> {
     let l = g.levels.len();
     let mut gv: Array4<T> = try_alloc("grad_value", Ix4(g.n, g.s, g.m, g.d))?;
     let mut gl: Array6<T> = try_alloc("grad_sampling_locations", Ix6(g.n, g.q, g.m, l, g.p, 2))?;
@@ -284,19 +297,7 @@ pub fn ms_deform_attn_backward<T: Element>(
         loc: gl.view_mut(),
         attn: ga.view_mut(),
     };
-    match p.backend {
-        Backend::Reference => crate::reference::msda::backward(&g, &ops, grad_output, views),
-        Backend::Engine => crate::engine::msda::backward(
-            &g,
-            &ops,
-            grad_output,
-            views,
-            crate::engine::active_isa(),
-        )?,
-        Backend::EngineIsa(isa) => {
-            crate::engine::msda::backward(&g, &ops, grad_output, views, isa)?
-        }
-    }
+    crate::reference::msda::backward(g, ops, grad_output, views);
     Ok(MsdaGradients {
         value: gv,
         sampling_locations: gl,

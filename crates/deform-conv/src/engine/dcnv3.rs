@@ -9,8 +9,9 @@ use crate::alloc::Written;
 use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands};
 use crate::element::Element;
 use crate::error::Result;
-use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Ix4};
+use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, IntoDimension, Ix4};
 use num_traits::FromPrimitive;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Output pixels per core row, at most.
@@ -217,14 +218,45 @@ fn rows_of<T>(v: ArrayViewMut4<'_, T>, chunk: usize) -> Vec<Vec<ArrayViewMut2<'_
 }
 
 /// A row's gradient views: the offsets' row `[Wo, ..]` and, for DCNv3, the masks'.
-type GradRow<'a, T> = (ArrayViewMut2<'a, T>, Option<ArrayViewMut2<'a, T>>);
+type GradRow<'a, T> = (
+    ArrayViewMut2<'a, MaybeUninit<T>>,
+    Option<ArrayViewMut2<'a, MaybeUninit<T>>>,
+);
 
-/// The backward into `grads` (every element the layout names written).
+/// The gradients of the input, the offsets (`offset_shape`; DCNv4: offsets and masks, zero on
+/// the padding) and, with `mask`, of the masks.
 pub(crate) fn backward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
     grad_output: ArrayView4<'_, T>,
-    grads: Dcnv3GradViews<'_, T>,
+    (offset_shape, mask): ([usize; 4], bool),
+    isa: Isa,
+) -> Result<(Array4<T>, Array4<T>, Option<Array4<T>>)> {
+    let mut gi = Written::new("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
+    let mut go = Written::new("grad_offset", offset_shape.into_dimension())?;
+    let mut gm = match mask {
+        true => Some(Written::new(
+            "grad_mask",
+            Ix4(g.n, g.ho, g.wo, g.g * g.points),
+        )?),
+        false => None,
+    };
+    let views = Dcnv3GradViews {
+        input: gi.view_mut(),
+        offset: go.view_mut(),
+        mask: gm.as_mut().map(|m| m.view_mut()),
+    };
+    write_backward(g, ops, grad_output, views, isa)?;
+    // SAFETY: `write_backward` wrote every element: each pixel of the input gradient, and of
+    // every output pixel the offset and mask gradient of every point and the zero padding.
+    Ok(unsafe { (gi.done(), go.done(), gm.map(|m| m.done())) })
+}
+
+fn write_backward<T: Element>(
+    g: &Dcnv3Geometry,
+    ops: &Dcnv3Operands<'_, T>,
+    grad_output: ArrayView4<'_, T>,
+    grads: Dcnv3GradViews<'_, MaybeUninit<T>>,
     isa: Isa,
 ) -> Result<()> {
     let Dcnv3GradViews {
@@ -239,6 +271,7 @@ pub(crate) fn backward<T: Element>(
             mask.as_ref().is_none_or(|m| m.is_standard_layout()),
         ],
     );
+    let (off_width, separate_mask) = (offset.shape()[3], mask.is_some());
     let off_rows = rows_of(offset, chunk);
     let grad_rows: Vec<Vec<GradRow<'_, T>>> = match mask {
         Some(m) => off_rows
@@ -254,6 +287,17 @@ pub(crate) fn backward<T: Element>(
     let op = Op::new(g, ops, chunk);
     let scale = Op::<T>::acc(g.scale);
     let layout = ops.layout;
+    // Columns of the offset gradient no point names (DCNv4's padding): written zero.
+    let mut named = vec![false; off_width];
+    for (gi, p) in (0..g.g).flat_map(|gi| (0..g.points).map(move |p| (gi, p))) {
+        named[layout.offset(gi, p, 0)] = true;
+        named[layout.offset(gi, p, 1)] = true;
+        if !separate_mask {
+            named[layout.mask(gi, p)] = true;
+        }
+    }
+    let padding: Vec<usize> = (0..off_width).filter(|&i| !named[i]).collect();
+    let zero = T::from_acc(num_traits::Zero::zero());
     let (c, w) = (g.c(), g.w);
     points::backward(
         &op,
@@ -276,13 +320,20 @@ pub(crate) fn backward<T: Element>(
             }
         },
         |(off, mask), pg| {
+            if pg.g == 0 {
+                for &i in &padding {
+                    off.column_mut(i).iter_mut().for_each(|o| {
+                        o.write(zero);
+                    });
+                }
+            }
             // Column by column: strided writes, no per-element 2-D index.
             for point in 0..g.points {
                 let at = point * pg.len..(point + 1) * pg.len;
                 for (xy, src) in [(0, &pg.x[at.clone()]), (1, &pg.y[at.clone()])] {
                     let col = off.column_mut(layout.offset(pg.g, point, xy));
                     for (o, v) in col.into_iter().zip(src) {
-                        *o = T::from_acc(*v * scale);
+                        o.write(T::from_acc(*v * scale));
                     }
                 }
                 let mv = mask.as_mut().unwrap_or(&mut *off);
@@ -291,7 +342,7 @@ pub(crate) fn backward<T: Element>(
                     .into_iter()
                     .zip(&pg.m[at])
                 {
-                    *o = T::from_acc(*v);
+                    o.write(T::from_acc(*v));
                 }
             }
         },

@@ -4,11 +4,12 @@
 use super::kernels::Isa;
 use super::points::{self, pieces, PointOp, Shape};
 use crate::alloc::Written;
-use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaOperands};
+use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaGradients, MsdaOperands};
 use crate::element::{Element, Real};
 use crate::error::Result;
-use ndarray::{Array3, ArrayView3, ArrayViewMut4, ArrayViewMut5, Axis, Ix3};
+use ndarray::{Array3, ArrayView3, ArrayViewMut4, ArrayViewMut5, Axis, Ix3, Ix4, Ix5, Ix6};
 use num_traits::One;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Queries per row of the core: a constant, so the split (and every bit) is the shape's alone.
@@ -160,12 +161,45 @@ pub(crate) fn forward<T: Element>(
     Ok(unsafe { out.done() })
 }
 
-/// The backward into `grads` (every element written).
+/// The backward: the gradients of value, sampling locations and attention weights.
 pub(crate) fn backward<T: Element>(
     g: &MsdaGeometry,
     ops: &MsdaOperands<'_, T>,
     grad_output: ArrayView3<'_, T>,
-    grads: MsdaGradViews<'_, T>,
+    isa: Isa,
+) -> Result<MsdaGradients<T>> {
+    let l = g.levels.len();
+    let mut gv = Written::new("grad_value", Ix4(g.n, g.s, g.m, g.d))?;
+    let mut gl = Written::new("grad_sampling_locations", Ix6(g.n, g.q, g.m, l, g.p, 2))?;
+    let mut ga = Written::new("grad_attention_weights", Ix5(g.n, g.q, g.m, l, g.p))?;
+    let views = MsdaGradViews {
+        value: gv.view_mut(),
+        loc: gl.view_mut(),
+        attn: ga.view_mut(),
+    };
+    write_backward(g, ops, grad_output, views, isa)?;
+    // SAFETY: `write_backward` wrote every element of the three views: the input gradient's
+    // every pixel of every level, and every point's location and weight gradients of every query.
+    Ok(unsafe {
+        MsdaGradients {
+            value: gv.done(),
+            sampling_locations: gl.done(),
+            attention_weights: ga.done(),
+        }
+    })
+}
+
+/// Rows of `[len, M, L, P, 2]` locations and `[len, M, L, P]` weights gradients.
+type GradRow<'a, T> = (
+    ArrayViewMut5<'a, MaybeUninit<T>>,
+    ArrayViewMut4<'a, MaybeUninit<T>>,
+);
+
+fn write_backward<T: Element>(
+    g: &MsdaGeometry,
+    ops: &MsdaOperands<'_, T>,
+    grad_output: ArrayView3<'_, T>,
+    grads: MsdaGradViews<'_, MaybeUninit<T>>,
     isa: Isa,
 ) -> Result<()> {
     let MsdaGradViews {
@@ -173,7 +207,7 @@ pub(crate) fn backward<T: Element>(
         loc,
         attn,
     } = grads;
-    let grad_rows: Vec<Vec<(ArrayViewMut5<'_, T>, ArrayViewMut4<'_, T>)>> = query_rows(loc)
+    let grad_rows: Vec<Vec<GradRow<'_, T>>> = query_rows(loc)
         .into_iter()
         .zip(query_rows(attn))
         .map(|(l, a)| l.into_iter().zip(a).collect())
@@ -203,9 +237,9 @@ pub(crate) fn backward<T: Element>(
                     for (k, (xy, a)) in locs.chunks_exact_mut(2).zip(weights).enumerate() {
                         let (hf, wf) = sizes[k / g.p];
                         let i = k * len + t;
-                        xy[0] = T::from_acc(pg.x[i] * wf);
-                        xy[1] = T::from_acc(pg.y[i] * hf);
-                        *a = T::from_acc(pg.m[i]);
+                        xy[0].write(T::from_acc(pg.x[i] * wf));
+                        xy[1].write(T::from_acc(pg.y[i] * hf));
+                        a.write(T::from_acc(pg.m[i]));
                     }
                 }
                 return;
@@ -217,12 +251,12 @@ pub(crate) fn backward<T: Element>(
                 for (xy, src, size) in [(0, &pg.x[at.clone()], wf), (1, &pg.y[at.clone()], hf)] {
                     let col = loc.slice_mut(ndarray::s![.., pg.g, l, p, xy]);
                     for (o, v) in col.into_iter().zip(src) {
-                        *o = T::from_acc(*v * size);
+                        o.write(T::from_acc(*v * size));
                     }
                 }
                 let col = attn.slice_mut(ndarray::s![.., pg.g, l, p]);
                 for (o, v) in col.into_iter().zip(&pg.m[at]) {
-                    *o = T::from_acc(*v);
+                    o.write(T::from_acc(*v));
                 }
             }
         },

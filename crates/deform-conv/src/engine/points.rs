@@ -460,7 +460,7 @@ pub(crate) fn backward<T, O, G>(
     grad_rows: Vec<Vec<G>>,
     dout: impl Fn(usize, usize, &mut [T::Acc]) + Sync,
     put: impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
-    dx_images: Vec<ArrayViewMut2<'_, T>>,
+    dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
 ) -> Result<()>
 where
     T: Element,
@@ -591,7 +591,7 @@ where
 fn store_dx<T: Element>(
     sh: &Shape,
     (dx, stride, lanes): (&[T::Acc], usize, usize),
-    out: ArrayViewMut2<'_, T>,
+    out: ArrayViewMut2<'_, MaybeUninit<T>>,
 ) {
     let (d, (_, image)) = (sh.d, sh.bases());
     let chunk_px = ((16 << 10) / sh.c.max(1)).max(1);
@@ -616,15 +616,12 @@ fn store_dx<T: Element>(
                     let lane = &dx[l * stride + from..l * stride + from + d];
                     sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
                 }
+                let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
+                    o.write(T::from_acc(*v));
+                };
                 match run.as_slice_mut() {
-                    Some(o) => o
-                        .iter_mut()
-                        .zip(&sum)
-                        .for_each(|(o, v)| *o = T::from_acc(*v)),
-                    None => run
-                        .iter_mut()
-                        .zip(&sum)
-                        .for_each(|(o, v)| *o = T::from_acc(*v)),
+                    Some(o) => o.iter_mut().zip(&sum).for_each(store),
+                    None => run.iter_mut().zip(&sum).for_each(store),
                 }
             }
         }
