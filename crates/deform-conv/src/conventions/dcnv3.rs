@@ -343,6 +343,9 @@ fn run_forward<T: Element>(
     }
 }
 
+/// The input, offset and (DCNv3) mask gradients.
+pub(crate) type GradArrays<T> = (Array4<T>, Array4<T>, Option<Array4<T>>);
+
 /// The input gradient, the offset gradient (`offset_shape`) and, with `mask`, the mask's.
 fn run_backward<T: Element>(
     g: &Dcnv3Geometry,
@@ -350,7 +353,7 @@ fn run_backward<T: Element>(
     grad_output: ArrayView4<'_, T>,
     (offset_shape, mask): ([usize; 4], bool),
     backend: Backend,
-) -> Result<(Array4<T>, Array4<T>, Option<Array4<T>>)> {
+) -> Result<GradArrays<T>> {
     expect_shape(
         "grad_output",
         grad_output.shape(),

@@ -6,7 +6,7 @@
 use super::kernels::Isa;
 use super::points::{self, pieces, PointOp, Shape};
 use crate::alloc::Written;
-use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands};
+use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays};
 use crate::element::Element;
 use crate::error::Result;
 use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, IntoDimension, Ix4};
@@ -231,7 +231,7 @@ pub(crate) fn backward<T: Element>(
     grad_output: ArrayView4<'_, T>,
     (offset_shape, mask): ([usize; 4], bool),
     isa: Isa,
-) -> Result<(Array4<T>, Array4<T>, Option<Array4<T>>)> {
+) -> Result<GradArrays<T>> {
     let mut gi = Written::new("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
     let mut go = Written::new("grad_offset", offset_shape.into_dimension())?;
     let mut gm = match mask {
