@@ -3,7 +3,7 @@
 //! row-major order (short image rows would make each kernel call a few pixels long), or one
 //! output row where an output view is not in standard layout.
 
-use super::kernels::Isa;
+use super::kernels::{prefetch, Isa};
 use super::points::{self, pieces, PointOp, Shape};
 use crate::alloc::Written;
 use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays};
@@ -21,6 +21,8 @@ const CHUNK: usize = 128;
 const MIN_ROWS: usize = 8;
 /// Output pixels per core row, at least.
 const MIN_CHUNK: usize = 16;
+/// How many pixels ahead `describe` asks for a pixel's offsets and masks.
+const PREFETCH: usize = 8;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
@@ -146,6 +148,11 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             let (os, ms) = (offs.shape()[2], masks.shape()[2]);
             let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
             for (t, pix) in pixels.take(len).enumerate() {
+                let ahead = pix + PREFETCH;
+                if ahead < g.ho * g.wo {
+                    prefetch(&o[ahead * os..(ahead + 1) * os]);
+                    prefetch(&mk[ahead * ms..(ahead + 1) * ms]);
+                }
                 let (by, bx) = (self.by[oh], self.bx[ow]);
                 let (orow, mrow) = (&o[pix * os..(pix + 1) * os], &mk[pix * ms..(pix + 1) * ms]);
                 for (p, (&[ox, oy, om], &(tj, ti))) in cols.iter().zip(&self.taps).enumerate() {

@@ -1,7 +1,7 @@
 //! Multi-scale deformable attention on the sampling core ([`super::points`]): the levels are
 //! the planes, rows are blocks of queries, heads are the groups, `L*P` points per head (SPEC §7).
 
-use super::kernels::Isa;
+use super::kernels::{prefetch, Isa};
 use super::points::{self, pieces, PointOp, Shape};
 use crate::alloc::Written;
 use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaGradients, MsdaOperands};
@@ -14,6 +14,8 @@ use std::ops::Range;
 
 /// Queries per row of the core: a constant, so the split (and every bit) is the shape's alone.
 const QUERIES: usize = 64;
+/// How many queries ahead `describe` asks for a query's locations and weights.
+const PREFETCH: usize = 8;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o MsdaGeometry,
@@ -107,6 +109,11 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             let first = (q.start * self.g.m + m) * points;
             for t in 0..len {
                 let at = first + t * step;
+                let ahead = at + PREFETCH * step;
+                if ahead + points <= av.len() {
+                    prefetch(&lv[2 * ahead..2 * (ahead + points)]);
+                    prefetch(&av[ahead..ahead + points]);
+                }
                 let (locs, weights) = (&lv[2 * at..2 * (at + points)], &av[at..at + points]);
                 let mut k = 0;
                 for (locs, (weights, &(hf, wf))) in locs
