@@ -1,13 +1,15 @@
 //! The AVX-512F kernels that measured faster than their AVX2 siblings: the panel GEMM's register
-//! tile (the other f32 kernels of the AVX-512 table are the AVX2 ones, see `avx512_f32_table`).
+//! tiles and the point core's rows of 16 and 32 channels (the other f32 kernels of the AVX-512
+//! table are the AVX2 ones, see `avx512_f32_table`).
 
 use std::arch::x86_64::*;
 
 /// The panel GEMM's register tile for 32 zmm registers: `MR` rows of 16 output channels, one
-/// zmm accumulator per row, one panel load and `MR` broadcasts per `kk`. Written with intrinsics
-/// because the portable tile compiled for AVX-512 did not keep this shape (ymm FMAs, gathers
-/// across the rows, spilled accumulators: BENCHMARKS.md). `_mm512_fmadd_ps` is the portable
-/// tile's `f32::mul_add`, one rounding, in the same `kk` order: the same bits.
+/// zmm accumulator per row, one panel load and `MR` broadcasts per `kk` (two panels at once in
+/// `tile2`: `MR` <= 14 keeps its 28 accumulators in registers). Written with intrinsics because
+/// the portable tile compiled for AVX-512 did not keep this shape (ymm FMAs, gathers across the
+/// rows, spilled accumulators: BENCHMARKS.md). `_mm512_fmadd_ps` is the portable tile's
+/// `f32::mul_add`, one rounding, in the same `kk` order: the same bits.
 pub(super) struct Zmm;
 
 impl super::panel_gemm::Tile<f32> for Zmm {
@@ -40,6 +42,46 @@ impl super::panel_gemm::Tile<f32> for Zmm {
         for (i, v) in acc.into_iter().enumerate() {
             // SAFETY: 16 values at c + i*ldc, i < MR (the contract).
             unsafe { _mm512_storeu_ps(c.add(i * ldc), v) };
+        }
+    }
+
+    /// Two panels side by side: `MR` rows of 32 output channels, two zmm accumulators per row,
+    /// each broadcast of `a[i, kk]` feeding both (half the loads per fma of `tile`). Each
+    /// element the same `_mm512_fmadd_ps` chain in `kk` order: the same bits.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile2<const MR: usize>(
+        kc: usize,
+        a: [*const f32; MR],
+        b: [*const f32; 2],
+        c: [*mut f32; 2],
+        ldc: usize,
+        resume: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        if resume {
+            for (i, v) in acc.iter_mut().enumerate() {
+                for h in 0..2 {
+                    // SAFETY: 16 values at c[h] + i*ldc, i < MR (the contract).
+                    v[h] = unsafe { _mm512_loadu_ps(c[h].add(i * ldc)) };
+                }
+            }
+        }
+        for kk in 0..kc {
+            // SAFETY: 16 values at b[h] + kk*16, kk < kc (the contract).
+            let bv = b.map(|b| unsafe { _mm512_loadu_ps(b.add(kk * super::panel_gemm::NR)) });
+            for (v, row) in acc.iter_mut().zip(a) {
+                // SAFETY: row + kk is readable, kk < kc (the contract).
+                let x = _mm512_set1_ps(unsafe { *row.add(kk) });
+                v[0] = _mm512_fmadd_ps(x, bv[0], v[0]);
+                v[1] = _mm512_fmadd_ps(x, bv[1], v[1]);
+            }
+        }
+        for (i, v) in acc.into_iter().enumerate() {
+            for h in 0..2 {
+                // SAFETY: 16 values at c[h] + i*ldc, i < MR (the contract).
+                unsafe { _mm512_storeu_ps(c[h].add(i * ldc), v[h]) };
+            }
         }
     }
 }

@@ -247,7 +247,7 @@ fn avx2_f32_table() -> Kernels<f32> {
 fn avx512_f32_table() -> Kernels<f32> {
     fn panel_gemm(job: PanelGemm<'_, f32>) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_f32::panel_gemm::<16>(job) }
+        unsafe { avx512_f32::panel_gemm::<14>(job) }
     }
     fn backward_row(
         job: &RowJob<'_, f32>,

@@ -85,6 +85,27 @@ pub(crate) trait Tile<A> {
         ldc: usize,
         resume: bool,
     );
+
+    /// Two tiles side by side: panels `b[0]` and `b[1]` into `c[0]` and `c[1]`, each element the
+    /// same chain as [`Self::tile`]'s. By default one tile after the other; a register file that
+    /// holds both shares each broadcast of `a` between them.
+    ///
+    /// # Safety
+    /// As for [`Self::tile`], for each of the two (panel, output) pairs.
+    #[inline(always)]
+    unsafe fn tile2<const MR: usize>(
+        kc: usize,
+        a: [*const A; MR],
+        b: [*const A; 2],
+        c: [*mut A; 2],
+        ldc: usize,
+        resume: bool,
+    ) {
+        for (b, c) in b.into_iter().zip(c) {
+            // SAFETY: the caller's contract, for this pair.
+            unsafe { Self::tile::<MR>(kc, a, b, c, ldc, resume) }
+        }
+    }
 }
 
 /// The tile as plain loops with fixed bounds: they unroll and the accumulators stay in registers
@@ -173,10 +194,8 @@ pub(crate) unsafe fn body_with<A: Real, const MR: usize, K: Tile<A>>(job: PanelG
         let cp = |i: usize, p: usize| c.wrapping_add(i * ldc + p * NR);
         let resume = k0 > 0;
         for i0 in (0..whole).step_by(MR) {
-            for p in 0..panels {
-                // SAFETY: rows i0..i0 + MR < m, panel p < panels (above).
-                unsafe { rows::<A, MR, K>(kc, &ap, i0, bp(p), cp(i0, p), ldc, resume) };
-            }
+            // SAFETY: rows i0..i0 + MR < m, panels below `panels` (above).
+            unsafe { row_panels::<A, MR, K>(kc, &ap, i0, (&bp, &cp, panels), ldc, resume) };
         }
         // The last m % MR rows in tiles of 8, 4, 2 and 1 (each below MR): one row at a time ran
         // at a third of the rate (a broadcast and two loads per two fma), and a 256-pixel tile
@@ -187,16 +206,14 @@ pub(crate) unsafe fn body_with<A: Real, const MR: usize, K: Tile<A>>(job: PanelG
                 continue;
             }
             while m - i0 >= r {
-                for p in 0..panels {
-                    let (b, c) = (bp(p), cp(i0, p));
-                    // SAFETY: rows i0..i0 + r < m, panel p < panels (above).
-                    unsafe {
-                        match r {
-                            8 => rows::<A, 8, K>(kc, &ap, i0, b, c, ldc, resume),
-                            4 => rows::<A, 4, K>(kc, &ap, i0, b, c, ldc, resume),
-                            2 => rows::<A, 2, K>(kc, &ap, i0, b, c, ldc, resume),
-                            _ => rows::<A, 1, K>(kc, &ap, i0, b, c, ldc, resume),
-                        }
+                let panels = (&bp, &cp, panels);
+                // SAFETY: rows i0..i0 + r < m, panels below `panels` (above).
+                unsafe {
+                    match r {
+                        8 => row_panels::<A, 8, K>(kc, &ap, i0, panels, ldc, resume),
+                        4 => row_panels::<A, 4, K>(kc, &ap, i0, panels, ldc, resume),
+                        2 => row_panels::<A, 2, K>(kc, &ap, i0, panels, ldc, resume),
+                        _ => row_panels::<A, 1, K>(kc, &ap, i0, panels, ldc, resume),
                     }
                 }
                 i0 += r;
@@ -205,22 +222,36 @@ pub(crate) unsafe fn body_with<A: Real, const MR: usize, K: Tile<A>>(job: PanelG
     }
 }
 
-/// [`Tile::tile`] on the `R` rows of `a` from row `i0` (`ap(i)`: where row `i`'s block starts).
+/// The `R` rows of `a` from row `i0` (`ap(i)`: where row `i`'s block starts) against every
+/// panel (`bp(p)`, into `cp(i, p)`, `p < panels`), two at a time ([`Tile::tile2`]).
 ///
 /// # Safety
-/// As for [`Tile::tile`], for the rows `ap(i0) .. ap(i0 + R - 1)`.
+/// As for [`Tile::tile`], for the rows `ap(i0) .. ap(i0 + R - 1)` and each panel.
 #[inline(always)]
-unsafe fn rows<A: Real, const R: usize, K: Tile<A>>(
+unsafe fn row_panels<A: Real, const R: usize, K: Tile<A>>(
     kc: usize,
     ap: &impl Fn(usize) -> *const A,
     i0: usize,
-    b: *const A,
-    c: *mut A,
+    (bp, cp, panels): (
+        &impl Fn(usize) -> *const A,
+        &impl Fn(usize, usize) -> *mut A,
+        usize,
+    ),
     ldc: usize,
     resume: bool,
 ) {
-    // SAFETY: the caller's contract.
-    unsafe { K::tile::<R>(kc, std::array::from_fn(|i| ap(i0 + i)), b, c, ldc, resume) }
+    let a: [*const A; R] = std::array::from_fn(|i| ap(i0 + i));
+    let mut p = 0;
+    while p + 1 < panels {
+        let (b, c) = ([bp(p), bp(p + 1)], [cp(i0, p), cp(i0, p + 1)]);
+        // SAFETY: the caller's contract, for panels p and p + 1.
+        unsafe { K::tile2::<R>(kc, a, b, c, ldc, resume) };
+        p += 2;
+    }
+    if p < panels {
+        // SAFETY: the caller's contract, for panel p.
+        unsafe { K::tile::<R>(kc, a, bp(p), cp(i0, p), ldc, resume) };
+    }
 }
 
 /// Packs `w[o * ldw + kk]` (`n` rows of `k`) into [`NR`]-channel panels, zero past `n` (the
@@ -323,15 +354,15 @@ mod tests {
             assert_eq!(run(body::<f32, 12>), bits, "MR 12, {m}x{k}x{n}");
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx512f") {
-                fn zmm16(job: PanelGemm<'_, f32>) {
+                fn zmm14(job: PanelGemm<'_, f32>) {
                     // SAFETY: the CPU supports AVX-512F (checked above).
-                    unsafe { super::super::avx512_f32::panel_gemm::<16>(job) }
+                    unsafe { super::super::avx512_f32::panel_gemm::<14>(job) }
                 }
                 fn zmm12(job: PanelGemm<'_, f32>) {
                     // SAFETY: as above.
                     unsafe { super::super::avx512_f32::panel_gemm::<12>(job) }
                 }
-                assert_eq!(run(zmm16), bits, "zmm MR 16, {m}x{k}x{n}");
+                assert_eq!(run(zmm14), bits, "zmm MR 14, {m}x{k}x{n}");
                 assert_eq!(run(zmm12), bits, "zmm MR 12, {m}x{k}x{n}");
             }
         }
