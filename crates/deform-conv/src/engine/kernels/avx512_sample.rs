@@ -1,6 +1,7 @@
 //! The explicit AVX-512 f32 row descriptors (`sample_row`): the AVX2 kernel's IEEE operations in
 //! the same order, sixteen samples per step, the row's tail through masked loads and stores:
-//! bitwise the same results.
+//! bitwise the same results. The AVX-512 table runs it for the forwards' descriptors only (with
+//! the backward's gradient fields the AVX2 kernel measured faster).
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::params::GradGate;

@@ -240,7 +240,7 @@ fn avx2_f32_table() -> Kernels<f32> {
     }
 }
 
-/// The AVX-512 f32 table: the AVX2 table with what measured faster on AVX-512: the row
+/// The AVX-512 f32 table: the AVX2 table with what measured faster on AVX-512: the forwards' row
 /// descriptors sixteen at a time, the forward's panel GEMM on a zmm register tile, and the point
 /// core's forward and backward rows of 16 and 32 channels (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
@@ -284,8 +284,16 @@ fn avx512_f32_table() -> Kernels<f32> {
         }
     }
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
-        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
-        unsafe { avx512_sample::sample_row(a, out) }
+        // Sixteen lanes measured faster for the forward's descriptors and slower with the
+        // backward's gradient fields (BENCHMARKS.md): the same bits either way.
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
+        // includes AVX2).
+        unsafe {
+            match a.gradients {
+                false => avx512_sample::sample_row(a, out),
+                true => avx2_sample::sample_row(a, out),
+            }
+        }
     }
     fn gather_points(job: &RowJob<'_, f32>, points: usize, xt: &[f32], cols: &mut [f32]) {
         // SAFETY: as for `gather_row`.
