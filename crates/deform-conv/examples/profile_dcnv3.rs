@@ -1,5 +1,6 @@
 //! DCNv3 at InternImage-T stage 1 (1x200x336x64, 4 groups, 3x3) in a loop, for profilers:
-//! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`).
+//! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`); three more
+//! arguments `H W G` set another shape (16 channels a group: `56 56 4` is stage 1 at 224).
 mod common;
 use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, Dcnv3Params};
 use ndarray::Array4;
@@ -11,7 +12,9 @@ fn main() {
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut u = common::uniform(1);
     let mut r = move || u() * 2.0 - 1.0;
-    let (n, h, w, g, d) = (1, 200, 336, 4, 16);
+    let size =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (n, h, w, g, d) = (1, size(3, 200), size(4, 336), size(5, 4), 16);
     let x = Array4::from_shape_simple_fn((n, h, w, g * d), &mut r);
     let off = Array4::from_shape_simple_fn((n, h, w, g * 18), || 3.0 * r());
     let m = Array4::from_shape_simple_fn((n, h, w, g * 9), || 0.5 + 0.5 * r());

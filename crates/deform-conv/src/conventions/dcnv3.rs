@@ -346,6 +346,22 @@ fn run_forward<T: Element>(
 /// The input, offset and (DCNv3) mask gradients.
 pub(crate) type GradArrays<T> = (Array4<T>, Array4<T>, Option<Array4<T>>);
 
+/// The input, offset (`offset_shape`) and, with `mask`, mask gradients' buffers, each made by
+/// `alloc(name, shape)` (zeroed for the reference, unwritten for the engine).
+pub(crate) fn grad_buffers<B>(
+    g: &Dcnv3Geometry,
+    (offset_shape, mask): ([usize; 4], bool),
+    alloc: impl Fn(&str, Ix4) -> Result<B>,
+) -> Result<(B, B, Option<B>)> {
+    let gi = alloc("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
+    let go = alloc("grad_offset", offset_shape.into_dimension())?;
+    let gm = match mask {
+        true => Some(alloc("grad_mask", Ix4(g.n, g.ho, g.wo, g.g * g.points))?),
+        false => None,
+    };
+    Ok((gi, go, gm))
+}
+
 /// The input gradient, the offset gradient (`offset_shape`) and, with `mask`, the mask's.
 fn run_backward<T: Element>(
     g: &Dcnv3Geometry,
@@ -362,15 +378,9 @@ fn run_backward<T: Element>(
     )?;
     let isa = match backend {
         Backend::Reference => {
-            let mut gi: Array4<T> = try_alloc("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
-            let mut go: Array4<T> = try_alloc("grad_offset", offset_shape.into_dimension())?;
-            let mut gm: Option<Array4<T>> = match mask {
-                true => Some(try_alloc(
-                    "grad_mask",
-                    Ix4(g.n, g.ho, g.wo, g.g * g.points),
-                )?),
-                false => None,
-            };
+            let (mut gi, mut go, mut gm) = grad_buffers(g, (offset_shape, mask), |name, shape| {
+                try_alloc::<T, _>(name, shape)
+            })?;
             let views = Dcnv3GradViews {
                 input: gi.view_mut(),
                 offset: go.view_mut(),

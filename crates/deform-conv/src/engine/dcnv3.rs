@@ -6,10 +6,12 @@
 use super::kernels::{prefetch, Isa};
 use super::points::{self, pieces, PointOp, Shape};
 use crate::alloc::Written;
-use crate::conventions::dcnv3::{Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays};
+use crate::conventions::dcnv3::{
+    grad_buffers, Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays,
+};
 use crate::element::Element;
 use crate::error::Result;
-use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, IntoDimension, Ix4};
+use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Ix4};
 use num_traits::FromPrimitive;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -239,15 +241,7 @@ pub(crate) fn backward<T: Element>(
     (offset_shape, mask): ([usize; 4], bool),
     isa: Isa,
 ) -> Result<GradArrays<T>> {
-    let mut gi = Written::new("grad_input", Ix4(g.n, g.h, g.w, g.c()))?;
-    let mut go = Written::new("grad_offset", offset_shape.into_dimension())?;
-    let mut gm = match mask {
-        true => Some(Written::new(
-            "grad_mask",
-            Ix4(g.n, g.ho, g.wo, g.g * g.points),
-        )?),
-        false => None,
-    };
+    let (mut gi, mut go, mut gm) = grad_buffers(g, (offset_shape, mask), Written::<T, _>::new)?;
     let views = Dcnv3GradViews {
         input: gi.view_mut(),
         offset: go.view_mut(),
