@@ -342,6 +342,32 @@ fn write_output<T: Element>(
         let b = &bias[c0..c0 + blk.len()];
         let slices: Option<Vec<&mut [T]>> = blk.iter_mut().map(|p| p.as_slice_mut()).collect();
         match slices {
+            Some(mut sl) if sl.len() == OB => {
+                // 8x8 blocks: eight pixels' sums in, each channel's eight pixels out as one run.
+                let whole = px - px % OB;
+                for p0 in (0..whole).step_by(OB) {
+                    let mut t = [[T::Acc::zero(); OB]; OB];
+                    for (j, row) in o[p0 * ld..].chunks(ld).take(OB).enumerate() {
+                        let sums: &[T::Acc; OB] = row[c0..c0 + OB].try_into().expect("8 sums");
+                        for k in 0..OB {
+                            t[k][j] = sums[k] + b[k];
+                        }
+                    }
+                    for (plane, tk) in sl.iter_mut().zip(&t) {
+                        let dst: &mut [T; OB] =
+                            (&mut plane[p0..p0 + OB]).try_into().expect("8 pixels");
+                        for (d, v) in dst.iter_mut().zip(tk) {
+                            *d = T::from_acc(*v);
+                        }
+                    }
+                }
+                for p in whole..px {
+                    let sums = &o[p * ld + c0..][..OB];
+                    for ((plane, v), b) in sl.iter_mut().zip(sums).zip(b) {
+                        plane[p] = T::from_acc(*v + *b);
+                    }
+                }
+            }
             Some(mut sl) => {
                 for p in 0..px {
                     let sums = &o[p * ld + c0..][..sl.len()];
