@@ -3,8 +3,8 @@
 //! row-major order (short image rows would make each kernel call a few pixels long), or one
 //! output row where an output view is not in standard layout.
 
-use super::kernels::{prefetch, Isa};
-use super::points::{self, pieces, PointOp, Shape};
+use super::kernels::{Isa, Kernels};
+use super::points::{self, describe_runs, pieces, PointOp, PointRuns, Shape};
 use crate::alloc::Written;
 use crate::conventions::dcnv3::{
     grad_buffers, Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays,
@@ -12,7 +12,7 @@ use crate::conventions::dcnv3::{
 use crate::element::Element;
 use crate::error::Result;
 use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Ix4};
-use num_traits::FromPrimitive;
+use num_traits::{FromPrimitive, Zero};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -23,8 +23,6 @@ const CHUNK: usize = 128;
 const MIN_ROWS: usize = 8;
 /// Output pixels per core row, at least.
 const MIN_CHUNK: usize = 16;
-/// How many pixels ahead `describe` asks for a pixel's offsets and masks.
-const PREFETCH: usize = 8;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
@@ -34,9 +32,11 @@ struct Op<'o, 'a, T: Element> {
     /// (rounded once from f64, as per element before).
     by: Vec<T::Acc>,
     bx: Vec<T::Acc>,
-    /// `(tap_y * dil_y, tap_x * dil_x)` of each point, and the offset scale.
-    taps: Vec<(T::Acc, T::Acc)>,
+    /// `tap_y * dil_y` and `tap_x * dil_x` of each point, and the offset scale (also as one per
+    /// point).
+    taps: [Vec<T::Acc>; 2],
     scale: T::Acc,
+    scales: Vec<T::Acc>,
     /// `[x offset, y offset, mask]` columns of point `p` of group `gi` at `gi*P + p`.
     cols: Vec<[usize; 3]>,
     /// Output pixels per core row (the last one may be shorter).
@@ -57,15 +57,12 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
         };
         let by = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
         let bx = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
-        let taps = (0..g.points)
-            .map(|p| {
-                let (i, j) = g.tap(p);
-                (
-                    Self::acc((j * g.dil[0]) as f64),
-                    Self::acc((i * g.dil[1]) as f64),
-                )
-            })
-            .collect();
+        let tap = |f: fn((usize, usize), [usize; 2]) -> usize| {
+            (0..g.points)
+                .map(|p| Self::acc(f(g.tap(p), [g.dil[0], g.dil[1]]) as f64))
+                .collect()
+        };
+        let taps = [tap(|(_, j), d| j * d[0]), tap(|(i, _), d| i * d[1])];
         let l = &ops.layout;
         let cols = (0..g.c() / g.d.max(1))
             .flat_map(|gi| {
@@ -81,6 +78,7 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             taps,
             cols,
             scale: Self::acc(g.scale),
+            scales: vec![Self::acc(g.scale); g.points],
             chunk,
         }
     }
@@ -128,6 +126,7 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
 
     fn describe(
         &self,
+        k: &Kernels<T::Acc>,
         [n, r, gi]: [usize; 3],
         len: usize,
         y: &mut [T::Acc],
@@ -145,33 +144,38 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let points = g.points;
         let cols = &self.cols[gi * points..(gi + 1) * points];
         // Contiguous tensors (the usual channels-last ones): a pixel's offsets and masks of a
-        // group are short runs, read pixel by pixel.
+        // group are runs (`PointLayout`).
         if let (Some(o), Some(mk)) = (offs.as_slice(), masks.as_slice()) {
             let (os, ms) = (offs.shape()[2], masks.shape()[2]);
             let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
-            for (t, pix) in pixels.take(len).enumerate() {
-                let ahead = pix + PREFETCH;
-                if ahead < g.ho * g.wo {
-                    prefetch(&o[ahead * os..(ahead + 1) * os]);
-                    prefetch(&mk[ahead * ms..(ahead + 1) * ms]);
-                }
-                let (by, bx) = (self.by[oh], self.bx[ow]);
-                let (orow, mrow) = (&o[pix * os..(pix + 1) * os], &mk[pix * ms..(pix + 1) * ms]);
-                for (p, (&[ox, oy, om], &(tj, ti))) in cols.iter().zip(&self.taps).enumerate() {
-                    y[p * len + t] = by + (tj + orow[oy].to_acc()) * scale;
-                    x[p * len + t] = bx + (ti + orow[ox].to_acc()) * scale;
-                    m[p * len + t] = mrow[om].to_acc();
-                }
+            let mut base = [vec![T::Acc::zero(); len], vec![T::Acc::zero(); len]];
+            let [base_y, base_x] = &mut base;
+            for (by, bx) in base_y.iter_mut().zip(base_x.iter_mut()) {
+                (*by, *bx) = (self.by[oh], self.bx[ow]);
                 ow += 1;
                 if ow == g.wo {
                     (oh, ow) = (oh + 1, 0);
                 }
             }
-            return;
+            let runs = PointRuns {
+                pairs: o,
+                pair0: pixels.start * os + ops.layout.offset(gi, 0, 0),
+                pair_step: os,
+                weights: mk,
+                weight0: pixels.start * ms + ops.layout.mask(gi, 0),
+                weight_step: ms,
+                points,
+                len,
+                tap: [&self.taps[0], &self.taps[1]],
+                scale: [&self.scales, &self.scales],
+                base: [&base[0], &base[1]],
+            };
+            return describe_runs(k, &runs, y, x, m);
         }
         for (t, pix) in pixels.take(len).enumerate() {
             let (oh, ow) = (pix / g.wo, pix % g.wo);
-            for (p, (&[ox, oy, om], &(tj, ti))) in cols.iter().zip(&self.taps).enumerate() {
+            for (p, &[ox, oy, om]) in cols.iter().enumerate() {
+                let (tj, ti) = (self.taps[0][p], self.taps[1][p]);
                 y[p * len + t] = self.by[oh] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
                 x[p * len + t] = self.bx[ow] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
                 m[p * len + t] = masks[[oh, ow, om]].to_acc();

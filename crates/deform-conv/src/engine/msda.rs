@@ -1,21 +1,19 @@
 //! Multi-scale deformable attention on the sampling core ([`super::points`]): the levels are
 //! the planes, rows are blocks of queries, heads are the groups, `L*P` points per head (SPEC §7).
 
-use super::kernels::{prefetch, Isa};
-use super::points::{self, pieces, PointOp, Shape};
+use super::kernels::{Isa, Kernels};
+use super::points::{self, describe_runs, pieces, PointOp, PointRuns, Shape};
 use crate::alloc::Written;
 use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaGradients, MsdaOperands};
 use crate::element::{Element, Real};
 use crate::error::Result;
 use ndarray::{Array3, ArrayView3, ArrayViewMut4, ArrayViewMut5, Axis, Ix3, Ix4, Ix5, Ix6};
-use num_traits::One;
+use num_traits::{One, Zero};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Queries per row of the core: a constant, so the split (and every bit) is the shape's alone.
 const QUERIES: usize = 64;
-/// How many queries ahead `describe` asks for a query's locations and weights.
-const PREFETCH: usize = 8;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o MsdaGeometry,
@@ -23,6 +21,10 @@ struct Op<'o, 'a, T: Element> {
     shape: Shape,
     /// `(H, W)` of each level in the accumulation type.
     sizes: Vec<(T::Acc, T::Acc)>,
+    /// Per point of a head: `H` and `W` of its level, and 0 (no tap); per query: -1/2.
+    scales: [Vec<T::Acc>; 2],
+    zeros: Vec<T::Acc>,
+    halves: Vec<T::Acc>,
 }
 
 impl<'o, 'a, T: Element> Op<'o, 'a, T> {
@@ -36,15 +38,27 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             rows: g.q.div_ceil(QUERIES),
             row_len: g.q.min(QUERIES),
         };
-        let sizes = g
+        let sizes: Vec<(T::Acc, T::Acc)> = g
             .levels
             .iter()
             .map(|&(h, w, _)| (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64)))
             .collect();
+        // `H` (then `W`) of each point's level, the points of a head in order.
+        let per_point = |hw: usize| {
+            sizes
+                .iter()
+                .flat_map(|&(h, w)| std::iter::repeat_n([h, w][hw], g.p))
+                .collect()
+        };
+        let scales = [per_point(0), per_point(1)];
+        let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
         Op {
             g,
             ops,
             shape,
+            scales,
+            zeros: vec![T::Acc::zero(); g.levels.len() * g.p],
+            halves: vec![-half; QUERIES],
             sizes,
         }
     }
@@ -87,6 +101,7 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
 
     fn describe(
         &self,
+        k: &Kernels<T::Acc>,
         [n, r, m]: [usize; 3],
         len: usize,
         y: &mut [T::Acc],
@@ -103,44 +118,36 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             self.ops.attn.index_axis(Axis(0), n),
         );
         // Contiguous tensors: a query's points of head `m` are one run, queries a fixed step
-        // apart.
+        // apart; `x = (0 + loc_x) * W - 1/2` is `loc_x * W - 1/2`, bit for bit.
         if let (Some(lv), Some(av)) = (loc_n.as_slice(), attn_n.as_slice()) {
             let step = self.g.m * points;
             let first = (q.start * self.g.m + m) * points;
-            for t in 0..len {
-                let at = first + t * step;
-                let ahead = at + PREFETCH * step;
-                if ahead + points <= av.len() {
-                    prefetch(&lv[2 * ahead..2 * (ahead + points)]);
-                    prefetch(&av[ahead..ahead + points]);
-                }
-                let (locs, weights) = (&lv[2 * at..2 * (at + points)], &av[at..at + points]);
-                let mut k = 0;
-                for (locs, (weights, &(hf, wf))) in locs
-                    .chunks_exact(2 * p)
-                    .zip(weights.chunks_exact(p).zip(&self.sizes))
-                {
-                    for (xy, w) in locs.chunks_exact(2).zip(weights) {
-                        x[k * len + t] = xy[0].to_acc() * wf - half;
-                        y[k * len + t] = xy[1].to_acc() * hf - half;
-                        a[k * len + t] = w.to_acc();
-                        k += 1;
-                    }
-                }
-            }
-            return;
+            let runs = PointRuns {
+                pairs: lv,
+                pair0: 2 * first,
+                pair_step: 2 * step,
+                weights: av,
+                weight0: first,
+                weight_step: step,
+                points,
+                len,
+                tap: [&self.zeros, &self.zeros],
+                scale: [&self.scales[0], &self.scales[1]],
+                base: [&self.halves[..len], &self.halves[..len]],
+            };
+            return describe_runs(k, &runs, y, x, a);
         }
         // Any other strides: each point's locations and weights as strided views.
-        for k in 0..points {
-            let (l, pi) = (k / p, k % p);
+        for j in 0..points {
+            let (l, pi) = (j / p, j % p);
             let (hf, wf) = self.sizes[l];
             let loc = loc_n.slice(ndarray::s![q.clone(), m, l, pi, ..]);
             let attn = attn_n.slice(ndarray::s![q.clone(), m, l, pi]);
             let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
             for (t, ((lx, ly), av)) in cols.enumerate().take(len) {
-                x[k * len + t] = lx.to_acc() * wf - half;
-                y[k * len + t] = ly.to_acc() * hf - half;
-                a[k * len + t] = av.to_acc();
+                x[j * len + t] = lx.to_acc() * wf - half;
+                y[j * len + t] = ly.to_acc() * hf - half;
+                a[j * len + t] = av.to_acc();
             }
         }
     }

@@ -20,7 +20,8 @@
 //! Same bits for any thread count; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;
-use super::kernels::{Isa, Kernels, RowJob};
+pub(crate) use super::kernels::PointRuns;
+use super::kernels::{prefetch, Isa, Kernels, RowJob, PREFETCH_AHEAD};
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
 use super::scratch::{try_take, Buf};
@@ -129,9 +130,10 @@ pub(crate) trait PointOp<T: Element>: Sync {
     fn image(&self, n: usize) -> Option<&[T]>;
     /// Positions (in pixels of each point's plane) and weights of every point of group `g` for
     /// the `len` elements of row `r` of image `n` (`at = [n, r, g]`): point `k`'s at `k*len ..
-    /// (k+1)*len` of `y`, `x` and `m`.
+    /// (k+1)*len` of `y`, `x` and `m` (through [`describe_runs`] where the inputs are runs).
     fn describe(
         &self,
+        k: &Kernels<T::Acc>,
         at: [usize; 3],
         len: usize,
         y: &mut [T::Acc],
@@ -347,15 +349,65 @@ fn plane_runs<T: Element, O: PointOp<T>>(op: &O) -> Vec<Range<usize>> {
     runs
 }
 
+/// `y`, `x`, `m` from `r` (see [`super::kernels::DescribePointsFn`]): the table's kernel where
+/// it has one and the runs are in the accumulation type, else this loop (the same operations).
+pub(crate) fn describe_runs<T: Element>(
+    k: &Kernels<T::Acc>,
+    r: &PointRuns<'_, T, T::Acc>,
+    y: &mut [T::Acc],
+    x: &mut [T::Acc],
+    m: &mut [T::Acc],
+) {
+    let (p, len) = (r.points, r.len);
+    if let (Some(f), Some(pairs), Some(weights)) =
+        (k.describe_points, T::as_acc(r.pairs), T::as_acc(r.weights))
+    {
+        if p <= 16 {
+            let runs = PointRuns {
+                pairs,
+                pair0: r.pair0,
+                pair_step: r.pair_step,
+                weights,
+                weight0: r.weight0,
+                weight_step: r.weight_step,
+                points: p,
+                len,
+                tap: r.tap,
+                scale: r.scale,
+                base: r.base,
+            };
+            return f(&runs, y, x, m);
+        }
+    }
+    let ([tap_y, tap_x], [scale_y, scale_x]) = (r.tap, r.scale);
+    for t in 0..len {
+        let ahead = t + PREFETCH_AHEAD;
+        if ahead < len {
+            prefetch(&r.pairs[r.pair0 + ahead * r.pair_step..][..2 * p]);
+            prefetch(&r.weights[r.weight0 + ahead * r.weight_step..][..p]);
+        }
+        let pairs = &r.pairs[r.pair0 + t * r.pair_step..][..2 * p];
+        let weights = &r.weights[r.weight0 + t * r.weight_step..][..p];
+        let (by, bx) = (r.base[0][t], r.base[1][t]);
+        for (j, (xy, w)) in pairs.chunks_exact(2).zip(weights).enumerate() {
+            y[j * len + t] = by + (tap_y[j] + xy[1].to_acc()) * scale_y[j];
+            x[j * len + t] = bx + (tap_x[j] + xy[0].to_acc()) * scale_x[j];
+            m[j * len + t] = w.to_acc();
+        }
+    }
+}
+
 /// Every point's positions and weights of group `g` on row `r` of image `n` into `s`.
 fn describe<T: Element, O: PointOp<T>>(
     op: &O,
+    k: &Kernels<T::Acc>,
     [n, r, g]: [usize; 3],
     len: usize,
     s: &mut RowScratch<T::Acc>,
 ) {
     let all = len * op.shape().points;
     op.describe(
+        k,
         [n, r, g],
         len,
         &mut s.y[..all],
@@ -406,7 +458,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                         |s| {
                             let len = op.row(r).len();
                             for g in 0..sh.groups() {
-                                describe(op, [n, r, g], len, s);
+                                describe(op, k, [n, r, g], len, s);
                                 for pts in &runs {
                                     let at = pts.start * len;
                                     sample(op, k, pts.clone(), (len, at), false, s);
@@ -518,7 +570,7 @@ where
                                 let lo = g * d;
                                 let group = g * image * d..(g + 1) * image * d;
                                 let (xg, dxg) = (&xt[group.clone()], &mut lane_dx[group]);
-                                describe(op, [n, r, g], len, s);
+                                describe(op, k, [n, r, g], len, s);
                                 for point in 0..sh.points {
                                     sample(op, k, point..point + 1, (len, 0), true, s);
                                     let base = bases[op.plane_of(point)] * d;

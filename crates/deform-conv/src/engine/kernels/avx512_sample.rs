@@ -4,6 +4,7 @@
 //! the backward's gradient fields the AVX2 kernel measured faster).
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
+use super::PointRuns;
 use crate::params::GradGate;
 use std::arch::x86_64::*;
 
@@ -119,5 +120,95 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             }
         }
         t += 16;
+    }
+}
+
+/// [`super::DescribePointsFn`] for up to 16 points: each element's points in one zmm register
+/// (its pairs split into `x` and `y` by two permutes), the same adds and multiplies as the
+/// portable loop, sixteen elements' rows through a stack tile read back a point at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn describe_points(
+    r: &PointRuns<'_, f32, f32>,
+    y: &mut [f32],
+    x: &mut [f32],
+    m: &mut [f32],
+) {
+    let (p, len) = (r.points, r.len);
+    if len == 0 || p == 0 {
+        return;
+    }
+    let last = len - 1;
+    assert!(
+        p <= 16
+            && r.pair0 + last * r.pair_step + 2 * p <= r.pairs.len()
+            && r.weight0 + last * r.weight_step + p <= r.weights.len()
+            && [y.len(), x.len(), m.len()].iter().all(|&l| l >= p * len)
+            && r.tap.iter().chain(&r.scale).all(|v| v.len() >= p)
+            && r.base.iter().all(|v| v.len() >= len),
+        "describe_points: runs inside their tensors, at most 16 points"
+    );
+    let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
+    let (lo, hi, kp) = (lanes(2 * p), lanes((2 * p).saturating_sub(16)), lanes(p));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // SAFETY: the lanes enabled in `kp` address the first `p` values (checked above).
+    let per_point = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kp, v.as_ptr()) };
+    let (tap_y, tap_x) = (per_point(r.tap[0]), per_point(r.tap[1]));
+    let (scale_y, scale_x) = (per_point(r.scale[0]), per_point(r.scale[1]));
+    let rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(16),
+    );
+    let (pp, wp) = (r.pairs.as_ptr(), r.weights.as_ptr());
+    let mut tile = [[[0f32; 16]; 16]; 3];
+    for t0 in (0..len).step_by(16) {
+        let nb = (len - t0).min(16);
+        for (i, t) in (t0..t0 + nb).enumerate() {
+            if t + super::PREFETCH_AHEAD < len {
+                let a = t + super::PREFETCH_AHEAD;
+                super::prefetch(&r.pairs[r.pair0 + a * r.pair_step..][..2 * p]);
+                super::prefetch(&r.weights[r.weight0 + a * r.weight_step..][..p]);
+            }
+            // SAFETY: element t's pairs and weights lie inside their slices (checked above);
+            // masked-off lanes are not accessed.
+            let (xy_lo, xy_hi, w) = unsafe {
+                let at = pp.add(r.pair0 + t * r.pair_step);
+                (
+                    _mm512_maskz_loadu_ps(lo, at),
+                    // Past the run when `hi` is empty: formed without `add`'s in-bounds promise.
+                    _mm512_maskz_loadu_ps(hi, at.wrapping_add(16)),
+                    _mm512_maskz_loadu_ps(kp, wp.add(r.weight0 + t * r.weight_step)),
+                )
+            };
+            let (vx, vy) = (
+                _mm512_permutex2var_ps(xy_lo, even, xy_hi),
+                _mm512_permutex2var_ps(xy_lo, odd, xy_hi),
+            );
+            let by = _mm512_set1_ps(r.base[0][t]);
+            let bx = _mm512_set1_ps(r.base[1][t]);
+            let py = _mm512_add_ps(by, _mm512_mul_ps(_mm512_add_ps(tap_y, vy), scale_y));
+            let px = _mm512_add_ps(bx, _mm512_mul_ps(_mm512_add_ps(tap_x, vx), scale_x));
+            // SAFETY: row i < 16 of each [16; 16] tile.
+            unsafe {
+                _mm512_storeu_ps(tile[0][i].as_mut_ptr(), py);
+                _mm512_storeu_ps(tile[1][i].as_mut_ptr(), px);
+                _mm512_storeu_ps(tile[2][i].as_mut_ptr(), w);
+            }
+        }
+        let kb = lanes(nb);
+        for k in 0..p {
+            let idx = _mm512_add_epi32(rows, _mm512_set1_epi32(k as i32));
+            for (q, out) in [&mut *y, &mut *x, &mut *m].into_iter().enumerate() {
+                // SAFETY: the gather reads entries k, 16 + k, ... of the 256-entry tile; the
+                // store writes entries k*len + t0 .. + nb of an output of at least p*len.
+                unsafe {
+                    let col = _mm512_i32gather_ps::<4>(idx, tile[q].as_ptr().cast());
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(k * len + t0), kb, col);
+                }
+            }
+        }
     }
 }

@@ -28,6 +28,9 @@ pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
 use portable::avx2_gather_points;
 use portable::{panel_gemm_for, portable};
 
+/// How many elements ahead the point core's position reads ask for an element's runs.
+pub(crate) const PREFETCH_AHEAD: usize = 8;
+
 /// Asks the caches for the lines of `data` ahead of its use: a hint, no effect on any result
 /// (a no-op off x86-64 and under Miri). For streams the hardware prefetchers miss, such as
 /// one output pixel's offsets and masks read a few pixels before their turn.
@@ -159,6 +162,30 @@ pub(crate) type ScatterRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// empty, the `ScatterRowFn` scatter; bitwise as the three kernels.
 pub(crate) type BackwardRowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A], &mut [A], &mut [A]);
 
+/// Each element's points as runs of the operator's own tensors, for [`DescribePointsFn`]: element
+/// `t`'s `(x, y)` pairs at `pairs[pair0 + t*pair_step ..][..2*points]` and its weights at
+/// `weights[weight0 + t*weight_step ..][..points]`; per point `tap` and `scale` (`[y, x]`), per
+/// element `base` (`[y, x]`).
+pub(crate) struct PointRuns<'a, E, A> {
+    pub pairs: &'a [E],
+    pub pair0: usize,
+    pub pair_step: usize,
+    pub weights: &'a [E],
+    pub weight0: usize,
+    pub weight_step: usize,
+    pub points: usize,
+    pub len: usize,
+    pub tap: [&'a [A]; 2],
+    pub scale: [&'a [A]; 2],
+    pub base: [&'a [A]; 2],
+}
+
+/// `(runs, y, x, m)`: point `k` of element `t` at entry `k*len + t` of each output: `y =
+/// base_y[t] + (tap_y[k] + pair_y) * scale_y[k]`, `x` likewise, `m` the weight (a transpose of the
+/// operator's element-major runs into the point-major rows `sample_row` reads). `None` in a
+/// table: the operator's own loop.
+pub(crate) type DescribePointsFn<A> = fn(&PointRuns<'_, A, A>, &mut [A], &mut [A], &mut [A]);
+
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
     /// What runs: `"avx512 (avx2 f32 kernels, zmm panel GEMM)"`, `"avx2 (generic bodies)"`, ...
@@ -174,6 +201,8 @@ pub(crate) struct Kernels<A> {
     /// The forward's GEMM on the columns tile in place and the weight in panels (f32, where the
     /// CPU has fused multiply-add); `None`: the `gemm` crate on the packed rows.
     pub panel_gemm: Option<PanelGemmFn<A>>,
+    /// The point core's positions from runs (AVX-512 f32); `None`: `points::describe_runs`.
+    pub describe_points: Option<DescribePointsFn<A>>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -237,6 +266,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         scatter_row,
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
+        describe_points: None,
     }
 }
 
@@ -305,9 +335,14 @@ fn avx512_f32_table() -> Kernels<f32> {
             }
         }
     }
+    fn describe_points(r: &PointRuns<'_, f32, f32>, y: &mut [f32], x: &mut [f32], m: &mut [f32]) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
+        unsafe { avx512_sample::describe_points(r, y, x, m) }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM, descriptors and point rows)",
         panel_gemm: Some(panel_gemm),
+        describe_points: Some(describe_points),
         backward_row: Some(backward_row),
         sample_row,
         gather_row,

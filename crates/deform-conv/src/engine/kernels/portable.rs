@@ -262,6 +262,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             scatter_row: scalar_scatter_row,
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
+            describe_points: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -273,6 +274,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             scatter_row: x86::avx2_scatter_row,
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
+            describe_points: None,
         },
         // No portable body measured faster compiled for AVX-512: AVX2's.
         #[cfg(target_arch = "x86_64")]
