@@ -5,7 +5,8 @@
 //! levels) of `C` channels in groups of `D`, and output rows (DCNv3: a run of output pixels;
 //! attention: a block of queries) whose every element `t` of group `g` is
 //! `out[t, g*D + c] = sum_k m_k[t] * bilinear(plane(k), y_k[t], x_k[t], g*D + c)`.
-//! Per (row, group) the operator describes every point's positions at once; the descriptors are
+//! Per (row, group) the operator describes every point's positions at once (from its tensors'
+//! runs through [`describe_runs`]); the descriptors are
 //! computed by the same kernels as DCNv2's (`sample_row`, with absolute positions: `y0 = x0 = 0`,
 //! no stride), one call per plane's run of points, and run across the group's channel run:
 //! forward `gather_points` (each element's sum over the points in registers, stored once);
@@ -16,7 +17,8 @@
 //! point at for corners outside it, so a group's neighbouring corners are neighbours in memory.
 //! Forward: rows in parallel, the sums formed point by point in a fixed order. Backward: rows
 //! dealt to `blocking::LANES` fixed lanes (one where the samples are few for the image), each
-//! with its own input-gradient image, reduced in lane order.
+//! with its own input-gradient image, summed in lane order as each pixel is stored. Outputs
+//! and gradients are written in full (their buffers start unwritten, `alloc::Written`).
 //! Same bits for any thread count; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;
