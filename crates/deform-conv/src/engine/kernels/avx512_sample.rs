@@ -1,7 +1,7 @@
 //! The explicit AVX-512 f32 row descriptors (`sample_row`): the AVX2 kernel's IEEE operations in
 //! the same order, sixteen samples per step, the row's tail through masked loads and stores:
-//! bitwise the same results. The AVX-512 table runs it for the forwards' descriptors only (with
-//! the backward's gradient fields the AVX2 kernel measured faster).
+//! bitwise the same results. Descriptors with the backward's gradient fields go to the AVX2
+//! kernel, which measured faster for them.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use super::PointRuns;
@@ -11,9 +11,13 @@ use std::arch::x86_64::*;
 /// Descriptors of one row, 16 samples per step (see `sample_row_body` for the formula).
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
-#[target_feature(enable = "avx512f")]
+/// The CPU must support AVX-512F and AVX2.
+#[target_feature(enable = "avx512f,avx2")]
 pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
+    if a.gradients {
+        // SAFETY: the CPU supports AVX2 (the contract).
+        return unsafe { super::avx2_sample::sample_row(a, out) };
+    }
     let n = a.dy.len();
     // The grid columns and pixel indices are formed in i32 lanes.
     if !a.fits_i32_lanes() {
@@ -24,15 +28,6 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     assert!(m.is_empty() || m.len() >= n, "a mask value per sample");
     let idx: [&mut [u32]; 4] = out.idx.each_mut().map(|v| &mut v[r.clone()]);
     let w: [&mut [f32]; 4] = out.w.each_mut().map(|v| &mut v[r.clone()]);
-    let mut grads: [&mut [f32]; 3] = if a.gradients {
-        [
-            &mut out.ly[r.clone()],
-            &mut out.lx[r.clone()],
-            &mut out.m[r.clone()],
-        ]
-    } else {
-        [&mut [], &mut [], &mut []]
-    };
     let one = _mm512_set1_ps(1.0);
     let minus_one = _mm512_set1_ps(-1.0);
     let hf = _mm512_set1_ps(a.h as i64 as f32);
@@ -107,16 +102,6 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             unsafe {
                 _mm512_mask_storeu_epi32(idx[j].as_mut_ptr().add(t).cast(), k, iv[j]);
                 _mm512_mask_storeu_ps(w[j].as_mut_ptr().add(t), k, wv[j]);
-            }
-        }
-        if a.gradients {
-            for (dst, v) in grads.iter_mut().zip([ly, lx, vm]) {
-                // SAFETY: as above (with `gradients` these slices hold n elements).
-                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(t), k, v) };
-            }
-            for l in 0..len {
-                out.open[a.at + t + l] = (open >> l) & 1 == 1;
-                out.grad[a.at + t + l] = (grad >> l) & 1 == 1;
             }
         }
         t += 16;

@@ -314,16 +314,9 @@ fn avx512_f32_table() -> Kernels<f32> {
         }
     }
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
-        // Sixteen lanes measured faster for the forward's descriptors and slower with the
-        // backward's gradient fields (BENCHMARKS.md): the same bits either way.
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
         // includes AVX2).
-        unsafe {
-            match a.gradients {
-                false => avx512_sample::sample_row(a, out),
-                true => avx2_sample::sample_row(a, out),
-            }
-        }
+        unsafe { avx512_sample::sample_row(a, out) }
     }
     fn gather_points(job: &RowJob<'_, f32>, points: usize, xt: &[f32], cols: &mut [f32]) {
         // SAFETY: as for `gather_row`.
