@@ -76,9 +76,9 @@ impl<T: Element, D: Dimension> Written<T, D> {
     ///
     /// # Safety
     ///
-    /// Every element of [`Self::view_mut`] has been written (the engine's forward functions
-    /// that take such a view write every element when they return `Ok`; the tests poison the
-    /// array to check it).
+    /// Every element of [`Self::view_mut`] has been written (the engine's point-core forwards
+    /// and backwards write every element of the views they are given when they return `Ok`;
+    /// the tests poison the array to check it).
     pub(crate) unsafe fn done(self) -> Array<T, D> {
         // SAFETY: every element is initialised (this function's contract).
         unsafe { self.0.assume_init() }

@@ -1,7 +1,6 @@
 //! DCNv3 / DCNv4 on the sampling core ([`super::points`]): one plane (the image), `G` groups of
-//! `D` channels, `P` points per group (SPEC §6). A core row is a run of at most [`CHUNK`] output pixels in
-//! row-major order (short image rows would make each kernel call a few pixels long), or one
-//! output row where an output view is not in standard layout.
+//! `D` channels, `P` points per group (SPEC §6). A core row is a run of at most [`CHUNK`] output
+//! pixels in row-major order (short image rows would make each kernel call a few pixels long).
 
 use super::kernels::{Isa, Kernels};
 use super::points::{self, describe_runs, pieces, PointOp, PointRuns, Shape};
@@ -44,8 +43,8 @@ struct Op<'o, 'a, T: Element> {
 }
 
 impl<'o, 'a, T: Element> Op<'o, 'a, T> {
-    fn new(g: &'o Dcnv3Geometry, ops: &'o Dcnv3Operands<'a, T>, chunk: usize) -> Self {
-        let chunk = chunk.max(1);
+    fn new(g: &'o Dcnv3Geometry, ops: &'o Dcnv3Operands<'a, T>) -> Self {
+        let chunk = chunk_for(g);
         let shape = Shape {
             n: g.n,
             planes: vec![(g.h, g.w)],
@@ -191,40 +190,29 @@ pub(crate) fn forward<T: Element>(
     isa: Isa,
 ) -> Result<Array4<T>> {
     let mut out = Written::new("output", Ix4(g.n, g.ho, g.wo, g.c()))?;
-    let chunk = chunk_for(g, &[true]);
-    points::forward(&Op::new(g, ops, chunk), isa, rows_of(out.view_mut(), chunk))?;
+    let op = Op::new(g, ops);
+    points::forward(&op, isa, rows_of(out.view_mut(), op.chunk))?;
     // SAFETY: the rows cover the output, and `points::forward` wrote every element of every row.
     Ok(unsafe { out.done() })
 }
 
-/// Where every output view is in standard layout, runs of [`MIN_CHUNK`] to [`CHUNK`] pixels,
-/// [`MIN_ROWS`] of them where the image allows (decided by the shape alone); else one output
-/// row.
-fn chunk_for(g: &Dcnv3Geometry, standard: &[bool]) -> usize {
-    if standard.iter().all(|s| *s) {
-        (g.ho * g.wo).div_ceil(MIN_ROWS).clamp(MIN_CHUNK, CHUNK)
-    } else {
-        g.wo
-    }
+/// Output pixels per core row: runs of [`MIN_CHUNK`] to [`CHUNK`] pixels, [`MIN_ROWS`] of them
+/// where the image allows (decided by the shape alone).
+fn chunk_for(g: &Dcnv3Geometry) -> usize {
+    (g.ho * g.wo).div_ceil(MIN_ROWS).clamp(MIN_CHUNK, CHUNK)
 }
 
-/// `[N, Ho, Wo, ..]` as image by image, core row by core row `[len, ..]` views: runs of `chunk`
-/// pixels of a standard-layout view, or its output rows (`chunk == Wo`).
+/// `[N, Ho, Wo, ..]` (one of the engine's own outputs, in standard layout) as image by image,
+/// core row by core row `[len, ..]` views: runs of `chunk` pixels.
 fn rows_of<T>(v: ArrayViewMut4<'_, T>, chunk: usize) -> Vec<Vec<ArrayViewMut2<'_, T>>> {
     let (ho, wo, c) = (v.shape()[1], v.shape()[2], v.shape()[3]);
     pieces(v, Axis(0), 1)
         .into_iter()
         .map(|img| {
-            let img = img.index_axis_move(Axis(0), 0);
-            if chunk == wo || !img.is_standard_layout() {
-                return pieces(img, Axis(0), 1)
-                    .into_iter()
-                    .map(|r| r.index_axis_move(Axis(0), 0))
-                    .collect();
-            }
             let flat = img
+                .index_axis_move(Axis(0), 0)
                 .into_shape_with_order((ho * wo, c))
-                .expect("a standard-layout image is its pixels in order");
+                .expect("the engine's outputs are allocated in standard layout");
             pieces(flat, Axis(0), chunk)
         })
         .collect()
@@ -269,13 +257,8 @@ fn write_backward<T: Element>(
         offset,
         mask,
     } = grads;
-    let chunk = chunk_for(
-        g,
-        &[
-            offset.is_standard_layout(),
-            mask.as_ref().is_none_or(|m| m.is_standard_layout()),
-        ],
-    );
+    let op = Op::new(g, ops);
+    let chunk = op.chunk;
     let (off_width, separate_mask) = (offset.shape()[3], mask.is_some());
     let off_rows = rows_of(offset, chunk);
     let grad_rows: Vec<Vec<GradRow<'_, T>>> = match mask {
@@ -289,9 +272,7 @@ fn write_backward<T: Element>(
             .map(|o| o.into_iter().map(|r| (r, None)).collect())
             .collect(),
     };
-    let op = Op::new(g, ops, chunk);
-    let scale = Op::<T>::acc(g.scale);
-    let layout = ops.layout;
+    let (scale, layout) = (op.scale, ops.layout);
     // Columns of the offset gradient no point names (DCNv4's padding): written zero.
     let mut named = vec![false; off_width];
     for (gi, p) in (0..g.g).flat_map(|gi| (0..g.points).map(move |p| (gi, p))) {

@@ -19,9 +19,8 @@ struct Op<'o, 'a, T: Element> {
     g: &'o MsdaGeometry,
     ops: &'o MsdaOperands<'a, T>,
     shape: Shape,
-    /// `(H, W)` of each level in the accumulation type.
-    sizes: Vec<(T::Acc, T::Acc)>,
-    /// Per point of a head: `H` and `W` of its level, and 0 (no tap); per query: -1/2.
+    /// Per point of a head: `H` and `W` of its level (in the accumulation type), and 0 (no
+    /// tap); per query: -1/2.
     scales: [Vec<T::Acc>; 2],
     zeros: Vec<T::Acc>,
     halves: Vec<T::Acc>,
@@ -38,16 +37,11 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             rows: g.q.div_ceil(QUERIES),
             row_len: g.q.min(QUERIES),
         };
-        let sizes: Vec<(T::Acc, T::Acc)> = g
-            .levels
-            .iter()
-            .map(|&(h, w, _)| (T::Acc::of_i64(h as i64), T::Acc::of_i64(w as i64)))
-            .collect();
         // `H` (then `W`) of each point's level, the points of a head in order.
         let per_point = |hw: usize| {
-            sizes
+            g.levels
                 .iter()
-                .flat_map(|&(h, w)| std::iter::repeat_n([h, w][hw], g.p))
+                .flat_map(|&(h, w, _)| std::iter::repeat_n(T::Acc::of_i64([h, w][hw] as i64), g.p))
                 .collect()
         };
         let scales = [per_point(0), per_point(1)];
@@ -59,7 +53,6 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             scales,
             zeros: vec![T::Acc::zero(); g.levels.len() * g.p],
             halves: vec![-half; QUERIES],
-            sizes,
         }
     }
 }
@@ -140,7 +133,7 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         // Any other strides: each point's locations and weights as strided views.
         for j in 0..points {
             let (l, pi) = (j / p, j % p);
-            let (hf, wf) = self.sizes[l];
+            let (hf, wf) = (self.scales[0][j], self.scales[1][j]);
             let loc = loc_n.slice(ndarray::s![q.clone(), m, l, pi, ..]);
             let attn = attn_n.slice(ndarray::s![q.clone(), m, l, pi]);
             let cols = loc.column(0).into_iter().zip(loc.column(1)).zip(attn);
@@ -242,14 +235,14 @@ fn write_backward<T: Element>(
         },
         |(loc, attn), pg| {
             let (lp, len) = (g.levels.len() * g.p, pg.len);
-            let sizes = &op.sizes;
+            let [hs, ws] = &op.scales;
             // Contiguous rows (the usual case): a query's points of head `g` are one run.
             if let (Some(lv), Some(av)) = (loc.as_slice_mut(), attn.as_slice_mut()) {
                 for t in 0..len {
                     let at = (t * g.m + pg.g) * lp;
                     let (locs, weights) = (&mut lv[2 * at..2 * (at + lp)], &mut av[at..at + lp]);
                     for (k, (xy, a)) in locs.chunks_exact_mut(2).zip(weights).enumerate() {
-                        let (hf, wf) = sizes[k / g.p];
+                        let (hf, wf) = (hs[k], ws[k]);
                         let i = k * len + t;
                         xy[0].write(T::from_acc(pg.x[i] * wf));
                         xy[1].write(T::from_acc(pg.y[i] * hf));
@@ -260,7 +253,7 @@ fn write_backward<T: Element>(
             }
             for k in 0..lp {
                 let (l, p) = (k / g.p, k % g.p);
-                let (hf, wf) = sizes[l];
+                let (hf, wf) = (hs[k], ws[k]);
                 let at = k * len..(k + 1) * len;
                 for (xy, src, size) in [(0, &pg.x[at.clone()], wf), (1, &pg.y[at.clone()], hf)] {
                     let col = loc.slice_mut(ndarray::s![.., pg.g, l, p, xy]);

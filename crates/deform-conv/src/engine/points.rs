@@ -188,6 +188,13 @@ fn elements<T: Element, O: PointOp<T>>(op: &O) -> usize {
     (0..op.shape().rows).map(|r| op.row(r).len()).sum()
 }
 
+/// Pixels per task of the passes between an operator's image and the copy (the copy itself, the
+/// input gradient's store): about 64 KiB of f32 accumulators, so a smaller image is one task,
+/// not a hand-off to other threads for a few microseconds of copying.
+fn copy_chunk(sh: &Shape) -> usize {
+    ((16 << 10) / sh.c.max(1)).max(1)
+}
+
 /// A chunk of the copy: its first source pixel, its pixels, its run in each group.
 type CopyTask<'a, A> = (usize, usize, Vec<&'a mut [A]>);
 
@@ -198,9 +205,7 @@ fn copy_image<T: Element, O: PointOp<T>>(op: &O, n: usize, xt: &mut [T::Acc]) {
     let sh = op.shape();
     let (c, d, groups) = (sh.c, sh.d, sh.groups());
     let (_, image) = sh.bases();
-    // Chunks of about 64 KiB of f32 accumulators: a smaller image is one task, not a hand-off
-    // to other threads for a few microseconds of copying.
-    let chunk_px = ((16 << 10) / c.max(1)).max(1);
+    let chunk_px = copy_chunk(sh);
     let mut tasks: Vec<CopyTask<'_, T::Acc>> = Vec::new();
     for (g, mut rest) in xt.chunks_mut(image * d).take(groups).enumerate() {
         let mut s0 = 0;
@@ -269,7 +274,7 @@ fn run_to_acc<T: Element>(dst: &mut [T::Acc], src: &[T]) {
 }
 
 /// One row's scratch: a group's positions and weights, descriptors, the sums, the output
-/// gradient and one point's gradients.
+/// gradient and every point's gradients.
 struct RowScratch<A> {
     y: Vec<A>,
     x: Vec<A>,
@@ -648,7 +653,7 @@ fn store_dx<T: Element>(
     out: ArrayViewMut2<'_, MaybeUninit<T>>,
 ) {
     let (d, (_, image)) = (sh.d, sh.bases());
-    let chunk_px = ((16 << 10) / sh.c.max(1)).max(1);
+    let chunk_px = copy_chunk(sh);
     // (pixel of the copy, the output's pixels from there)
     let mut tasks = Vec::new();
     let (mut rest, mut at) = (out, 0);
