@@ -8,6 +8,7 @@ use half::{bf16, f16};
 use num_traits::{Float, FromPrimitive};
 use std::fmt::Debug;
 use std::iter::Sum;
+use std::mem::MaybeUninit;
 use std::ops::AddAssign;
 
 /// The arithmetic type of a computation: `f32` or `f64`.
@@ -58,6 +59,11 @@ pub trait Element: Copy + Default + Debug + Send + Sync + crate::alloc::ZeroBits
     fn as_acc(_s: &[Self]) -> Option<&[Self::Acc]> {
         None
     }
+    /// `s` itself when `Self` is its own accumulation type, so outputs can be written in place.
+    #[inline(always)]
+    fn as_acc_out(_s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::Acc>]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -75,6 +81,10 @@ impl Element for f32 {
     fn as_acc(s: &[f32]) -> Option<&[f32]> {
         Some(s)
     }
+    #[inline(always)]
+    fn as_acc_out(s: &mut [MaybeUninit<f32>]) -> Option<&mut [MaybeUninit<f32>]> {
+        Some(s)
+    }
 }
 
 impl Element for f64 {
@@ -90,6 +100,10 @@ impl Element for f64 {
     }
     #[inline(always)]
     fn as_acc(s: &[f64]) -> Option<&[f64]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_acc_out(s: &mut [MaybeUninit<f64>]) -> Option<&mut [MaybeUninit<f64>]> {
         Some(s)
     }
 }

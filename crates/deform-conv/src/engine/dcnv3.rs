@@ -123,6 +123,46 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
+    fn with_runs<R>(
+        &self,
+        [n, r, gi]: [usize; 3],
+        len: usize,
+        f: impl FnOnce(&PointRuns<'_, T, T::Acc>) -> R,
+    ) -> Option<R> {
+        let (g, ops) = (self.g, self.ops);
+        let pixels = self.row(r);
+        let len = len.min(pixels.len());
+        // Contiguous tensors (the usual channels-last ones): a pixel's offsets and masks of a
+        // group are runs (`PointLayout`).
+        let offs = ops.offset.index_axis(Axis(0), n);
+        let masks = ops.mask.index_axis(Axis(0), n);
+        let (o, mk) = (offs.as_slice()?, masks.as_slice()?);
+        let (os, ms) = (offs.shape()[2], masks.shape()[2]);
+        let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
+        let mut base = [vec![T::Acc::zero(); len], vec![T::Acc::zero(); len]];
+        let [base_y, base_x] = &mut base;
+        for (by, bx) in base_y.iter_mut().zip(base_x.iter_mut()) {
+            (*by, *bx) = (self.by[oh], self.bx[ow]);
+            ow += 1;
+            if ow == g.wo {
+                (oh, ow) = (oh + 1, 0);
+            }
+        }
+        Some(f(&PointRuns {
+            pairs: o,
+            pair0: pixels.start * os + ops.layout.offset(gi, 0, 0),
+            pair_step: os,
+            weights: mk,
+            weight0: pixels.start * ms + ops.layout.mask(gi, 0),
+            weight_step: ms,
+            points: g.points,
+            len,
+            tap: [&self.taps[0], &self.taps[1]],
+            scale: [&self.scales, &self.scales],
+            base: [&base[0], &base[1]],
+        }))
+    }
+
     fn describe(
         &self,
         k: &Kernels<T::Acc>,
@@ -136,41 +176,14 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let scale = self.scale;
         let pixels = self.row(r);
         let len = len.min(pixels.len());
+        if let Some(()) = self.with_runs([n, r, gi], len, |runs| describe_runs(k, runs, y, x, m)) {
+            return;
+        }
         let (offs, masks) = (
             ops.offset.index_axis(Axis(0), n),
             ops.mask.index_axis(Axis(0), n),
         );
-        let points = g.points;
-        let cols = &self.cols[gi * points..(gi + 1) * points];
-        // Contiguous tensors (the usual channels-last ones): a pixel's offsets and masks of a
-        // group are runs (`PointLayout`).
-        if let (Some(o), Some(mk)) = (offs.as_slice(), masks.as_slice()) {
-            let (os, ms) = (offs.shape()[2], masks.shape()[2]);
-            let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
-            let mut base = [vec![T::Acc::zero(); len], vec![T::Acc::zero(); len]];
-            let [base_y, base_x] = &mut base;
-            for (by, bx) in base_y.iter_mut().zip(base_x.iter_mut()) {
-                (*by, *bx) = (self.by[oh], self.bx[ow]);
-                ow += 1;
-                if ow == g.wo {
-                    (oh, ow) = (oh + 1, 0);
-                }
-            }
-            let runs = PointRuns {
-                pairs: o,
-                pair0: pixels.start * os + ops.layout.offset(gi, 0, 0),
-                pair_step: os,
-                weights: mk,
-                weight0: pixels.start * ms + ops.layout.mask(gi, 0),
-                weight_step: ms,
-                points,
-                len,
-                tap: [&self.taps[0], &self.taps[1]],
-                scale: [&self.scales, &self.scales],
-                base: [&base[0], &base[1]],
-            };
-            return describe_runs(k, &runs, y, x, m);
-        }
+        let cols = &self.cols[gi * g.points..(gi + 1) * g.points];
         for (t, pix) in pixels.take(len).enumerate() {
             let (oh, ow) = (pix / g.wo, pix % g.wo);
             for (p, &[ox, oy, om]) in cols.iter().enumerate() {

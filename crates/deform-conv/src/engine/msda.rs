@@ -92,6 +92,37 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         }
     }
 
+    fn with_runs<R>(
+        &self,
+        [n, r, m]: [usize; 3],
+        len: usize,
+        f: impl FnOnce(&PointRuns<'_, T, T::Acc>) -> R,
+    ) -> Option<R> {
+        let points = self.g.levels.len() * self.g.p;
+        let q = self.row(r);
+        let len = len.min(q.len());
+        // Contiguous tensors: a query's points of head `m` are one run, queries a fixed step
+        // apart; `x = (0 + loc_x) * W - 1/2` is `loc_x * W - 1/2`, bit for bit.
+        let loc_n = self.ops.loc.index_axis(Axis(0), n);
+        let attn_n = self.ops.attn.index_axis(Axis(0), n);
+        let (lv, av) = (loc_n.as_slice()?, attn_n.as_slice()?);
+        let step = self.g.m * points;
+        let first = (q.start * self.g.m + m) * points;
+        Some(f(&PointRuns {
+            pairs: lv,
+            pair0: 2 * first,
+            pair_step: 2 * step,
+            weights: av,
+            weight0: first,
+            weight_step: step,
+            points,
+            len,
+            tap: [&self.zeros, &self.zeros],
+            scale: [&self.scales[0], &self.scales[1]],
+            base: [&self.halves[..len], &self.halves[..len]],
+        }))
+    }
+
     fn describe(
         &self,
         k: &Kernels<T::Acc>,
@@ -106,30 +137,13 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let half = T::Acc::one() / (T::Acc::one() + T::Acc::one());
         let q = self.row(r);
         let len = len.min(q.len());
+        if let Some(()) = self.with_runs([n, r, m], len, |runs| describe_runs(k, runs, y, x, a)) {
+            return;
+        }
         let (loc_n, attn_n) = (
             self.ops.loc.index_axis(Axis(0), n),
             self.ops.attn.index_axis(Axis(0), n),
         );
-        // Contiguous tensors: a query's points of head `m` are one run, queries a fixed step
-        // apart; `x = (0 + loc_x) * W - 1/2` is `loc_x * W - 1/2`, bit for bit.
-        if let (Some(lv), Some(av)) = (loc_n.as_slice(), attn_n.as_slice()) {
-            let step = self.g.m * points;
-            let first = (q.start * self.g.m + m) * points;
-            let runs = PointRuns {
-                pairs: lv,
-                pair0: 2 * first,
-                pair_step: 2 * step,
-                weights: av,
-                weight0: first,
-                weight_step: step,
-                points,
-                len,
-                tap: [&self.zeros, &self.zeros],
-                scale: [&self.scales[0], &self.scales[1]],
-                base: [&self.halves[..len], &self.halves[..len]],
-            };
-            return describe_runs(k, &runs, y, x, a);
-        }
         // Any other strides: each point's locations and weights as strided views.
         for j in 0..points {
             let (l, pi) = (j / p, j % p);

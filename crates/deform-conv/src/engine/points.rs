@@ -23,7 +23,7 @@
 
 use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;
-use super::kernels::{prefetch, Isa, Kernels, RowJob, PREFETCH_AHEAD};
+use super::kernels::{prefetch, Isa, Kernels, PointsRow, PointsRowKernel, RowJob, PREFETCH_AHEAD};
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
 use super::scratch::{try_take, Buf};
@@ -130,6 +130,15 @@ pub(crate) trait PointOp<T: Element>: Sync {
     fn copy_pixels(&self, n: usize, s0: usize, dst: &mut [T::Acc]);
     /// Image `n` as one slice (all planes concatenated, `C` values a pixel), when contiguous.
     fn image(&self, n: usize) -> Option<&[T]>;
+    /// `f` on the runs of the operator's tensors that hold every point of group `g` for the `len`
+    /// elements of row `r` of image `n` (`at = [n, r, g]`); `None` where they are not runs
+    /// (tensors with other strides).
+    fn with_runs<R>(
+        &self,
+        at: [usize; 3],
+        len: usize,
+        f: impl FnOnce(&PointRuns<'_, T, T::Acc>) -> R,
+    ) -> Option<R>;
     /// Positions (in pixels of each point's plane) and weights of every point of group `g` for
     /// the `len` elements of row `r` of image `n` (`at = [n, r, g]`): point `k`'s at `k*len ..
     /// (k+1)*len` of `y`, `x` and `m` (through [`describe_runs`] where the inputs are runs).
@@ -366,23 +375,8 @@ pub(crate) fn describe_runs<T: Element>(
     m: &mut [T::Acc],
 ) {
     let (p, len) = (r.points, r.len);
-    if let (Some(f), Some(pairs), Some(weights)) =
-        (k.describe_points, T::as_acc(r.pairs), T::as_acc(r.weights))
-    {
+    if let (Some(f), Some(runs)) = (k.describe_points, acc_runs(r)) {
         if p <= 16 {
-            let runs = PointRuns {
-                pairs,
-                pair0: r.pair0,
-                pair_step: r.pair_step,
-                weights,
-                weight0: r.weight0,
-                weight_step: r.weight_step,
-                points: p,
-                len,
-                tap: r.tap,
-                scale: r.scale,
-                base: r.base,
-            };
             return f(&runs, y, x, m);
         }
     }
@@ -402,6 +396,23 @@ pub(crate) fn describe_runs<T: Element>(
             m[j * len + t] = w.to_acc();
         }
     }
+}
+
+/// `r` itself when its runs are in the accumulation type (f32, f64).
+fn acc_runs<'a, T: Element>(r: &PointRuns<'a, T, T::Acc>) -> Option<PointRuns<'a, T::Acc, T::Acc>> {
+    Some(PointRuns {
+        pairs: T::as_acc(r.pairs)?,
+        pair0: r.pair0,
+        pair_step: r.pair_step,
+        weights: T::as_acc(r.weights)?,
+        weight0: r.weight0,
+        weight_step: r.weight_step,
+        points: r.points,
+        len: r.len,
+        tap: r.tap,
+        scale: r.scale,
+        base: r.base,
+    })
 }
 
 /// Every point's positions and weights of group `g` on row `r` of image `n` into `s`.
@@ -449,6 +460,10 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     let bases: Vec<u32> = bases.iter().map(|&b| b as u32).collect();
     let runs = plane_runs(op);
     let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
+    let mut rows = rows;
+    if let Some(f) = in_place(op, k, &mut rows) {
+        return threads::serial_if_small(work, || forward_in_place(op, f, rows));
+    }
     threads::serial_if_small(work, || {
         let mut lines = Lines::new("input (channels-last copy)", image * c, 1)?;
         let xt = &mut lines.all()[..image * c];
@@ -496,6 +511,86 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
         }
         Ok(())
     })
+}
+
+/// The table's one-pass forward row ([`super::kernels::PointsRow`]) where it takes the shape
+/// and every image, every row's runs and every output row is a slice of the accumulation type.
+fn in_place<'k, T: Element, O: PointOp<T>>(
+    op: &O,
+    k: &'k Kernels<T::Acc>,
+    rows: &mut [Vec<ArrayViewMut2<'_, MaybeUninit<T>>>],
+) -> Option<&'k PointsRowKernel<T::Acc>> {
+    let sh = op.shape();
+    let pixels: usize = sh.planes.iter().map(|&(h, w)| h * w).sum();
+    let f = k
+        .points_row
+        .as_ref()
+        .filter(|f| (f.fits)(sh.d, sh.points, pixels.saturating_mul(sh.c)))?;
+    let images = (0..sh.n).all(|n| {
+        op.image(n).and_then(T::as_acc).is_some()
+            && (0..sh.rows.min(1))
+                .all(|r| op.with_runs([n, r, 0], 0, |r| acc_runs(r).is_some()) == Some(true))
+    });
+    let outs = rows
+        .iter_mut()
+        .flatten()
+        .all(|o| o.as_slice_mut().and_then(T::as_acc_out).is_some());
+    (images && outs).then_some(f)
+}
+
+/// The forward through [`in_place`]'s kernel: rows in parallel, each group's points in one pass
+/// straight from the operator's tensors into the output (no image copy).
+fn forward_in_place<T: Element, O: PointOp<T>>(
+    op: &O,
+    f: &PointsRowKernel<T::Acc>,
+    rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
+) -> Result<()> {
+    let sh = op.shape();
+    let (c, d) = (sh.c, sh.d);
+    // Per point: its plane's `[h, w, first pixel]` in the operator's image.
+    let mut first = Vec::with_capacity(sh.planes.len());
+    let mut at = 0;
+    for &(h, w) in &sh.planes {
+        first.push([h, w, at]);
+        at += h * w;
+    }
+    let planes: Vec<[usize; 3]> = (0..sh.points).map(|k| first[op.plane_of(k)]).collect();
+    for (n, image_rows) in rows.into_iter().enumerate() {
+        let Some(image) = op.image(n).and_then(T::as_acc) else {
+            unreachable!("`in_place` checked every image")
+        };
+        for_each_item(
+            image_rows.into_iter().enumerate().collect(),
+            |(r, mut out), _| {
+                let len = op.row(r).len();
+                let Some(out) = out.as_slice_mut().and_then(T::as_acc_out) else {
+                    unreachable!("`in_place` checked every output row")
+                };
+                // Each group's first pair and weight; the runs otherwise the same for all.
+                let groups: Option<Vec<[usize; 3]>> = (0..sh.groups())
+                    .map(|g| op.with_runs([n, r, g], len, |runs| [runs.pair0, runs.weight0, g * d]))
+                    .collect();
+                let wrote = op.with_runs([n, r, 0], len, |runs| {
+                    let (Some(runs), Some(groups)) = (acc_runs(runs), groups.as_deref()) else {
+                        unreachable!("`in_place` checked the runs and their type")
+                    };
+                    let row = PointsRow {
+                        runs,
+                        groups,
+                        planes: &planes,
+                        image,
+                        c,
+                        d,
+                    };
+                    (f.row)(&row, out)
+                });
+                if wrote.is_none() {
+                    unreachable!("`in_place` checked that the operator's tensors are runs")
+                }
+            },
+        );
+    }
+    Ok(())
 }
 
 /// What the backward hands an operator for one (row, group): the gradients of every point's

@@ -197,3 +197,232 @@ pub(super) unsafe fn describe_points(
         }
     }
 }
+
+/// [`super::PointsRowKernel`] for groups of `16 * NZ` channels and up to 16 points: per element,
+/// its points' positions in one zmm register as `describe_points` forms them, their descriptors
+/// as `sample_row` forms them (`y0 = x0 = 0`: the same adds of zero), the corners' element
+/// offsets and weights through a small stack tile, then each point's sample summed in registers
+/// as `gather_points` sums it: bitwise the three passes, without the image copy (a corner outside
+/// its plane reads a zero run instead of the copy's zero pixel: the same products).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn points_row<const NZ: usize>(
+    r: &super::PointsRow<'_, f32>,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let runs = &r.runs;
+    let (p, len, c, groups) = (runs.points, runs.len, r.c, r.groups);
+    let d = 16 * NZ;
+    if len == 0 {
+        return;
+    }
+    let last = len - 1;
+    let pixels = r.image.len() / c.max(1);
+    assert!(
+        (1..=16).contains(&p)
+            && r.d == d
+            && r.image.len() < i32::MAX as usize
+            && groups.iter().all(|&[pair0, weight0, lo]| {
+                lo + d <= c
+                    && last * c + lo + d <= out.len()
+                    && pair0 + last * runs.pair_step + 2 * p <= runs.pairs.len()
+                    && weight0 + last * runs.weight_step + p <= runs.weights.len()
+            })
+            && runs.tap.iter().chain(&runs.scale).all(|v| v.len() >= p)
+            && runs.base.iter().all(|v| v.len() >= len)
+            && r.planes.len() >= p
+            && r.planes[..p]
+                .iter()
+                .all(
+                    |&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels)
+                ),
+        "points_row: runs inside their tensors, planes inside the image, at most 16 points"
+    );
+    let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
+    let (lo2, hi2, kp) = (lanes(2 * p), lanes((2 * p).saturating_sub(16)), lanes(p));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // SAFETY: the lanes enabled in `kp` address the first `p` values (checked above).
+    let per_point = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kp, v.as_ptr()) };
+    let (tap_y, tap_x) = (per_point(runs.tap[0]), per_point(runs.tap[1]));
+    let (scale_y, scale_x) = (per_point(runs.scale[0]), per_point(runs.scale[1]));
+    // Per point: its plane's size and the element offset of its first pixel (all below 2^31:
+    // the image is, checked above).
+    let (mut ph, mut pw, mut ps) = ([0i32; 16], [0i32; 16], [0i32; 16]);
+    for (k, &[h, w, s]) in r.planes[..p].iter().enumerate() {
+        (ph[k], pw[k], ps[k]) = (h as i32, w as i32, (s * c) as i32);
+    }
+    // SAFETY: 16 values each.
+    let (hi, wi, first) = unsafe {
+        (
+            _mm512_loadu_si512(ph.as_ptr().cast()),
+            _mm512_loadu_si512(pw.as_ptr().cast()),
+            _mm512_loadu_si512(ps.as_ptr().cast()),
+        )
+    };
+    let (hf, wf) = (_mm512_cvtepi32_ps(hi), _mm512_cvtepi32_ps(wi));
+    let cv = _mm512_set1_epi32(c as i32);
+    let row = _mm512_mullo_epi32(wi, cv);
+    let (one, minus_one, zero) = (
+        _mm512_set1_ps(1.0),
+        _mm512_set1_ps(-1.0),
+        _mm512_setzero_ps(),
+    );
+    let (ione, iminus_one) = (_mm512_set1_epi32(1), _mm512_set1_epi32(-1));
+    let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
+    let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
+    // What a corner outside its plane reads.
+    let zeros = [0f32; 32];
+    // The descriptors of element `t`, group `[pair0, weight0, lo]` into `tile`: its points'
+    // corners' element offsets (-1: outside) and weights, a row of 16 per corner.
+    let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
+        let start = _mm512_add_epi32(first, _mm512_set1_epi32(lo as i32));
+        // SAFETY: element t's pairs and weights lie inside their slices (checked above);
+        // masked-off lanes are not accessed.
+        let (xy_lo, xy_hi, vm) = unsafe {
+            let at = pp.add(pair0 + t * runs.pair_step);
+            (
+                _mm512_maskz_loadu_ps(lo2, at),
+                // Past the run when `hi2` is empty: formed without `add`'s in-bounds promise.
+                _mm512_maskz_loadu_ps(hi2, at.wrapping_add(16)),
+                _mm512_maskz_loadu_ps(kp, wp.add(weight0 + t * runs.weight_step)),
+            )
+        };
+        let (vx, vy) = (
+            _mm512_permutex2var_ps(xy_lo, even, xy_hi),
+            _mm512_permutex2var_ps(xy_lo, odd, xy_hi),
+        );
+        let by = _mm512_set1_ps(runs.base[0][t]);
+        let bx = _mm512_set1_ps(runs.base[1][t]);
+        // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
+        let py = _mm512_add_ps(by, _mm512_mul_ps(_mm512_add_ps(tap_y, vy), scale_y));
+        let px = _mm512_add_ps(bx, _mm512_mul_ps(_mm512_add_ps(tap_x, vx), scale_x));
+        let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
+        let inside =
+            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
+        let open = kp
+            & inside
+            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
+            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
+        let (py, px) = (_mm512_maskz_mov_ps(open, py), _mm512_maskz_mov_ps(open, px));
+        const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+        let (fy, fx) = (
+            _mm512_roundscale_ps::<FLOOR>(py),
+            _mm512_roundscale_ps::<FLOOR>(px),
+        );
+        let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+        let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
+        let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
+        let y_lo = open & _mm512_cmpgt_epi32_mask(yi, iminus_one);
+        let y_hi = open & _mm512_cmpgt_epi32_mask(hi, _mm512_add_epi32(yi, ione));
+        let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
+        let x_hi = _mm512_cmpgt_epi32_mask(wi, _mm512_add_epi32(xi, ione));
+        // Element offsets of the corners' runs (exact for corners inside: they index the image).
+        let base = _mm512_add_epi32(
+            start,
+            _mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(yi, wi), xi), cv),
+        );
+        let below = _mm512_add_epi32(base, row);
+        let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, iminus_one, v);
+        let iv = [
+            pick(y_lo & x_lo, base),
+            pick(y_lo & x_hi, _mm512_add_epi32(base, cv)),
+            pick(y_hi & x_lo, below),
+            pick(y_hi & x_hi, _mm512_add_epi32(below, cv)),
+        ];
+        let mo = _mm512_maskz_mov_ps(open, vm);
+        let wv = [
+            _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
+            _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
+            _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
+            _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
+        ];
+        for j in 0..4 {
+            // SAFETY: 16 values each.
+            unsafe {
+                _mm512_storeu_si512(tile.0[j].as_mut_ptr().cast(), iv[j]);
+                _mm512_storeu_ps(tile.1[j].as_mut_ptr(), wv[j]);
+            }
+        }
+    };
+    // Element `t`'s sum for the group at channel `lo` from its `tile`, stored.
+    let gather = |t: usize, lo: usize, tile: &Tile| {
+        // Point k's sample, channels 16z..16z+16.
+        let sample = |k: usize| -> [__m512; NZ] {
+            let src: [*const f32; 4] = std::array::from_fn(|j| {
+                let o = tile.0[j][k];
+                if o < 0 {
+                    zeros.as_ptr()
+                } else {
+                    // SAFETY: a corner inside its plane has an offset `>= 0` whose run of `d`
+                    // lies inside the image (the planes and `lo + d <= c` checked above).
+                    unsafe { xp.add(o as usize) }
+                }
+            });
+            let w: [__m512; 4] = std::array::from_fn(|j| _mm512_set1_ps(tile.1[j][k]));
+            std::array::from_fn(|z| {
+                // SAFETY: `src[j]` addresses `d` values (a run of the image or `zeros`).
+                let l = |j: usize| unsafe { _mm512_loadu_ps(src[j].add(16 * z)) };
+                let mut acc = _mm512_mul_ps(w[0], l(0));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
+                _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)))
+            })
+        };
+        let mut acc = sample(0);
+        for k in 1..p {
+            let v = sample(k);
+            for z in 0..NZ {
+                acc[z] = _mm512_add_ps(acc[z], v[z]);
+            }
+        }
+        for (z, v) in acc.into_iter().enumerate() {
+            // SAFETY: `t < len`: elements lo + 16z .. + 16 of the row's element t lie inside
+            // `out` (checked above).
+            unsafe { _mm512_storeu_ps(op.add(t * c + lo + 16 * z), v) };
+        }
+    };
+    // Units of up to `BLOCK` groups of one element, in order; each unit's descriptors formed
+    // before the previous unit's gather (their loads wait on no address computed just before).
+    const BLOCK: usize = 8;
+    let blocks = groups.len().div_ceil(BLOCK);
+    let units = len * blocks;
+    let unit = |u: usize| {
+        (
+            u / blocks,
+            &groups[(u % blocks) * BLOCK..][..BLOCK.min(groups.len() - (u % blocks) * BLOCK)],
+        )
+    };
+    let mut tiles = [[([[0i32; 16]; 4], [[0f32; 16]; 4]); BLOCK]; 2];
+    let (t0, gs) = unit(0);
+    for (g, tile) in gs.iter().zip(&mut tiles[0]) {
+        describe(t0, *g, tile);
+    }
+    for u in 0..units {
+        let (t, gs) = unit(u);
+        if u % blocks == 0 && t + super::PREFETCH_AHEAD < len {
+            let a = t + super::PREFETCH_AHEAD;
+            for &[pair0, weight0, _] in groups {
+                super::prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
+                super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+            }
+        }
+        let [a, b] = &mut tiles;
+        let (cur, next) = if u % 2 == 0 { (a, b) } else { (b, a) };
+        if u + 1 < units {
+            let (tn, gn) = unit(u + 1);
+            for (g, tile) in gn.iter().zip(next.iter_mut()) {
+                describe(tn, *g, tile);
+            }
+        }
+        for (g, tile) in gs.iter().zip(cur.iter()) {
+            gather(t, g[2], tile);
+        }
+    }
+}
+
+/// One (element, group)'s descriptors in [`points_row`]: per corner, its points' element offsets
+/// and weights.
+type Tile = ([[i32; 16]; 4], [[f32; 16]; 4]);

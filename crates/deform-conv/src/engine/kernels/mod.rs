@@ -186,6 +186,31 @@ pub(crate) struct PointRuns<'a, E, A> {
 /// table: the operator's own loop.
 pub(crate) type DescribePointsFn<A> = fn(&PointRuns<'_, A, A>, &mut [A], &mut [A], &mut [A]);
 
+/// One row of the point core's forward straight from the operator's tensors: for each element
+/// `t` of `runs` and each group (its runs at `[pair0, weight0]` instead of `runs`' own, its
+/// channels from `lo`: `groups` holds `[pair0, weight0, lo]`), `out[t*c + lo ..][..d] = sum_k m_k * bilinear_k` over the group's points in
+/// order, the positions and weights as [`DescribePointsFn`] forms them, the descriptors as
+/// `sample_row` forms them (absolute positions), each sample's corners combined as
+/// `gather_points` does: the bits of the three passes. Point `k` samples the plane `planes[k] =
+/// [h, w, first pixel]` of the channels-last `image` (`c` values a pixel) in place; a corner
+/// outside its plane reads zeros. Element by element, all groups of one: the image and the
+/// runs are read in memory order.
+pub(crate) struct PointsRow<'a, A> {
+    pub runs: PointRuns<'a, A, A>,
+    pub groups: &'a [[usize; 3]],
+    pub planes: &'a [[usize; 3]],
+    pub image: &'a [A],
+    pub c: usize,
+    pub d: usize,
+}
+
+/// The one-pass forward row ([`PointsRow`]) of a table, and the shapes it takes: `fits(d,
+/// points, image)` for `d` channels a group, `points` points, an image of `image` values.
+pub(crate) struct PointsRowKernel<A> {
+    pub fits: fn(usize, usize, usize) -> bool,
+    pub row: fn(&PointsRow<'_, A>, &mut [std::mem::MaybeUninit<A>]),
+}
+
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
     /// What runs: `"avx512 (avx2 f32 kernels, zmm panel GEMM)"`, `"avx2 (generic bodies)"`, ...
@@ -203,6 +228,9 @@ pub(crate) struct Kernels<A> {
     pub panel_gemm: Option<PanelGemmFn<A>>,
     /// The point core's positions from runs (AVX-512 f32); `None`: `points::describe_runs`.
     pub describe_points: Option<DescribePointsFn<A>>,
+    /// The point core's forward in one pass, reading the image in place (AVX-512 f32, groups of
+    /// 16 and 32 channels); `None`: the copy, `describe_points`, `sample_row`, `gather_points`.
+    pub points_row: Option<PointsRowKernel<A>>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -267,6 +295,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
+        points_row: None,
     }
 }
 
@@ -332,10 +361,27 @@ fn avx512_f32_table() -> Kernels<f32> {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
         unsafe { avx512_sample::describe_points(r, y, x, m) }
     }
+    fn points_fits(d: usize, points: usize, image: usize) -> bool {
+        matches!(d, 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
+    }
+    fn points_row(r: &PointsRow<'_, f32>, out: &mut [std::mem::MaybeUninit<f32>]) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true; the
+        // kernel gets the run lengths it is written for (`points_fits`, checked again inside).
+        unsafe {
+            match r.d {
+                16 => avx512_sample::points_row::<1>(r, out),
+                _ => avx512_sample::points_row::<2>(r, out),
+            }
+        }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM, descriptors and point rows)",
         panel_gemm: Some(panel_gemm),
         describe_points: Some(describe_points),
+        points_row: Some(PointsRowKernel {
+            fits: points_fits,
+            row: points_row,
+        }),
         backward_row: Some(backward_row),
         sample_row,
         gather_row,
