@@ -53,6 +53,9 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             points: g.points,
             rows: (g.ho * g.wo).div_ceil(chunk),
             row_len: chunk,
+            // 256 bytes of each pixel's channels: the corners around neighbouring pixels stay
+            // in L1 (a 512-channel pixel's groups at once did not).
+            block: (256 / (g.d * std::mem::size_of::<T::Acc>()).max(1)).max(1),
         };
         let by = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
         let bx = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();

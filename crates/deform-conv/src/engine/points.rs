@@ -53,6 +53,9 @@ pub(crate) struct Shape {
     pub rows: usize,
     /// The longest output row.
     pub row_len: usize,
+    /// Groups the one-pass forward ([`super::kernels::PointsRow`]) takes at a time for each
+    /// element (chosen per operator by measurement: BENCHMARKS.md).
+    pub block: usize,
 }
 
 impl Shape {
@@ -581,6 +584,7 @@ fn forward_in_place<T: Element, O: PointOp<T>>(
                         image,
                         c,
                         d,
+                        block: sh.block,
                     };
                     (f.row)(&row, out)
                 });

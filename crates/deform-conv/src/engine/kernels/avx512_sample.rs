@@ -384,44 +384,49 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             unsafe { _mm512_storeu_ps(op.add(t * c + lo + 16 * z), v) };
         }
     };
-    // Units of up to `BLOCK` groups of one element, in order; each unit's descriptors formed
-    // before the previous unit's gather (their loads wait on no address computed just before).
-    const BLOCK: usize = 8;
-    let blocks = groups.len().div_ceil(BLOCK);
-    let units = len * blocks;
-    let unit = |u: usize| {
-        (
-            u / blocks,
-            &groups[(u % blocks) * BLOCK..][..BLOCK.min(groups.len() - (u % blocks) * BLOCK)],
-        )
-    };
+    // Units of `r.block` groups of one element: block by block, element by element. Each unit's
+    // descriptors are formed before the previous unit's gather (its loads wait on no address
+    // computed just before).
+    let per_block = r.block.clamp(1, BLOCK);
+    let block = |b: usize| &groups[b * per_block..((b + 1) * per_block).min(groups.len())];
+    let blocks = groups.len().div_ceil(per_block);
     let mut tiles = [[([[0i32; 16]; 4], [[0f32; 16]; 4]); BLOCK]; 2];
-    let (t0, gs) = unit(0);
-    for (g, tile) in gs.iter().zip(&mut tiles[0]) {
-        describe(t0, *g, tile);
+    for (g, tile) in block(0).iter().zip(&mut tiles[0]) {
+        describe(0, *g, tile);
     }
-    for u in 0..units {
-        let (t, gs) = unit(u);
-        if u % blocks == 0 && t + super::PREFETCH_AHEAD < len {
-            let a = t + super::PREFETCH_AHEAD;
-            for &[pair0, weight0, _] in groups {
-                super::prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
-                super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+    let mut odd = false;
+    for b in 0..blocks {
+        let gs = block(b);
+        for t in 0..len {
+            if t + super::PREFETCH_AHEAD < len {
+                let a = t + super::PREFETCH_AHEAD;
+                for &[pair0, weight0, _] in gs {
+                    super::prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
+                    super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+                }
             }
-        }
-        let [a, b] = &mut tiles;
-        let (cur, next) = if u % 2 == 0 { (a, b) } else { (b, a) };
-        if u + 1 < units {
-            let (tn, gn) = unit(u + 1);
-            for (g, tile) in gn.iter().zip(next.iter_mut()) {
-                describe(tn, *g, tile);
+            let [x, y] = &mut tiles;
+            let (cur, next) = if odd { (y, x) } else { (x, y) };
+            odd = !odd;
+            let following = if t + 1 < len {
+                Some((t + 1, gs))
+            } else {
+                (b + 1 < blocks).then(|| (0, block(b + 1)))
+            };
+            if let Some((tn, gn)) = following {
+                for (g, tile) in gn.iter().zip(next.iter_mut()) {
+                    describe(tn, *g, tile);
+                }
             }
-        }
-        for (g, tile) in gs.iter().zip(cur.iter()) {
-            gather(t, g[2], tile);
+            for (g, tile) in gs.iter().zip(cur.iter()) {
+                gather(t, g[2], tile);
+            }
         }
     }
 }
+
+/// Groups per unit of [`points_row`], at most.
+const BLOCK: usize = 8;
 
 /// One (element, group)'s descriptors in [`points_row`]: per corner, its points' element offsets
 /// and weights.

@@ -193,8 +193,8 @@ pub(crate) type DescribePointsFn<A> = fn(&PointRuns<'_, A, A>, &mut [A], &mut [A
 /// `sample_row` forms them (absolute positions), each sample's corners combined as
 /// `gather_points` does: the bits of the three passes. Point `k` samples the plane `planes[k] =
 /// [h, w, first pixel]` of the channels-last `image` (`c` values a pixel) in place; a corner
-/// outside its plane reads zeros. Element by element, all groups of one: the image and the
-/// runs are read in memory order.
+/// outside its plane reads zeros. `block` groups at a time (at most 8): block by block, element
+/// by element within a block.
 pub(crate) struct PointsRow<'a, A> {
     pub runs: PointRuns<'a, A, A>,
     pub groups: &'a [[usize; 3]],
@@ -202,6 +202,7 @@ pub(crate) struct PointsRow<'a, A> {
     pub image: &'a [A],
     pub c: usize,
     pub d: usize,
+    pub block: usize,
 }
 
 /// The one-pass forward row ([`PointsRow`]) of a table, and the shapes it takes: `fits(d,
