@@ -23,7 +23,9 @@
 
 use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;
-use super::kernels::{prefetch, Isa, Kernels, PointsRow, PointsRowKernel, RowJob, PREFETCH_AHEAD};
+use super::kernels::{
+    prefetch, Isa, Kernels, PointKernels, PointsBack, PointsRow, RowJob, PREFETCH_AHEAD,
+};
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
 use super::scratch::{try_take, Buf};
@@ -516,48 +518,65 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     })
 }
 
-/// The table's one-pass forward row ([`super::kernels::PointsRow`]) where it takes the shape
-/// and every image, every row's runs and every output row is a slice of the accumulation type.
+/// The table's one-pass rows ([`PointKernels`]) where they take the shape and every image is a
+/// slice of the accumulation type.
+fn one_pass<'k, T: Element, O: PointOp<T>>(
+    op: &O,
+    k: &'k Kernels<T::Acc>,
+) -> Option<&'k PointKernels<T::Acc>> {
+    let sh = op.shape();
+    let pixels: usize = sh.planes.iter().map(|&(h, w)| h * w).sum();
+    let f = k
+        .points
+        .as_ref()
+        .filter(|f| (f.fits)(sh.d, sh.points, pixels.saturating_mul(sh.c)))?;
+    (0..sh.n)
+        .all(|n| op.image(n).and_then(T::as_acc).is_some())
+        .then_some(f)
+}
+
+/// [`one_pass`]'s rows for the forward, where also every row's runs are slices of the
+/// accumulation type and so is every output row.
 fn in_place<'k, T: Element, O: PointOp<T>>(
     op: &O,
     k: &'k Kernels<T::Acc>,
     rows: &mut [Vec<ArrayViewMut2<'_, MaybeUninit<T>>>],
-) -> Option<&'k PointsRowKernel<T::Acc>> {
+) -> Option<&'k PointKernels<T::Acc>> {
     let sh = op.shape();
-    let pixels: usize = sh.planes.iter().map(|&(h, w)| h * w).sum();
-    let f = k
-        .points_row
-        .as_ref()
-        .filter(|f| (f.fits)(sh.d, sh.points, pixels.saturating_mul(sh.c)))?;
-    let images = (0..sh.n).all(|n| {
-        op.image(n).and_then(T::as_acc).is_some()
-            && (0..sh.rows.min(1))
-                .all(|r| op.with_runs([n, r, 0], 0, |r| acc_runs(r).is_some()) == Some(true))
+    let f = one_pass(op, k)?;
+    let runs = (0..sh.n).all(|n| {
+        (0..sh.rows.min(1))
+            .all(|r| op.with_runs([n, r, 0], 0, |r| acc_runs(r).is_some()) == Some(true))
     });
     let outs = rows
         .iter_mut()
         .flatten()
         .all(|o| o.as_slice_mut().and_then(T::as_acc_out).is_some());
-    (images && outs).then_some(f)
+    (runs && outs).then_some(f)
 }
 
-/// The forward through [`in_place`]'s kernel: rows in parallel, each group's points in one pass
-/// straight from the operator's tensors into the output (no image copy).
-fn forward_in_place<T: Element, O: PointOp<T>>(
-    op: &O,
-    f: &PointsRowKernel<T::Acc>,
-    rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
-) -> Result<()> {
+/// Per point: its plane's `[h, w, first pixel]` in the operator's image (no zero pixels).
+fn point_planes<T: Element, O: PointOp<T>>(op: &O) -> Vec<[usize; 3]> {
     let sh = op.shape();
-    let (c, d) = (sh.c, sh.d);
-    // Per point: its plane's `[h, w, first pixel]` in the operator's image.
     let mut first = Vec::with_capacity(sh.planes.len());
     let mut at = 0;
     for &(h, w) in &sh.planes {
         first.push([h, w, at]);
         at += h * w;
     }
-    let planes: Vec<[usize; 3]> = (0..sh.points).map(|k| first[op.plane_of(k)]).collect();
+    (0..sh.points).map(|k| first[op.plane_of(k)]).collect()
+}
+
+/// The forward through [`in_place`]'s kernel: rows in parallel, each group's points in one pass
+/// straight from the operator's tensors into the output (no image copy).
+fn forward_in_place<T: Element, O: PointOp<T>>(
+    op: &O,
+    f: &PointKernels<T::Acc>,
+    rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
+) -> Result<()> {
+    let sh = op.shape();
+    let (c, d) = (sh.c, sh.d);
+    let planes = point_planes(op);
     for (n, image_rows) in rows.into_iter().enumerate() {
         let Some(image) = op.image(n).and_then(T::as_acc) else {
             unreachable!("`in_place` checked every image")
@@ -586,7 +605,7 @@ fn forward_in_place<T: Element, O: PointOp<T>>(
                         d,
                         block: sh.block,
                     };
-                    (f.row)(&row, out)
+                    (f.forward)(&row, out)
                 });
                 if wrote.is_none() {
                     unreachable!("`in_place` checked that the operator's tensors are runs")
@@ -643,6 +662,11 @@ where
     } else {
         LANES.min(sh.rows)
     };
+    if let Some(f) = one_pass(op, k) {
+        return threads::serial_if_small(work, || {
+            backward_in_place(op, (k, f), lanes, grad_rows, (dout, put), dx_images)
+        });
+    }
     threads::serial_if_small(work, || {
         let len_img = image * c;
         let mut xt_lines = Lines::new("input (channels-last copy)", len_img, 1)?;
@@ -741,6 +765,130 @@ where
         }
         Ok(())
     })
+}
+
+/// [`backward`] through [`one_pass`]'s kernel: the image read in place, the lanes laid out as
+/// the image (no zero pixels: a corner outside receives nothing), the rows of a lane and their
+/// groups in the same order, each (row, group) one kernel call.
+fn backward_in_place<T, O, G>(
+    op: &O,
+    (k, f): (&Kernels<T::Acc>, &PointKernels<T::Acc>),
+    lanes: usize,
+    grad_rows: Vec<Vec<G>>,
+    (dout, put): (
+        impl Fn(usize, usize, &mut [T::Acc]) + Sync,
+        impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
+    ),
+    dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
+) -> Result<()>
+where
+    T: Element,
+    O: PointOp<T>,
+    G: Send,
+{
+    let sh = op.shape();
+    let (c, d) = (sh.c, sh.d);
+    let planes = point_planes(op);
+    let len_img = sh.planes.iter().map(|&(h, w)| h * w).sum::<usize>() * c;
+    let mut dx_lines = Lines::new("input gradient lanes", len_img, lanes)?;
+    let stride = dx_lines.stride;
+    let dx = dx_lines.all();
+    let scratch = PerWorker::new();
+    for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
+        let Some(image) = op.image(n).and_then(T::as_acc) else {
+            unreachable!("`one_pass` checked every image")
+        };
+        threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(T::Acc::zero()));
+        // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone (as `backward`'s).
+        let mut work_lanes = Vec::with_capacity(lanes);
+        let mut rows = rows.into_iter().enumerate();
+        for (l, lane_dx) in dx.chunks_mut(stride).enumerate() {
+            let end = (l + 1) * sh.rows / lanes;
+            let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / lanes).collect();
+            work_lanes.push((mine, &mut lane_dx[..len_img]));
+        }
+        for_each_item(work_lanes, |(mine, lane_dx), w| {
+            scratch.with(
+                w,
+                || RowScratch::new(sh.row_len, c, sh.points, 1),
+                |s| {
+                    for (r, mut sink) in mine {
+                        let len = op.row(r).len();
+                        let all = len * sh.points;
+                        dout(n, r, &mut s.tmp[..len * c]);
+                        for g in 0..sh.groups() {
+                            describe(op, k, [n, r, g], len, s);
+                            let RowScratch {
+                                y,
+                                x,
+                                m,
+                                tmp,
+                                grads: [gy, gx, gm],
+                                ..
+                            } = &mut *s;
+                            let row = PointsBack {
+                                y: &y[..all],
+                                x: &x[..all],
+                                m: &m[..all],
+                                len,
+                                planes: &planes,
+                                image,
+                                dout: &tmp[..len * c],
+                                c,
+                                lo: g * d,
+                                d,
+                            };
+                            let out = [&mut gy[..all], &mut gx[..all], &mut gm[..all]];
+                            (f.backward)(&row, lane_dx, out);
+                            let pg = PointGrads {
+                                g,
+                                len,
+                                y: &gy[..all],
+                                x: &gx[..all],
+                                m: &gm[..all],
+                            };
+                            put(&mut sink, &pg);
+                        }
+                    }
+                },
+            )
+        });
+        store_lanes::<T>(sh, (&dx[..], stride, lanes), dx_image);
+    }
+    Ok(())
+}
+
+/// [`backward_in_place`]'s input gradient: each element the lanes' sum (in lane order) of the
+/// lanes laid out as `out` (`lanes` of them, `stride` apart). Pixels in parallel chunks.
+fn store_lanes<T: Element>(
+    sh: &Shape,
+    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    out: ArrayViewMut2<'_, MaybeUninit<T>>,
+) {
+    let c = sh.c;
+    let chunk_px = copy_chunk(sh);
+    let tasks: Vec<_> = pieces(out, Axis(0), chunk_px)
+        .into_iter()
+        .enumerate()
+        .collect();
+    for_each_item(tasks, |(i, mut part), _| {
+        let mut sum = vec![T::Acc::zero(); c];
+        for (p, mut px) in part.outer_iter_mut().enumerate() {
+            let from = (i * chunk_px + p) * c;
+            sum.copy_from_slice(&dx[from..from + c]);
+            for l in 1..lanes {
+                let lane = &dx[l * stride + from..l * stride + from + c];
+                sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
+            }
+            let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
+                o.write(T::from_acc(*v));
+            };
+            match px.as_slice_mut() {
+                Some(o) => o.iter_mut().zip(&sum).for_each(store),
+                None => px.iter_mut().zip(&sum).for_each(store),
+            }
+        }
+    });
 }
 
 /// Image `n`'s input gradient, `[pixels of every plane, C]`: the lanes' sums (in lane order) of

@@ -238,3 +238,214 @@ pub(super) unsafe fn gather_points<const NZ: usize>(
         }
     }
 }
+
+/// [`super::PointsBack`] for groups of `16 * NZ` channels: per point, sixteen elements'
+/// descriptors at a time in zmm registers (`sample_row`'s operations with gradient fields, the
+/// corners as element offsets of the image, -1 outside), then element by element `point_row`'s
+/// scatter and dot products (zeros read for corners outside, whose scatter goes nowhere), then
+/// the sixteen elements' position and weight gradients in zmm registers (the point core's
+/// formulas, the same operations in the same order). The same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX2.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn points_back<const NZ: usize>(
+    r: &super::PointsBack<'_, f32>,
+    dx: &mut [f32],
+    grads: [&mut [f32]; 3],
+) {
+    let (len, c, lo) = (r.len, r.c, r.lo);
+    let p = r.planes.len();
+    let d = 16 * NZ;
+    if len == 0 {
+        return;
+    }
+    let pixels = r.image.len() / c.max(1);
+    let all = p * len;
+    assert!(
+        r.d == d
+            && lo + d <= c
+            && r.image.len() < i32::MAX as usize
+            && dx.len() == r.image.len()
+            && (len - 1) * c + lo + d <= r.dout.len()
+            && [r.y, r.x, r.m].iter().all(|v| v.len() >= all)
+            && grads.iter().all(|v| v.len() >= all)
+            && r.planes.iter().all(
+                |&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels)
+            ),
+        "points_back: rows inside their buffers, planes inside the image"
+    );
+    let [gy, gx, gm] = grads;
+    let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
+    let (zero, ione, iminus_one) = (
+        _mm512_setzero_ps(),
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(-1),
+    );
+    let cv = _mm512_set1_epi32(c as i32);
+    // Entry `4t + j` of the dot-product tile, for the gathers that read it back by corner.
+    let by_corner = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(4),
+    );
+    let (xp, dp, gp) = (r.image.as_ptr(), r.dout.as_ptr(), dx.as_mut_ptr());
+    // What a corner outside its plane reads.
+    let zeros = [0f32; 32];
+    let mut offs = [[0i32; 16]; 4];
+    let mut wts = [[0f32; 16]; 4];
+    let mut dots = [[0f32; 4]; 16];
+    for (k, &[h, w, s]) in r.planes.iter().enumerate() {
+        let (hf, wf) = (
+            _mm512_set1_ps(h as i64 as f32),
+            _mm512_set1_ps(w as i64 as f32),
+        );
+        let (hi, wi) = (_mm512_set1_epi32(h as i32), _mm512_set1_epi32(w as i32));
+        let start = _mm512_set1_epi32((s * c + lo) as i32);
+        let row = _mm512_mullo_epi32(wi, cv);
+        for t0 in (0..len).step_by(16) {
+            let n = (len - t0).min(16);
+            let kt: __mmask16 = (u32::MAX >> (32 - n)) as u16;
+            let at = k * len + t0;
+            // SAFETY: the lanes enabled in `kt` address entries at..at+n of rows of `all`.
+            let load = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kt, v.as_ptr().add(at)) };
+            // `sample_row`'s `y0 + dy`, `x0 + t*sx + dx` with zeros.
+            let py = _mm512_add_ps(zero, load(r.y));
+            let px = _mm512_add_ps(zero, load(r.x));
+            let vm = load(r.m);
+            let inside =
+                _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
+            let open = kt
+                & inside
+                & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
+                & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
+            let (py, px) = (_mm512_maskz_mov_ps(open, py), _mm512_maskz_mov_ps(open, px));
+            const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+            let (fy, fx) = (
+                _mm512_roundscale_ps::<FLOOR>(py),
+                _mm512_roundscale_ps::<FLOOR>(px),
+            );
+            let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+            let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
+            let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
+            let y_lo = open & _mm512_cmpgt_epi32_mask(yi, iminus_one);
+            let y_hi = open & _mm512_cmpgt_epi32_mask(hi, _mm512_add_epi32(yi, ione));
+            let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
+            let x_hi = _mm512_cmpgt_epi32_mask(wi, _mm512_add_epi32(xi, ione));
+            // Element offsets of the corners' runs (exact for corners inside: they index the
+            // image).
+            let base = _mm512_add_epi32(
+                start,
+                _mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(yi, wi), xi), cv),
+            );
+            let below = _mm512_add_epi32(base, row);
+            let pick = |m: __mmask16, v: __m512i| _mm512_mask_blend_epi32(m, iminus_one, v);
+            let iv = [
+                pick(y_lo & x_lo, base),
+                pick(y_lo & x_hi, _mm512_add_epi32(base, cv)),
+                pick(y_hi & x_lo, below),
+                pick(y_hi & x_hi, _mm512_add_epi32(below, cv)),
+            ];
+            let mo = _mm512_maskz_mov_ps(open, vm);
+            let wv = [
+                _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
+                _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
+                _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
+                _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
+            ];
+            for j in 0..4 {
+                // SAFETY: 16 values each.
+                unsafe {
+                    _mm512_storeu_si512(offs[j].as_mut_ptr().cast(), iv[j]);
+                    _mm512_storeu_ps(wts[j].as_mut_ptr(), wv[j]);
+                }
+            }
+            for (i, four) in dots.iter_mut().enumerate().take(n) {
+                if open & (1 << i) == 0 {
+                    continue;
+                }
+                let t = t0 + i;
+                let src: [*const f32; 4] = std::array::from_fn(|j| {
+                    let o = offs[j][i];
+                    if o < 0 {
+                        zeros.as_ptr()
+                    } else {
+                        // SAFETY: a corner inside its plane has an offset `>= 0` whose run of
+                        // `d` lies inside the image (the planes and `lo + d <= c` checked).
+                        unsafe { xp.add(o as usize) }
+                    }
+                });
+                let mut sums = [_mm512_setzero_ps(); 4];
+                for z in 0..NZ {
+                    // SAFETY: element t's run of `dout` (checked above) and the corners' runs.
+                    let (dv, v) = unsafe {
+                        (
+                            _mm512_loadu_ps(dp.add(t * c + lo + 16 * z)),
+                            src.map(|q| _mm512_loadu_ps(q.add(16 * z))),
+                        )
+                    };
+                    for j in 0..4 {
+                        let o = offs[j][i];
+                        if o >= 0 {
+                            let wj = _mm512_set1_ps(wts[j][i]);
+                            // SAFETY: `dx` is laid out as the image (checked above): the
+                            // corner's run lies inside it.
+                            unsafe {
+                                let g = gp.add(o as usize + 16 * z);
+                                _mm512_storeu_ps(
+                                    g,
+                                    _mm512_add_ps(_mm512_loadu_ps(g), _mm512_mul_ps(wj, dv)),
+                                );
+                            }
+                        }
+                    }
+                    for (sum, vj) in sums.iter_mut().zip(v) {
+                        *sum = _mm512_add_ps(*sum, _mm512_mul_ps(dv, vj));
+                    }
+                }
+                let lo8 = sums.map(|v| _mm512_castps512_ps256(v));
+                let hi8 = sums
+                    .map(|v| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+                // SAFETY: `four` holds 4 f32.
+                unsafe { _mm_storeu_ps(four.as_mut_ptr(), super::avx2_f32::reduce16x4(lo8, hi8)) };
+            }
+            // SAFETY: the gathers read entries 4i + j, i < 16, of the 64-entry tile.
+            let a: [__m512; 4] = std::array::from_fn(|j| unsafe {
+                _mm512_mask_i32gather_ps::<4>(
+                    zero,
+                    open,
+                    _mm512_add_epi32(by_corner, _mm512_set1_epi32(j as i32)),
+                    dots.as_ptr().cast(),
+                )
+            });
+            let gyv = _mm512_mul_ps(
+                vm,
+                _mm512_add_ps(
+                    _mm512_mul_ps(hx, _mm512_sub_ps(a[2], a[0])),
+                    _mm512_mul_ps(lx, _mm512_sub_ps(a[3], a[1])),
+                ),
+            );
+            let gxv = _mm512_mul_ps(
+                vm,
+                _mm512_add_ps(
+                    _mm512_mul_ps(hy, _mm512_sub_ps(a[1], a[0])),
+                    _mm512_mul_ps(ly, _mm512_sub_ps(a[3], a[2])),
+                ),
+            );
+            let mut gmv = _mm512_mul_ps(_mm512_mul_ps(hy, hx), a[0]);
+            gmv = _mm512_add_ps(gmv, _mm512_mul_ps(_mm512_mul_ps(hy, lx), a[1]));
+            gmv = _mm512_add_ps(gmv, _mm512_mul_ps(_mm512_mul_ps(ly, hx), a[2]));
+            gmv = _mm512_add_ps(gmv, _mm512_mul_ps(_mm512_mul_ps(ly, lx), a[3]));
+            for (out, v) in [(&mut *gy, gyv), (&mut *gx, gxv), (&mut *gm, gmv)] {
+                // SAFETY: entries at..at+n of a row of at least `all` (checked above); samples
+                // without gradients get +0.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(at),
+                        kt,
+                        _mm512_maskz_mov_ps(open, v),
+                    )
+                };
+            }
+        }
+    }
+}

@@ -205,11 +205,34 @@ pub(crate) struct PointsRow<'a, A> {
     pub block: usize,
 }
 
-/// The one-pass forward row ([`PointsRow`]) of a table, and the shapes it takes: `fits(d,
-/// points, image)` for `d` channels a group, `points` points, an image of `image` values.
-pub(crate) struct PointsRowKernel<A> {
+/// One (row, group) of the point core's backward straight from the image: for each point `k`
+/// in order and each element `t` in order, the descriptors of `y`, `x`, `m` at `k*len + t` (as
+/// `describe` leaves them) as `sample_row` forms them with gradient fields, the four dot products
+/// of `dout`'s run (element `t`'s at `t*c + lo`) with the corners' runs of the `image` (`c`
+/// values a pixel, in place; zeros outside) as `backward_row` forms them, `dx[corner] += w *
+/// dout` for open samples' corners inside the image (`dx` laid out as `image`), and the position
+/// and weight gradients into `grads` (`[y, x, m]`, at `k*len + t`) as the point core forms them:
+/// the bits of those passes. Point `k` samples the plane `planes[k] = [h, w, first pixel]`.
+pub(crate) struct PointsBack<'a, A> {
+    pub y: &'a [A],
+    pub x: &'a [A],
+    pub m: &'a [A],
+    pub len: usize,
+    pub planes: &'a [[usize; 3]],
+    pub image: &'a [A],
+    pub dout: &'a [A],
+    pub c: usize,
+    pub lo: usize,
+    pub d: usize,
+}
+
+/// The point core's one-pass rows of a table ([`PointsRow`], [`PointsBack`]) and the shapes
+/// they take: `fits(d, points, image)` for `d` channels a group, `points` points, an image of
+/// `image` values.
+pub(crate) struct PointKernels<A> {
     pub fits: fn(usize, usize, usize) -> bool,
-    pub row: fn(&PointsRow<'_, A>, &mut [std::mem::MaybeUninit<A>]),
+    pub forward: fn(&PointsRow<'_, A>, &mut [std::mem::MaybeUninit<A>]),
+    pub backward: fn(&PointsBack<'_, A>, &mut [A], [&mut [A]; 3]),
 }
 
 /// The kernels of one instruction set for accumulation type `A`.
@@ -229,9 +252,9 @@ pub(crate) struct Kernels<A> {
     pub panel_gemm: Option<PanelGemmFn<A>>,
     /// The point core's positions from runs (AVX-512 f32); `None`: `points::describe_runs`.
     pub describe_points: Option<DescribePointsFn<A>>,
-    /// The point core's forward in one pass, reading the image in place (AVX-512 f32, groups of
-    /// 16 and 32 channels); `None`: the copy, `describe_points`, `sample_row`, `gather_points`.
-    pub points_row: Option<PointsRowKernel<A>>,
+    /// The point core's forward and backward rows in one pass, reading the image in place
+    /// (AVX-512 f32, groups of 16 and 32 channels); `None`: the image copy and the row kernels.
+    pub points: Option<PointKernels<A>>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -296,7 +319,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
-        points_row: None,
+        points: None,
     }
 }
 
@@ -365,7 +388,7 @@ fn avx512_f32_table() -> Kernels<f32> {
     fn points_fits(d: usize, points: usize, image: usize) -> bool {
         matches!(d, 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
     }
-    fn points_row(r: &PointsRow<'_, f32>, out: &mut [std::mem::MaybeUninit<f32>]) {
+    fn points_forward(r: &PointsRow<'_, f32>, out: &mut [std::mem::MaybeUninit<f32>]) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true; the
         // kernel gets the run lengths it is written for (`points_fits`, checked again inside).
         unsafe {
@@ -375,13 +398,23 @@ fn avx512_f32_table() -> Kernels<f32> {
             }
         }
     }
+    fn points_backward(r: &PointsBack<'_, f32>, dx: &mut [f32], grads: [&mut [f32]; 3]) {
+        // SAFETY: as for `points_forward` (the CPU has AVX2 too).
+        unsafe {
+            match r.d {
+                16 => avx512_f32::points_back::<1>(r, dx, grads),
+                _ => avx512_f32::points_back::<2>(r, dx, grads),
+            }
+        }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM, descriptors and point rows)",
         panel_gemm: Some(panel_gemm),
         describe_points: Some(describe_points),
-        points_row: Some(PointsRowKernel {
+        points: Some(PointKernels {
             fits: points_fits,
-            row: points_row,
+            forward: points_forward,
+            backward: points_backward,
         }),
         backward_row: Some(backward_row),
         sample_row,

@@ -263,7 +263,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
             describe_points: None,
-            points_row: None,
+            points: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -276,7 +276,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
             describe_points: None,
-            points_row: None,
+            points: None,
         },
         // No portable body measured faster compiled for AVX-512: AVX2's.
         #[cfg(target_arch = "x86_64")]
