@@ -319,6 +319,8 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
+        // The portable one-pass rows compiled for AVX2 measured slower than the row kernels
+        // here (forward 1.04x, backward 1.3x): the copy and the row kernels.
         points: None,
     }
 }
