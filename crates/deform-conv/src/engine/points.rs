@@ -24,7 +24,8 @@
 use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
-    prefetch, Isa, Kernels, PointKernels, PointsBack, PointsRow, RowJob, PREFETCH_AHEAD,
+    prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn, PointsRow, RowJob,
+    PREFETCH_AHEAD,
 };
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
@@ -662,7 +663,7 @@ where
     } else {
         LANES.min(sh.rows)
     };
-    if let Some(f) = one_pass(op, k) {
+    if let Some(f) = one_pass(op, k).and_then(|f| f.backward) {
         return threads::serial_if_small(work, || {
             backward_in_place(op, (k, f), lanes, grad_rows, (dout, put), dx_images)
         });
@@ -772,7 +773,7 @@ where
 /// groups in the same order, each (row, group) one kernel call.
 fn backward_in_place<T, O, G>(
     op: &O,
-    (k, f): (&Kernels<T::Acc>, &PointKernels<T::Acc>),
+    (k, f): (&Kernels<T::Acc>, PointsBackFn<T::Acc>),
     lanes: usize,
     grad_rows: Vec<Vec<G>>,
     (dout, put): (
@@ -839,7 +840,7 @@ where
                                 d,
                             };
                             let out = [&mut gy[..all], &mut gx[..all], &mut gm[..all]];
-                            (f.backward)(&row, lane_dx, out);
+                            f(&row, lane_dx, out);
                             let pg = PointGrads {
                                 g,
                                 len,

@@ -153,3 +153,230 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         t += 8;
     }
 }
+
+/// [`super::PointsRowKernel`]'s forward for groups of `8 * V` channels and up to 16 points, the
+/// AVX-512 kernel's plan in 8-lane registers: per element, its points' positions as
+/// `describe_points` forms them (eight at a time), their descriptors as `sample_row` forms them
+/// (the adds of zero included), the corners' element offsets and weights through a small stack
+/// tile, each point's sample summed in registers as `gather_points` sums it: bitwise the three
+/// passes, the image read in place (zeros for corners outside).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn points_row<const V: usize>(
+    r: &super::PointsRow<'_, f32>,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let runs = &r.runs;
+    let (p, len, c, groups) = (runs.points, runs.len, r.c, r.groups);
+    let d = 8 * V;
+    if len == 0 {
+        return;
+    }
+    let last = len - 1;
+    let pixels = r.image.len() / c.max(1);
+    assert!(
+        (1..=16).contains(&p)
+            && r.d == d
+            && r.image.len() < i32::MAX as usize
+            && groups.iter().all(|&[pair0, weight0, lo]| {
+                lo + d <= c
+                    && last * c + lo + d <= out.len()
+                    && pair0 + last * runs.pair_step + 2 * p <= runs.pairs.len()
+                    && weight0 + last * runs.weight_step + p <= runs.weights.len()
+            })
+            && runs.tap.iter().chain(&runs.scale).all(|v| v.len() >= p)
+            && runs.base.iter().all(|v| v.len() >= len)
+            && r.planes.len() >= p
+            && r.planes[..p]
+                .iter()
+                .all(
+                    |&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels)
+                ),
+        "points_row: runs inside their tensors, planes inside the image, at most 16 points"
+    );
+    // Lane masks of the first `n` of eight.
+    let lanes = |n: usize| {
+        let n = n.min(8) as i32;
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    };
+    let halves = p.div_ceil(8);
+    // Per half of the points (0-7, 8-15): the loads' lane masks and the per-point constants.
+    let kp: [__m256i; 2] = std::array::from_fn(|h| lanes(p.saturating_sub(8 * h)));
+    let kpair: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+        let n = (2 * p).saturating_sub(16 * h);
+        [lanes(n), lanes(n.saturating_sub(8))]
+    });
+    let mut consts = [[0f32; 16]; 4];
+    for (dst, src) in
+        consts
+            .iter_mut()
+            .zip([runs.tap[0], runs.tap[1], runs.scale[0], runs.scale[1]])
+    {
+        dst[..p].copy_from_slice(&src[..p]);
+    }
+    let (mut ph, mut pw, mut ps) = ([0i32; 16], [0i32; 16], [0i32; 16]);
+    for (k, &[h, w, s]) in r.planes[..p].iter().enumerate() {
+        (ph[k], pw[k], ps[k]) = (h as i32, w as i32, (s * c) as i32);
+    }
+    // SAFETY: 8 values at 8h of 16-value arrays, h < 2.
+    let v8 = |a: &[f32; 16], h: usize| unsafe { _mm256_loadu_ps(a.as_ptr().add(8 * h)) };
+    // SAFETY: as above.
+    let i8 = |a: &[i32; 16], h: usize| unsafe { _mm256_loadu_si256(a.as_ptr().add(8 * h).cast()) };
+    let tap_y: [__m256; 2] = std::array::from_fn(|h| v8(&consts[0], h));
+    let tap_x: [__m256; 2] = std::array::from_fn(|h| v8(&consts[1], h));
+    let scale_y: [__m256; 2] = std::array::from_fn(|h| v8(&consts[2], h));
+    let scale_x: [__m256; 2] = std::array::from_fn(|h| v8(&consts[3], h));
+    let hi: [__m256i; 2] = std::array::from_fn(|h| i8(&ph, h));
+    let wi: [__m256i; 2] = std::array::from_fn(|h| i8(&pw, h));
+    let first: [__m256i; 2] = std::array::from_fn(|h| i8(&ps, h));
+    let hf = hi.map(|v| _mm256_cvtepi32_ps(v));
+    let wf = wi.map(|v| _mm256_cvtepi32_ps(v));
+    let cv = _mm256_set1_epi32(c as i32);
+    let row = wi.map(|v| _mm256_mullo_epi32(v, cv));
+    let (one, minus_one, zero) = (
+        _mm256_set1_ps(1.0),
+        _mm256_set1_ps(-1.0),
+        _mm256_setzero_ps(),
+    );
+    let (ione, iminus_one) = (_mm256_set1_epi32(1), _mm256_set1_epi32(-1));
+    let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
+    let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
+    // What a corner outside its plane reads.
+    let zeros = [0f32; 32];
+    let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
+        let lov = _mm256_set1_epi32(lo as i32);
+        let by = _mm256_set1_ps(runs.base[0][t]);
+        let bx = _mm256_set1_ps(runs.base[1][t]);
+        for h in 0..halves {
+            // SAFETY: element t's pairs and weights lie inside their slices (checked above);
+            // masked-off lanes are not accessed.
+            let (a, b, vm) = unsafe {
+                let at = pp.add(pair0 + t * runs.pair_step + 16 * h);
+                (
+                    _mm256_maskload_ps(at, kpair[h][0]),
+                    // Past the run when the mask is empty: formed without `add`'s promise.
+                    _mm256_maskload_ps(at.wrapping_add(8), kpair[h][1]),
+                    _mm256_maskload_ps(wp.add(weight0 + t * runs.weight_step + 8 * h), kp[h]),
+                )
+            };
+            // [x0 x1 x4 x5 | x2 x3 x6 x7] in point order.
+            let vx = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                _mm256_shuffle_ps::<0b10_00_10_00>(a, b),
+            )));
+            let vy = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                _mm256_shuffle_ps::<0b11_01_11_01>(a, b),
+            )));
+            // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
+            let py = _mm256_add_ps(by, _mm256_mul_ps(_mm256_add_ps(tap_y[h], vy), scale_y[h]));
+            let px = _mm256_add_ps(bx, _mm256_mul_ps(_mm256_add_ps(tap_x[h], vx), scale_x[h]));
+            let (py, px) = (_mm256_add_ps(zero, py), _mm256_add_ps(zero, px));
+            let inside = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_LT_OQ>(py, hf[h]),
+                _mm256_cmp_ps::<_CMP_LT_OQ>(px, wf[h]),
+            );
+            let open = _mm256_and_ps(
+                _mm256_and_ps(inside, _mm256_castsi256_ps(kp[h])),
+                _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(py, minus_one),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(px, minus_one),
+                ),
+            );
+            let (py, px) = (_mm256_and_ps(py, open), _mm256_and_ps(px, open));
+            let (fy, fx) = (_mm256_floor_ps(py), _mm256_floor_ps(px));
+            let (ly, lx) = (_mm256_sub_ps(py, fy), _mm256_sub_ps(px, fx));
+            let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
+            let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
+            let oi = _mm256_castps_si256(open);
+            let y_lo = _mm256_and_si256(oi, _mm256_cmpgt_epi32(yi, iminus_one));
+            let y_hi = _mm256_and_si256(oi, _mm256_cmpgt_epi32(hi[h], _mm256_add_epi32(yi, ione)));
+            let x_lo = _mm256_cmpgt_epi32(xi, iminus_one);
+            let x_hi = _mm256_cmpgt_epi32(wi[h], _mm256_add_epi32(xi, ione));
+            // Element offsets of the corners' runs (exact for corners inside).
+            let base = _mm256_add_epi32(
+                _mm256_add_epi32(first[h], lov),
+                _mm256_mullo_epi32(_mm256_add_epi32(_mm256_mullo_epi32(yi, wi[h]), xi), cv),
+            );
+            let below = _mm256_add_epi32(base, row[h]);
+            let pick = |k: __m256i, v: __m256i| _mm256_blendv_epi8(iminus_one, v, k);
+            let iv = [
+                pick(_mm256_and_si256(y_lo, x_lo), base),
+                pick(_mm256_and_si256(y_lo, x_hi), _mm256_add_epi32(base, cv)),
+                pick(_mm256_and_si256(y_hi, x_lo), below),
+                pick(_mm256_and_si256(y_hi, x_hi), _mm256_add_epi32(below, cv)),
+            ];
+            let mo = _mm256_and_ps(vm, open);
+            let wv = [
+                _mm256_mul_ps(mo, _mm256_mul_ps(hy, hx)),
+                _mm256_mul_ps(mo, _mm256_mul_ps(hy, lx)),
+                _mm256_mul_ps(mo, _mm256_mul_ps(ly, hx)),
+                _mm256_mul_ps(mo, _mm256_mul_ps(ly, lx)),
+            ];
+            for j in 0..4 {
+                // SAFETY: 8 values at 8h of 16-value rows, h < 2.
+                unsafe {
+                    _mm256_storeu_si256(tile.0[j].as_mut_ptr().add(8 * h).cast(), iv[j]);
+                    _mm256_storeu_ps(tile.1[j].as_mut_ptr().add(8 * h), wv[j]);
+                }
+            }
+        }
+    };
+    // Element `t`'s sum for the group at channel `lo` from its `tile`, stored.
+    let gather = |t: usize, lo: usize, tile: &Tile| {
+        // Point k's sample, channels 8v..8v+8.
+        let sample = |k: usize| -> [__m256; V] {
+            let src: [*const f32; 4] = std::array::from_fn(|j| {
+                let o = tile.0[j][k];
+                if o < 0 {
+                    zeros.as_ptr()
+                } else {
+                    // SAFETY: a corner inside its plane has an offset `>= 0` whose run of `d`
+                    // lies inside the image (the planes and `lo + d <= c` checked above).
+                    unsafe { xp.add(o as usize) }
+                }
+            });
+            let w: [__m256; 4] = std::array::from_fn(|j| _mm256_set1_ps(tile.1[j][k]));
+            std::array::from_fn(|v| {
+                // SAFETY: `src[j]` addresses `d` values (a run of the image or `zeros`).
+                let l = |j: usize| unsafe { _mm256_loadu_ps(src[j].add(8 * v)) };
+                let mut acc = _mm256_mul_ps(w[0], l(0));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
+                _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)))
+            })
+        };
+        let mut acc = sample(0);
+        for k in 1..p {
+            let s = sample(k);
+            for v in 0..V {
+                acc[v] = _mm256_add_ps(acc[v], s[v]);
+            }
+        }
+        for (v, a) in acc.into_iter().enumerate() {
+            // SAFETY: `t < len`: elements lo + 8v .. + 8 of the row's element t lie inside
+            // `out` (checked above).
+            unsafe { _mm256_storeu_ps(op.add(t * c + lo + 8 * v), a) };
+        }
+    };
+    super::unit_pipeline(
+        (len, groups, r.block),
+        |t, gs| {
+            if t + super::PREFETCH_AHEAD < len {
+                let a = t + super::PREFETCH_AHEAD;
+                for &[pair0, weight0, _] in gs {
+                    super::prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
+                    super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+                }
+            }
+        },
+        describe,
+        gather,
+    );
+}
+
+/// One (element, group)'s descriptors: per corner, its points' element offsets and weights.
+type Tile = super::PointTile;

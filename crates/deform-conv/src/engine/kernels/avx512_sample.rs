@@ -384,20 +384,9 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             unsafe { _mm512_storeu_ps(op.add(t * c + lo + 16 * z), v) };
         }
     };
-    // Units of `r.block` groups of one element: block by block, element by element. Each unit's
-    // descriptors are formed before the previous unit's gather (its loads wait on no address
-    // computed just before).
-    let per_block = r.block.clamp(1, BLOCK);
-    let block = |b: usize| &groups[b * per_block..((b + 1) * per_block).min(groups.len())];
-    let blocks = groups.len().div_ceil(per_block);
-    let mut tiles = [[([[0i32; 16]; 4], [[0f32; 16]; 4]); BLOCK]; 2];
-    for (g, tile) in block(0).iter().zip(&mut tiles[0]) {
-        describe(0, *g, tile);
-    }
-    let mut odd = false;
-    for b in 0..blocks {
-        let gs = block(b);
-        for t in 0..len {
+    super::unit_pipeline(
+        (len, groups, r.block),
+        |t, gs| {
             if t + super::PREFETCH_AHEAD < len {
                 let a = t + super::PREFETCH_AHEAD;
                 for &[pair0, weight0, _] in gs {
@@ -405,29 +394,11 @@ pub(super) unsafe fn points_row<const NZ: usize>(
                     super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
                 }
             }
-            let [x, y] = &mut tiles;
-            let (cur, next) = if odd { (y, x) } else { (x, y) };
-            odd = !odd;
-            let following = if t + 1 < len {
-                Some((t + 1, gs))
-            } else {
-                (b + 1 < blocks).then(|| (0, block(b + 1)))
-            };
-            if let Some((tn, gn)) = following {
-                for (g, tile) in gn.iter().zip(next.iter_mut()) {
-                    describe(tn, *g, tile);
-                }
-            }
-            for (g, tile) in gs.iter().zip(cur.iter()) {
-                gather(t, g[2], tile);
-            }
-        }
-    }
+        },
+        describe,
+        gather,
+    );
 }
 
-/// Groups per unit of [`points_row`], at most.
-const BLOCK: usize = 8;
-
-/// One (element, group)'s descriptors in [`points_row`]: per corner, its points' element offsets
-/// and weights.
-type Tile = ([[i32; 16]; 4], [[f32; 16]; 4]);
+/// One (element, group)'s descriptors: per corner, its points' element offsets and weights.
+type Tile = super::PointTile;

@@ -205,6 +205,60 @@ pub(crate) struct PointsRow<'a, A> {
     pub block: usize,
 }
 
+/// One (element, group)'s descriptors in the one-pass forward kernels: per corner, its points'
+/// element offsets (-1: outside the plane) and weights.
+pub(crate) type PointTile = ([[i32; 16]; 4], [[f32; 16]; 4]);
+
+/// Groups per unit of the one-pass forward kernels, at most.
+const UNIT_GROUPS: usize = 8;
+
+/// The one-pass forward kernels' order over a row: units of `block` groups (at most
+/// [`UNIT_GROUPS`]) of one element, block by block, element by element; `ahead(t, groups)` as a
+/// unit starts, and each unit's descriptors (`describe(t, group, tile)`) formed before the
+/// previous unit's gather (`gather(t, lo, tile)`): its loads wait on no address computed just
+/// before them.
+#[inline(always)]
+pub(crate) fn unit_pipeline(
+    (len, groups, block): (usize, &[[usize; 3]], usize),
+    mut ahead: impl FnMut(usize, &[[usize; 3]]),
+    mut describe: impl FnMut(usize, [usize; 3], &mut PointTile),
+    mut gather: impl FnMut(usize, usize, &PointTile),
+) {
+    if len == 0 || groups.is_empty() {
+        return;
+    }
+    let per_block = block.clamp(1, UNIT_GROUPS);
+    let unit = |b: usize| &groups[b * per_block..((b + 1) * per_block).min(groups.len())];
+    let blocks = groups.len().div_ceil(per_block);
+    let mut tiles = [[([[0i32; 16]; 4], [[0f32; 16]; 4]); UNIT_GROUPS]; 2];
+    for (g, tile) in unit(0).iter().zip(&mut tiles[0]) {
+        describe(0, *g, tile);
+    }
+    let mut odd = false;
+    for b in 0..blocks {
+        let gs = unit(b);
+        for t in 0..len {
+            ahead(t, gs);
+            let [x, y] = &mut tiles;
+            let (cur, next) = if odd { (y, x) } else { (x, y) };
+            odd = !odd;
+            let following = if t + 1 < len {
+                Some((t + 1, gs))
+            } else {
+                (b + 1 < blocks).then(|| (0, unit(b + 1)))
+            };
+            if let Some((tn, gn)) = following {
+                for (g, tile) in gn.iter().zip(next.iter_mut()) {
+                    describe(tn, *g, tile);
+                }
+            }
+            for (g, tile) in gs.iter().zip(cur.iter()) {
+                gather(t, g[2], tile);
+            }
+        }
+    }
+}
+
 /// One (row, group) of the point core's backward straight from the image: for each point `k`
 /// in order and each element `t` in order, the descriptors of `y`, `x`, `m` at `k*len + t` (as
 /// `describe` leaves them) as `sample_row` forms them with gradient fields, the four dot products
@@ -232,8 +286,12 @@ pub(crate) struct PointsBack<'a, A> {
 pub(crate) struct PointKernels<A> {
     pub fits: fn(usize, usize, usize) -> bool,
     pub forward: fn(&PointsRow<'_, A>, &mut [std::mem::MaybeUninit<A>]),
-    pub backward: fn(&PointsBack<'_, A>, &mut [A], [&mut [A]; 3]),
+    /// `None`: the backward's copy and row kernels.
+    pub backward: Option<PointsBackFn<A>>,
 }
+
+/// `(row, dx, [gy, gx, gm])`: see [`PointsBack`].
+pub(crate) type PointsBackFn<A> = fn(&PointsBack<'_, A>, &mut [A], [&mut [A]; 3]);
 
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
@@ -309,6 +367,20 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::backward_row(job, dcol, xt, cols, acc, dx) }
     }
+    fn avx2_points_fits(d: usize, points: usize, image: usize) -> bool {
+        matches!(d, 8 | 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
+    }
+    fn avx2_points_forward(r: &PointsRow<'_, f32>, out: &mut [std::mem::MaybeUninit<f32>]) {
+        // SAFETY: as for `sample_row`; the kernel gets the run lengths it is written for
+        // (`avx2_points_fits`, checked again inside).
+        unsafe {
+            match r.d {
+                8 => avx2_sample::points_row::<1>(r, out),
+                16 => avx2_sample::points_row::<2>(r, out),
+                _ => avx2_sample::points_row::<4>(r, out),
+            }
+        }
+    }
     Kernels {
         name: "avx2 (explicit f32 kernels)",
         sample_row,
@@ -319,9 +391,13 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
-        // The portable one-pass rows compiled for AVX2 measured slower than the row kernels
-        // here (forward 1.04x, backward 1.3x): the copy and the row kernels.
-        points: None,
+        // The forward in one pass, explicit; the backward's copy and row kernels (the portable
+        // one-pass rows compiled for AVX2 measured slower: forward 1.04x, backward 1.3x).
+        points: Some(PointKernels {
+            fits: avx2_points_fits,
+            forward: avx2_points_forward,
+            backward: None,
+        }),
     }
 }
 
@@ -416,7 +492,7 @@ fn avx512_f32_table() -> Kernels<f32> {
         points: Some(PointKernels {
             fits: points_fits,
             forward: points_forward,
-            backward: points_backward,
+            backward: Some(points_backward),
         }),
         backward_row: Some(backward_row),
         sample_row,

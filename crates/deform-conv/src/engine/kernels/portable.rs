@@ -331,7 +331,7 @@ fn points_scalar<A: Real>() -> Option<PointKernels<A>> {
     Some(PointKernels {
         fits: points_fits,
         forward: scalar_points_forward,
-        backward: scalar_points_backward,
+        backward: Some(scalar_points_backward),
     })
 }
 
