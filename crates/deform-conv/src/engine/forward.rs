@@ -346,19 +346,15 @@ fn write_output<T: Element>(
                 // 8x8 blocks: eight pixels' sums in, each channel's eight pixels out as one run.
                 let whole = px - px % OB;
                 for p0 in (0..whole).step_by(OB) {
-                    let mut t = [[T::Acc::zero(); OB]; OB];
-                    for (j, row) in o[p0 * ld..].chunks(ld).take(OB).enumerate() {
-                        let sums: &[T::Acc; OB] = row[c0..c0 + OB].try_into().expect("8 sums");
-                        for k in 0..OB {
-                            t[k][j] = sums[k] + b[k];
-                        }
-                    }
-                    for (plane, tk) in sl.iter_mut().zip(&t) {
+                    let rows: [&[T::Acc; OB]; OB] = std::array::from_fn(|j| {
+                        (&o[(p0 + j) * ld + c0..][..OB]).try_into().expect("8 sums")
+                    });
+                    for (k, plane) in sl.iter_mut().enumerate() {
                         let dst: &mut [T; OB] =
                             (&mut plane[p0..p0 + OB]).try_into().expect("8 pixels");
-                        for (d, v) in dst.iter_mut().zip(tk) {
-                            *d = T::from_acc(*v);
-                        }
+                        // Channel k's eight pixels built in registers and stored as one run
+                        // (through a stack tile, the scalar writes stalled the vector reads).
+                        *dst = std::array::from_fn(|j| T::from_acc(rows[j][k] + b[k]));
                     }
                 }
                 for p in whole..px {

@@ -12,14 +12,20 @@
 //! forward `gather_points` (each element's sum over the points in registers, stored once);
 //! backward per point `dot4_row` and `scatter_row` (fused where a table has `backward_row`).
 //!
-//! Each image is copied once into the accumulation type, group-major as DCNv2's (`image`): group
-//! by group, its planes one after the other, each followed by the zero pixel the descriptors
-//! point at for corners outside it, so a group's neighbouring corners are neighbours in memory.
+//! Where the table has one-pass rows for the shape ([`PointKernels`]: AVX-512 forward and
+//! backward, AVX2 forward, the portable bodies on the scalar table) and the image is the
+//! accumulation type, the image is read in place and each (row, group) is one kernel call doing
+//! the same operations as the passes below (the same bits): forward [`forward_in_place`] (each
+//! element's positions, descriptors and samples, from the operator's runs straight into the
+//! output), backward [`backward_in_place`]. Otherwise each image is copied once into the
+//! accumulation type, group-major as DCNv2's (`image`): group by group, its planes one after the
+//! other, each followed by the zero pixel the descriptors point at for corners outside it, so a
+//! group's neighbouring corners are neighbours in memory.
 //! Forward: rows in parallel, the sums formed point by point in a fixed order. Backward: rows
 //! dealt to `blocking::LANES` fixed lanes (one where the samples are few for the image), each
 //! with its own input-gradient image, summed in lane order as each pixel is stored. Outputs
 //! and gradients are written in full (their buffers start unwritten, `alloc::Written`).
-//! Same bits for any thread count; memory bounded by `LANES + 1` images.
+//! Same bits for any thread count and either route; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;

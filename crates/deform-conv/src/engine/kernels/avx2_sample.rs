@@ -6,6 +6,117 @@ use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::params::GradGate;
 use std::arch::x86_64::*;
 
+/// How [`corners8`] forms a plane's corner indices, per lane: `start + (y*w + x) * step` (no
+/// multiply when `SCALED` is false: `step` 1), `row = w * step` apart vertically, `outside` for
+/// a corner outside the plane; and the plane's size (also as floats).
+#[derive(Clone, Copy)]
+pub(super) struct Plane8 {
+    pub hf: __m256,
+    pub wf: __m256,
+    pub h: __m256i,
+    pub w: __m256i,
+    pub start: __m256i,
+    pub step: __m256i,
+    pub row: __m256i,
+    pub outside: __m256i,
+}
+
+/// Eight samples' descriptors ([`corners8`]); `open` and `grad` as lane masks.
+pub(super) struct Corners8 {
+    pub idx: [__m256i; 4],
+    pub w: [__m256; 4],
+    pub ly: __m256,
+    pub lx: __m256,
+    pub open: __m256,
+    pub grad: __m256,
+}
+
+/// The descriptors of eight samples at absolute positions `(py, px)` with mask values `vm`
+/// (lanes outside the mask `lanes` closed): `sample_row_body`'s operations in its order
+/// (`per_tap`: its `GradGate::PerTap` region for the indices), one ymm register per quantity.
+/// Every AVX2 descriptor kernel forms its descriptors here.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn corners8<const SCALED: bool>(
+    (py, px, vm): (__m256, __m256, __m256),
+    lanes: __m256,
+    per_tap: bool,
+    p: &Plane8,
+) -> Corners8 {
+    let (one, minus_one) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-1.0));
+    let (ione, iminus_one) = (_mm256_set1_epi32(1), _mm256_set1_epi32(-1));
+    let (hf, wf) = (p.hf, p.wf);
+    let inside = _mm256_and_ps(
+        lanes,
+        _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(py, hf),
+            _mm256_cmp_ps::<_CMP_LT_OQ>(px, wf),
+        ),
+    );
+    let open = _mm256_and_ps(
+        inside,
+        _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(py, minus_one),
+            _mm256_cmp_ps::<_CMP_GT_OQ>(px, minus_one),
+        ),
+    );
+    let grad = if per_tap {
+        _mm256_and_ps(
+            inside,
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GE_OQ>(py, minus_one),
+                _mm256_cmp_ps::<_CMP_GE_OQ>(px, minus_one),
+            ),
+        )
+    } else {
+        open
+    };
+    let (py, px) = (_mm256_and_ps(py, grad), _mm256_and_ps(px, grad));
+    let (fy, fx) = (_mm256_floor_ps(py), _mm256_floor_ps(px));
+    let (ly, lx) = (_mm256_sub_ps(py, fy), _mm256_sub_ps(px, fx));
+    let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
+    let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
+    let gi = _mm256_castps_si256(grad);
+    let y_lo = _mm256_and_si256(gi, _mm256_cmpgt_epi32(yi, iminus_one));
+    let y_hi = _mm256_and_si256(gi, _mm256_cmpgt_epi32(p.h, _mm256_add_epi32(yi, ione)));
+    let x_lo = _mm256_cmpgt_epi32(xi, iminus_one);
+    let x_hi = _mm256_cmpgt_epi32(p.w, _mm256_add_epi32(xi, ione));
+    // Exact for corners inside: their indices lie inside the image (below 2^31).
+    let pixel = _mm256_add_epi32(_mm256_mullo_epi32(yi, p.w), xi);
+    let scaled = if SCALED {
+        _mm256_mullo_epi32(pixel, p.step)
+    } else {
+        pixel
+    };
+    let base = _mm256_add_epi32(p.start, scaled);
+    let below = _mm256_add_epi32(base, p.row);
+    let pick = |k: __m256i, v: __m256i| _mm256_blendv_epi8(p.outside, v, k);
+    let idx = [
+        pick(_mm256_and_si256(y_lo, x_lo), base),
+        pick(_mm256_and_si256(y_lo, x_hi), _mm256_add_epi32(base, p.step)),
+        pick(_mm256_and_si256(y_hi, x_lo), below),
+        pick(
+            _mm256_and_si256(y_hi, x_hi),
+            _mm256_add_epi32(below, p.step),
+        ),
+    ];
+    let mo = _mm256_and_ps(vm, open);
+    let w = [
+        _mm256_mul_ps(mo, _mm256_mul_ps(hy, hx)),
+        _mm256_mul_ps(mo, _mm256_mul_ps(hy, lx)),
+        _mm256_mul_ps(mo, _mm256_mul_ps(ly, hx)),
+        _mm256_mul_ps(mo, _mm256_mul_ps(ly, lx)),
+    ];
+    Corners8 {
+        idx,
+        w,
+        ly,
+        lx,
+        open,
+        grad,
+    }
+}
+
 /// Descriptors of one row, 8 samples per step (see `sample_row_body` for the formula).
 ///
 /// # Safety
@@ -17,15 +128,18 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     if !a.fits_i32_lanes() {
         return sample_row_body(a, out);
     }
-    let one = _mm256_set1_ps(1.0);
-    let minus_one = _mm256_set1_ps(-1.0);
-    let hf = _mm256_set1_ps(a.h as i64 as f32);
-    let wf = _mm256_set1_ps(a.w as i64 as f32);
     let y0 = _mm256_set1_ps(a.y0 as f32);
-    let (hi, wi) = (_mm256_set1_epi32(a.h as i32), _mm256_set1_epi32(a.w as i32));
-    let outside = _mm256_set1_epi32((a.h * a.w) as i32);
-    let ione = _mm256_set1_epi32(1);
-    let iminus_one = _mm256_set1_epi32(-1);
+    let plane = Plane8 {
+        hf: _mm256_set1_ps(a.h as i64 as f32),
+        wf: _mm256_set1_ps(a.w as i64 as f32),
+        h: _mm256_set1_epi32(a.h as i32),
+        w: _mm256_set1_epi32(a.w as i32),
+        start: _mm256_setzero_si256(),
+        step: _mm256_set1_epi32(1),
+        row: _mm256_set1_epi32(a.w as i32),
+        outside: _mm256_set1_epi32((a.h * a.w) as i32),
+    };
+    let all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let (x0, sx) = (
         _mm256_set1_epi32(a.x0 as i32),
@@ -61,51 +175,14 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm256_mullo_epi32(_mm256_add_epi32(_mm256_set1_epi32(t as i32), iota), sx),
         );
         let px = _mm256_add_ps(_mm256_cvtepi32_ps(grid_x), vdx);
-        let inside = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_LT_OQ>(py, hf),
-            _mm256_cmp_ps::<_CMP_LT_OQ>(px, wf),
-        );
-        let open = _mm256_and_ps(
-            inside,
-            _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_GT_OQ>(py, minus_one),
-                _mm256_cmp_ps::<_CMP_GT_OQ>(px, minus_one),
-            ),
-        );
-        let closed = _mm256_and_ps(
-            inside,
-            _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_GE_OQ>(py, minus_one),
-                _mm256_cmp_ps::<_CMP_GE_OQ>(px, minus_one),
-            ),
-        );
-        let grad = if per_tap { closed } else { open };
-        let (py, px) = (_mm256_and_ps(py, grad), _mm256_and_ps(px, grad));
-        let (fy, fx) = (_mm256_floor_ps(py), _mm256_floor_ps(px));
-        let (ly, lx) = (_mm256_sub_ps(py, fy), _mm256_sub_ps(px, fx));
-        let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
-        let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
-        let gi = _mm256_castps_si256(grad);
-        let y_lo = _mm256_and_si256(gi, _mm256_cmpgt_epi32(yi, iminus_one));
-        let y_hi = _mm256_and_si256(gi, _mm256_cmpgt_epi32(hi, _mm256_add_epi32(yi, ione)));
-        let x_lo = _mm256_cmpgt_epi32(xi, iminus_one);
-        let x_hi = _mm256_cmpgt_epi32(wi, _mm256_add_epi32(xi, ione));
-        let base = _mm256_add_epi32(_mm256_mullo_epi32(yi, wi), xi);
-        let below = _mm256_add_epi32(base, wi);
-        let pick = |k: __m256i, v: __m256i| _mm256_blendv_epi8(outside, v, k);
-        let idx = [
-            pick(_mm256_and_si256(y_lo, x_lo), base),
-            pick(_mm256_and_si256(y_lo, x_hi), _mm256_add_epi32(base, ione)),
-            pick(_mm256_and_si256(y_hi, x_lo), below),
-            pick(_mm256_and_si256(y_hi, x_hi), _mm256_add_epi32(below, ione)),
-        ];
-        let mo = _mm256_and_ps(vm, open);
-        let w = [
-            _mm256_mul_ps(mo, _mm256_mul_ps(hy, hx)),
-            _mm256_mul_ps(mo, _mm256_mul_ps(hy, lx)),
-            _mm256_mul_ps(mo, _mm256_mul_ps(ly, hx)),
-            _mm256_mul_ps(mo, _mm256_mul_ps(ly, lx)),
-        ];
+        let Corners8 {
+            idx,
+            w,
+            ly,
+            lx,
+            open,
+            grad,
+        } = corners8::<false>((py, px, vm), all, per_tap, &plane);
         let (open_bits, grad_bits) = (_mm256_movemask_ps(open), _mm256_movemask_ps(grad));
         if len == 8 {
             // A full step stores straight into the rows (a stack-buffer copy would be a
@@ -238,12 +315,7 @@ pub(super) unsafe fn points_row<const V: usize>(
     let wf = wi.map(|v| _mm256_cvtepi32_ps(v));
     let cv = _mm256_set1_epi32(c as i32);
     let row = wi.map(|v| _mm256_mullo_epi32(v, cv));
-    let (one, minus_one, zero) = (
-        _mm256_set1_ps(1.0),
-        _mm256_set1_ps(-1.0),
-        _mm256_setzero_ps(),
-    );
-    let (ione, iminus_one) = (_mm256_set1_epi32(1), _mm256_set1_epi32(-1));
+    let zero = _mm256_setzero_ps();
     let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
@@ -275,47 +347,19 @@ pub(super) unsafe fn points_row<const V: usize>(
             let py = _mm256_add_ps(by, _mm256_mul_ps(_mm256_add_ps(tap_y[h], vy), scale_y[h]));
             let px = _mm256_add_ps(bx, _mm256_mul_ps(_mm256_add_ps(tap_x[h], vx), scale_x[h]));
             let (py, px) = (_mm256_add_ps(zero, py), _mm256_add_ps(zero, px));
-            let inside = _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_LT_OQ>(py, hf[h]),
-                _mm256_cmp_ps::<_CMP_LT_OQ>(px, wf[h]),
-            );
-            let open = _mm256_and_ps(
-                _mm256_and_ps(inside, _mm256_castsi256_ps(kp[h])),
-                _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(py, minus_one),
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(px, minus_one),
-                ),
-            );
-            let (py, px) = (_mm256_and_ps(py, open), _mm256_and_ps(px, open));
-            let (fy, fx) = (_mm256_floor_ps(py), _mm256_floor_ps(px));
-            let (ly, lx) = (_mm256_sub_ps(py, fy), _mm256_sub_ps(px, fx));
-            let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
-            let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
-            let oi = _mm256_castps_si256(open);
-            let y_lo = _mm256_and_si256(oi, _mm256_cmpgt_epi32(yi, iminus_one));
-            let y_hi = _mm256_and_si256(oi, _mm256_cmpgt_epi32(hi[h], _mm256_add_epi32(yi, ione)));
-            let x_lo = _mm256_cmpgt_epi32(xi, iminus_one);
-            let x_hi = _mm256_cmpgt_epi32(wi[h], _mm256_add_epi32(xi, ione));
-            // Element offsets of the corners' runs (exact for corners inside).
-            let base = _mm256_add_epi32(
-                _mm256_add_epi32(first[h], lov),
-                _mm256_mullo_epi32(_mm256_add_epi32(_mm256_mullo_epi32(yi, wi[h]), xi), cv),
-            );
-            let below = _mm256_add_epi32(base, row[h]);
-            let pick = |k: __m256i, v: __m256i| _mm256_blendv_epi8(iminus_one, v, k);
-            let iv = [
-                pick(_mm256_and_si256(y_lo, x_lo), base),
-                pick(_mm256_and_si256(y_lo, x_hi), _mm256_add_epi32(base, cv)),
-                pick(_mm256_and_si256(y_hi, x_lo), below),
-                pick(_mm256_and_si256(y_hi, x_hi), _mm256_add_epi32(below, cv)),
-            ];
-            let mo = _mm256_and_ps(vm, open);
-            let wv = [
-                _mm256_mul_ps(mo, _mm256_mul_ps(hy, hx)),
-                _mm256_mul_ps(mo, _mm256_mul_ps(hy, lx)),
-                _mm256_mul_ps(mo, _mm256_mul_ps(ly, hx)),
-                _mm256_mul_ps(mo, _mm256_mul_ps(ly, lx)),
-            ];
+            let plane = Plane8 {
+                hf: hf[h],
+                wf: wf[h],
+                h: hi[h],
+                w: wi[h],
+                start: _mm256_add_epi32(first[h], lov),
+                step: cv,
+                row: row[h],
+                outside: _mm256_set1_epi32(-1),
+            };
+            let lanes = _mm256_castsi256_ps(kp[h]);
+            let Corners8 { idx: iv, w: wv, .. } =
+                corners8::<true>((py, px, vm), lanes, false, &plane);
             for j in 0..4 {
                 // SAFETY: 8 values at 8h of 16-value rows, h < 2.
                 unsafe {

@@ -2,6 +2,7 @@
 //! tiles and the point core's rows of 16 and 32 channels (the other f32 kernels of the AVX-512
 //! table are the AVX2 ones, see `avx512_f32_table`).
 
+use super::avx512_sample::{corners16, Corners16, Plane16};
 use std::arch::x86_64::*;
 
 /// The panel GEMM's register tile for 32 zmm registers: `MR` rows of 16 output channels, one
@@ -276,12 +277,7 @@ pub(super) unsafe fn points_back<const NZ: usize>(
         "points_back: rows inside their buffers, planes inside the image"
     );
     let [gy, gx, gm] = grads;
-    let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
-    let (zero, ione, iminus_one) = (
-        _mm512_setzero_ps(),
-        _mm512_set1_epi32(1),
-        _mm512_set1_epi32(-1),
-    );
+    let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
     let cv = _mm512_set1_epi32(c as i32);
     // Entry `4t + j` of the dot-product tile, for the gathers that read it back by corner.
     let by_corner = _mm512_mullo_epi32(
@@ -295,13 +291,16 @@ pub(super) unsafe fn points_back<const NZ: usize>(
     let mut wts = [[0f32; 16]; 4];
     let mut dots = [[0f32; 4]; 16];
     for (k, &[h, w, s]) in r.planes.iter().enumerate() {
-        let (hf, wf) = (
-            _mm512_set1_ps(h as i64 as f32),
-            _mm512_set1_ps(w as i64 as f32),
-        );
-        let (hi, wi) = (_mm512_set1_epi32(h as i32), _mm512_set1_epi32(w as i32));
-        let start = _mm512_set1_epi32((s * c + lo) as i32);
-        let row = _mm512_mullo_epi32(wi, cv);
+        let plane = Plane16 {
+            hf: _mm512_set1_ps(h as i64 as f32),
+            wf: _mm512_set1_ps(w as i64 as f32),
+            h: _mm512_set1_epi32(h as i32),
+            w: _mm512_set1_epi32(w as i32),
+            start: _mm512_set1_epi32((s * c + lo) as i32),
+            step: cv,
+            row: _mm512_set1_epi32((w * c) as i32),
+            outside: _mm512_set1_epi32(-1),
+        };
         for t0 in (0..len).step_by(16) {
             let n = (len - t0).min(16);
             let kt: __mmask16 = (u32::MAX >> (32 - n)) as u16;
@@ -312,46 +311,14 @@ pub(super) unsafe fn points_back<const NZ: usize>(
             let py = _mm512_add_ps(zero, load(r.y));
             let px = _mm512_add_ps(zero, load(r.x));
             let vm = load(r.m);
-            let inside =
-                _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
-            let open = kt
-                & inside
-                & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
-                & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
-            let (py, px) = (_mm512_maskz_mov_ps(open, py), _mm512_maskz_mov_ps(open, px));
-            const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-            let (fy, fx) = (
-                _mm512_roundscale_ps::<FLOOR>(py),
-                _mm512_roundscale_ps::<FLOOR>(px),
-            );
-            let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+            let Corners16 {
+                idx: iv,
+                w: wv,
+                ly,
+                lx,
+                open,
+            } = corners16::<true>((py, px, vm), kt, false, &plane);
             let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
-            let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
-            let y_lo = open & _mm512_cmpgt_epi32_mask(yi, iminus_one);
-            let y_hi = open & _mm512_cmpgt_epi32_mask(hi, _mm512_add_epi32(yi, ione));
-            let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
-            let x_hi = _mm512_cmpgt_epi32_mask(wi, _mm512_add_epi32(xi, ione));
-            // Element offsets of the corners' runs (exact for corners inside: they index the
-            // image).
-            let base = _mm512_add_epi32(
-                start,
-                _mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(yi, wi), xi), cv),
-            );
-            let below = _mm512_add_epi32(base, row);
-            let pick = |m: __mmask16, v: __m512i| _mm512_mask_blend_epi32(m, iminus_one, v);
-            let iv = [
-                pick(y_lo & x_lo, base),
-                pick(y_lo & x_hi, _mm512_add_epi32(base, cv)),
-                pick(y_hi & x_lo, below),
-                pick(y_hi & x_hi, _mm512_add_epi32(below, cv)),
-            ];
-            let mo = _mm512_maskz_mov_ps(open, vm);
-            let wv = [
-                _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
-                _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
-                _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
-                _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
-            ];
             for j in 0..4 {
                 // SAFETY: 16 values each.
                 unsafe {

@@ -8,6 +8,102 @@ use super::PointRuns;
 use crate::params::GradGate;
 use std::arch::x86_64::*;
 
+/// How [`corners16`] forms a plane's corner indices, per lane: `start + (y*w + x) * step` (no
+/// multiply when `SCALED` is false: `step` 1), `row = w * step` apart vertically, `outside` for
+/// a corner outside the plane; and the plane's size (also as floats).
+#[derive(Clone, Copy)]
+pub(super) struct Plane16 {
+    pub hf: __m512,
+    pub wf: __m512,
+    pub h: __m512i,
+    pub w: __m512i,
+    pub start: __m512i,
+    pub step: __m512i,
+    pub row: __m512i,
+    pub outside: __m512i,
+}
+
+/// Sixteen samples' descriptors ([`corners16`]).
+pub(super) struct Corners16 {
+    pub idx: [__m512i; 4],
+    pub w: [__m512; 4],
+    pub ly: __m512,
+    pub lx: __m512,
+    pub open: __mmask16,
+}
+
+/// The descriptors of sixteen samples at absolute positions `(py, px)` with mask values `vm`
+/// (lanes outside `lanes` closed): `sample_row_body`'s operations in its order (`per_tap`: its
+/// `GradGate::PerTap` region for the indices), one zmm register per quantity. Every AVX-512
+/// descriptor kernel forms its descriptors here.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn corners16<const SCALED: bool>(
+    (py, px, vm): (__m512, __m512, __m512),
+    lanes: __mmask16,
+    per_tap: bool,
+    p: &Plane16,
+) -> Corners16 {
+    let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
+    let (ione, iminus_one) = (_mm512_set1_epi32(1), _mm512_set1_epi32(-1));
+    let (hf, wf) = (p.hf, p.wf);
+    let inside =
+        lanes & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
+    let open = inside
+        & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
+        & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
+    let grad = if per_tap {
+        inside
+            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(py, minus_one)
+            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(px, minus_one)
+    } else {
+        open
+    };
+    let (py, px) = (_mm512_maskz_mov_ps(grad, py), _mm512_maskz_mov_ps(grad, px));
+    const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    let (fy, fx) = (
+        _mm512_roundscale_ps::<FLOOR>(py),
+        _mm512_roundscale_ps::<FLOOR>(px),
+    );
+    let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+    let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
+    let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
+    let y_lo = grad & _mm512_cmpgt_epi32_mask(yi, iminus_one);
+    let y_hi = grad & _mm512_cmpgt_epi32_mask(p.h, _mm512_add_epi32(yi, ione));
+    let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
+    let x_hi = _mm512_cmpgt_epi32_mask(p.w, _mm512_add_epi32(xi, ione));
+    // Exact for corners inside: their indices lie inside the image (below 2^31).
+    let pixel = _mm512_add_epi32(_mm512_mullo_epi32(yi, p.w), xi);
+    let scaled = if SCALED {
+        _mm512_mullo_epi32(pixel, p.step)
+    } else {
+        pixel
+    };
+    let base = _mm512_add_epi32(p.start, scaled);
+    let below = _mm512_add_epi32(base, p.row);
+    let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, p.outside, v);
+    let idx = [
+        pick(y_lo & x_lo, base),
+        pick(y_lo & x_hi, _mm512_add_epi32(base, p.step)),
+        pick(y_hi & x_lo, below),
+        pick(y_hi & x_hi, _mm512_add_epi32(below, p.step)),
+    ];
+    let mo = _mm512_maskz_mov_ps(open, vm);
+    let w = [
+        _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
+        _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
+        _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
+        _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
+    ];
+    Corners16 {
+        idx,
+        w,
+        ly,
+        lx,
+        open,
+    }
+}
+
 /// Descriptors of one row, 16 samples per step (see `sample_row_body` for the formula).
 ///
 /// # Safety
@@ -29,14 +125,17 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     let idx: [&mut [u32]; 4] = out.idx.each_mut().map(|v| &mut v[r.clone()]);
     let w: [&mut [f32]; 4] = out.w.each_mut().map(|v| &mut v[r.clone()]);
     let one = _mm512_set1_ps(1.0);
-    let minus_one = _mm512_set1_ps(-1.0);
-    let hf = _mm512_set1_ps(a.h as i64 as f32);
-    let wf = _mm512_set1_ps(a.w as i64 as f32);
     let y0 = _mm512_set1_ps(a.y0 as f32);
-    let (hi, wi) = (_mm512_set1_epi32(a.h as i32), _mm512_set1_epi32(a.w as i32));
-    let outside = _mm512_set1_epi32((a.h * a.w) as i32);
-    let ione = _mm512_set1_epi32(1);
-    let iminus_one = _mm512_set1_epi32(-1);
+    let plane = Plane16 {
+        hf: _mm512_set1_ps(a.h as i64 as f32),
+        wf: _mm512_set1_ps(a.w as i64 as f32),
+        h: _mm512_set1_epi32(a.h as i32),
+        w: _mm512_set1_epi32(a.w as i32),
+        start: _mm512_setzero_si512(),
+        step: _mm512_set1_epi32(1),
+        row: _mm512_set1_epi32(a.w as i32),
+        outside: _mm512_set1_epi32((a.h * a.w) as i32),
+    };
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let (x0, sx) = (
         _mm512_set1_epi32(a.x0 as i32),
@@ -58,44 +157,7 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(t as i32), iota), sx),
         );
         let px = _mm512_add_ps(_mm512_cvtepi32_ps(grid_x), vdx);
-        let inside =
-            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
-        let open = inside
-            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
-            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
-        let closed = inside
-            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(py, minus_one)
-            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(px, minus_one);
-        let grad = if per_tap { closed } else { open };
-        let (py, px) = (_mm512_maskz_mov_ps(grad, py), _mm512_maskz_mov_ps(grad, px));
-        const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-        let (fy, fx) = (
-            _mm512_roundscale_ps::<FLOOR>(py),
-            _mm512_roundscale_ps::<FLOOR>(px),
-        );
-        let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
-        let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
-        let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
-        let y_lo = grad & _mm512_cmpgt_epi32_mask(yi, iminus_one);
-        let y_hi = grad & _mm512_cmpgt_epi32_mask(hi, _mm512_add_epi32(yi, ione));
-        let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
-        let x_hi = _mm512_cmpgt_epi32_mask(wi, _mm512_add_epi32(xi, ione));
-        let base = _mm512_add_epi32(_mm512_mullo_epi32(yi, wi), xi);
-        let below = _mm512_add_epi32(base, wi);
-        let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, outside, v);
-        let iv = [
-            pick(y_lo & x_lo, base),
-            pick(y_lo & x_hi, _mm512_add_epi32(base, ione)),
-            pick(y_hi & x_lo, below),
-            pick(y_hi & x_hi, _mm512_add_epi32(below, ione)),
-        ];
-        let mo = _mm512_maskz_mov_ps(open, vm);
-        let wv = [
-            _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
-        ];
+        let Corners16 { idx: iv, w: wv, .. } = corners16::<false>((py, px, vm), k, per_tap, &plane);
         for j in 0..4 {
             // SAFETY: the lanes enabled in `k` address elements t..t+len of the n-element
             // descriptor slices.
@@ -265,12 +327,7 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     let (hf, wf) = (_mm512_cvtepi32_ps(hi), _mm512_cvtepi32_ps(wi));
     let cv = _mm512_set1_epi32(c as i32);
     let row = _mm512_mullo_epi32(wi, cv);
-    let (one, minus_one, zero) = (
-        _mm512_set1_ps(1.0),
-        _mm512_set1_ps(-1.0),
-        _mm512_setzero_ps(),
-    );
-    let (ione, iminus_one) = (_mm512_set1_epi32(1), _mm512_set1_epi32(-1));
+    let zero = _mm512_setzero_ps();
     let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
@@ -300,45 +357,17 @@ pub(super) unsafe fn points_row<const NZ: usize>(
         let py = _mm512_add_ps(by, _mm512_mul_ps(_mm512_add_ps(tap_y, vy), scale_y));
         let px = _mm512_add_ps(bx, _mm512_mul_ps(_mm512_add_ps(tap_x, vx), scale_x));
         let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
-        let inside =
-            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
-        let open = kp
-            & inside
-            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
-            & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
-        let (py, px) = (_mm512_maskz_mov_ps(open, py), _mm512_maskz_mov_ps(open, px));
-        const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-        let (fy, fx) = (
-            _mm512_roundscale_ps::<FLOOR>(py),
-            _mm512_roundscale_ps::<FLOOR>(px),
-        );
-        let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
-        let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
-        let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
-        let y_lo = open & _mm512_cmpgt_epi32_mask(yi, iminus_one);
-        let y_hi = open & _mm512_cmpgt_epi32_mask(hi, _mm512_add_epi32(yi, ione));
-        let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
-        let x_hi = _mm512_cmpgt_epi32_mask(wi, _mm512_add_epi32(xi, ione));
-        // Element offsets of the corners' runs (exact for corners inside: they index the image).
-        let base = _mm512_add_epi32(
+        let plane = Plane16 {
+            hf,
+            wf,
+            h: hi,
+            w: wi,
             start,
-            _mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(yi, wi), xi), cv),
-        );
-        let below = _mm512_add_epi32(base, row);
-        let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, iminus_one, v);
-        let iv = [
-            pick(y_lo & x_lo, base),
-            pick(y_lo & x_hi, _mm512_add_epi32(base, cv)),
-            pick(y_hi & x_lo, below),
-            pick(y_hi & x_hi, _mm512_add_epi32(below, cv)),
-        ];
-        let mo = _mm512_maskz_mov_ps(open, vm);
-        let wv = [
-            _mm512_mul_ps(mo, _mm512_mul_ps(hy, hx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(hy, lx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(ly, hx)),
-            _mm512_mul_ps(mo, _mm512_mul_ps(ly, lx)),
-        ];
+            step: cv,
+            row,
+            outside: _mm512_set1_epi32(-1),
+        };
+        let Corners16 { idx: iv, w: wv, .. } = corners16::<true>((py, px, vm), kp, false, &plane);
         for j in 0..4 {
             // SAFETY: 16 values each.
             unsafe {
