@@ -686,14 +686,7 @@ where
         for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
             copy_image(op, n, xt);
             threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(zero));
-            // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone.
-            let mut work_lanes = Vec::with_capacity(lanes);
-            let mut rows = rows.into_iter().enumerate();
-            for (l, lane_dx) in dx.chunks_mut(stride).enumerate() {
-                let end = (l + 1) * sh.rows / lanes;
-                let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / lanes).collect();
-                work_lanes.push((mine, lane_dx));
-            }
+            let work_lanes = deal(rows, dx.chunks_mut(stride).map(|l| &mut l[..]), sh.rows);
             let xt = &*xt;
             for_each_item(work_lanes, |(mine, lane_dx), w| {
                 scratch.with(
@@ -774,6 +767,30 @@ where
     })
 }
 
+/// A lane's rows (with their indices) and its input-gradient image.
+type Lane<'a, G, A> = (Vec<(usize, G)>, &'a mut [A]);
+
+/// The rows (`total` of them) dealt to the lanes: lane `l` gets rows `[l*R/L, (l+1)*R/L)` with
+/// their indices, fixed by the shape alone.
+fn deal<'a, G, A: 'a>(
+    rows: Vec<G>,
+    lanes: impl ExactSizeIterator<Item = &'a mut [A]>,
+    total: usize,
+) -> Vec<Lane<'a, G, A>> {
+    let n = lanes.len();
+    let mut rows = rows.into_iter().enumerate();
+    lanes
+        .enumerate()
+        .map(|(l, lane)| {
+            let mine = rows
+                .by_ref()
+                .take((l + 1) * total / n - l * total / n)
+                .collect();
+            (mine, lane)
+        })
+        .collect()
+}
+
 /// [`backward`] through [`one_pass`]'s kernel: the image read in place, the lanes laid out as
 /// the image (no zero pixels: a corner outside receives nothing), the rows of a lane and their
 /// groups in the same order, each (row, group) one kernel call.
@@ -806,14 +823,11 @@ where
             unreachable!("`one_pass` checked every image")
         };
         threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(T::Acc::zero()));
-        // Lane l: rows [l*R/L, (l+1)*R/L), fixed by the shape alone (as `backward`'s).
-        let mut work_lanes = Vec::with_capacity(lanes);
-        let mut rows = rows.into_iter().enumerate();
-        for (l, lane_dx) in dx.chunks_mut(stride).enumerate() {
-            let end = (l + 1) * sh.rows / lanes;
-            let mine: Vec<(usize, G)> = rows.by_ref().take(end - l * sh.rows / lanes).collect();
-            work_lanes.push((mine, &mut lane_dx[..len_img]));
-        }
+        let work_lanes = deal(
+            rows,
+            dx.chunks_mut(stride).map(|l| &mut l[..len_img]),
+            sh.rows,
+        );
         for_each_item(work_lanes, |(mine, lane_dx), w| {
             scratch.with(
                 w,
@@ -880,22 +894,32 @@ fn store_lanes<T: Element>(
         .collect();
     for_each_item(tasks, |(i, mut part), _| {
         let mut sum = vec![T::Acc::zero(); c];
-        for (p, mut px) in part.outer_iter_mut().enumerate() {
-            let from = (i * chunk_px + p) * c;
-            sum.copy_from_slice(&dx[from..from + c]);
-            for l in 1..lanes {
-                let lane = &dx[l * stride + from..l * stride + from + c];
-                sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
-            }
-            let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
-                o.write(T::from_acc(*v));
-            };
-            match px.as_slice_mut() {
-                Some(o) => o.iter_mut().zip(&sum).for_each(store),
-                None => px.iter_mut().zip(&sum).for_each(store),
-            }
+        for (p, px) in part.outer_iter_mut().enumerate() {
+            store_run::<T>((dx, stride, lanes), (i * chunk_px + p) * c, &mut sum, px);
         }
     });
+}
+
+/// `run` = the lanes' values at `from .. from + sum.len()` summed in lane order (in `sum`).
+fn store_run<T: Element>(
+    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    from: usize,
+    sum: &mut [T::Acc],
+    mut run: ndarray::ArrayViewMut1<'_, MaybeUninit<T>>,
+) {
+    let n = sum.len();
+    sum.copy_from_slice(&dx[from..from + n]);
+    for l in 1..lanes {
+        let lane = &dx[l * stride + from..l * stride + from + n];
+        sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
+    }
+    let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
+        o.write(T::from_acc(*v));
+    };
+    match run.as_slice_mut() {
+        Some(o) => o.iter_mut().zip(&*sum).for_each(store),
+        None => run.iter_mut().zip(&*sum).for_each(store),
+    }
 }
 
 /// Image `n`'s input gradient, `[pixels of every plane, C]`: the lanes' sums (in lane order) of
@@ -922,20 +946,9 @@ fn store_dx<T: Element>(
         let mut sum = vec![T::Acc::zero(); d];
         for (i, mut px) in part.outer_iter_mut().enumerate() {
             let s = at + i;
-            for (g, mut run) in px.exact_chunks_mut(d).into_iter().enumerate() {
-                let from = g * image * d + s * d;
-                sum.copy_from_slice(&dx[from..from + d]);
-                for l in 1..lanes {
-                    let lane = &dx[l * stride + from..l * stride + from + d];
-                    sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
-                }
-                let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
-                    o.write(T::from_acc(*v));
-                };
-                match run.as_slice_mut() {
-                    Some(o) => o.iter_mut().zip(&sum).for_each(store),
-                    None => run.iter_mut().zip(&sum).for_each(store),
-                }
+            for (g, run) in px.exact_chunks_mut(d).into_iter().enumerate() {
+                let run = run.into_shape_with_order(d).expect("a run of d channels");
+                store_run::<T>((dx, stride, lanes), g * image * d + s * d, &mut sum, run);
             }
         }
     });

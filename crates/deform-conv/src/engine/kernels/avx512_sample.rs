@@ -280,26 +280,8 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     if len == 0 {
         return;
     }
-    let last = len - 1;
-    let pixels = r.image.len() / c.max(1);
     assert!(
-        (1..=16).contains(&p)
-            && r.d == d
-            && r.image.len() < i32::MAX as usize
-            && groups.iter().all(|&[pair0, weight0, lo]| {
-                lo + d <= c
-                    && last * c + lo + d <= out.len()
-                    && pair0 + last * runs.pair_step + 2 * p <= runs.pairs.len()
-                    && weight0 + last * runs.weight_step + p <= runs.weights.len()
-            })
-            && runs.tap.iter().chain(&runs.scale).all(|v| v.len() >= p)
-            && runs.base.iter().all(|v| v.len() >= len)
-            && r.planes.len() >= p
-            && r.planes[..p]
-                .iter()
-                .all(
-                    |&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels)
-                ),
+        r.inside(d, out.len()),
         "points_row: runs inside their tensors, planes inside the image, at most 16 points"
     );
     let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
@@ -415,15 +397,7 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     };
     super::unit_pipeline(
         (len, groups, r.block),
-        |t, gs| {
-            if t + super::PREFETCH_AHEAD < len {
-                let a = t + super::PREFETCH_AHEAD;
-                for &[pair0, weight0, _] in gs {
-                    super::prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
-                    super::prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
-                }
-            }
-        },
+        |t, gs| r.prefetch_ahead(t, gs),
         describe,
         gather,
     );

@@ -208,6 +208,46 @@ pub(crate) struct PointsRow<'a, A> {
     pub block: usize,
 }
 
+impl<A> PointsRow<'_, A> {
+    /// Does every run a one-pass forward kernel for groups of `d` channels reads or writes lie
+    /// inside its slice (`out`: the output row's length), with at most 16 points, an image
+    /// below 2^31 values, and each point's plane inside the image?
+    pub(crate) fn inside(&self, d: usize, out: usize) -> bool {
+        let runs = &self.runs;
+        let (p, len, c) = (runs.points, runs.len, self.c);
+        let last = len.saturating_sub(1);
+        let pixels = self.image.len() / c.max(1);
+        (1..=16).contains(&p)
+            && self.d == d
+            && self.image.len() < i32::MAX as usize
+            && self.groups.iter().all(|&[pair0, weight0, lo]| {
+                lo + d <= c
+                    && last * c + lo + d <= out
+                    && pair0 + last * runs.pair_step + 2 * p <= runs.pairs.len()
+                    && weight0 + last * runs.weight_step + p <= runs.weights.len()
+            })
+            && runs.tap.iter().chain(&runs.scale).all(|v| v.len() >= p)
+            && runs.base.iter().all(|v| v.len() >= len)
+            && self.planes.len() >= p
+            && self.planes[..p]
+                .iter()
+                .all(|&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels))
+    }
+
+    /// Asks for the runs of element `t + PREFETCH_AHEAD` of the groups `gs` (a hint).
+    #[inline(always)]
+    pub(crate) fn prefetch_ahead(&self, t: usize, gs: &[[usize; 3]]) {
+        let runs = &self.runs;
+        let (a, p) = (t + PREFETCH_AHEAD, runs.points);
+        if a < runs.len {
+            for &[pair0, weight0, _] in gs {
+                prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
+                prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+            }
+        }
+    }
+}
+
 /// One (element, group)'s descriptors in the one-pass forward kernels: per corner, its points'
 /// element offsets (-1: outside the plane) and weights.
 pub(crate) type PointTile = ([[i32; 16]; 4], [[f32; 16]; 4]);
