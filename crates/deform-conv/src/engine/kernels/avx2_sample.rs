@@ -376,11 +376,17 @@ pub(super) unsafe fn points_row<const V: usize>(
             })
         };
         let mut acc = sample(0);
-        for k in 1..p {
+        let mut add = |k: usize| {
             let s = sample(k);
             for v in 0..V {
                 acc[v] = _mm256_add_ps(acc[v], s[v]);
             }
+        };
+        // DCNv3's nine points as straight-line code.
+        if p == 9 {
+            (1..9).for_each(&mut add);
+        } else {
+            (1..p).for_each(&mut add);
         }
         for (v, a) in acc.into_iter().enumerate() {
             // SAFETY: `t < len`: elements lo + 8v .. + 8 of the row's element t lie inside

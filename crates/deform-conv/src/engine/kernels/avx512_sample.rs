@@ -383,11 +383,17 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             })
         };
         let mut acc = sample(0);
-        for k in 1..p {
+        let mut add = |k: usize| {
             let v = sample(k);
             for z in 0..NZ {
                 acc[z] = _mm512_add_ps(acc[z], v[z]);
             }
+        };
+        // DCNv3's nine points as straight-line code.
+        if p == 9 {
+            (1..9).for_each(&mut add);
+        } else {
+            (1..p).for_each(&mut add);
         }
         for (z, v) in acc.into_iter().enumerate() {
             // SAFETY: `t < len`: elements lo + 16z .. + 16 of the row's element t lie inside
