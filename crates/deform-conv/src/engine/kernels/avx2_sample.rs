@@ -1,6 +1,7 @@
-//! The explicit AVX2 f32 row descriptors (`sample_row`), used by the AVX2 and AVX-512 tables:
-//! the portable body's IEEE operations in the same order, eight samples per step: bitwise the
-//! same results.
+//! The explicit AVX2 f32 descriptors, formed in one place ([`corners8`]): the row descriptors
+//! (`sample_row`, used by the AVX2 and AVX-512 tables) and the point core's one-pass forward row
+//! (`points_row`, the AVX2 table's): the portable body's IEEE operations in the same order, eight
+//! samples per step: bitwise the same results.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use crate::params::GradGate;

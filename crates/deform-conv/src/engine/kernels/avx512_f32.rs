@@ -1,6 +1,7 @@
 //! The AVX-512F kernels that measured faster than their AVX2 siblings: the panel GEMM's register
-//! tiles and the point core's rows of 16 and 32 channels (the other f32 kernels of the AVX-512
-//! table are the AVX2 ones, see `avx512_f32_table`).
+//! tiles and the point core's rows of 16 and 32 channels, the backward's row and its one-pass
+//! row (the other f32 kernels of the AVX-512 table are the AVX2 ones or `avx512_sample`'s, see
+//! `avx512_f32_table`).
 
 use super::avx512_sample::{corners16, Corners16, Plane16};
 use std::arch::x86_64::*;

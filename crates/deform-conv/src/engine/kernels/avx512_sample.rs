@@ -1,7 +1,9 @@
-//! The explicit AVX-512 f32 row descriptors (`sample_row`): the AVX2 kernel's IEEE operations in
-//! the same order, sixteen samples per step, the row's tail through masked loads and stores:
-//! bitwise the same results. Descriptors with the backward's gradient fields go to the AVX2
-//! kernel, which measured faster for them.
+//! The explicit AVX-512 f32 descriptors, formed in one place ([`corners16`]): the row
+//! descriptors (`sample_row`), the point core's positions (`describe_points`) and its one-pass
+//! forward row (`points_row`): the AVX2 kernels' IEEE operations in the same order, sixteen
+//! samples per step, tails through masked loads and stores: bitwise the same results. Row
+//! descriptors with the backward's gradient fields go to the AVX2 kernel, which measured faster
+//! for them.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use super::PointRuns;
