@@ -172,6 +172,82 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     }
 }
 
+/// Each element's points' positions `base + (tap + pair) * scale` and weights from an
+/// operator's runs, one zmm register per quantity (a pair's `x` and `y` split by two permutes):
+/// the per-point constants loaded once. `describe_points` and `points_row` read positions here.
+struct Positions16<'a> {
+    runs: &'a PointRuns<'a, f32, f32>,
+    pairs: [__mmask16; 2],
+    points: __mmask16,
+    split: [__m512i; 2],
+    tap: [__m512; 2],
+    scale: [__m512; 2],
+}
+
+impl<'a> Positions16<'a> {
+    /// # Safety
+    /// `runs.points <= 16`, and `runs.tap` and `runs.scale` hold at least that many values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn new(runs: &'a PointRuns<'a, f32, f32>) -> Self {
+        let p = runs.points;
+        let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
+        let kp = lanes(p);
+        // SAFETY: the lanes enabled in `kp` address the first `p` values (the contract).
+        let per_point = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kp, v.as_ptr()) };
+        Positions16 {
+            runs,
+            pairs: [lanes(2 * p), lanes((2 * p).saturating_sub(16))],
+            points: kp,
+            split: [
+                _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+            ],
+            tap: runs.tap.map(per_point),
+            scale: runs.scale.map(per_point),
+        }
+    }
+
+    /// `(y, x, weight)` of element `t`'s points, its pairs from `pair0` and weights from
+    /// `weight0` (instead of the runs' own).
+    ///
+    /// # Safety
+    /// `t < runs.len`, and element `t`'s `2 * points` pairs and `points` weights from there lie
+    /// inside `runs.pairs` and `runs.weights`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn at(&self, t: usize, pair0: usize, weight0: usize) -> (__m512, __m512, __m512) {
+        let r = self.runs;
+        // SAFETY: element t's pairs and weights lie inside their slices (the contract);
+        // masked-off lanes are not accessed.
+        let (lo, hi, w) = unsafe {
+            let at = r.pairs.as_ptr().add(pair0 + t * r.pair_step);
+            (
+                _mm512_maskz_loadu_ps(self.pairs[0], at),
+                // Past the run when the mask is empty: formed without `add`'s in-bounds promise.
+                _mm512_maskz_loadu_ps(self.pairs[1], at.wrapping_add(16)),
+                _mm512_maskz_loadu_ps(
+                    self.points,
+                    r.weights.as_ptr().add(weight0 + t * r.weight_step),
+                ),
+            )
+        };
+        let [y, x] = self.split.map(|s| _mm512_permutex2var_ps(lo, s, hi));
+        let [by, bx] = r.base.map(|b| _mm512_set1_ps(b[t]));
+        (
+            _mm512_add_ps(
+                by,
+                _mm512_mul_ps(_mm512_add_ps(self.tap[0], y), self.scale[0]),
+            ),
+            _mm512_add_ps(
+                bx,
+                _mm512_mul_ps(_mm512_add_ps(self.tap[1], x), self.scale[1]),
+            ),
+            w,
+        )
+    }
+}
+
 /// [`super::DescribePointsFn`] for up to 16 points: each element's points in one zmm register
 /// (its pairs split into `x` and `y` by two permutes), the same adds and multiplies as the
 /// portable loop, sixteen elements' rows through a stack tile read back a point at a time.
@@ -199,19 +275,13 @@ pub(super) unsafe fn describe_points(
             && r.base.iter().all(|v| v.len() >= len),
         "describe_points: runs inside their tensors, at most 16 points"
     );
+    // SAFETY: at most 16 points, taps and scales for each (checked above).
+    let positions = unsafe { Positions16::new(r) };
     let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
-    let (lo, hi, kp) = (lanes(2 * p), lanes((2 * p).saturating_sub(16)), lanes(p));
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    // SAFETY: the lanes enabled in `kp` address the first `p` values (checked above).
-    let per_point = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kp, v.as_ptr()) };
-    let (tap_y, tap_x) = (per_point(r.tap[0]), per_point(r.tap[1]));
-    let (scale_y, scale_x) = (per_point(r.scale[0]), per_point(r.scale[1]));
     let rows = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(16),
     );
-    let (pp, wp) = (r.pairs.as_ptr(), r.weights.as_ptr());
     let mut tile = [[[0f32; 16]; 16]; 3];
     for t0 in (0..len).step_by(16) {
         let nb = (len - t0).min(16);
@@ -221,25 +291,8 @@ pub(super) unsafe fn describe_points(
                 super::prefetch(&r.pairs[r.pair0 + a * r.pair_step..][..2 * p]);
                 super::prefetch(&r.weights[r.weight0 + a * r.weight_step..][..p]);
             }
-            // SAFETY: element t's pairs and weights lie inside their slices (checked above);
-            // masked-off lanes are not accessed.
-            let (xy_lo, xy_hi, w) = unsafe {
-                let at = pp.add(r.pair0 + t * r.pair_step);
-                (
-                    _mm512_maskz_loadu_ps(lo, at),
-                    // Past the run when `hi` is empty: formed without `add`'s in-bounds promise.
-                    _mm512_maskz_loadu_ps(hi, at.wrapping_add(16)),
-                    _mm512_maskz_loadu_ps(kp, wp.add(r.weight0 + t * r.weight_step)),
-                )
-            };
-            let (vx, vy) = (
-                _mm512_permutex2var_ps(xy_lo, even, xy_hi),
-                _mm512_permutex2var_ps(xy_lo, odd, xy_hi),
-            );
-            let by = _mm512_set1_ps(r.base[0][t]);
-            let bx = _mm512_set1_ps(r.base[1][t]);
-            let py = _mm512_add_ps(by, _mm512_mul_ps(_mm512_add_ps(tap_y, vy), scale_y));
-            let px = _mm512_add_ps(bx, _mm512_mul_ps(_mm512_add_ps(tap_x, vx), scale_x));
+            // SAFETY: t < len, element t's runs inside their slices (checked above).
+            let (py, px, w) = unsafe { positions.at(t, r.pair0, r.weight0) };
             // SAFETY: row i < 16 of each [16; 16] tile.
             unsafe {
                 _mm512_storeu_ps(tile[0][i].as_mut_ptr(), py);
@@ -286,14 +339,8 @@ pub(super) unsafe fn points_row<const NZ: usize>(
         r.inside(d, out.len()),
         "points_row: runs inside their tensors, planes inside the image, at most 16 points"
     );
-    let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
-    let (lo2, hi2, kp) = (lanes(2 * p), lanes((2 * p).saturating_sub(16)), lanes(p));
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    // SAFETY: the lanes enabled in `kp` address the first `p` values (checked above).
-    let per_point = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kp, v.as_ptr()) };
-    let (tap_y, tap_x) = (per_point(runs.tap[0]), per_point(runs.tap[1]));
-    let (scale_y, scale_x) = (per_point(runs.scale[0]), per_point(runs.scale[1]));
+    // SAFETY: at most 16 points, taps and scales for each (`inside`, checked above).
+    let positions = unsafe { Positions16::new(runs) };
     // Per point: its plane's size and the element offset of its first pixel (all below 2^31:
     // the image is, checked above).
     let (mut ph, mut pw, mut ps) = ([0i32; 16], [0i32; 16], [0i32; 16]);
@@ -312,7 +359,6 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     let cv = _mm512_set1_epi32(c as i32);
     let row = _mm512_mullo_epi32(wi, cv);
     let zero = _mm512_setzero_ps();
-    let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
@@ -320,26 +366,9 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     // corners' element offsets (-1: outside) and weights, a row of 16 per corner.
     let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
         let start = _mm512_add_epi32(first, _mm512_set1_epi32(lo as i32));
-        // SAFETY: element t's pairs and weights lie inside their slices (checked above);
-        // masked-off lanes are not accessed.
-        let (xy_lo, xy_hi, vm) = unsafe {
-            let at = pp.add(pair0 + t * runs.pair_step);
-            (
-                _mm512_maskz_loadu_ps(lo2, at),
-                // Past the run when `hi2` is empty: formed without `add`'s in-bounds promise.
-                _mm512_maskz_loadu_ps(hi2, at.wrapping_add(16)),
-                _mm512_maskz_loadu_ps(kp, wp.add(weight0 + t * runs.weight_step)),
-            )
-        };
-        let (vx, vy) = (
-            _mm512_permutex2var_ps(xy_lo, even, xy_hi),
-            _mm512_permutex2var_ps(xy_lo, odd, xy_hi),
-        );
-        let by = _mm512_set1_ps(runs.base[0][t]);
-        let bx = _mm512_set1_ps(runs.base[1][t]);
+        // SAFETY: t < len, each group's runs inside their slices (`inside`, checked above).
+        let (py, px, vm) = unsafe { positions.at(t, pair0, weight0) };
         // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
-        let py = _mm512_add_ps(by, _mm512_mul_ps(_mm512_add_ps(tap_y, vy), scale_y));
-        let px = _mm512_add_ps(bx, _mm512_mul_ps(_mm512_add_ps(tap_x, vx), scale_x));
         let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
         let plane = Plane16 {
             hf,
@@ -351,7 +380,8 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             row,
             outside: _mm512_set1_epi32(-1),
         };
-        let Corners16 { idx: iv, w: wv, .. } = corners16::<true>((py, px, vm), kp, false, &plane);
+        let Corners16 { idx: iv, w: wv, .. } =
+            corners16::<true>((py, px, vm), positions.points, false, &plane);
         for j in 0..4 {
             // SAFETY: 16 values each.
             unsafe {
