@@ -11,7 +11,7 @@ use crate::conventions::dcnv3::{
 use crate::element::Element;
 use crate::error::Result;
 use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Ix4};
-use num_traits::{FromPrimitive, Zero};
+use num_traits::FromPrimitive;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -27,10 +27,9 @@ struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
     ops: &'o Dcnv3Operands<'a, T>,
     shape: Shape,
-    /// `base_y` of each output row and `base_x` of each output column, in the accumulation type
-    /// (rounded once from f64, as per element before).
-    by: Vec<T::Acc>,
-    bx: Vec<T::Acc>,
+    /// `base_y` and `base_x` of each output pixel in row-major order, in the accumulation type
+    /// (rounded once from f64): a core row's bases are a slice of each.
+    base: [Vec<T::Acc>; 2],
     /// `tap_y * dil_y` and `tap_x * dil_x` of each point, and the offset scale (also as one per
     /// point).
     taps: [Vec<T::Acc>; 2],
@@ -57,8 +56,14 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             // in L1 (a 512-channel pixel's groups at once did not).
             block: (256 / (g.d * std::mem::size_of::<T::Acc>()).max(1)).max(1),
         };
-        let by = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
-        let bx = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
+        let by: Vec<_> = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
+        let bx: Vec<_> = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
+        let base = [
+            by.iter()
+                .flat_map(|&b| std::iter::repeat_n(b, g.wo))
+                .collect(),
+            (0..g.ho).flat_map(|_| bx.iter().copied()).collect(),
+        ];
         let tap = |f: fn((usize, usize), [usize; 2]) -> usize| {
             (0..g.points)
                 .map(|p| Self::acc(f(g.tap(p), [g.dil[0], g.dil[1]]) as f64))
@@ -75,8 +80,7 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             g,
             ops,
             shape,
-            by,
-            bx,
+            base,
             taps,
             cols,
             scale: Self::acc(g.scale),
@@ -141,16 +145,10 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
         let masks = ops.mask.index_axis(Axis(0), n);
         let (o, mk) = (offs.as_slice()?, masks.as_slice()?);
         let (os, ms) = (offs.shape()[2], masks.shape()[2]);
-        let (mut oh, mut ow) = (pixels.start / g.wo, pixels.start % g.wo);
-        let mut base = [vec![T::Acc::zero(); len], vec![T::Acc::zero(); len]];
-        let [base_y, base_x] = &mut base;
-        for (by, bx) in base_y.iter_mut().zip(base_x.iter_mut()) {
-            (*by, *bx) = (self.by[oh], self.bx[ow]);
-            ow += 1;
-            if ow == g.wo {
-                (oh, ow) = (oh + 1, 0);
-            }
-        }
+        let base = self
+            .base
+            .each_ref()
+            .map(|b| &b[pixels.start..pixels.start + len]);
         Some(f(&PointRuns {
             pairs: o,
             pair0: pixels.start * os + ops.layout.offset(gi, 0, 0),
@@ -162,7 +160,7 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             len,
             tap: [&self.taps[0], &self.taps[1]],
             scale: [&self.scales, &self.scales],
-            base: [&base[0], &base[1]],
+            base,
         }))
     }
 
@@ -191,8 +189,8 @@ impl<T: Element> PointOp<T> for Op<'_, '_, T> {
             let (oh, ow) = (pix / g.wo, pix % g.wo);
             for (p, &[ox, oy, om]) in cols.iter().enumerate() {
                 let (tj, ti) = (self.taps[0][p], self.taps[1][p]);
-                y[p * len + t] = self.by[oh] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
-                x[p * len + t] = self.bx[ow] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
+                y[p * len + t] = self.base[0][pix] + (tj + offs[[oh, ow, oy]].to_acc()) * scale;
+                x[p * len + t] = self.base[1][pix] + (ti + offs[[oh, ow, ox]].to_acc()) * scale;
                 m[p * len + t] = masks[[oh, ow, om]].to_acc();
             }
         }
