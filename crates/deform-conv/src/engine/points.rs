@@ -72,6 +72,11 @@ impl Shape {
         self.c / self.d.max(1)
     }
 
+    /// Pixels of an image, every plane's together.
+    fn pixels(&self) -> usize {
+        self.planes.iter().map(|&(h, w)| h * w).sum()
+    }
+
     /// Where each plane starts in the copied image (in pixels), and the copy's length.
     fn bases(&self) -> (Vec<usize>, usize) {
         let mut at = 0;
@@ -451,7 +456,7 @@ fn describe<T: Element, O: PointOp<T>>(
 pub(crate) fn forward<T: Element, O: PointOp<T>>(
     op: &O,
     isa: Isa,
-    rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
+    mut rows: Vec<Vec<ArrayViewMut2<'_, MaybeUninit<T>>>>,
 ) -> Result<()> {
     let k = kernels_for::<T::Acc>(isa)?;
     let sh = op.shape();
@@ -472,7 +477,6 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
     let bases: Vec<u32> = bases.iter().map(|&b| b as u32).collect();
     let runs = plane_runs(op);
     let work = (sh.n * elements(op) * sh.points) as f64 * c as f64 * 4.0;
-    let mut rows = rows;
     if let Some(f) = in_place(op, k, &mut rows) {
         return threads::serial_if_small(work, || forward_in_place(op, f, rows));
     }
@@ -532,11 +536,10 @@ fn one_pass<'k, T: Element, O: PointOp<T>>(
     k: &'k Kernels<T::Acc>,
 ) -> Option<&'k PointKernels<T::Acc>> {
     let sh = op.shape();
-    let pixels: usize = sh.planes.iter().map(|&(h, w)| h * w).sum();
     let f = k
         .points
         .as_ref()
-        .filter(|f| (f.fits)(sh.d, sh.points, pixels.saturating_mul(sh.c)))?;
+        .filter(|f| (f.fits)(sh.d, sh.points, sh.pixels().saturating_mul(sh.c)))?;
     (0..sh.n)
         .all(|n| op.image(n).and_then(T::as_acc).is_some())
         .then_some(f)
@@ -551,9 +554,9 @@ fn in_place<'k, T: Element, O: PointOp<T>>(
 ) -> Option<&'k PointKernels<T::Acc>> {
     let sh = op.shape();
     let f = one_pass(op, k)?;
+    // Contiguity is a tensor's: row 0 tells for every row of an image.
     let runs = (0..sh.n).all(|n| {
-        (0..sh.rows.min(1))
-            .all(|r| op.with_runs([n, r, 0], 0, |r| acc_runs(r).is_some()) == Some(true))
+        sh.rows == 0 || op.with_runs([n, 0, 0], 0, |r| acc_runs(r).is_some()) == Some(true)
     });
     let outs = rows
         .iter_mut()
@@ -813,7 +816,7 @@ where
     let sh = op.shape();
     let (c, d) = (sh.c, sh.d);
     let planes = point_planes(op);
-    let len_img = sh.planes.iter().map(|&(h, w)| h * w).sum::<usize>() * c;
+    let len_img = sh.pixels() * c;
     let mut dx_lines = Lines::new("input gradient lanes", len_img, lanes)?;
     let stride = dx_lines.stride;
     let dx = dx_lines.all();
