@@ -191,8 +191,9 @@ pub(crate) type DescribePointsFn<A> = fn(&PointRuns<'_, A, A>, &mut [A], &mut [A
 
 /// One row of the point core's forward straight from the operator's tensors: for each element
 /// `t` of `runs` and each group (its runs at `[pair0, weight0]` instead of `runs`' own, its
-/// channels from `lo`: `groups` holds `[pair0, weight0, lo]`), `out[t*c + lo ..][..d] = sum_k m_k * bilinear_k` over the group's points in
-/// order, the positions and weights as [`DescribePointsFn`] forms them, the descriptors as
+/// channels from `lo`: `groups` holds `[pair0, weight0, lo]`), `out[t*c + lo ..][..d] = sum_k
+/// m_k * bilinear_k` over the group's points in order, the positions and weights as
+/// [`DescribePointsFn`] forms them, the descriptors as
 /// `sample_row` forms them (absolute positions), each sample's corners combined as
 /// `gather_points` does: the bits of the three passes. Point `k` samples the plane `planes[k] =
 /// [h, w, first pixel]` of the channels-last `image` (`c` values a pixel) in place; a corner
