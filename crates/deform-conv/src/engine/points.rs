@@ -770,16 +770,16 @@ where
     })
 }
 
-/// A lane's rows (with their indices) and its input-gradient image.
-type Lane<'a, G, A> = (Vec<(usize, G)>, &'a mut [A]);
+/// A lane's rows (with their indices) and what it accumulates into (`L`).
+type Lane<G, L> = (Vec<(usize, G)>, L);
 
 /// The rows (`total` of them) dealt to the lanes: lane `l` gets rows `[l*R/L, (l+1)*R/L)` with
 /// their indices, fixed by the shape alone.
-fn deal<'a, G, A: 'a>(
+fn deal<G, L>(
     rows: Vec<G>,
-    lanes: impl ExactSizeIterator<Item = &'a mut [A]>,
+    lanes: impl ExactSizeIterator<Item = L>,
     total: usize,
-) -> Vec<Lane<'a, G, A>> {
+) -> Vec<Lane<G, L>> {
     let n = lanes.len();
     let mut rows = rows.into_iter().enumerate();
     lanes
@@ -792,6 +792,59 @@ fn deal<'a, G, A: 'a>(
             (mine, lane)
         })
         .collect()
+}
+
+/// Per plane, the pixels (of the whole image) a lane's input gradient holds: zeroed as the
+/// lane's rows reach them, so only what its corners can touch is zeroed, scattered into and
+/// summed, while the lines are still in cache.
+type Hulls = Vec<Range<usize>>;
+
+/// Grows `hull` (pixels of the whole image) to cover the pixels the points `ys` (positions in
+/// rows of `plane` = `[h, w, first pixel]`) can touch, zeroing what it adds in `dx` (`c` values
+/// a pixel). A corner lies in row `floor(y)` or the next; NaN positions touch nothing. One row
+/// of margin either side.
+fn cover<A: Real>(
+    hull: &mut Range<usize>,
+    ys: &[A],
+    [h, w, first]: [usize; 3],
+    c: usize,
+    dx: &mut [A],
+) {
+    // Sixteen independent minima and maxima (the loop vectorises), then folded.
+    let (mut lo, mut hi) = ([A::infinity(); 16], [A::neg_infinity(); 16]);
+    let mut chunks = ys.chunks_exact(16);
+    for ch in chunks.by_ref() {
+        for i in 0..16 {
+            (lo[i], hi[i]) = (lo[i].min(ch[i]), hi[i].max(ch[i]));
+        }
+    }
+    for (i, &y) in chunks.remainder().iter().enumerate() {
+        (lo[i], hi[i]) = (lo[i].min(y), hi[i].max(y));
+    }
+    let lo = lo.into_iter().fold(A::infinity(), A::min);
+    let hi = hi.into_iter().fold(A::neg_infinity(), A::max);
+    if lo > hi || h == 0 {
+        return;
+    }
+    let row = |v: A, shift: f64| {
+        (v.floor().to_f64().unwrap_or(0.0) + shift).clamp(0.0, (h - 1) as f64) as usize
+    };
+    let (r0, r1) = (row(lo, -1.0), row(hi, 2.0));
+    let want = first + r0 * w..first + (r1 + 1) * w;
+    let zero = |px: Range<usize>, dx: &mut [A]| dx[px.start * c..px.end * c].fill(A::zero());
+    if hull.end <= hull.start {
+        zero(want.clone(), dx);
+        *hull = want;
+        return;
+    }
+    if want.start < hull.start {
+        zero(want.start..hull.start, dx);
+        hull.start = want.start;
+    }
+    if want.end > hull.end {
+        zero(hull.end..want.end, dx);
+        hull.end = want.end;
+    }
 }
 
 /// [`backward`] through [`one_pass`]'s kernel: the image read in place, the lanes laid out as
@@ -820,18 +873,21 @@ where
     let mut dx_lines = Lines::new("input gradient lanes", len_img, lanes)?;
     let stride = dx_lines.stride;
     let dx = dx_lines.all();
+    let mut hulls: Vec<Hulls> = vec![vec![0..0; sh.planes.len()]; lanes];
     let scratch = PerWorker::new();
     for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
         let Some(image) = op.image(n).and_then(T::as_acc) else {
             unreachable!("`one_pass` checked every image")
         };
-        threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(T::Acc::zero()));
+        hulls.iter_mut().flatten().for_each(|h| *h = 0..0);
         let work_lanes = deal(
             rows,
-            dx.chunks_mut(stride).map(|l| &mut l[..len_img]),
+            dx.chunks_mut(stride)
+                .map(|l| &mut l[..len_img])
+                .zip(hulls.iter_mut()),
             sh.rows,
         );
-        for_each_item(work_lanes, |(mine, lane_dx), w| {
+        for_each_item(work_lanes, |(mine, (lane_dx, hull)), w| {
             scratch.with(
                 w,
                 || RowScratch::new(sh.row_len, c, sh.points, 1),
@@ -842,6 +898,10 @@ where
                         dout(n, r, &mut s.tmp[..len * c]);
                         for g in 0..sh.groups() {
                             describe(op, k, [n, r, g], len, s);
+                            for (point, &plane) in planes.iter().enumerate() {
+                                let ys = &s.y[point * len..(point + 1) * len];
+                                cover(&mut hull[op.plane_of(point)], ys, plane, c, lane_dx);
+                            }
                             let RowScratch {
                                 y,
                                 x,
@@ -877,16 +937,19 @@ where
                 },
             )
         });
-        store_lanes::<T>(sh, (&dx[..], stride, lanes), dx_image);
+        store_lanes::<T>(sh, (&dx[..], stride, &hulls), dx_image);
     }
     Ok(())
 }
 
-/// [`backward_in_place`]'s input gradient: each element the lanes' sum (in lane order) of the
-/// lanes laid out as `out` (`lanes` of them, `stride` apart). Pixels in parallel chunks.
+/// [`backward_in_place`]'s input gradient: each element the sum (in lane order) of the lanes
+/// (laid out as `out`, `stride` apart) whose hulls hold its pixel, `+0` where none does. The
+/// same bits as summing every lane: the lanes outside their hulls would add `+0`, an exact
+/// identity for a lane's sums (which start at `+0` and add products, so are never `-0`).
+/// Pixels in parallel chunks.
 fn store_lanes<T: Element>(
     sh: &Shape,
-    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    (dx, stride, hulls): (&[T::Acc], usize, &[Hulls]),
     out: ArrayViewMut2<'_, MaybeUninit<T>>,
 ) {
     let c = sh.c;
@@ -898,22 +961,28 @@ fn store_lanes<T: Element>(
     for_each_item(tasks, |(i, mut part), _| {
         let mut sum = vec![T::Acc::zero(); c];
         for (p, px) in part.outer_iter_mut().enumerate() {
-            store_run::<T>((dx, stride, lanes), (i * chunk_px + p) * c, &mut sum, px);
+            let at = i * chunk_px + p;
+            let holding = (0..hulls.len()).filter(|&l| hulls[l].iter().any(|h| h.contains(&at)));
+            store_run::<T>((dx, stride, holding), at * c, &mut sum, px);
         }
     });
 }
 
-/// `run` = the lanes' values at `from .. from + sum.len()` summed in lane order (in `sum`).
+/// `run` = the values at `from .. from + sum.len()` of the lanes `lanes` (of `dx`, `stride`
+/// apart) summed in lane order (in `sum`); `+0` for no lane.
 fn store_run<T: Element>(
-    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    (dx, stride, lanes): (&[T::Acc], usize, impl Iterator<Item = usize>),
     from: usize,
     sum: &mut [T::Acc],
     mut run: ndarray::ArrayViewMut1<'_, MaybeUninit<T>>,
 ) {
     let n = sum.len();
-    sum.copy_from_slice(&dx[from..from + n]);
-    for l in 1..lanes {
-        let lane = &dx[l * stride + from..l * stride + from + n];
+    let mut lanes = lanes.map(|l| &dx[l * stride + from..l * stride + from + n]);
+    match lanes.next() {
+        Some(first) => sum.copy_from_slice(first),
+        None => sum.fill(T::Acc::zero()),
+    }
+    for lane in lanes {
         sum.iter_mut().zip(lane).for_each(|(v, x)| *v += *x);
     }
     let store = |(o, v): (&mut MaybeUninit<T>, &T::Acc)| {
@@ -951,7 +1020,7 @@ fn store_dx<T: Element>(
             let s = at + i;
             for (g, run) in px.exact_chunks_mut(d).into_iter().enumerate() {
                 let run = run.into_shape_with_order(d).expect("a run of d channels");
-                store_run::<T>((dx, stride, lanes), g * image * d + s * d, &mut sum, run);
+                store_run::<T>((dx, stride, 0..lanes), g * image * d + s * d, &mut sum, run);
             }
         }
     });
