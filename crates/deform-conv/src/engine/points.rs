@@ -23,7 +23,9 @@
 //! group's neighbouring corners are neighbours in memory.
 //! Forward: rows in parallel, the sums formed point by point in a fixed order. Backward: rows
 //! dealt to `blocking::LANES` fixed lanes (one where the samples are few for the image), each
-//! with its own input-gradient image, summed in lane order as each pixel is stored. Outputs
+//! with its own input-gradient image, zeroed only where its rows' corners can reach (a hull of
+//! rows per group and plane, grown as the rows come: [`cover`]) and summed in lane order over
+//! the lanes that hold a pixel as it is stored. Outputs
 //! and gradients are written in full (their buffers start unwritten, `alloc::Written`).
 //! Same bits for any thread count and either route; memory bounded by `LANES + 1` images.
 
@@ -686,12 +688,23 @@ where
         let dx = dx_lines.all();
         let scratch = PerWorker::new();
         let (zero, one) = (T::Acc::zero(), T::Acc::one());
+        // Per lane, a hull for each (group, plane), in pixels of the copy.
+        let planes = sh.planes.len();
+        let mut hulls: Vec<Hulls> = vec![vec![0..0; sh.groups() * planes]; lanes];
+        // Per point: its plane's `[h, w, first pixel of the copy]` and index.
+        let copy_planes: Vec<([usize; 3], usize)> = (0..sh.points)
+            .map(|k| {
+                let q = op.plane_of(k);
+                let (h, w) = sh.planes[q];
+                ([h, w, bases[q]], q)
+            })
+            .collect();
         for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
             copy_image(op, n, xt);
-            threads::for_each_chunk(dx, 1 << 16, |_, part, _| part.fill(zero));
-            let work_lanes = deal(rows, dx.chunks_mut(stride).map(|l| &mut l[..]), sh.rows);
+            hulls.iter_mut().flatten().for_each(|h| *h = 0..0);
+            let work_lanes = deal(rows, dx.chunks_mut(stride).zip(hulls.iter_mut()), sh.rows);
             let xt = &*xt;
-            for_each_item(work_lanes, |(mine, lane_dx), w| {
+            for_each_item(work_lanes, |(mine, (lane_dx, hull)), w| {
                 scratch.with(
                     w,
                     || RowScratch::new(sh.row_len, c, sh.points, 1),
@@ -704,6 +717,10 @@ where
                                 let group = g * image * d..(g + 1) * image * d;
                                 let (xg, dxg) = (&xt[group.clone()], &mut lane_dx[group]);
                                 describe(op, k, [n, r, g], len, s);
+                                for (point, &(plane, q)) in copy_planes.iter().enumerate() {
+                                    let ys = &s.y[point * len..(point + 1) * len];
+                                    cover(&mut hull[g * planes + q], ys, plane, d, dxg);
+                                }
                                 for point in 0..sh.points {
                                     sample(op, k, point..point + 1, (len, 0), true, s);
                                     let base = bases[op.plane_of(point)] * d;
@@ -764,7 +781,7 @@ where
                     },
                 )
             });
-            store_dx(sh, (&dx[..], stride, lanes), dx_image);
+            store_dx(sh, (&dx[..], stride, &hulls), dx_image);
         }
         Ok(())
     })
@@ -994,33 +1011,36 @@ fn store_run<T: Element>(
     }
 }
 
-/// Image `n`'s input gradient, `[pixels of every plane, C]`: the lanes' sums (in lane order) of
-/// each pixel of the group-major lanes `dx` (`lanes` of them, `stride` apart). Pixels in
-/// parallel chunks.
+/// Image `n`'s input gradient, `[pixels of every plane, C]`: per pixel and group, the sum (in
+/// lane order) of the group-major lanes `dx` (`stride` apart) whose hull for that (group,
+/// plane) holds the pixel (as [`store_lanes`]). Pixels in parallel chunks.
 fn store_dx<T: Element>(
     sh: &Shape,
-    (dx, stride, lanes): (&[T::Acc], usize, usize),
+    (dx, stride, hulls): (&[T::Acc], usize, &[Hulls]),
     out: ArrayViewMut2<'_, MaybeUninit<T>>,
 ) {
     let (d, (_, image)) = (sh.d, sh.bases());
+    let planes = sh.planes.len();
     let chunk_px = copy_chunk(sh);
-    // (pixel of the copy, the output's pixels from there)
+    // (plane, pixel of the copy, the output's pixels from there)
     let mut tasks = Vec::new();
     let (mut rest, mut at) = (out, 0);
-    for &(h, w) in &sh.planes {
+    for (q, &(h, w)) in sh.planes.iter().enumerate() {
         let (plane, r) = rest.split_at(Axis(0), h * w);
         for (i, part) in pieces(plane, Axis(0), chunk_px).into_iter().enumerate() {
-            tasks.push((at + i * chunk_px, part));
+            tasks.push((q, at + i * chunk_px, part));
         }
         (rest, at) = (r, at + h * w + 1);
     }
-    for_each_item(tasks, |(at, mut part), _| {
+    for_each_item(tasks, |(q, at, mut part), _| {
         let mut sum = vec![T::Acc::zero(); d];
         for (i, mut px) in part.outer_iter_mut().enumerate() {
             let s = at + i;
             for (g, run) in px.exact_chunks_mut(d).into_iter().enumerate() {
                 let run = run.into_shape_with_order(d).expect("a run of d channels");
-                store_run::<T>((dx, stride, 0..lanes), g * image * d + s * d, &mut sum, run);
+                let hull = g * planes + q;
+                let holding = (0..hulls.len()).filter(|&l| hulls[l][hull].contains(&s));
+                store_run::<T>((dx, stride, holding), g * image * d + s * d, &mut sum, run);
             }
         }
     });
