@@ -12,8 +12,8 @@
 //! forward `gather_points` (each element's sum over the points in registers, stored once);
 //! backward per point `dot4_row` and `scatter_row` (fused where a table has `backward_row`).
 //!
-//! Where the table has one-pass rows for the shape ([`PointKernels`]: AVX-512 forward and
-//! backward, AVX2 forward, the portable bodies on the scalar table) and the image is the
+//! Where the table has one-pass rows for the shape ([`PointKernels`]: AVX-512's and AVX2's
+//! forward and backward, the portable bodies on the scalar table) and the image is the
 //! accumulation type, the image is read in place and each (row, group) is one kernel call doing
 //! the same operations as the passes below (the same bits): forward [`forward_in_place`] (each
 //! element's positions, descriptors and samples, from the operator's runs straight into the

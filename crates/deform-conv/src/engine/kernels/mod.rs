@@ -4,7 +4,7 @@
 //! over plain slices (one bounds check per channel run, none per element): the portable table.
 //! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
 //! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`,
-//! `avx2_f32`) and the point core's one-pass forward row; AVX-512, over the AVX2 table, the row
+//! `avx2_f32`) and the point core's one-pass rows of 8, 16 and 32 channels; AVX-512, over the AVX2 table, the row
 //! descriptors (`avx512_sample`), the panel GEMM's zmm tile and the point core's rows of 16 and
 //! 32 channels, one-pass forward and backward (`avx512_f32`). The point core's one-pass rows of
 //! the portable table ([`PointKernels`]) run on the scalar table only (compiled for AVX2 they
@@ -355,7 +355,8 @@ pub(crate) struct Kernels<A> {
     /// The point core's positions from runs (AVX-512 f32); `None`: `points::describe_runs`.
     pub describe_points: Option<DescribePointsFn<A>>,
     /// The point core's forward and backward rows in one pass, reading the image in place
-    /// (AVX-512 f32, groups of 16 and 32 channels); `None`: the image copy and the row kernels.
+    /// (f32: AVX2 groups of 8, 16 and 32 channels, AVX-512 of 16 and 32); `None`: the image
+    /// copy and the row kernels.
     pub points: Option<PointKernels<A>>,
 }
 
@@ -414,6 +415,17 @@ fn avx2_f32_table() -> Kernels<f32> {
     fn avx2_points_fits(d: usize, points: usize, image: usize) -> bool {
         matches!(d, 8 | 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
     }
+    fn avx2_points_backward(r: &PointsBack<'_, f32>, dx: &mut [f32], grads: [&mut [f32]; 3]) {
+        // SAFETY: as for `sample_row`; the kernel gets the run lengths it is written for
+        // (`avx2_points_fits`, checked again inside).
+        unsafe {
+            match r.d {
+                8 => avx2_f32::points_back::<1>(r, dx, grads),
+                16 => avx2_f32::points_back::<2>(r, dx, grads),
+                _ => avx2_f32::points_back::<4>(r, dx, grads),
+            }
+        }
+    }
     fn avx2_points_forward(r: &PointsRow<'_, f32>, out: &mut [std::mem::MaybeUninit<f32>]) {
         // SAFETY: as for `sample_row`; the kernel gets the run lengths it is written for
         // (`avx2_points_fits`, checked again inside).
@@ -435,12 +447,12 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
-        // The forward in one pass, explicit; the backward's copy and row kernels (the portable
-        // one-pass rows compiled for AVX2 measured slower: forward 1.04x, backward 1.3x).
+        // The forward and backward in one pass, explicit (the portable one-pass rows compiled
+        // for AVX2 measured slower than the copy and row kernels: forward 1.04x, backward 1.3x).
         points: Some(PointKernels {
             fits: avx2_points_fits,
             forward: avx2_points_forward,
-            backward: None,
+            backward: Some(avx2_points_backward),
         }),
     }
 }
