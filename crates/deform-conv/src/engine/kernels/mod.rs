@@ -4,9 +4,9 @@
 //! over plain slices (one bounds check per channel run, none per element): the portable table.
 //! Thin `#[target_feature]` wrappers compile it for AVX2+FMA. On top, for f32, each instruction
 //! set overrides only what it implements explicitly: AVX2 every row kernel (`avx2_sample`,
-//! `avx2_f32`) and the point core's one-pass rows of 8, 16 and 32 channels; AVX-512, over the AVX2 table, the row
-//! descriptors (`avx512_sample`), the panel GEMM's zmm tile and the point core's rows of 16 and
-//! 32 channels, one-pass forward and backward (`avx512_f32`). The point core's one-pass rows of
+//! `avx2_f32`) and the point core's one-pass rows of 8, 16 and 32 channels; AVX-512, over the
+//! AVX2 table, the row descriptors (`avx512_sample`), the panel GEMM's zmm tile and the point
+//! core's one-pass rows of 16 and 32 channels (`avx512_f32`). The point core's one-pass rows of
 //! the portable table ([`PointKernels`]) run on the scalar table only (compiled for AVX2 they
 //! measured slower than the row kernels). One table
 //! per (element type, instruction set), built once per process ([`table`]). The instruction set
