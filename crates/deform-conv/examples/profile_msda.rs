@@ -2,7 +2,7 @@
 //! 8 heads of 32, 4 points, every pixel a query) in a loop, for profilers:
 //! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`); a third
 //! argument `near` places each query's samples within a few pixels of its own position (as a
-//! trained encoder does) instead of uniformly.
+//! trained encoder does) instead of uniformly; `decoder` runs the decoder's 300 queries (uniform).
 mod common;
 use deform_conv::conventions::msda::{ms_deform_attn, ms_deform_attn_backward, MsdaParams};
 use ndarray::{Array, Array1, Array2};
@@ -27,6 +27,11 @@ fn main() {
     }));
     let value = Array::from_shape_simple_fn((1, s, m, d), || r() - 0.5);
     let near = args.get(3).is_some_and(|a| a == "near");
+    let queries = if args.get(3).is_some_and(|a| a == "decoder") {
+        300
+    } else {
+        s
+    };
     // Query q's own position, normalised (its level's pixel centre).
     let centre: Vec<(f32, f32)> = levels
         .iter()
@@ -39,7 +44,7 @@ fn main() {
             })
         })
         .collect();
-    let loc = Array::from_shape_fn((1, s, m, l, p, 2), |(_, q, _, lv, _, xy)| {
+    let loc = Array::from_shape_fn((1, queries, m, l, p, 2), |(_, q, _, lv, _, xy)| {
         let u = r();
         if !near {
             return u;
@@ -48,8 +53,8 @@ fn main() {
         let c = if xy == 0 { centre[q].0 } else { centre[q].1 };
         c + 4.0 * (u - 0.5) / size
     });
-    let attn = Array::from_shape_simple_fn((1, s, m, l, p), || r() / 16.0);
-    let gy = Array::from_elem((1, s, m * d), 0.01f32);
+    let attn = Array::from_shape_simple_fn((1, queries, m, l, p), || r() / 16.0);
+    let gy = Array::from_elem((1, queries, m * d), 0.01f32);
     let prm = MsdaParams::default();
     let t = Instant::now();
     for _ in 0..reps {

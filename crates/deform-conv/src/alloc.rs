@@ -135,6 +135,18 @@ pub(crate) fn try_vec_filled<T: Copy>(name: &str, len: usize, value: T) -> Resul
     Ok(data)
 }
 
+/// `s` with every element set to `value` (in parallel chunks), as the initialised slice it
+/// then is: an output the engine accumulates into in place.
+pub(crate) fn filled<A: Copy + Send + Sync>(s: &mut [MaybeUninit<A>], value: A) -> &mut [A] {
+    crate::engine::threads::for_each_chunk(s, 1 << 16, |_, part, _| {
+        part.fill(MaybeUninit::new(value))
+    });
+    let (ptr, len) = (s.as_mut_ptr().cast::<A>(), s.len());
+    // SAFETY: every element of `s` was written just above; `MaybeUninit<A>` has `A`'s size and
+    // alignment, and the new slice takes over `s`'s unique borrow for as long.
+    unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+}
+
 /// An empty vector with room for `len` elements, or [`DeformError::Allocation`].
 fn try_vec<T>(name: &str, len: usize, shape: &[usize]) -> Result<Vec<T>> {
     let mut data = Vec::new();

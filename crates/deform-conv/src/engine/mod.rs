@@ -36,7 +36,7 @@ mod plan;
 mod points;
 mod sample;
 mod scratch;
-mod threads;
+pub(crate) mod threads;
 
 pub use kernels::{active_isa, kernels_name, Isa};
 #[doc(hidden)]

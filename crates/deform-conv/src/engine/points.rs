@@ -887,23 +887,34 @@ where
     let (c, d) = (sh.c, sh.d);
     let planes = point_planes(op);
     let len_img = sh.pixels() * c;
-    let mut dx_lines = Lines::new("input gradient lanes", len_img, lanes)?;
+    // One lane and outputs of the accumulation type: the lane is the output itself, zeroed
+    // whole (no hulls, no lane to sum): the same bits.
+    let direct = lanes == 1
+        && T::as_acc_out(&mut []).is_some()
+        && dx_images.iter().all(|v| v.is_standard_layout());
+    let mut dx_lines = Lines::new(
+        "input gradient lanes",
+        if direct { 0 } else { len_img },
+        lanes,
+    )?;
     let stride = dx_lines.stride;
     let dx = dx_lines.all();
     let mut hulls: Vec<Hulls> = vec![vec![0..0; sh.planes.len()]; lanes];
     let scratch = PerWorker::new();
-    for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
+    for (n, (rows, mut dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
         let Some(image) = op.image(n).and_then(T::as_acc) else {
             unreachable!("`one_pass` checked every image")
         };
         hulls.iter_mut().flatten().for_each(|h| *h = 0..0);
-        let work_lanes = deal(
-            rows,
-            dx.chunks_mut(stride)
-                .map(|l| &mut l[..len_img])
-                .zip(hulls.iter_mut()),
-            sh.rows,
-        );
+        let lane_dx: Vec<&mut [T::Acc]> = if direct {
+            let Some(out) = dx_image.as_slice_mut().and_then(T::as_acc_out) else {
+                unreachable!("`direct` checked every output")
+            };
+            vec![crate::alloc::filled(out, T::Acc::zero())]
+        } else {
+            dx.chunks_mut(stride).map(|l| &mut l[..len_img]).collect()
+        };
+        let work_lanes = deal(rows, lane_dx.into_iter().zip(hulls.iter_mut()), sh.rows);
         for_each_item(work_lanes, |(mine, (lane_dx, hull)), w| {
             scratch.with(
                 w,
@@ -915,9 +926,11 @@ where
                         dout(n, r, &mut s.tmp[..len * c]);
                         for g in 0..sh.groups() {
                             describe(op, k, [n, r, g], len, s);
-                            for (point, &plane) in planes.iter().enumerate() {
-                                let ys = &s.y[point * len..(point + 1) * len];
-                                cover(&mut hull[op.plane_of(point)], ys, plane, c, lane_dx);
+                            if !direct {
+                                for (point, &plane) in planes.iter().enumerate() {
+                                    let ys = &s.y[point * len..(point + 1) * len];
+                                    cover(&mut hull[op.plane_of(point)], ys, plane, c, lane_dx);
+                                }
                             }
                             let RowScratch {
                                 y,
@@ -954,7 +967,9 @@ where
                 },
             )
         });
-        store_lanes::<T>(sh, (&dx[..], stride, &hulls), dx_image);
+        if !direct {
+            store_lanes::<T>(sh, (&dx[..], stride, &hulls), dx_image);
+        }
     }
     Ok(())
 }
