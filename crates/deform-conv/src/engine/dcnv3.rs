@@ -327,6 +327,45 @@ fn write_backward<T: Element>(
                     });
                 }
             }
+            // Contiguous rows (the usual case): element by element, each element's values into
+            // its own span of the row (a column at a time wrote one value a line).
+            let (len, pts) = (pg.len, g.points);
+            let cols: Vec<[usize; 3]> = (0..pts)
+                .map(|p| {
+                    let m = layout.mask(pg.g, p);
+                    [layout.offset(pg.g, p, 0), layout.offset(pg.g, p, 1), m]
+                })
+                .collect();
+            let width = off.ncols();
+            if let Some(o) = off.as_slice_mut() {
+                for (t, row) in o.chunks_exact_mut(width).enumerate().take(len) {
+                    for (p, &[cx, cy, cm]) in cols.iter().enumerate() {
+                        let at = p * len + t;
+                        row[cx].write(T::from_acc(pg.x[at] * scale));
+                        row[cy].write(T::from_acc(pg.y[at] * scale));
+                        if !separate_mask {
+                            row[cm].write(T::from_acc(pg.m[at]));
+                        }
+                    }
+                }
+                if let Some(mv) = mask.as_mut() {
+                    let mw = mv.ncols();
+                    if let Some(ms) = mv.as_slice_mut() {
+                        for (t, row) in ms.chunks_exact_mut(mw).enumerate().take(len) {
+                            for (p, &[_, _, cm]) in cols.iter().enumerate() {
+                                row[cm].write(T::from_acc(pg.m[p * len + t]));
+                            }
+                        }
+                        return;
+                    }
+                    for (p, &[_, _, cm]) in cols.iter().enumerate() {
+                        for (o, v) in mv.column_mut(cm).into_iter().zip(&pg.m[p * len..]) {
+                            o.write(T::from_acc(*v));
+                        }
+                    }
+                }
+                return;
+            }
             // Column by column: strided writes, no per-element 2-D index.
             for point in 0..g.points {
                 let at = point * pg.len..(point + 1) * pg.len;
