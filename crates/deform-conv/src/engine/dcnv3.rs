@@ -327,61 +327,30 @@ fn write_backward<T: Element>(
                     });
                 }
             }
-            // Contiguous rows (the usual case): element by element, each element's values into
-            // its own span of the row (a column at a time wrote one value a line).
-            let (len, pts) = (pg.len, g.points);
-            let cols: Vec<[usize; 3]> = (0..pts)
+            // Element by element: each element's values land in one span of its row (a
+            // column at a time wrote one value a line).
+            let len = pg.len;
+            let cols: Vec<[usize; 3]> = (0..g.points)
                 .map(|p| {
                     let m = layout.mask(pg.g, p);
                     [layout.offset(pg.g, p, 0), layout.offset(pg.g, p, 1), m]
                 })
                 .collect();
-            let width = off.ncols();
-            if let Some(o) = off.as_slice_mut() {
-                for (t, row) in o.chunks_exact_mut(width).enumerate().take(len) {
-                    for (p, &[cx, cy, cm]) in cols.iter().enumerate() {
-                        let at = p * len + t;
-                        row[cx].write(T::from_acc(pg.x[at] * scale));
-                        row[cy].write(T::from_acc(pg.y[at] * scale));
-                        if !separate_mask {
-                            row[cm].write(T::from_acc(pg.m[at]));
-                        }
+            for (t, mut row) in off.outer_iter_mut().enumerate().take(len) {
+                for (p, &[cx, cy, cm]) in cols.iter().enumerate() {
+                    let at = p * len + t;
+                    row[cx].write(T::from_acc(pg.x[at] * scale));
+                    row[cy].write(T::from_acc(pg.y[at] * scale));
+                    if !separate_mask {
+                        row[cm].write(T::from_acc(pg.m[at]));
                     }
                 }
-                if let Some(mv) = mask.as_mut() {
-                    let mw = mv.ncols();
-                    if let Some(ms) = mv.as_slice_mut() {
-                        for (t, row) in ms.chunks_exact_mut(mw).enumerate().take(len) {
-                            for (p, &[_, _, cm]) in cols.iter().enumerate() {
-                                row[cm].write(T::from_acc(pg.m[p * len + t]));
-                            }
-                        }
-                        return;
-                    }
-                    for (p, &[_, _, cm]) in cols.iter().enumerate() {
-                        for (o, v) in mv.column_mut(cm).into_iter().zip(&pg.m[p * len..]) {
-                            o.write(T::from_acc(*v));
-                        }
-                    }
-                }
-                return;
             }
-            // Column by column: strided writes, no per-element 2-D index.
-            for point in 0..g.points {
-                let at = point * pg.len..(point + 1) * pg.len;
-                for (xy, src) in [(0, &pg.x[at.clone()]), (1, &pg.y[at.clone()])] {
-                    let col = off.column_mut(layout.offset(pg.g, point, xy));
-                    for (o, v) in col.into_iter().zip(src) {
-                        o.write(T::from_acc(*v * scale));
+            if let Some(mv) = mask.as_mut() {
+                for (t, mut row) in mv.outer_iter_mut().enumerate().take(len) {
+                    for (p, &[_, _, cm]) in cols.iter().enumerate() {
+                        row[cm].write(T::from_acc(pg.m[p * len + t]));
                     }
-                }
-                let mv = mask.as_mut().unwrap_or(&mut *off);
-                for (o, v) in mv
-                    .column_mut(layout.mask(pg.g, point))
-                    .into_iter()
-                    .zip(&pg.m[at])
-                {
-                    o.write(T::from_acc(*v));
                 }
             }
         },
