@@ -287,13 +287,24 @@ fn write_backward<T: Element>(
             .collect(),
     };
     let (scale, layout) = (op.scale, ops.layout);
+    // Per group, each point's columns: offset x, offset y, mask.
+    let columns: Vec<Vec<[usize; 3]>> = (0..g.g)
+        .map(|gi| {
+            (0..g.points)
+                .map(|p| {
+                    let m = layout.mask(gi, p);
+                    [layout.offset(gi, p, 0), layout.offset(gi, p, 1), m]
+                })
+                .collect()
+        })
+        .collect();
     // Columns of the offset gradient no point names (DCNv4's padding): written zero.
     let mut named = vec![false; off_width];
-    for (gi, p) in (0..g.g).flat_map(|gi| (0..g.points).map(move |p| (gi, p))) {
-        named[layout.offset(gi, p, 0)] = true;
-        named[layout.offset(gi, p, 1)] = true;
+    for &[cx, cy, cm] in columns.iter().flatten() {
+        named[cx] = true;
+        named[cy] = true;
         if !separate_mask {
-            named[layout.mask(gi, p)] = true;
+            named[cm] = true;
         }
     }
     let padding: Vec<usize> = (0..off_width).filter(|&i| !named[i]).collect();
@@ -329,13 +340,7 @@ fn write_backward<T: Element>(
             }
             // Element by element: each element's values land in one span of its row (a
             // column at a time wrote one value a line).
-            let len = pg.len;
-            let cols: Vec<[usize; 3]> = (0..g.points)
-                .map(|p| {
-                    let m = layout.mask(pg.g, p);
-                    [layout.offset(pg.g, p, 0), layout.offset(pg.g, p, 1), m]
-                })
-                .collect();
+            let (len, cols) = (pg.len, &columns[pg.g]);
             for (t, mut row) in off.outer_iter_mut().enumerate().take(len) {
                 for (p, &[cx, cy, cm]) in cols.iter().enumerate() {
                     let at = p * len + t;

@@ -32,7 +32,7 @@
 use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
-    prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn, PointsRow, RowJob,
+    point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn, PointsRow, RowJob,
     PREFETCH_AHEAD,
 };
 use super::plan::kernels_for;
@@ -43,7 +43,7 @@ use crate::element::{Element, Real};
 use crate::error::Result;
 use crate::params::GradGate;
 use ndarray::{ArrayViewMut2, Axis};
-use num_traits::{One, Zero};
+use num_traits::Zero;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -329,6 +329,12 @@ impl<A: Real> RowScratch<A> {
             grads: std::array::from_fn(|_| vec![A::zero(); len * points]),
         }
     }
+
+    /// Group `g`'s position and weight gradients of a row of `len` elements, `points` points.
+    fn point_grads(&self, g: usize, len: usize, points: usize) -> PointGrads<'_, A> {
+        let [y, x, m] = self.grads.each_ref().map(|v| &v[..len * points]);
+        PointGrads { g, len, y, x, m }
+    }
 }
 
 /// The descriptors of points `pts` (of one plane; positions already in `s.y`, `s.x`, `s.m` at
@@ -567,13 +573,17 @@ fn in_place<'k, T: Element, O: PointOp<T>>(
     (runs && outs).then_some(f)
 }
 
-/// Per point: its plane's `[h, w, first pixel]` in the operator's image (no zero pixels).
-fn point_planes<T: Element, O: PointOp<T>>(op: &O) -> Vec<[usize; 3]> {
+/// Per point: its plane's `[h, w, first pixel]`, plane `q` starting at pixel `starts[q]`; no
+/// `starts`: the operator's image (no zero pixels between the planes).
+fn point_planes<T, O>(op: &O, starts: Option<&[usize]>) -> Vec<[usize; 3]>
+where
+    T: Element,
+    O: PointOp<T>,
+{
     let sh = op.shape();
-    let mut first = Vec::with_capacity(sh.planes.len());
-    let mut at = 0;
-    for &(h, w) in &sh.planes {
-        first.push([h, w, at]);
+    let (mut first, mut at) = (Vec::with_capacity(sh.planes.len()), 0);
+    for (q, &(h, w)) in sh.planes.iter().enumerate() {
+        first.push([h, w, starts.map_or(at, |s| s[q])]);
         at += h * w;
     }
     (0..sh.points).map(|k| first[op.plane_of(k)]).collect()
@@ -588,7 +598,7 @@ fn forward_in_place<T: Element, O: PointOp<T>>(
 ) -> Result<()> {
     let sh = op.shape();
     let (c, d) = (sh.c, sh.d);
-    let planes = point_planes(op);
+    let planes = point_planes(op, None);
     for (n, image_rows) in rows.into_iter().enumerate() {
         let Some(image) = op.image(n).and_then(T::as_acc) else {
             unreachable!("`in_place` checked every image")
@@ -687,18 +697,11 @@ where
         let stride = dx_lines.stride;
         let dx = dx_lines.all();
         let scratch = PerWorker::new();
-        let (zero, one) = (T::Acc::zero(), T::Acc::one());
+        let zero = T::Acc::zero();
         // Per lane, a hull for each (group, plane), in pixels of the copy.
         let planes = sh.planes.len();
         let mut hulls: Vec<Hulls> = vec![vec![0..0; sh.groups() * planes]; lanes];
-        // Per point: its plane's `[h, w, first pixel of the copy]` and index.
-        let copy_planes: Vec<([usize; 3], usize)> = (0..sh.points)
-            .map(|k| {
-                let q = op.plane_of(k);
-                let (h, w) = sh.planes[q];
-                ([h, w, bases[q]], q)
-            })
-            .collect();
+        let copy_planes = point_planes(op, Some(&bases));
         for (n, (rows, dx_image)) in grad_rows.into_iter().zip(dx_images).enumerate() {
             copy_image(op, n, xt);
             hulls.iter_mut().flatten().for_each(|h| *h = 0..0);
@@ -717,10 +720,8 @@ where
                                 let group = g * image * d..(g + 1) * image * d;
                                 let (xg, dxg) = (&xt[group.clone()], &mut lane_dx[group]);
                                 describe(op, k, [n, r, g], len, s);
-                                for (point, &(plane, q)) in copy_planes.iter().enumerate() {
-                                    let ys = &s.y[point * len..(point + 1) * len];
-                                    cover(&mut hull[g * planes + q], ys, plane, d, dxg);
-                                }
+                                let hull = &mut hull[g * planes..(g + 1) * planes];
+                                cover(op, hull, (&s.y, len), &copy_planes, d, dxg);
                                 for point in 0..sh.points {
                                     sample(op, k, point..point + 1, (len, 0), true, s);
                                     let base = bases[op.plane_of(point)] * d;
@@ -750,32 +751,15 @@ where
                                         &mut gm[at..at + len],
                                     );
                                     for (t, a) in dots[..4 * len].chunks_exact(4).enumerate() {
-                                        let (ly, lx, mt) = (rs.ly[t], rs.lx[t], rs.m[t]);
-                                        let (hy, hx) = (one - ly, one - lx);
-                                        (gy[t], gx[t], gm[t]) = if rs.grad[t] {
-                                            (
-                                                mt * (hx * (a[2] - a[0]) + lx * (a[3] - a[1])),
-                                                mt * (hy * (a[1] - a[0]) + ly * (a[3] - a[2])),
-                                                hy * hx * a[0]
-                                                    + hy * lx * a[1]
-                                                    + ly * hx * a[2]
-                                                    + ly * lx * a[3],
-                                            )
+                                        [gy[t], gx[t], gm[t]] = if rs.grad[t] {
+                                            let a = [a[0], a[1], a[2], a[3]];
+                                            point_grads(a, [rs.ly[t], rs.lx[t], rs.m[t]])
                                         } else {
-                                            (zero, zero, zero)
+                                            [zero; 3]
                                         };
                                     }
                                 }
-                                let all = len * sh.points;
-                                let [gy, gx, gm] = &s.grads;
-                                let pg = PointGrads {
-                                    g,
-                                    len,
-                                    y: &gy[..all],
-                                    x: &gx[..all],
-                                    m: &gm[..all],
-                                };
-                                put(&mut sink, &pg);
+                                put(&mut sink, &s.point_grads(g, len, sh.points));
                             }
                         }
                     },
@@ -811,22 +795,50 @@ fn deal<G, L>(
         .collect()
 }
 
-/// Per plane, the pixels (of the whole image) a lane's input gradient holds: zeroed as the
-/// lane's rows reach them, so only what its corners can touch is zeroed, scattered into and
-/// summed, while the lines are still in cache.
+/// Per plane (per group and plane in the copy route), the pixels a lane's input gradient holds:
+/// zeroed as the lane's rows reach them ([`cover`]), so only what its corners can touch is
+/// zeroed, scattered into and summed, while the lines are still in cache.
 type Hulls = Vec<Range<usize>>;
 
-/// Grows `hull` (pixels of the whole image) to cover the pixels the points `ys` (positions in
-/// rows of `plane` = `[h, w, first pixel]`) can touch, zeroing what it adds in `dx` (`c` values
-/// a pixel). A corner lies in row `floor(y)` or the next; NaN positions touch nothing. One row
-/// of margin either side.
-fn cover<A: Real>(
-    hull: &mut Range<usize>,
-    ys: &[A],
-    [h, w, first]: [usize; 3],
+/// Grows the hulls of a row's points (`hulls[q]`: plane `q`'s, in the pixels `planes` count)
+/// to cover the pixels the points can touch, zeroing what they add in `dx` (`c` values a
+/// pixel). Point `k`'s positions are `ys[k*len ..][..len]`, in rows of its plane `planes[k]` =
+/// `[h, w, first pixel]`; a corner lies in row `floor(y)` or the next; NaN positions touch
+/// nothing. One row of margin either side.
+fn cover<T: Element, O: PointOp<T>>(
+    op: &O,
+    hulls: &mut [Range<usize>],
+    (ys, len): (&[T::Acc], usize),
+    planes: &[[usize; 3]],
     c: usize,
-    dx: &mut [A],
+    dx: &mut [T::Acc],
 ) {
+    let zero =
+        |px: Range<usize>, dx: &mut [T::Acc]| dx[px.start * c..px.end * c].fill(T::Acc::zero());
+    for (k, &plane) in planes.iter().enumerate() {
+        let Some(want) = rows_reached(&ys[k * len..(k + 1) * len], plane) else {
+            continue;
+        };
+        let hull = &mut hulls[op.plane_of(k)];
+        if hull.end <= hull.start {
+            zero(want.clone(), dx);
+            *hull = want;
+            continue;
+        }
+        if want.start < hull.start {
+            zero(want.start..hull.start, dx);
+            hull.start = want.start;
+        }
+        if want.end > hull.end {
+            zero(hull.end..want.end, dx);
+            hull.end = want.end;
+        }
+    }
+}
+
+/// The pixels of the rows the positions `ys` (in rows of `plane` = `[h, w, first pixel]`) can
+/// reach, one row of margin either side; `None` for none (no positions, all NaN, no rows).
+fn rows_reached<A: Real>(ys: &[A], [h, w, first]: [usize; 3]) -> Option<Range<usize>> {
     // Sixteen independent minima and maxima (the loop vectorises), then folded.
     let (mut lo, mut hi) = ([A::infinity(); 16], [A::neg_infinity(); 16]);
     let mut chunks = ys.chunks_exact(16);
@@ -841,27 +853,13 @@ fn cover<A: Real>(
     let lo = lo.into_iter().fold(A::infinity(), A::min);
     let hi = hi.into_iter().fold(A::neg_infinity(), A::max);
     if lo > hi || h == 0 {
-        return;
+        return None;
     }
     let row = |v: A, shift: f64| {
         (v.floor().to_f64().unwrap_or(0.0) + shift).clamp(0.0, (h - 1) as f64) as usize
     };
     let (r0, r1) = (row(lo, -1.0), row(hi, 2.0));
-    let want = first + r0 * w..first + (r1 + 1) * w;
-    let zero = |px: Range<usize>, dx: &mut [A]| dx[px.start * c..px.end * c].fill(A::zero());
-    if hull.end <= hull.start {
-        zero(want.clone(), dx);
-        *hull = want;
-        return;
-    }
-    if want.start < hull.start {
-        zero(want.start..hull.start, dx);
-        hull.start = want.start;
-    }
-    if want.end > hull.end {
-        zero(hull.end..want.end, dx);
-        hull.end = want.end;
-    }
+    Some(first + r0 * w..first + (r1 + 1) * w)
 }
 
 /// [`backward`] through [`one_pass`]'s kernel: the image read in place, the lanes laid out as
@@ -885,7 +883,7 @@ where
 {
     let sh = op.shape();
     let (c, d) = (sh.c, sh.d);
-    let planes = point_planes(op);
+    let planes = point_planes(op, None);
     let len_img = sh.pixels() * c;
     // One lane and outputs of the accumulation type: the lane is the output itself, zeroed
     // whole (no hulls, no lane to sum): the same bits.
@@ -927,10 +925,7 @@ where
                         for g in 0..sh.groups() {
                             describe(op, k, [n, r, g], len, s);
                             if !direct {
-                                for (point, &plane) in planes.iter().enumerate() {
-                                    let ys = &s.y[point * len..(point + 1) * len];
-                                    cover(&mut hull[op.plane_of(point)], ys, plane, c, lane_dx);
-                                }
+                                cover(op, hull, (&s.y, len), &planes, c, lane_dx);
                             }
                             let RowScratch {
                                 y,
@@ -954,14 +949,7 @@ where
                             };
                             let out = [&mut gy[..all], &mut gx[..all], &mut gm[..all]];
                             f(&row, lane_dx, out);
-                            let pg = PointGrads {
-                                g,
-                                len,
-                                y: &gy[..all],
-                                x: &gx[..all],
-                                m: &gm[..all],
-                            };
-                            put(&mut sink, &pg);
+                            put(&mut sink, &s.point_grads(g, len, sh.points));
                         }
                     }
                 },

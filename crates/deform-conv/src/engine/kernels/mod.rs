@@ -29,6 +29,7 @@ mod portable;
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
 #[cfg(target_arch = "x86_64")]
 use portable::avx2_gather_points;
+pub(crate) use portable::point_grads;
 use portable::{panel_gemm_for, portable};
 
 /// How many elements ahead the point core's position reads ask for an element's runs.

@@ -215,7 +215,7 @@ fn points_back_body<A: Real>(r: &PointsBack<'_, A>, dx: &mut [A], grads: [&mut [
         "points_back_body: rows inside their buffers, at most {POINTS_MAX} points and {RUN_MAX} \
          channels a group"
     );
-    let (zero, one) = (A::zero(), A::one());
+    let zero = A::zero();
     let zeros = [zero; RUN_MAX];
     let [gy, gx, gm] = grads;
     for (k, &plane) in r.planes.iter().enumerate() {
@@ -239,12 +239,22 @@ fn points_back_body<A: Real>(r: &PointsBack<'_, A>, dx: &mut [A], grads: [&mut [
                     }
                 }
             }
-            let (hy, hx) = (one - ly, one - lx);
-            gy[i] = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
-            gx[i] = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
-            gm[i] = hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3];
+            [gy[i], gx[i], gm[i]] = point_grads(a, [ly, lx, m]);
         }
     }
+}
+
+/// A sample's position and weight gradients `[d y, d x, d m]` from its four corner dot
+/// products `a` (`dout . corner`), its fractions `ly`, `lx` and its weight `m`: the point
+/// core's formulas in their order, which every backward route and table computes.
+#[inline(always)]
+pub(crate) fn point_grads<A: Real>(a: [A; 4], [ly, lx, m]: [A; 3]) -> [A; 3] {
+    let (hy, hx) = (A::one() - ly, A::one() - lx);
+    [
+        m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1])),
+        m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2])),
+        hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3],
+    ]
 }
 
 #[inline(always)]
