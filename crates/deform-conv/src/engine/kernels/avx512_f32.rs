@@ -257,24 +257,12 @@ pub(super) unsafe fn points_back<const NZ: usize>(
     grads: [&mut [f32]; 3],
 ) {
     let (len, c, lo) = (r.len, r.c, r.lo);
-    let p = r.planes.len();
     let d = 16 * NZ;
     if len == 0 {
         return;
     }
-    let pixels = r.image.len() / c.max(1);
-    let all = p * len;
     assert!(
-        r.d == d
-            && lo + d <= c
-            && r.image.len() < i32::MAX as usize
-            && dx.len() == r.image.len()
-            && (len - 1) * c + lo + d <= r.dout.len()
-            && [r.y, r.x, r.m].iter().all(|v| v.len() >= all)
-            && grads.iter().all(|v| v.len() >= all)
-            && r.planes.iter().all(
-                |&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels)
-            ),
+        r.inside(d, dx, &grads),
         "points_back: rows inside their buffers, planes inside the image"
     );
     let [gy, gx, gm] = grads;
@@ -404,8 +392,8 @@ pub(super) unsafe fn points_back<const NZ: usize>(
             gmv = _mm512_add_ps(gmv, _mm512_mul_ps(_mm512_mul_ps(ly, hx), a[2]));
             gmv = _mm512_add_ps(gmv, _mm512_mul_ps(_mm512_mul_ps(ly, lx), a[3]));
             for (out, v) in [(&mut *gy, gyv), (&mut *gx, gxv), (&mut *gm, gmv)] {
-                // SAFETY: entries at..at+n of a row of at least `all` (checked above); samples
-                // without gradients get +0.
+                // SAFETY: entries at..at+n of a row of `len` per point (`inside`, checked above);
+                // samples without gradients get +0.
                 unsafe {
                     _mm512_mask_storeu_ps(
                         out.as_mut_ptr().add(at),

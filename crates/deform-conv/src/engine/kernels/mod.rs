@@ -231,9 +231,7 @@ impl<A> PointsRow<'_, A> {
             && runs.tap.iter().chain(&runs.scale).all(|v| v.len() >= p)
             && runs.base.iter().all(|v| v.len() >= len)
             && self.planes.len() >= p
-            && self.planes[..p]
-                .iter()
-                .all(|&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels))
+            && planes_inside(&self.planes[..p], pixels)
     }
 
     /// Asks for the runs of element `t + PREFETCH_AHEAD` of the groups `gs` (a hint).
@@ -323,6 +321,31 @@ pub(crate) struct PointsBack<'a, A> {
     pub c: usize,
     pub lo: usize,
     pub d: usize,
+}
+
+impl<A> PointsBack<'_, A> {
+    /// Does every run a one-pass backward kernel for groups of `d` channels reads or writes lie
+    /// inside its slice (`dx` laid out as the image, each of `grads` a row of every point), with
+    /// an image below 2^31 values and each point's plane inside the image?
+    pub(crate) fn inside(&self, d: usize, dx: &[A], grads: &[&mut [A]; 3]) -> bool {
+        let (len, c, lo) = (self.len, self.c, self.lo);
+        let all = self.planes.len() * len;
+        self.d == d
+            && lo + d <= c
+            && self.image.len() < i32::MAX as usize
+            && dx.len() == self.image.len()
+            && len.saturating_sub(1) * c + lo + d <= self.dout.len()
+            && [self.y, self.x, self.m].iter().all(|v| v.len() >= all)
+            && grads.iter().all(|v| v.len() >= all)
+            && planes_inside(self.planes, self.image.len() / c.max(1))
+    }
+}
+
+/// Does each plane `[h, w, first pixel]` end within an image of `pixels` pixels?
+fn planes_inside(planes: &[[usize; 3]], pixels: usize) -> bool {
+    planes
+        .iter()
+        .all(|&[h, w, s]| h.checked_mul(w).and_then(|hw| hw.checked_add(s)) <= Some(pixels))
 }
 
 /// The point core's one-pass rows of a table ([`PointsRow`], [`PointsBack`]) and the shapes
