@@ -2,7 +2,7 @@
 //! tap), and the columns tile `cols[P x K*C/Gc]` (row = pixel, column = tap-major,
 //! channel-minor) gathered from the channels-last image.
 
-use super::kernels::RowJob;
+use super::kernels::{prefetch, RowJob};
 use super::plan::Plan;
 use super::sample::{RowArgs, RowSamples};
 use crate::element::{Element, Real};
@@ -86,6 +86,20 @@ impl<T: Element> Plan<'_, '_, T> {
             (*a).index_axis_move(Axis(0), n)
                 .index_axis_move(Axis(0), ch)
                 .index_axis_move(Axis(0), oh)
+        }
+        // The next output row's offsets and mask, asked for now: each (group, tap) plane is its
+        // own stream, too many for the hardware prefetchers, and a row is its next use.
+        if oh + 2 < g.ho {
+            let planes = [
+                Some(&self.ops.offset_y),
+                Some(&self.ops.offset_x),
+                self.ops.mask.as_ref(),
+            ];
+            for a in planes.into_iter().flatten() {
+                if let Some(next) = row_of(a, n, ch, oh + 2).to_slice() {
+                    prefetch(next);
+                }
+            }
         }
         let RowScratch { dy, dx, m, s, .. } = rs;
         let m: &[T::Acc] = match &self.ops.mask {
