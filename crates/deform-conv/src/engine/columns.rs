@@ -87,8 +87,8 @@ impl<T: Element> Plan<'_, '_, T> {
                 .index_axis_move(Axis(0), ch)
                 .index_axis_move(Axis(0), oh)
         }
-        // The next output row's offsets and mask, asked for now: each (group, tap) plane is its
-        // own stream, too many for the hardware prefetchers, and a row is its next use.
+        // The offsets and mask two output rows ahead, asked for now: each (group, tap) plane is
+        // its own stream, too many for the hardware prefetchers.
         if oh + 2 < g.ho {
             let planes = [
                 Some(&self.ops.offset_y),
