@@ -58,7 +58,11 @@ impl<T: Element> Plan<'_, '_, T> {
             match image.to_slice() {
                 Some(image) => {
                     let first = (dg * cdg * g.h + y) * g.w;
-                    transpose_rows(&image[first..], hw, dst.len() / cdg.max(1), cdg, dst);
+                    let px = dst.len() / cdg.max(1);
+                    match (self.k.transpose_rows, T::as_acc(&image[first..])) {
+                        (Some(kernel), Some(src)) => kernel(src, hw, px, cdg, dst),
+                        _ => transpose_rows(&image[first..], hw, px, cdg, dst),
+                    }
                 }
                 None => {
                     // Any other strides (a channels-last tensor, a view): element by element.

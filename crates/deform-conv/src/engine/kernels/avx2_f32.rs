@@ -518,3 +518,83 @@ pub(super) unsafe fn points_back<const V: usize>(
         }
     }
 }
+
+/// `dst[x*k + r] = src[r*row_stride + x]` for `r < k`, `x < w` (the engine's NCHW to
+/// channels-last copy, `pack::transpose_rows`): blocks of 8 rows by 8 pixels transposed in
+/// registers, one 8-channel store per pixel; the rest element by element. Copies only: the same
+/// bits.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn transpose_rows(
+    src: &[f32],
+    row_stride: usize,
+    w: usize,
+    k: usize,
+    dst: &mut [f32],
+) {
+    if w == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        (k - 1)
+            .checked_mul(row_stride)
+            .and_then(|v| v.checked_add(w))
+            .is_some_and(|end| end <= src.len())
+            && w.checked_mul(k).is_some_and(|n| n <= dst.len()),
+        "transpose_rows: k rows of w inside src, w pixels of k inside dst"
+    );
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut r0 = 0;
+    while r0 + 8 <= k {
+        let mut x = 0;
+        while x + 8 <= w {
+            // SAFETY: rows r0..r0+8 < k, elements x..x+8 <= w of each (checked above); pixels
+            // x..x+8 < w, channels r0..r0+8 <= k of each.
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(sp.add((r0 + i) * row_stride + x)));
+                let t = [
+                    _mm256_unpacklo_ps(r[0], r[1]),
+                    _mm256_unpackhi_ps(r[0], r[1]),
+                    _mm256_unpacklo_ps(r[2], r[3]),
+                    _mm256_unpackhi_ps(r[2], r[3]),
+                    _mm256_unpacklo_ps(r[4], r[5]),
+                    _mm256_unpackhi_ps(r[4], r[5]),
+                    _mm256_unpacklo_ps(r[6], r[7]),
+                    _mm256_unpackhi_ps(r[6], r[7]),
+                ];
+                // Pixels j and j + 4 of rows 0-3 (tt[j]) and of rows 4-7 (tt[4 + j]).
+                let tt = [
+                    _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                    _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                    _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                    _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                    _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                    _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                    _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                    _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+                ];
+                for j in 0..4 {
+                    let lo = _mm256_permute2f128_ps::<0x20>(tt[j], tt[4 + j]);
+                    let hi = _mm256_permute2f128_ps::<0x31>(tt[j], tt[4 + j]);
+                    _mm256_storeu_ps(dp.add((x + j) * k + r0), lo);
+                    _mm256_storeu_ps(dp.add((x + j + 4) * k + r0), hi);
+                }
+            }
+            x += 8;
+        }
+        for x in x..w {
+            for r in r0..r0 + 8 {
+                dst[x * k + r] = src[r * row_stride + x];
+            }
+        }
+        r0 += 8;
+    }
+    for r in r0..k {
+        for x in 0..w {
+            dst[x * k + r] = src[r * row_stride + x];
+        }
+    }
+}

@@ -152,6 +152,8 @@ pub(crate) struct RowJob<'a, A> {
 /// Descriptors of one row.
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
 /// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
+/// `(src, row_stride, w, k, dst)`: see `pack::transpose_rows`.
+pub(crate) type TransposeRowsFn<A> = fn(&[A], usize, usize, usize, &mut [A]);
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// `(job, points, xt, cols)`: the point core's forward row, `cols[t*stride + c'] = sum_k
 /// gather_k(t, c')` over `k < points` in order (the first stored, the others added: bitwise as
@@ -378,6 +380,9 @@ pub(crate) struct Kernels<A> {
     pub panel_gemm: Option<PanelGemmFn<A>>,
     /// The point core's positions from runs (AVX-512 f32); `None`: `points::describe_runs`.
     pub describe_points: Option<DescribePointsFn<A>>,
+    /// The NCHW image to channels-last copy in registers (AVX2 f32); `None`: `pack::transpose_rows`
+    /// element by element.
+    pub transpose_rows: Option<TransposeRowsFn<A>>,
     /// The point core's forward and backward rows in one pass, reading the image in place
     /// (f32: AVX2 groups of 8, 16 and 32 channels, AVX-512 of 16 and 32); `None`: the image
     /// copy and the row kernels.
@@ -436,6 +441,10 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::backward_row(job, dcol, xt, cols, acc, dx) }
     }
+    fn transpose_rows(src: &[f32], row_stride: usize, w: usize, k: usize, dst: &mut [f32]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::transpose_rows(src, row_stride, w, k, dst) }
+    }
     fn avx2_points_fits(d: usize, points: usize, image: usize) -> bool {
         matches!(d, 8 | 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
     }
@@ -471,6 +480,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
+        transpose_rows: Some(transpose_rows),
         // The forward and backward in one pass, explicit (the portable one-pass rows compiled
         // for AVX2 measured slower than the copy and row kernels: forward 1.04x, backward 1.3x).
         points: Some(PointKernels {

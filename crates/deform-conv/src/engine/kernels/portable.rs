@@ -434,6 +434,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
             describe_points: None,
+            transpose_rows: None,
             points: points_scalar::<A>(),
         },
         #[cfg(target_arch = "x86_64")]
@@ -447,6 +448,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
             describe_points: None,
+            transpose_rows: None,
             // Measured slower compiled for AVX2 than the copy and the row kernels (forward
             // 1.04x, backward 1.3x; the scalar compilation 0.87x, 0.86x).
             points: None,
