@@ -302,6 +302,41 @@ fn engine_matches_reference_on_wide_layers() {
     }
 }
 
+/// Groups whose channel runs are multiples of 16 (16 to 96 channels: the AVX-512 backward row's
+/// unrolled and looped runs), samples at and far outside the edges: every instruction set
+/// against the reference, and the same bits on each.
+#[test]
+fn engine_matches_reference_on_runs_of_16_channels() {
+    let mut rng = rng("engine_matches_reference_on_runs_of_16_channels");
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    let mut runs = std::collections::BTreeSet::new();
+    while runs.len() < 4 {
+        let p = problem_shaped(&mut rng, Offsets::Edges, 96, 8, 20, 2);
+        let c = p.x.shape()[1];
+        let (gc, g) = (
+            p.params.groups as usize,
+            p.params.deformable_groups as usize,
+        );
+        if !(c / gc).is_multiple_of(16) || !(c / g).is_multiple_of(16) {
+            continue;
+        }
+        runs.insert((c / gc).min(c / g));
+        let dy = grad_output(&mut rng, &p);
+        for gate in [GradGate::PerTap, GradGate::Open] {
+            let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);
+            let mut first: Option<Out<f32>> = None;
+            for &isa in &isas {
+                let e32 = run::<f32>(&p, &dy, gate, Backend::EngineIsa(isa));
+                compare(&e32, &r32, 2e-5);
+                match &first {
+                    None => first = Some(e32),
+                    Some(a) => assert!(bitwise(a, &e32), "{isa:?} differs bitwise"),
+                }
+            }
+        }
+    }
+}
+
 /// Under both gradient gates, every supported instruction set against the reference (f32, within
 /// 2e-5), after `check` has looked at the reference's result.
 fn every_isa_matches_reference(p: &Problem, dy: &Array4<f64>, check: impl Fn(&Out<f32>)) {

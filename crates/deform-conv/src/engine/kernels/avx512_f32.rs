@@ -98,40 +98,58 @@ pub(super) unsafe fn panel_gemm<const MR: usize>(job: super::PanelGemm<'_, f32>)
     unsafe { super::panel_gemm::body_with::<f32, MR, Zmm>(job) }
 }
 
-/// The point core's backward row for channel runs of exactly `16 * NZ` channels (DCNv3's 16,
-/// attention's 32), a run in `NZ` zmm registers, no masks: `acc[4t + j] += sum_c dcol[c] *
-/// X[idx_j[t], lo + c]` for gradient samples and `dX[idx_j[t], lo + c] += w_j[t] * dcol[c]` for
-/// open ones, as AVX2's `backward_row` without columns: element `c` into partial sum `c % 16`
-/// (lane `c % 16` of the register), the same reduction after it, the same products and sums in
-/// the scatter. The same bits.
+/// AVX2's `backward_row` sixteen channels a step for runs of a multiple of 16 channels: `NZ`
+/// steps (the point core's 16 and 32 channels, unrolled), or with `NZ == 0` `len / 16` steps
+/// (DCNv2's groups of 32 to 512 channels). For gradient samples `acc[4t + j] += sum_c dcol[c] *
+/// X[idx_j[t], lo + c]`, element `c` into partial sum `c % 16` (lane `c % 16`), reduced as AVX2
+/// reduces its two halves; for open ones the scatter `dX[idx_j[t], lo + c] += w_j[t] * dcol[c]`
+/// and, with `cols`, the columns' value `((w0*v0 + w1*v1) + w2*v2) + w3*v3` (+0 for samples
+/// not open). The same operations per element in the same order: the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX-512F and AVX2; `job.len == 16 * NZ`; `dx` is empty or as long as `xt`.
+/// The CPU must support AVX-512F and AVX2; `job.len` is `16 * NZ`, or a multiple of 16 with
+/// `NZ == 0`.
 #[target_feature(enable = "avx512f,avx2")]
-pub(super) unsafe fn point_row<const NZ: usize>(
+pub(super) unsafe fn backward_row<const NZ: usize>(
     job: &super::RowJob<'_, f32>,
     dcol: &[f32],
     xt: &[f32],
+    cols: &mut [f32],
     acc: &mut [f32],
     dx: &mut [f32],
 ) {
-    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
-    let len = 16 * NZ;
-    if n == 0 {
+    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let steps = if NZ == 0 { len / 16 } else { NZ };
+    if n == 0 || steps == 0 {
         return;
     }
-    let scatter = !dx.is_empty();
+    let (scatter, columns) = (!dx.is_empty(), !cols.is_empty());
     let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
+    let last = (n - 1) * job.stride + len;
     assert!(
-        job.len == len
+        len == 16 * steps
             && top * c + lo + len <= xt.len()
             && (!scatter || top * c + lo + len <= dx.len())
-            && (n - 1) * job.stride + len <= dcol.len(),
-        "descriptor runs lie inside the image, dX and dcol"
+            && last <= dcol.len()
+            && (!columns || last <= cols.len()),
+        "descriptor runs lie inside the image, dX, dcol and the columns tile"
     );
-    let (xp, dp, gp) = (xt.as_ptr(), dcol.as_ptr(), dx.as_mut_ptr());
+    let (xp, dp, cp, gp) = (
+        xt.as_ptr(),
+        dcol.as_ptr(),
+        cols.as_mut_ptr(),
+        dx.as_mut_ptr(),
+    );
     for t in 0..n {
+        // Inside `cols` when `columns` (`t < n`, checked above); without, never dereferenced.
+        let dst = cp.wrapping_add(t * job.stride);
+        if columns && !open[t] {
+            for z in 0..steps {
+                // SAFETY: elements 16z..16z+16 of the length-`len` run at `dst`.
+                unsafe { _mm512_storeu_ps(dst.add(16 * z), _mm512_setzero_ps()) };
+            }
+        }
         if !grad[t] {
             continue;
         }
@@ -146,8 +164,9 @@ pub(super) unsafe fn point_row<const NZ: usize>(
         // The same runs of `dx`, inside it with `scatter` (checked above); never dereferenced
         // without.
         let grads = idx.map(|v| gp.wrapping_add(v[t] as usize * c + lo));
+        let w = wts.map(|v| _mm512_set1_ps(v[t]));
         let mut sums = [_mm512_setzero_ps(); 4];
-        for z in 0..NZ {
+        for z in 0..steps {
             // SAFETY: elements 16z..16z+16 of the length-`len` runs `d` and `src[j]`.
             let (dv, v) = unsafe {
                 (
@@ -155,13 +174,25 @@ pub(super) unsafe fn point_row<const NZ: usize>(
                     src.map(|p| _mm512_loadu_ps(p.add(16 * z))),
                 )
             };
-            if open[t] && scatter {
-                for (g, wj) in grads.iter().zip(wts) {
-                    let w = _mm512_set1_ps(wj[t]);
-                    // SAFETY: elements 16z..16z+16 of a length-`len` run of `dx` (checked).
-                    unsafe {
-                        let o = _mm512_add_ps(_mm512_loadu_ps(g.add(16 * z)), _mm512_mul_ps(w, dv));
-                        _mm512_storeu_ps(g.add(16 * z), o);
+            if open[t] {
+                if columns {
+                    let mut col = _mm512_mul_ps(w[0], v[0]);
+                    col = _mm512_add_ps(col, _mm512_mul_ps(w[1], v[1]));
+                    col = _mm512_add_ps(col, _mm512_mul_ps(w[2], v[2]));
+                    col = _mm512_add_ps(col, _mm512_mul_ps(w[3], v[3]));
+                    // SAFETY: elements 16z..16z+16 of the run at `dst`, inside `cols`.
+                    unsafe { _mm512_storeu_ps(dst.add(16 * z), col) };
+                }
+                if scatter {
+                    for (g, wj) in grads.iter().zip(w) {
+                        // SAFETY: elements 16z..16z+16 of a length-`len` run of `dx` (checked).
+                        unsafe {
+                            let o = _mm512_add_ps(
+                                _mm512_loadu_ps(g.add(16 * z)),
+                                _mm512_mul_ps(wj, dv),
+                            );
+                            _mm512_storeu_ps(g.add(16 * z), o);
+                        }
                     }
                 }
             }

@@ -509,16 +509,12 @@ fn avx512_f32_table() -> Kernels<f32> {
         dx: &mut [f32],
     ) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
-        // includes AVX2); the zmm rows get exactly their run length, and `dx` is empty or an
-        // image as long as `xt` (the point core's lanes).
+        // includes AVX2); the zmm rows get run lengths of a multiple of 16.
         unsafe {
-            match (cols.is_empty(), job.len) {
-                (true, 16) if dx.is_empty() || dx.len() == xt.len() => {
-                    avx512_f32::point_row::<1>(job, dcol, xt, acc, dx)
-                }
-                (true, 32) if dx.is_empty() || dx.len() == xt.len() => {
-                    avx512_f32::point_row::<2>(job, dcol, xt, acc, dx)
-                }
+            match job.len {
+                16 => avx512_f32::backward_row::<1>(job, dcol, xt, cols, acc, dx),
+                32 => avx512_f32::backward_row::<2>(job, dcol, xt, cols, acc, dx),
+                l if l % 16 == 0 => avx512_f32::backward_row::<0>(job, dcol, xt, cols, acc, dx),
                 _ => avx2_f32::backward_row(job, dcol, xt, cols, acc, dx),
             }
         }
