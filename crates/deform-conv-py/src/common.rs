@@ -5,10 +5,8 @@ use deform_conv::engine::Isa;
 use deform_conv::error::check_rank;
 use deform_conv::{Backend, DeformError, Element};
 use half::{bf16, f16};
-use ndarray::{Array, ArrayView, Ix1, Ix4};
-use numpy::{
-    PyArray1, PyArray4, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use ndarray::{Array, ArrayView, Ix1, Ix4, RawArrayView};
+use numpy::{PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -112,6 +110,8 @@ pub(crate) trait PyElement: Element {
     fn view<D: ndarray::Dimension>(a: ArrayView<'_, Self::Np, D>) -> ArrayView<'_, Self, D>;
     /// `a` as numpy elements, without a copy.
     fn to_np<D: ndarray::Dimension>(a: Array<Self, D>) -> Array<Self::Np, D>;
+    /// `a`'s elements as numpy's, same memory (no lifetime: the caller keeps `a` alive).
+    fn np_raw<D: ndarray::Dimension>(a: &Array<Self, D>) -> RawArrayView<Self::Np, D>;
 }
 
 macro_rules! native {
@@ -123,6 +123,9 @@ macro_rules! native {
             }
             fn to_np<D: ndarray::Dimension>(a: Array<$t, D>) -> Array<$t, D> {
                 a
+            }
+            fn np_raw<D: ndarray::Dimension>(a: &Array<$t, D>) -> RawArrayView<$t, D> {
+                a.raw_view()
             }
         }
     )*};
@@ -145,6 +148,10 @@ impl PyElement for bf16 {
         let (v, offset) = standard.into_raw_vec_and_offset();
         debug_assert!(offset.unwrap_or(0) == 0);
         Array::from_shape_vec(dim, v.reinterpret_into()).expect("same length")
+    }
+    fn np_raw<D: ndarray::Dimension>(a: &Array<bf16, D>) -> RawArrayView<u16, D> {
+        // `bf16` is `repr(transparent)` over `u16`: same size and alignment.
+        a.raw_view().cast::<u16>()
     }
 }
 
@@ -232,20 +239,54 @@ pub(crate) type Obj<'py> = Bound<'py, PyAny>;
 
 /// An owned result as a numpy array (no copy).
 pub(crate) fn out4<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array4<T>) -> Obj<'py> {
-    PyArray4::from_owned_array(py, T::to_np(a)).into_any()
+    out_any(py, a)
 }
 
-/// An owned 1-D result as a numpy array (no copy).
-/// An output array of any rank, handed to numpy without a copy.
-pub(crate) fn out_any<'py, T: PyElement, D: ndarray::Dimension>(
+/// An output array owned by [`Output`], the base object of the numpy array it backs.
+struct Held<T: Element, D: ndarray::Dimension>(Option<Array<T, D>>);
+
+impl<T: Element, D: ndarray::Dimension> Drop for Held<T, D> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            deform_conv::alloc::recycle(a);
+        }
+    }
+}
+
+/// The owner of an output's memory while numpy uses it: when numpy releases the array, the
+/// memory goes back to the engine (`deform_conv::alloc::recycle`), so that the next call's
+/// outputs reuse it instead of fresh pages the kernel must zero.
+#[pyclass(frozen, module = "deform_conv._core")]
+struct Output {
+    held: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+/// An output array of any rank, handed to numpy without a copy (its memory recycled after).
+pub(crate) fn out_any<'py, T: PyElement, D: ndarray::Dimension + 'static>(
     py: Python<'py>,
     a: Array<T, D>,
 ) -> Obj<'py> {
-    numpy::PyArray::from_owned_array(py, T::to_np(a)).into_any()
+    let empty = Output {
+        held: std::sync::Mutex::new(None),
+    };
+    let Ok(owner) = Bound::new(py, empty) else {
+        // No memory for the owner object: numpy owns the array, without recycling.
+        return numpy::PyArray::from_owned_array(py, T::to_np(a)).into_any();
+    };
+    let raw = T::np_raw(&a);
+    *owner.get().held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(Held(Some(a))));
+    // SAFETY: `raw` views the array's heap memory, which did not move when the array moved into
+    // `owner` and stays valid, unchanged in size, until `owner` drops (nothing takes it out);
+    // `owner` becomes the numpy array's base object, which numpy keeps alive as long as the
+    // array and any view of it.
+    unsafe {
+        let view = raw.deref_into_view();
+        numpy::PyArray::borrow_from_array(&view, owner.into_any()).into_any()
+    }
 }
 
 pub(crate) fn out1<'py, T: PyElement>(py: Python<'py>, a: ndarray::Array1<T>) -> Obj<'py> {
-    PyArray1::from_owned_array(py, T::to_np(a)).into_any()
+    out_any(py, a)
 }
 
 /// An optional result: the array, or None.

@@ -25,14 +25,26 @@ fn main() {
         padding: [1, 1],
         ..Default::default()
     };
+    // Outputs given back as the Python layer does (`fresh` as the last argument: dropped).
+    let recycle = std::env::args().nth(6).as_deref() != Some("fresh");
+    let give = |a: Array4<f32>| {
+        if recycle {
+            deform_conv::alloc::recycle(a)
+        }
+    };
     let t = Instant::now();
     for _ in 0..reps {
         if what == "fwd" {
-            std::hint::black_box(dcnv3(x.view(), off.view(), m.view(), &p).unwrap());
+            give(std::hint::black_box(
+                dcnv3(x.view(), off.view(), m.view(), &p).unwrap(),
+            ));
         } else {
-            std::hint::black_box(
+            let gr = std::hint::black_box(
                 dcnv3_backward(gy.view(), x.view(), off.view(), m.view(), &p).unwrap(),
             );
+            give(gr.input);
+            give(gr.offset);
+            give(gr.mask);
         }
     }
     println!(

@@ -25,6 +25,13 @@ pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
     })?;
     let v = if layout.size() == 0 {
         Vec::new()
+    } else if let Some(mut v) = reused::<T>(len) {
+        // A given-back output's memory: zeroed here, in parallel (cheaper than fresh pages).
+        let zeros = filled(&mut v.spare_capacity_mut()[..len], zero::<T>());
+        debug_assert_eq!(zeros.len(), len);
+        // SAFETY: the first `len` elements were written just above.
+        unsafe { v.set_len(len) };
+        v
     } else {
         // SAFETY: `layout` has a non-zero size. A non-null result is a zeroed allocation of
         // `len` elements of `T` with `T`'s alignment, made by the global allocator with exactly
@@ -54,7 +61,10 @@ pub(crate) struct Written<T, D: Dimension>(Array<MaybeUninit<T>, D>);
 impl<T: Element, D: Dimension> Written<T, D> {
     pub(crate) fn new(name: &str, shape: D) -> Result<Self> {
         let len = checked_product(name, shape.slice())?;
-        let mut data = try_vec::<MaybeUninit<T>>(name, len, shape.slice())?;
+        let mut data = match reused::<T>(len) {
+            Some(v) => uninit(v),
+            None => try_vec::<MaybeUninit<T>>(name, len, shape.slice())?,
+        };
         if crate::engine::scratch_poisoned() {
             let nan = T::from_acc(<T::Acc as num_traits::Float>::nan());
             data.resize(len, MaybeUninit::new(nan));
@@ -85,12 +95,50 @@ impl<T: Element, D: Dimension> Written<T, D> {
     }
 }
 
+/// Gives an output array's memory back for the engine to reuse: the next output or scratch
+/// buffer of about its size takes it instead of fresh pages from the system, which the kernel
+/// zeroes on first touch (a sixth of a large DCNv3 backward). The Python layer gives back every
+/// output numpy releases. Arrays below a megabyte are simply dropped; the engine's pool keeps
+/// at most 512 MB of scratch and given-back buffers together.
+pub fn recycle<T: Element, D: Dimension>(a: Array<T, D>) {
+    let (v, _) = a.into_raw_vec_and_offset();
+    if v.capacity() * std::mem::size_of::<T>() >= RECYCLE_BYTES {
+        crate::engine::scratch::give(v);
+    }
+}
+
+/// Least bytes of an output worth recycling (below it the allocator's own free lists serve).
+const RECYCLE_BYTES: usize = 1 << 20;
+
+/// A recycled allocation with room for `len` elements, for an output of at least
+/// [`RECYCLE_BYTES`].
+fn reused<T: Copy + Send + 'static>(len: usize) -> Option<Vec<T>> {
+    (len.saturating_mul(std::mem::size_of::<T>()) >= RECYCLE_BYTES)
+        .then(|| crate::engine::scratch::reuse::<T>(len))
+        .flatten()
+}
+
+/// `v`'s allocation as a vector of uninitialised elements (empty, the same capacity).
+fn uninit<T>(v: Vec<T>) -> Vec<MaybeUninit<T>> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, cap) = (v.as_mut_ptr(), v.capacity());
+    // SAFETY: `MaybeUninit<T>` has `T`'s size and alignment, so the allocation's layout is that
+    // of `cap` elements of either type; length 0, and ownership passes from `v` (not dropped).
+    unsafe { Vec::from_raw_parts(ptr.cast::<MaybeUninit<T>>(), 0, cap) }
+}
+
+/// Zero, as all-zero bytes.
+fn zero<T: ZeroBits>() -> T {
+    // SAFETY: all-zero bytes are a valid `T` (the `ZeroBits` contract).
+    unsafe { std::mem::zeroed() }
+}
+
 /// Types for which all-zero bytes are a valid value (zero).
 ///
 /// # Safety
 ///
 /// An implementor must be valid, and equal to zero, when every byte of it is 0.
-pub unsafe trait ZeroBits: Copy {}
+pub unsafe trait ZeroBits: Copy + Send + Sync + 'static {}
 // SAFETY: IEEE +0.0 is all-zero bits in each of these formats.
 unsafe impl ZeroBits for f32 {}
 // SAFETY: as above.
@@ -157,4 +205,30 @@ fn try_vec<T>(name: &str, len: usize, shape: &[usize]) -> Result<Vec<T>> {
             shape: shape.to_vec(),
         })?;
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// A given-back output's memory serves the next output of its size: zeroed for
+    /// `try_alloc`, whatever it held. (f16: the engine's scratch never takes f16 buffers.)
+    #[test]
+    fn recycled_memory_is_reused_and_zeroed() {
+        let shape = ndarray::Ix2(1021, 1031);
+        let mut a: Array<f16, _> = try_alloc("a", shape).unwrap();
+        a.fill(f16::from_f32(7.0));
+        let ptr = a.as_ptr();
+        recycle(a);
+        let b: Array<f16, _> = try_alloc("b", shape).unwrap();
+        assert_eq!(b.as_ptr(), ptr, "the recycled allocation");
+        assert!(b.iter().all(|v| v.to_bits() == 0), "zeroed");
+        // Much smaller outputs do not pin it: a fresh allocation instead.
+        recycle(b);
+        let c: Array<f16, _> = try_alloc("c", ndarray::Ix2(700, 1031)).unwrap();
+        assert_ne!(c.as_ptr(), ptr);
+        let d: Array<f16, _> = try_alloc("d", shape).unwrap();
+        assert_eq!(d.as_ptr(), ptr, "still pooled");
+    }
 }

@@ -35,7 +35,7 @@ mod pack;
 mod plan;
 mod points;
 mod sample;
-mod scratch;
+pub(crate) mod scratch;
 pub(crate) mod threads;
 
 pub use kernels::{active_isa, kernels_name, Isa};

@@ -56,26 +56,50 @@ impl<A: Copy + Send + 'static> DerefMut for Buf<A> {
 
 impl<A: Copy + Send + 'static> Drop for Buf<A> {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.v);
-        if v.capacity() == 0 {
-            return;
-        }
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
-        if kept + v.capacity() * std::mem::size_of::<A>() <= KEEP_BYTES {
-            pool.push(Box::new(v));
-        }
+        give(std::mem::take(&mut self.v));
     }
 }
 
-fn bytes_of(b: &(dyn Any + Send)) -> usize {
-    if let Some(v) = b.downcast_ref::<Vec<f32>>() {
-        v.capacity() * 4
-    } else if let Some(v) = b.downcast_ref::<Vec<f64>>() {
-        v.capacity() * 8
-    } else {
-        0
+/// Keeps `v`'s allocation in the pool while the pool holds less than [`KEEP_BYTES`] with it
+/// (scratch buffers, and outputs given back through [`crate::alloc::recycle`]).
+pub(crate) fn give<A: Copy + Send + 'static>(v: Vec<A>) {
+    if v.capacity() == 0 {
+        return;
     }
+    // Kept with its length: `take` resizes over stale contents, writing only what it adds.
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
+    if kept + v.capacity() * std::mem::size_of::<A>() <= KEEP_BYTES {
+        pool.push(Box::new(v));
+    }
+}
+
+/// An empty pooled `Vec<A>` with room for `len` to `len + len/4` elements (an output's
+/// allocation: a much larger one would stay pinned by the output), if the pool has one.
+pub(crate) fn reuse<A: Copy + Send + 'static>(len: usize) -> Option<Vec<A>> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.downcast_ref::<Vec<A>>().map(|v| (i, v.capacity())))
+        .filter(|&(_, cap)| cap >= len && cap - len <= len / 4)
+        .min_by_key(|&(_, cap)| cap)
+        .map(|(i, _)| i)?;
+    let mut v = *pool.swap_remove(best).downcast::<Vec<A>>().ok()?;
+    v.clear();
+    Some(v)
+}
+
+fn bytes_of(b: &(dyn Any + Send)) -> usize {
+    fn bytes<A: 'static>(b: &(dyn Any + Send)) -> Option<usize> {
+        b.downcast_ref::<Vec<A>>()
+            .map(|v| v.capacity() * std::mem::size_of::<A>())
+    }
+    bytes::<f32>(b)
+        .or_else(|| bytes::<f64>(b))
+        .or_else(|| bytes::<half::f16>(b))
+        .or_else(|| bytes::<half::bf16>(b))
+        .unwrap_or(0)
 }
 
 /// A buffer of `len` elements with unspecified (stale or `fill`) contents.
