@@ -107,8 +107,9 @@ pub fn recycle<T: Element, D: Dimension>(a: Array<T, D>) {
     }
 }
 
-/// Least bytes of an output worth recycling (below it the allocator's own free lists serve).
-const RECYCLE_BYTES: usize = 1 << 20;
+/// Least bytes of an output worth recycling (below it the allocator's own free lists serve);
+/// under Miri a few elements, so that its small problems run the reuse paths.
+const RECYCLE_BYTES: usize = if cfg!(miri) { 64 } else { 1 << 20 };
 
 /// A recycled allocation with room for `len` elements, for an output of at least
 /// [`RECYCLE_BYTES`].

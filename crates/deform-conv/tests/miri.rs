@@ -80,6 +80,15 @@ fn dcnv2() {
     close(&g.input, &g0.input);
     close(&g.offset, &g0.offset);
     close(&g.weight, &g0.weight);
+    // The outputs given back and taken again (the zeroed reuse path), with stale values in them.
+    for a in [y, g.input, g.offset, g.weight] {
+        deform_conv::alloc::recycle(a.mapv(|v| v + 1.0));
+    }
+    let (y, g) = run(SCALAR);
+    close(&y, &y0);
+    close(&g.input, &g0.input);
+    close(&g.offset, &g0.offset);
+    close(&g.weight, &g0.weight);
 }
 
 fn dcnv3_and_attention() {
@@ -107,6 +116,12 @@ fn dcnv3_and_attention() {
         &p(Backend::Reference),
     )
     .unwrap();
+    let g = dcnv3_backward(gy.view(), x.view(), off.view(), m.view(), &p(SCALAR)).unwrap();
+    close(&g.input, &g0.input);
+    close(&g.offset, &g0.offset);
+    // Given back and taken again (the uninitialised reuse path).
+    deform_conv::alloc::recycle(g.input);
+    deform_conv::alloc::recycle(g.offset);
     let g = dcnv3_backward(gy.view(), x.view(), off.view(), m.view(), &p(SCALAR)).unwrap();
     close(&g.input, &g0.input);
     close(&g.offset, &g0.offset);
