@@ -231,5 +231,23 @@ mod tests {
         assert_ne!(c.as_ptr(), ptr);
         let d: Array<f16, _> = try_alloc("d", shape).unwrap();
         assert_eq!(d.as_ptr(), ptr, "still pooled");
+        // Bounded: given back beyond 512 MB (address space only, never touched), the oldest
+        // buffers go first and the newest stay.
+        recycle(d);
+        let mut given = Vec::new();
+        for _ in 0..6 {
+            let v: Vec<f16> = Vec::with_capacity(50 << 20); // 100 MB
+            given.push(v.as_ptr() as usize);
+            crate::engine::scratch::give(v);
+            assert!(crate::engine::scratch::pooled_bytes() <= 512 << 20);
+        }
+        let mut kept: Vec<usize> =
+            std::iter::from_fn(|| crate::engine::scratch::reuse::<f16>(50 << 20))
+                .map(|v| v.as_ptr() as usize)
+                .collect();
+        kept.sort_unstable();
+        let mut newest = given[1..].to_vec();
+        newest.sort_unstable();
+        assert_eq!(kept, newest, "the five newest kept, the oldest freed");
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! The engine's buffers (columns tiles, channels-last image copies, packed weights, backward lane
 //! buffers) are megabytes each. Allocated fresh per call, they cost page faults and zeroing.
-//! A buffer taken here
-//! comes back to the pool when its guard drops. The pool keeps at most [`KEEP_BYTES`], so memory stays bounded by the
-//! largest call's working set, and never by the batch.
+//! A buffer taken here comes back to the pool when its guard drops; outputs given back
+//! ([`crate::alloc::recycle`]) join it. The pool keeps at most [`KEEP_BYTES`], the most recently
+//! given buffers, so memory stays bounded by the recent calls' working set, never by the batch.
 //!
 //! A reused buffer's contents are stale: every user overwrites the part it reads (or zeroes it)
 //! first. [`poison_scratch`] makes every buffer taken NaN throughout, so that a test sees any
@@ -60,18 +60,21 @@ impl<A: Copy + Send + 'static> Drop for Buf<A> {
     }
 }
 
-/// Keeps `v`'s allocation in the pool while the pool holds less than [`KEEP_BYTES`] with it
-/// (scratch buffers, and outputs given back through [`crate::alloc::recycle`]).
+/// Keeps `v`'s allocation in the pool (scratch buffers, and outputs given back through
+/// [`crate::alloc::recycle`]), the least recently given buffers freed to keep the pool within
+/// [`KEEP_BYTES`]: the pool holds the recent calls' working set, whatever came before.
 pub(crate) fn give<A: Copy + Send + 'static>(v: Vec<A>) {
-    if v.capacity() == 0 {
+    let bytes = v.capacity() * std::mem::size_of::<A>();
+    if bytes == 0 || bytes > KEEP_BYTES {
         return;
     }
     // Kept with its length: `take` resizes over stale contents, writing only what it adds.
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
-    if kept + v.capacity() * std::mem::size_of::<A>() <= KEEP_BYTES {
-        pool.push(Box::new(v));
+    let mut kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
+    while kept + bytes > KEEP_BYTES && !pool.is_empty() {
+        kept -= bytes_of(pool.remove(0).as_ref());
     }
+    pool.push(Box::new(v));
 }
 
 /// An empty pooled `Vec<A>` with room for `len` to `len + len/4` elements (an output's
@@ -85,9 +88,16 @@ pub(crate) fn reuse<A: Copy + Send + 'static>(len: usize) -> Option<Vec<A>> {
         .filter(|&(_, cap)| cap >= len && cap - len <= len / 4)
         .min_by_key(|&(_, cap)| cap)
         .map(|(i, _)| i)?;
-    let mut v = *pool.swap_remove(best).downcast::<Vec<A>>().ok()?;
+    let mut v = *pool.remove(best).downcast::<Vec<A>>().ok()?;
     v.clear();
     Some(v)
+}
+
+/// The bytes the pool holds (tests).
+#[cfg(test)]
+pub(crate) fn pooled_bytes() -> usize {
+    let pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    pool.iter().map(|b| bytes_of(b.as_ref())).sum()
 }
 
 fn bytes_of(b: &(dyn Any + Send)) -> usize {
@@ -141,7 +151,7 @@ fn take_with<A: Real, E>(
             .filter(|&(_, cap)| cap >= len)
             .min_by_key(|&(_, cap)| cap)
             .map(|(i, _)| i);
-        best.map(|i| pool.swap_remove(i))
+        best.map(|i| pool.remove(i))
     };
     let mut v = match found.map(|b| b.downcast::<Vec<A>>()) {
         Some(Ok(v)) => *v,
