@@ -202,12 +202,8 @@ pub(super) unsafe fn backward_row(
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
     // One bounds check per row: the run of the largest index ends inside `xt`, the last pixel's
     // runs inside `dcol` and `cols`.
-    let last = (n - 1) * job.stride + len;
     assert!(
-        top * c + lo + len <= xt.len()
-            && (!scatter || top * c + lo + len <= dx.len())
-            && last <= dcol.len()
-            && (!columns || last <= cols.len()),
+        job.backward_inside(top, [xt, dx, dcol, cols].map(|v| v.len())),
         "descriptor runs lie inside the image, dX, dcol and the columns tile"
     );
     let (xp, dp, cp, gp) = (

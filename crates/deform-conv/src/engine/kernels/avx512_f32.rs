@@ -126,13 +126,8 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
     let (scatter, columns) = (!dx.is_empty(), !cols.is_empty());
     let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
-    let last = (n - 1) * job.stride + len;
     assert!(
-        len == 16 * steps
-            && top * c + lo + len <= xt.len()
-            && (!scatter || top * c + lo + len <= dx.len())
-            && last <= dcol.len()
-            && (!columns || last <= cols.len()),
+        len == 16 * steps && job.backward_inside(top, [xt, dx, dcol, cols].map(|v| v.len())),
         "descriptor runs lie inside the image, dX, dcol and the columns tile"
     );
     let (xp, dp, cp, gp) = (

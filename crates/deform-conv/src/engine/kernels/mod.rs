@@ -149,11 +149,22 @@ pub(crate) struct RowJob<'a, A> {
     pub stride: usize,
 }
 
+impl<A> RowJob<'_, A> {
+    /// Do a backward row's runs lie in its slices (lengths; 0: `dx` or `cols` not used): the run
+    /// of the largest corner index `top` in `xt` (and `dx`), the last pixel's in `dcol` (and
+    /// `cols`)? The explicit backward rows check it once before their unsafe loops.
+    pub(crate) fn backward_inside(&self, top: usize, [xt, dx, dcol, cols]: [usize; 4]) -> bool {
+        let corner = top * self.c + self.lo + self.len;
+        let last = (self.n.max(1) - 1) * self.stride + self.len;
+        corner <= xt && (dx == 0 || corner <= dx) && last <= dcol && (cols == 0 || last <= cols)
+    }
+}
+
 /// Descriptors of one row.
 pub(crate) type SampleRowFn<A> = fn(&RowArgs<'_, A>, &mut RowSamples<A>);
-/// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
 /// `(src, row_stride, w, k, dst)`: see `pack::transpose_rows`.
 pub(crate) type TransposeRowsFn<A> = fn(&[A], usize, usize, usize, &mut [A]);
+/// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// `(job, points, xt, cols)`: the point core's forward row, `cols[t*stride + c'] = sum_k
 /// gather_k(t, c')` over `k < points` in order (the first stored, the others added: bitwise as
