@@ -27,8 +27,7 @@ pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
         Vec::new()
     } else if let Some(mut v) = reused::<T>(len) {
         // A given-back output's memory: zeroed here, in parallel (cheaper than fresh pages).
-        let zeros = filled(&mut v.spare_capacity_mut()[..len], zero::<T>());
-        debug_assert_eq!(zeros.len(), len);
+        filled(&mut v.spare_capacity_mut()[..len], zero::<T>());
         // SAFETY: the first `len` elements were written just above.
         unsafe { v.set_len(len) };
         v

@@ -34,7 +34,10 @@ pub(crate) fn poisoned() -> bool {
     POISON.load(Ordering::Relaxed)
 }
 
-static POOL: Mutex<Vec<Box<dyn Any + Send>>> = Mutex::new(Vec::new());
+/// The pooled vectors, least recently given first, each with its allocation's size in bytes.
+type Pool = Vec<(usize, Box<dyn Any + Send>)>;
+
+static POOL: Mutex<Pool> = Mutex::new(Vec::new());
 
 /// A pooled `Vec<A>`, returned to the pool on drop.
 pub(crate) struct Buf<A: Copy + Send + 'static> {
@@ -70,25 +73,30 @@ pub(crate) fn give<A: Copy + Send + 'static>(v: Vec<A>) {
     }
     // Kept with its length: `take` resizes over stale contents, writing only what it adds.
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut kept: usize = pool.iter().map(|b| bytes_of(b.as_ref())).sum();
+    let mut kept: usize = pool.iter().map(|&(b, _)| b).sum();
     while kept + bytes > KEEP_BYTES && !pool.is_empty() {
-        kept -= bytes_of(pool.remove(0).as_ref());
+        kept -= pool.remove(0).0;
     }
-    pool.push(Box::new(v));
+    pool.push((bytes, Box::new(v)));
+}
+
+/// Takes from `pool` the `Vec<A>` of least capacity in `len..=most`, if there is one.
+fn take_pooled<A: 'static>(pool: &mut Pool, len: usize, most: usize) -> Option<Vec<A>> {
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, b))| b.downcast_ref::<Vec<A>>().map(|v| (i, v.capacity())))
+        .filter(|&(_, cap)| (len..=most).contains(&cap))
+        .min_by_key(|&(_, cap)| cap)
+        .map(|(i, _)| i)?;
+    pool.remove(best).1.downcast::<Vec<A>>().ok().map(|v| *v)
 }
 
 /// An empty pooled `Vec<A>` with room for `len` to `len + len/4` elements (an output's
 /// allocation: a much larger one would stay pinned by the output), if the pool has one.
 pub(crate) fn reuse<A: Copy + Send + 'static>(len: usize) -> Option<Vec<A>> {
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let best = pool
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| b.downcast_ref::<Vec<A>>().map(|v| (i, v.capacity())))
-        .filter(|&(_, cap)| cap >= len && cap - len <= len / 4)
-        .min_by_key(|&(_, cap)| cap)
-        .map(|(i, _)| i)?;
-    let mut v = *pool.remove(best).downcast::<Vec<A>>().ok()?;
+    let mut v = take_pooled::<A>(&mut pool, len, len.saturating_add(len / 4))?;
     v.clear();
     Some(v)
 }
@@ -97,19 +105,7 @@ pub(crate) fn reuse<A: Copy + Send + 'static>(len: usize) -> Option<Vec<A>> {
 #[cfg(test)]
 pub(crate) fn pooled_bytes() -> usize {
     let pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    pool.iter().map(|b| bytes_of(b.as_ref())).sum()
-}
-
-fn bytes_of(b: &(dyn Any + Send)) -> usize {
-    fn bytes<A: 'static>(b: &(dyn Any + Send)) -> Option<usize> {
-        b.downcast_ref::<Vec<A>>()
-            .map(|v| v.capacity() * std::mem::size_of::<A>())
-    }
-    bytes::<f32>(b)
-        .or_else(|| bytes::<f64>(b))
-        .or_else(|| bytes::<half::f16>(b))
-        .or_else(|| bytes::<half::bf16>(b))
-        .unwrap_or(0)
+    pool.iter().map(|&(b, _)| b).sum()
 }
 
 /// A buffer of `len` elements with unspecified (stale or `fill`) contents.
@@ -141,21 +137,15 @@ fn take_with<A: Real, E>(
     fill: A,
     new: impl FnOnce(usize) -> std::result::Result<Vec<A>, E>,
 ) -> std::result::Result<Buf<A>, E> {
-    let found = {
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        // The smallest pooled Vec<A> that is large enough.
-        let best = pool
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| b.downcast_ref::<Vec<A>>().map(|v| (i, v.capacity())))
-            .filter(|&(_, cap)| cap >= len)
-            .min_by_key(|&(_, cap)| cap)
-            .map(|(i, _)| i);
-        best.map(|i| pool.remove(i))
-    };
-    let mut v = match found.map(|b| b.downcast::<Vec<A>>()) {
-        Some(Ok(v)) => *v,
-        _ => new(len)?,
+    // The smallest pooled Vec<A> that is large enough.
+    let found = take_pooled::<A>(
+        &mut POOL.lock().unwrap_or_else(|e| e.into_inner()),
+        len,
+        usize::MAX,
+    );
+    let mut v = match found {
+        Some(v) => v,
+        None => new(len)?,
     };
     v.resize(len, fill);
     if POISON.load(Ordering::Relaxed) {
