@@ -202,16 +202,7 @@ pub(super) unsafe fn backward_row(
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
     // One bounds check per row: the run of the largest index ends inside `xt`, the last pixel's
     // runs inside `dcol` and `cols`.
-    assert!(
-        job.backward_inside(top, [xt, dx, dcol, cols].map(|v| v.len())),
-        "descriptor runs lie inside the image, dX, dcol and the columns tile"
-    );
-    let (xp, dp, cp, gp) = (
-        xt.as_ptr(),
-        dcol.as_ptr(),
-        cols.as_mut_ptr(),
-        dx.as_mut_ptr(),
-    );
+    let (xp, dp, cp, gp) = job.backward_ptrs(top, xt, dcol, cols, dx);
     let zero = _mm256_setzero_ps();
     for t in 0..n {
         // Inside `cols` when `columns` (`t < n`, checked above); without, never dereferenced.

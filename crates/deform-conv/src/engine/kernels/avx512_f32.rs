@@ -126,16 +126,8 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
     let (scatter, columns) = (!dx.is_empty(), !cols.is_empty());
     let super::super::sample::Corners { idx, w: wts, top } = s.corners(n);
     let (open, grad, acc) = (&s.open[..n], &s.grad[..n], &mut acc[..4 * n]);
-    assert!(
-        len == 16 * steps && job.backward_inside(top, [xt, dx, dcol, cols].map(|v| v.len())),
-        "descriptor runs lie inside the image, dX, dcol and the columns tile"
-    );
-    let (xp, dp, cp, gp) = (
-        xt.as_ptr(),
-        dcol.as_ptr(),
-        cols.as_mut_ptr(),
-        dx.as_mut_ptr(),
-    );
+    assert_eq!(len, 16 * steps, "backward_row: runs of 16 * NZ channels");
+    let (xp, dp, cp, gp) = job.backward_ptrs(top, xt, dcol, cols, dx);
     for t in 0..n {
         // Inside `cols` when `columns` (`t < n`, checked above); without, never dereferenced.
         let dst = cp.wrapping_add(t * job.stride);

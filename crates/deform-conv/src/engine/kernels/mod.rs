@@ -150,13 +150,33 @@ pub(crate) struct RowJob<'a, A> {
 }
 
 impl<A> RowJob<'_, A> {
-    /// Do a backward row's runs lie in its slices (lengths; 0: `dx` or `cols` not used): the run
-    /// of the largest corner index `top` in `xt` (and `dx`), the last pixel's in `dcol` (and
-    /// `cols`)? The explicit backward rows check it once before their unsafe loops.
-    pub(crate) fn backward_inside(&self, top: usize, [xt, dx, dcol, cols]: [usize; 4]) -> bool {
+    /// A backward row's base pointers `(xt, dcol, cols, dx)`, once checked that its runs lie in
+    /// their slices (`dx` and `cols` empty: not used): the run of the largest corner index `top`
+    /// in `xt` (and `dx`), the last pixel's in `dcol` (and `cols`). The explicit backward rows
+    /// check this once before their unsafe loops; a failure is a bug in the engine (a panic).
+    pub(crate) fn backward_ptrs(
+        &self,
+        top: usize,
+        xt: &[A],
+        dcol: &[A],
+        cols: &mut [A],
+        dx: &mut [A],
+    ) -> (*const A, *const A, *mut A, *mut A) {
         let corner = top * self.c + self.lo + self.len;
         let last = (self.n.max(1) - 1) * self.stride + self.len;
-        corner <= xt && (dx == 0 || corner <= dx) && last <= dcol && (cols == 0 || last <= cols)
+        assert!(
+            corner <= xt.len()
+                && (dx.is_empty() || corner <= dx.len())
+                && last <= dcol.len()
+                && (cols.is_empty() || last <= cols.len()),
+            "descriptor runs lie inside the image, dX, dcol and the columns tile"
+        );
+        (
+            xt.as_ptr(),
+            dcol.as_ptr(),
+            cols.as_mut_ptr(),
+            dx.as_mut_ptr(),
+        )
     }
 }
 
