@@ -314,47 +314,66 @@ fn write_backward<T: Element>(
         &op,
         isa,
         grad_rows,
-        |n, r, dst| {
-            let image = grad_output.index_axis(Axis(0), n);
-            let pixels = op.row(r);
-            if let Some(src) = image.as_slice() {
-                for (d, v) in dst.iter_mut().zip(&src[pixels.start * c..pixels.end * c]) {
-                    *d = v.to_acc();
+        points::Dout {
+            held: |n, r| {
+                let image = grad_output.index_axis_move(Axis(0), n).to_slice()?;
+                let pixels = op.row(r);
+                T::as_acc(image).map(|v| &v[pixels.start * c..pixels.end * c])
+            },
+            copy: |n, r, dst: &mut [T::Acc]| {
+                let image = grad_output.index_axis(Axis(0), n);
+                let pixels = op.row(r);
+                if let Some(src) = image.as_slice() {
+                    for (d, v) in dst.iter_mut().zip(&src[pixels.start * c..pixels.end * c]) {
+                        *d = v.to_acc();
+                    }
+                    return;
                 }
-                return;
-            }
-            for (pix, px) in pixels.zip(dst.chunks_exact_mut(c)) {
-                let src = image.slice(ndarray::s![pix / g.wo, pix % g.wo, ..]);
-                for (d, v) in px.iter_mut().zip(src.iter()) {
-                    *d = v.to_acc();
+                for (pix, px) in pixels.zip(dst.chunks_exact_mut(c)) {
+                    let src = image.slice(ndarray::s![pix / g.wo, pix % g.wo, ..]);
+                    for (d, v) in px.iter_mut().zip(src.iter()) {
+                        *d = v.to_acc();
+                    }
                 }
-            }
+            },
         },
         |(off, mask), pg| {
-            if pg.g == 0 {
-                for &i in &padding {
-                    off.column_mut(i).iter_mut().for_each(|o| {
-                        o.write(zero);
-                    });
+            let (len, gi, points) = (pg.len, pg.g, g.points);
+            // The engine's own gradients: standard layout, a row's elements one after another.
+            let off = off
+                .as_slice_mut()
+                .expect("the engine's gradients are allocated in standard layout");
+            if gi == 0 {
+                for t in 0..len {
+                    for &i in &padding {
+                        off[t * off_width + i].write(zero);
+                    }
                 }
             }
-            // Element by element: each element's values land in one span of its row (a
-            // column at a time wrote one value a line).
-            let (len, cols) = (pg.len, &columns[pg.g]);
-            for (t, mut row) in off.outer_iter_mut().enumerate().take(len) {
-                for (p, &[cx, cy, cm]) in cols.iter().enumerate() {
-                    let at = p * len + t;
-                    row[cx].write(T::from_acc(pg.x[at] * scale));
-                    row[cy].write(T::from_acc(pg.y[at] * scale));
-                    if !separate_mask {
-                        row[cm].write(T::from_acc(pg.m[at]));
+            // Element by element: its points' pairs are one run of its row, and its masks
+            // another (`PointLayout`); a point's values of the row are `len` apart in `pg`.
+            let (o0, m0) = (layout.offset(gi, 0, 0), layout.mask(gi, 0));
+            for t in 0..len {
+                let row = &mut off[t * off_width..(t + 1) * off_width];
+                for (p, xy) in row[o0..o0 + 2 * points].chunks_exact_mut(2).enumerate() {
+                    xy[0].write(T::from_acc(pg.x[p * len + t] * scale));
+                    xy[1].write(T::from_acc(pg.y[p * len + t] * scale));
+                }
+                if !separate_mask {
+                    for (p, v) in row[m0..m0 + points].iter_mut().enumerate() {
+                        v.write(T::from_acc(pg.m[p * len + t]));
                     }
                 }
             }
             if let Some(mv) = mask.as_mut() {
-                for (t, mut row) in mv.outer_iter_mut().enumerate().take(len) {
-                    for (p, &[_, _, cm]) in cols.iter().enumerate() {
-                        row[cm].write(T::from_acc(pg.m[p * len + t]));
+                let width = mv.shape()[1];
+                let mv = mv
+                    .as_slice_mut()
+                    .expect("the engine's gradients are allocated in standard layout");
+                for t in 0..len {
+                    let row = &mut mv[t * width + m0..][..points];
+                    for (p, v) in row.iter_mut().enumerate() {
+                        v.write(T::from_acc(pg.m[p * len + t]));
                     }
                 }
             }

@@ -241,13 +241,20 @@ fn write_backward<T: Element>(
         &op,
         isa,
         grad_rows,
-        |n, r, dst| {
-            let q0 = r * QUERIES;
-            let rows = grad_output.slice(ndarray::s![n, q0..(q0 + QUERIES).min(g.q), ..]);
-            match rows.as_slice() {
-                Some(src) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.to_acc()),
-                None => dst.iter_mut().zip(&rows).for_each(|(d, v)| *d = v.to_acc()),
-            }
+        points::Dout {
+            held: |n, r: usize| {
+                let q0: usize = r * QUERIES;
+                let rows = grad_output.slice_move(ndarray::s![n, q0..(q0 + QUERIES).min(g.q), ..]);
+                T::as_acc(rows.to_slice()?)
+            },
+            copy: |n, r: usize, dst: &mut [T::Acc]| {
+                let q0: usize = r * QUERIES;
+                let rows = grad_output.slice(ndarray::s![n, q0..(q0 + QUERIES).min(g.q), ..]);
+                match rows.as_slice() {
+                    Some(src) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.to_acc()),
+                    None => dst.iter_mut().zip(&rows).for_each(|(d, v)| *d = v.to_acc()),
+                }
+            },
         },
         |(loc, attn), pg| {
             let (lp, len) = (g.levels.len() * g.p, pg.len);

@@ -649,15 +649,25 @@ pub(crate) struct PointGrads<'a, A> {
     pub m: &'a [A],
 }
 
+/// The output gradient of image `n`'s row `r` (`[len, C]`): `held(n, r)` where the tensor holds
+/// it so in the accumulation type (read in place), else `copy(n, r, dst)` fills `dst` with it.
+pub(crate) struct Dout<H, C> {
+    pub held: H,
+    pub copy: C,
+}
+
 /// The backward. `grad_rows[n][r]` is what the operator writes row `r`'s position and weight
-/// gradients into (through `put`); `dout(n, r, dst)` fills `dst` (`[len, C]`) with the output
-/// gradient of row `r`; `dx_images[n]` (`[pixels of every plane, C]`, the planes in order)
-/// receives image `n`'s input gradient, every element written.
-pub(crate) fn backward<T, O, G>(
+/// gradients into (through `put`); `dout` gives row `r`'s output gradient; `dx_images[n]`
+/// (`[pixels of every plane, C]`, the planes in order) receives image `n`'s input gradient,
+/// every element written.
+pub(crate) fn backward<'g, T, O, G>(
     op: &O,
     isa: Isa,
     grad_rows: Vec<Vec<G>>,
-    dout: impl Fn(usize, usize, &mut [T::Acc]) + Sync,
+    dout: Dout<
+        impl Fn(usize, usize) -> Option<&'g [T::Acc]> + Sync,
+        impl Fn(usize, usize, &mut [T::Acc]) + Sync,
+    >,
     put: impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
     dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
 ) -> Result<()>
@@ -714,7 +724,7 @@ where
                     |s| {
                         for (r, mut sink) in mine {
                             let len = op.row(r).len();
-                            dout(n, r, &mut s.tmp[..len * c]);
+                            (dout.copy)(n, r, &mut s.tmp[..len * c]);
                             for g in 0..sh.groups() {
                                 let lo = g * d;
                                 let group = g * image * d..(g + 1) * image * d;
@@ -865,13 +875,16 @@ fn rows_reached<A: Real>(ys: &[A], [h, w, first]: [usize; 3]) -> Option<Range<us
 /// [`backward`] through [`one_pass`]'s kernel: the image read in place, the lanes laid out as
 /// the image (no zero pixels: a corner outside receives nothing), the rows of a lane and their
 /// groups in the same order, each (row, group) one kernel call.
-fn backward_in_place<T, O, G>(
+fn backward_in_place<'g, T, O, G>(
     op: &O,
     (k, f): (&Kernels<T::Acc>, PointsBackFn<T::Acc>),
     lanes: usize,
     grad_rows: Vec<Vec<G>>,
     (dout, put): (
-        impl Fn(usize, usize, &mut [T::Acc]) + Sync,
+        Dout<
+            impl Fn(usize, usize) -> Option<&'g [T::Acc]> + Sync,
+            impl Fn(usize, usize, &mut [T::Acc]) + Sync,
+        >,
         impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
     ),
     dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
@@ -921,7 +934,10 @@ where
                     for (r, mut sink) in mine {
                         let len = op.row(r).len();
                         let all = len * sh.points;
-                        dout(n, r, &mut s.tmp[..len * c]);
+                        let held = (dout.held)(n, r).filter(|v| v.len() == len * c);
+                        if held.is_none() {
+                            (dout.copy)(n, r, &mut s.tmp[..len * c]);
+                        }
                         for g in 0..sh.groups() {
                             describe(op, k, [n, r, g], len, s);
                             if !direct {
@@ -942,7 +958,7 @@ where
                                 len,
                                 planes: &planes,
                                 image,
-                                dout: &tmp[..len * c],
+                                dout: held.unwrap_or(&tmp[..len * c]),
                                 c,
                                 lo: g * d,
                                 d,
