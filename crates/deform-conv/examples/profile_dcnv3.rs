@@ -1,6 +1,8 @@
 //! DCNv3 at InternImage-T stage 1 (1x200x336x64, 4 groups, 3x3) in a loop, for profilers:
 //! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`); three more
 //! arguments `H W G` set another shape (16 channels a group: `56 56 4` is stage 1 at 224).
+//! `DEFORM_CONV_FLUSH=write:256` (or `read:256`) writes (reads) 256 MB between the timed calls,
+//! as a model's other layers would.
 mod common;
 use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, Dcnv3Params};
 use ndarray::Array4;
@@ -32,8 +34,22 @@ fn main() {
             deform_conv::alloc::recycle(a)
         }
     };
-    let t = Instant::now();
-    for _ in 0..reps {
+    // `DEFORM_CONV_FLUSH=write:N` (or `read:N`): N MB written (read) between calls, untimed, as
+    // another op's traffic leaves the caches (dirty lines, or clean ones).
+    let flush = std::env::var("DEFORM_CONV_FLUSH").unwrap_or_default();
+    let (mode, mb) = flush.split_once(':').unwrap_or(("", "0"));
+    let mut other = vec![0u8; mb.parse::<usize>().unwrap_or(0) << 20];
+    let mut timed = std::time::Duration::ZERO;
+    for i in 0..reps {
+        if mode == "read" {
+            std::hint::black_box(other.iter().step_by(64).map(|&b| b as u64).sum::<u64>());
+        } else if mode == "write" {
+            other
+                .iter_mut()
+                .for_each(|b| *b = b.wrapping_add(i as u8 | 1));
+            std::hint::black_box(&other);
+        }
+        let t = Instant::now();
         if what == "fwd" {
             give(std::hint::black_box(
                 dcnv3(x.view(), off.view(), m.view(), &p).unwrap(),
@@ -46,9 +62,10 @@ fn main() {
             give(gr.offset);
             give(gr.mask);
         }
+        timed += t.elapsed();
     }
     println!(
         "dcnv3 {what}: {:.2} ms per call",
-        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+        timed.as_secs_f64() * 1e3 / reps as f64
     );
 }

@@ -10,7 +10,8 @@
 //! computed by the same kernels as DCNv2's (`sample_row`, with absolute positions: `y0 = x0 = 0`,
 //! no stride), one call per plane's run of points, and run across the group's channel run:
 //! forward `gather_points` (each element's sum over the points in registers, stored once);
-//! backward per point `dot4_row` and `scatter_row` (fused where a table has `backward_row`).
+//! backward block by block of `BACK_BLOCK` elements, per point, `dot4_row` and `scatter_row`
+//! (fused where a table has `backward_row`).
 //!
 //! Where the table has one-pass rows for the shape ([`PointKernels`]: AVX-512's and AVX2's
 //! forward and backward, the portable bodies on the scalar table) and the image is the
@@ -33,7 +34,7 @@ use super::blocking::LANES;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
     point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn, PointsRow, RowJob,
-    PREFETCH_AHEAD,
+    BACK_BLOCK, PREFETCH_AHEAD,
 };
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
@@ -338,13 +339,13 @@ impl<A: Real> RowScratch<A> {
 }
 
 /// The descriptors of points `pts` (of one plane; positions already in `s.y`, `s.x`, `s.m` at
-/// `pts.start*len`), `len` elements each, into entries `at ..` of `s.s`.
+/// `pts.start*len`), `len` elements each, into entries `at ..` of `s.s` (the forward's: no
+/// gradient fields).
 fn sample<T: Element, O: PointOp<T>>(
     op: &O,
     k: &Kernels<T::Acc>,
     pts: Range<usize>,
     (len, at): (usize, usize),
-    gradients: bool,
     s: &mut RowScratch<T::Acc>,
 ) {
     let (h, w) = op.shape().planes[op.plane_of(pts.start)];
@@ -360,7 +361,33 @@ fn sample<T: Element, O: PointOp<T>>(
         w,
         gate: GradGate::Open,
         at,
-        gradients,
+        gradients: false,
+    };
+    (k.sample_row)(&args, &mut s.s);
+}
+
+/// The descriptors of elements `at .. at + nb` of the positions (`s.y`, `s.x`, `s.m`; point
+/// `point`'s) into entries `0 .. nb` of `s.s`, with gradient fields.
+fn sample_block<T: Element, O: PointOp<T>>(
+    op: &O,
+    k: &Kernels<T::Acc>,
+    (point, at, nb): (usize, usize, usize),
+    s: &mut RowScratch<T::Acc>,
+) {
+    let (h, w) = op.shape().planes[op.plane_of(point)];
+    let r = at..at + nb;
+    let args = RowArgs {
+        y0: 0,
+        x0: 0,
+        sx: 0,
+        dy: &s.y[r.clone()],
+        dx: &s.x[r.clone()],
+        m: &s.m[r],
+        h,
+        w,
+        gate: GradGate::Open,
+        at: 0,
+        gradients: true,
     };
     (k.sample_row)(&args, &mut s.s);
 }
@@ -507,7 +534,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                 describe(op, k, [n, r, g], len, s);
                                 for pts in &runs {
                                     let at = pts.start * len;
-                                    sample(op, k, pts.clone(), (len, at), false, s);
+                                    sample(op, k, pts.clone(), (len, at), s);
                                     let base = bases[op.plane_of(pts.start)];
                                     if base > 0 {
                                         for idx in &mut s.s.idx {
@@ -732,41 +759,45 @@ where
                                 describe(op, k, [n, r, g], len, s);
                                 let hull = &mut hull[g * planes..(g + 1) * planes];
                                 cover(op, hull, (&s.y, len), &copy_planes, d, dxg);
-                                for point in 0..sh.points {
-                                    sample(op, k, point..point + 1, (len, 0), true, s);
-                                    let base = bases[op.plane_of(point)] * d;
-                                    let job = group_row(&s.s, len, d, c);
-                                    s.dots[..4 * len].fill(zero);
-                                    let (dcol, x, gx) =
-                                        (&s.tmp[lo..], &xg[base..], &mut dxg[base..]);
-                                    match k.backward_row {
-                                        Some(fused) => {
-                                            fused(&job, dcol, x, &mut [], &mut s.dots, gx)
+                                // Blocks of `BACK_BLOCK` elements, in each every point.
+                                for tb in (0..len).step_by(BACK_BLOCK) {
+                                    let nb = BACK_BLOCK.min(len - tb);
+                                    for point in 0..sh.points {
+                                        let at = point * len + tb;
+                                        sample_block(op, k, (point, at, nb), s);
+                                        let base = bases[op.plane_of(point)] * d;
+                                        let job = group_row(&s.s, nb, d, c);
+                                        s.dots[..4 * nb].fill(zero);
+                                        let (dcol, x, gx) =
+                                            (&s.tmp[tb * c + lo..], &xg[base..], &mut dxg[base..]);
+                                        match k.backward_row {
+                                            Some(fused) => {
+                                                fused(&job, dcol, x, &mut [], &mut s.dots, gx)
+                                            }
+                                            None => {
+                                                (k.dot4_row)(&job, dcol, x, &mut s.dots);
+                                                (k.scatter_row)(&job, dcol, gx);
+                                            }
                                         }
-                                        None => {
-                                            (k.dot4_row)(&job, dcol, x, &mut s.dots);
-                                            (k.scatter_row)(&job, dcol, gx);
+                                        let RowScratch {
+                                            s: rs,
+                                            dots,
+                                            grads: [gy, gx, gm],
+                                            ..
+                                        } = &mut *s;
+                                        let (gy, gx, gm) = (
+                                            &mut gy[at..at + nb],
+                                            &mut gx[at..at + nb],
+                                            &mut gm[at..at + nb],
+                                        );
+                                        for (t, a) in dots[..4 * nb].chunks_exact(4).enumerate() {
+                                            [gy[t], gx[t], gm[t]] = if rs.grad[t] {
+                                                let a = [a[0], a[1], a[2], a[3]];
+                                                point_grads(a, [rs.ly[t], rs.lx[t], rs.m[t]])
+                                            } else {
+                                                [zero; 3]
+                                            };
                                         }
-                                    }
-                                    let RowScratch {
-                                        s: rs,
-                                        dots,
-                                        grads: [gy, gx, gm],
-                                        ..
-                                    } = &mut *s;
-                                    let at = point * len;
-                                    let (gy, gx, gm) = (
-                                        &mut gy[at..at + len],
-                                        &mut gx[at..at + len],
-                                        &mut gm[at..at + len],
-                                    );
-                                    for (t, a) in dots[..4 * len].chunks_exact(4).enumerate() {
-                                        [gy[t], gx[t], gm[t]] = if rs.grad[t] {
-                                            let a = [a[0], a[1], a[2], a[3]];
-                                            point_grads(a, [rs.ly[t], rs.lx[t], rs.m[t]])
-                                        } else {
-                                            [zero; 3]
-                                        };
                                     }
                                 }
                                 put(&mut sink, &s.point_grads(g, len, sh.points));

@@ -346,7 +346,8 @@ pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [
 }
 
 /// [`super::PointsBack`] for groups of `8 * V` channels (8, 16, 32), as AVX-512's `points_back`
-/// in eight lanes: per point, eight elements' descriptors at a time in ymm registers
+/// in eight lanes: block by block of `BACK_BLOCK` elements, per point, eight elements'
+/// descriptors at a time in ymm registers
 /// (`corners8`, the corners as element offsets of the image, -1 outside), then element by
 /// element the scatter and the dot products (zeros read for corners outside, whose scatter goes
 /// nowhere), element `c` into partial sum `c % 16` (two registers, as `backward_row`) reduced by
@@ -381,126 +382,129 @@ pub(super) unsafe fn points_back<const V: usize>(
     let mut wts = [[0f32; 8]; 4];
     // Element i's four dot products.
     let mut dots = [_mm_setzero_ps(); 8];
-    for (k, &[h, w, s]) in r.planes.iter().enumerate() {
-        let plane = Plane8 {
-            hf: _mm256_set1_ps(h as i64 as f32),
-            wf: _mm256_set1_ps(w as i64 as f32),
-            h: _mm256_set1_epi32(h as i32),
-            w: _mm256_set1_epi32(w as i32),
-            start: _mm256_set1_epi32((s * c + lo) as i32),
-            step: cv,
-            row: _mm256_set1_epi32((w * c) as i32),
-            outside: _mm256_set1_epi32(-1),
-        };
-        for t0 in (0..len).step_by(8) {
-            let n = (len - t0).min(8);
-            let kt = tail_mask(n);
-            let at = k * len + t0;
-            // SAFETY: the lanes enabled in `kt` address entries at..at+n of rows of `all`;
-            // masked-off lanes are not accessed.
-            let load = |v: &[f32]| unsafe { _mm256_maskload_ps(v.as_ptr().add(at), kt) };
-            // `sample_row`'s `y0 + dy`, `x0 + t*sx + dx` with zeros.
-            let py = _mm256_add_ps(zero, load(r.y));
-            let px = _mm256_add_ps(zero, load(r.x));
-            let vm = load(r.m);
-            let Corners8 {
-                idx: iv,
-                w: wv,
-                ly,
-                lx,
-                open,
-                ..
-            } = corners8::<true>((py, px, vm), _mm256_castsi256_ps(kt), false, &plane);
-            let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
-            for j in 0..4 {
-                // SAFETY: 8 values each.
-                unsafe {
-                    _mm256_storeu_si256(offs[j].as_mut_ptr().cast(), iv[j]);
-                    _mm256_storeu_ps(wts[j].as_mut_ptr(), wv[j]);
-                }
-            }
-            let open_bits = _mm256_movemask_ps(open);
-            for (i, four) in dots.iter_mut().enumerate().take(n) {
-                if open_bits & (1 << i) == 0 {
-                    continue;
-                }
-                let t = t0 + i;
-                let src: [*const f32; 4] = std::array::from_fn(|j| {
-                    let o = offs[j][i];
-                    if o < 0 {
-                        zeros.as_ptr()
-                    } else {
-                        // SAFETY: a corner inside its plane has an offset `>= 0` whose run of
-                        // `d` lies inside the image (the planes and `lo + d <= c` checked).
-                        unsafe { xp.add(o as usize) }
+    // Blocks of `BACK_BLOCK` elements, in each every point, eight elements at a time.
+    for tb in (0..len).step_by(super::BACK_BLOCK) {
+        for (k, &[h, w, s]) in r.planes.iter().enumerate() {
+            let plane = Plane8 {
+                hf: _mm256_set1_ps(h as i64 as f32),
+                wf: _mm256_set1_ps(w as i64 as f32),
+                h: _mm256_set1_epi32(h as i32),
+                w: _mm256_set1_epi32(w as i32),
+                start: _mm256_set1_epi32((s * c + lo) as i32),
+                step: cv,
+                row: _mm256_set1_epi32((w * c) as i32),
+                outside: _mm256_set1_epi32(-1),
+            };
+            for t0 in (tb..(tb + super::BACK_BLOCK).min(len)).step_by(8) {
+                let n = (len - t0).min(8);
+                let kt = tail_mask(n);
+                let at = k * len + t0;
+                // SAFETY: the lanes enabled in `kt` address entries at..at+n of rows of `all`;
+                // masked-off lanes are not accessed.
+                let load = |v: &[f32]| unsafe { _mm256_maskload_ps(v.as_ptr().add(at), kt) };
+                // `sample_row`'s `y0 + dy`, `x0 + t*sx + dx` with zeros.
+                let py = _mm256_add_ps(zero, load(r.y));
+                let px = _mm256_add_ps(zero, load(r.x));
+                let vm = load(r.m);
+                let Corners8 {
+                    idx: iv,
+                    w: wv,
+                    ly,
+                    lx,
+                    open,
+                    ..
+                } = corners8::<true>((py, px, vm), _mm256_castsi256_ps(kt), false, &plane);
+                let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
+                for j in 0..4 {
+                    // SAFETY: 8 values each.
+                    unsafe {
+                        _mm256_storeu_si256(offs[j].as_mut_ptr().cast(), iv[j]);
+                        _mm256_storeu_ps(wts[j].as_mut_ptr(), wv[j]);
                     }
-                });
-                // Partial sums of channels c % 16 < 8 and >= 8.
-                let mut sums = [[_mm256_setzero_ps(); 4]; 2];
-                for z in 0..V {
-                    // SAFETY: element t's run of `dout` (checked above) and the corners' runs.
-                    let (dv, v) = unsafe {
-                        (
-                            _mm256_loadu_ps(dp.add(t * c + lo + 8 * z)),
-                            src.map(|q| _mm256_loadu_ps(q.add(8 * z))),
-                        )
-                    };
-                    for j in 0..4 {
+                }
+                let open_bits = _mm256_movemask_ps(open);
+                for (i, four) in dots.iter_mut().enumerate().take(n) {
+                    if open_bits & (1 << i) == 0 {
+                        continue;
+                    }
+                    let t = t0 + i;
+                    let src: [*const f32; 4] = std::array::from_fn(|j| {
                         let o = offs[j][i];
-                        if o >= 0 {
-                            let wj = _mm256_set1_ps(wts[j][i]);
-                            // SAFETY: `dx` is laid out as the image (checked above): the
-                            // corner's run lies inside it.
-                            unsafe {
-                                let g = gp.add(o as usize + 8 * z);
-                                _mm256_storeu_ps(
-                                    g,
-                                    _mm256_add_ps(_mm256_loadu_ps(g), _mm256_mul_ps(wj, dv)),
-                                );
+                        if o < 0 {
+                            zeros.as_ptr()
+                        } else {
+                            // SAFETY: a corner inside its plane has an offset `>= 0` whose run of
+                            // `d` lies inside the image (the planes and `lo + d <= c` checked).
+                            unsafe { xp.add(o as usize) }
+                        }
+                    });
+                    // Partial sums of channels c % 16 < 8 and >= 8.
+                    let mut sums = [[_mm256_setzero_ps(); 4]; 2];
+                    for z in 0..V {
+                        // SAFETY: element t's run of `dout` (checked above) and the corners' runs.
+                        let (dv, v) = unsafe {
+                            (
+                                _mm256_loadu_ps(dp.add(t * c + lo + 8 * z)),
+                                src.map(|q| _mm256_loadu_ps(q.add(8 * z))),
+                            )
+                        };
+                        for j in 0..4 {
+                            let o = offs[j][i];
+                            if o >= 0 {
+                                let wj = _mm256_set1_ps(wts[j][i]);
+                                // SAFETY: `dx` is laid out as the image (checked above): the
+                                // corner's run lies inside it.
+                                unsafe {
+                                    let g = gp.add(o as usize + 8 * z);
+                                    _mm256_storeu_ps(
+                                        g,
+                                        _mm256_add_ps(_mm256_loadu_ps(g), _mm256_mul_ps(wj, dv)),
+                                    );
+                                }
                             }
                         }
+                        for (sum, vj) in sums[z % 2].iter_mut().zip(v) {
+                            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, vj));
+                        }
                     }
-                    for (sum, vj) in sums[z % 2].iter_mut().zip(v) {
-                        *sum = _mm256_add_ps(*sum, _mm256_mul_ps(dv, vj));
-                    }
+                    *four = reduce16x4(sums[0], sums[1]);
                 }
-                *four = reduce16x4(sums[0], sums[1]);
-            }
-            // Element i's dots in lane i, by corner: the 8x4 tile transposed.
-            let pair = |i: usize| _mm256_set_m128(dots[i + 4], dots[i]);
-            let (r0, r1, r2, r3) = (pair(0), pair(1), pair(2), pair(3));
-            let (t0v, t1v) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-            let (t2v, t3v) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-            let a = [
-                _mm256_shuffle_ps::<0b01_00_01_00>(t0v, t2v),
-                _mm256_shuffle_ps::<0b11_10_11_10>(t0v, t2v),
-                _mm256_shuffle_ps::<0b01_00_01_00>(t1v, t3v),
-                _mm256_shuffle_ps::<0b11_10_11_10>(t1v, t3v),
-            ];
-            let gyv = _mm256_mul_ps(
-                vm,
-                _mm256_add_ps(
-                    _mm256_mul_ps(hx, _mm256_sub_ps(a[2], a[0])),
-                    _mm256_mul_ps(lx, _mm256_sub_ps(a[3], a[1])),
-                ),
-            );
-            let gxv = _mm256_mul_ps(
-                vm,
-                _mm256_add_ps(
-                    _mm256_mul_ps(hy, _mm256_sub_ps(a[1], a[0])),
-                    _mm256_mul_ps(ly, _mm256_sub_ps(a[3], a[2])),
-                ),
-            );
-            let mut gmv = _mm256_mul_ps(_mm256_mul_ps(hy, hx), a[0]);
-            gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(hy, lx), a[1]));
-            gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, hx), a[2]));
-            gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, lx), a[3]));
-            for (out, v) in [(&mut *gy, gyv), (&mut *gx, gxv), (&mut *gm, gmv)] {
-                // SAFETY: entries at..at+n of a row of `len` per point (`inside`, checked above);
-                // samples without gradients get +0.
-                unsafe {
-                    _mm256_maskstore_ps(out.as_mut_ptr().add(at), kt, _mm256_and_ps(open, v))
-                };
+                // Element i's dots in lane i, by corner: the 8x4 tile transposed.
+                let pair = |i: usize| _mm256_set_m128(dots[i + 4], dots[i]);
+                let (r0, r1, r2, r3) = (pair(0), pair(1), pair(2), pair(3));
+                let (t0v, t1v) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                let (t2v, t3v) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                let a = [
+                    _mm256_shuffle_ps::<0b01_00_01_00>(t0v, t2v),
+                    _mm256_shuffle_ps::<0b11_10_11_10>(t0v, t2v),
+                    _mm256_shuffle_ps::<0b01_00_01_00>(t1v, t3v),
+                    _mm256_shuffle_ps::<0b11_10_11_10>(t1v, t3v),
+                ];
+                let gyv = _mm256_mul_ps(
+                    vm,
+                    _mm256_add_ps(
+                        _mm256_mul_ps(hx, _mm256_sub_ps(a[2], a[0])),
+                        _mm256_mul_ps(lx, _mm256_sub_ps(a[3], a[1])),
+                    ),
+                );
+                let gxv = _mm256_mul_ps(
+                    vm,
+                    _mm256_add_ps(
+                        _mm256_mul_ps(hy, _mm256_sub_ps(a[1], a[0])),
+                        _mm256_mul_ps(ly, _mm256_sub_ps(a[3], a[2])),
+                    ),
+                );
+                let mut gmv = _mm256_mul_ps(_mm256_mul_ps(hy, hx), a[0]);
+                gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(hy, lx), a[1]));
+                gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, hx), a[2]));
+                gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, lx), a[3]));
+                for (out, v) in [(&mut *gy, gyv), (&mut *gx, gxv), (&mut *gm, gmv)] {
+                    // SAFETY: entries at..at+n of a row of `len` per point (`inside`, checked above);
+                    // samples without gradients get +0.
+                    unsafe {
+                        _mm256_maskstore_ps(out.as_mut_ptr().add(at), kt, _mm256_and_ps(open, v))
+                    };
+                }
             }
         }
     }

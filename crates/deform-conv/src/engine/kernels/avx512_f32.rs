@@ -259,8 +259,8 @@ pub(super) unsafe fn gather_points<const NZ: usize>(
     }
 }
 
-/// [`super::PointsBack`] for groups of `16 * NZ` channels: per point, sixteen elements'
-/// descriptors at a time in zmm registers (`sample_row`'s operations with gradient fields, the
+/// [`super::PointsBack`] for groups of `16 * NZ` channels: block by block of sixteen elements
+/// (`super::BACK_BLOCK`), per point, their descriptors in zmm registers (`sample_row`'s operations with gradient fields, the
 /// corners as element offsets of the image, -1 outside), then element by element `point_row`'s
 /// scatter and dot products (zeros read for corners outside, whose scatter goes nowhere), then
 /// the sixteen elements' position and weight gradients in zmm registers (the point core's
@@ -297,18 +297,20 @@ pub(super) unsafe fn points_back<const NZ: usize>(
     let mut offs = [[0i32; 16]; 4];
     let mut wts = [[0f32; 16]; 4];
     let mut dots = [[0f32; 4]; 16];
-    for (k, &[h, w, s]) in r.planes.iter().enumerate() {
-        let plane = Plane16 {
-            hf: _mm512_set1_ps(h as i64 as f32),
-            wf: _mm512_set1_ps(w as i64 as f32),
-            h: _mm512_set1_epi32(h as i32),
-            w: _mm512_set1_epi32(w as i32),
-            start: _mm512_set1_epi32((s * c + lo) as i32),
-            step: cv,
-            row: _mm512_set1_epi32((w * c) as i32),
-            outside: _mm512_set1_epi32(-1),
-        };
-        for t0 in (0..len).step_by(16) {
+    const { assert!(super::BACK_BLOCK == 16) };
+    // Blocks of 16 elements, in each every point (`super::BACK_BLOCK`).
+    for t0 in (0..len).step_by(super::BACK_BLOCK) {
+        for (k, &[h, w, s]) in r.planes.iter().enumerate() {
+            let plane = Plane16 {
+                hf: _mm512_set1_ps(h as i64 as f32),
+                wf: _mm512_set1_ps(w as i64 as f32),
+                h: _mm512_set1_epi32(h as i32),
+                w: _mm512_set1_epi32(w as i32),
+                start: _mm512_set1_epi32((s * c + lo) as i32),
+                step: cv,
+                row: _mm512_set1_epi32((w * c) as i32),
+                outside: _mm512_set1_epi32(-1),
+            };
             let n = (len - t0).min(16);
             let kt: __mmask16 = (u32::MAX >> (32 - n)) as u16;
             let at = k * len + t0;

@@ -335,8 +335,15 @@ pub(crate) fn unit_pipeline(
     }
 }
 
-/// One (row, group) of the point core's backward straight from the image: for each point `k`
-/// in order and each element `t` in order, the descriptors of `y`, `x`, `m` at `k*len + t` (as
+/// Elements per block of the point core's backward order: block by block, in each every point in
+/// order, for each the block's elements in order. That is the order in which an input-gradient
+/// element receives its terms, the same in every table and route (the same bits); a block's
+/// corners stay in L1 while its points revisit them (point by point across a whole row they did
+/// not: 0.90x on DCNv3 stage 1's backward).
+pub(crate) const BACK_BLOCK: usize = 16;
+
+/// One (row, group) of the point core's backward straight from the image: in the order of
+/// [`BACK_BLOCK`] (blocks of elements `t`, in each every point `k`), the descriptors of `y`, `x`, `m` at `k*len + t` (as
 /// `describe` leaves them) as `sample_row` forms them with gradient fields, the four dot products
 /// of `dout`'s run (element `t`'s at `t*c + lo`) with the corners' runs of the `image` (`c`
 /// values a pixel, in place; zeros outside) as `backward_row` forms them, `dx[corner] += w *

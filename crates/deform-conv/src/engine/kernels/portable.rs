@@ -198,7 +198,8 @@ fn points_row_body<A: Real>(r: &PointsRow<'_, A>, out: &mut [MaybeUninit<A>]) {
     }
 }
 
-/// The point core's backward row in one pass ([`super::PointsBack`]): per point, per element,
+/// The point core's backward row in one pass ([`super::PointsBack`]): block by block of
+/// [`super::BACK_BLOCK`] elements, per point, per element,
 /// the descriptors as `sample_row_body` forms them, the dot products as `dot4_row_body` (onto
 /// zero) and the scatter as `scatter_row_body` (corners outside receive nothing), the position
 /// and weight gradients as the point core forms them: the same bits; the image read in place.
@@ -218,28 +219,31 @@ fn points_back_body<A: Real>(r: &PointsBack<'_, A>, dx: &mut [A], grads: [&mut [
     let zero = A::zero();
     let zeros = [zero; RUN_MAX];
     let [gy, gx, gm] = grads;
-    for (k, &plane) in r.planes.iter().enumerate() {
-        for t in 0..len {
-            let i = k * len + t;
-            let position = (zero + r.y[i], zero + r.x[i], r.m[i]);
-            let (corners, w, [ly, lx, m], open) = point_corners(position, plane, (c, lo));
-            if !open {
-                (gy[i], gx[i], gm[i]) = (zero, zero, zero);
-                continue;
-            }
-            let dv = &r.dout[t * c + lo..][..d];
-            let a: [A; 4] = std::array::from_fn(|j| {
-                let src = corners[j].map_or(&zeros[..d], |o| &r.image[o..o + d]);
-                zero + dot_body(dv, src)
-            });
-            for (corner, wj) in corners.iter().zip(w) {
-                if let Some(o) = *corner {
-                    for (g, v) in dx[o..o + d].iter_mut().zip(dv) {
-                        *g += wj * *v;
+    // Blocks of `BACK_BLOCK` elements, in each every point (`super::BACK_BLOCK`).
+    for tb in (0..len).step_by(super::BACK_BLOCK) {
+        for (k, &plane) in r.planes.iter().enumerate() {
+            for t in tb..(tb + super::BACK_BLOCK).min(len) {
+                let i = k * len + t;
+                let position = (zero + r.y[i], zero + r.x[i], r.m[i]);
+                let (corners, w, [ly, lx, m], open) = point_corners(position, plane, (c, lo));
+                if !open {
+                    (gy[i], gx[i], gm[i]) = (zero, zero, zero);
+                    continue;
+                }
+                let dv = &r.dout[t * c + lo..][..d];
+                let a: [A; 4] = std::array::from_fn(|j| {
+                    let src = corners[j].map_or(&zeros[..d], |o| &r.image[o..o + d]);
+                    zero + dot_body(dv, src)
+                });
+                for (corner, wj) in corners.iter().zip(w) {
+                    if let Some(o) = *corner {
+                        for (g, v) in dx[o..o + d].iter_mut().zip(dv) {
+                            *g += wj * *v;
+                        }
                     }
                 }
+                [gy[i], gx[i], gm[i]] = point_grads(a, [ly, lx, m]);
             }
-            [gy[i], gx[i], gm[i]] = point_grads(a, [ly, lx, m]);
         }
     }
 }
