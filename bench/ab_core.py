@@ -1,6 +1,8 @@
 """A/B of two builds of the extension in one process: the installed ``deform_conv._core`` (B) against
-another build's ``_core`` shared library (A), on the DCNv2 shapes of ``bench/shapes.json``,
-forward and forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A.
+another build's ``_core`` shared library (A), on the DCNv2 shapes of ``bench/shapes.json`` (with
+``--dcnv3``: InternImage-T's four DCNv3 stage layers at 800x1333, numpy API), forward and
+forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A. The forwards
+must agree bit for bit (DCNv3's backward only to rounding: a build may change its order).
 
     $ git worktree add /tmp/base <rev> && (cd /tmp/base && maturin build --release -o /tmp/base-whl)
     $ unzip -o /tmp/base-whl/*.whl 'deform_conv/_core*' -d /tmp/base-core
@@ -59,32 +61,56 @@ def inputs(spec, rng):
     return (x, off, wt, b, m), ([s, s], [p, p], [d, d]), gy
 
 
+def dcnv3_cases(rng):
+    """InternImage-T's stage layers at 800x1333: the op's arguments and an output gradient."""
+    for i in range(4):
+        h, w, g = 200 >> i, 336 >> i, 4 << i
+        x = rng.standard_normal((1, h, w, g * 16), dtype=np.float32)
+        off = 2 * rng.standard_normal((1, h, w, g * 18), dtype=np.float32)
+        m = rng.random((1, h, w, g * 9), dtype=np.float32)
+        gy = rng.standard_normal((1, h, w, g * 16), dtype=np.float32)
+        attrs = deform_conv._dcn3_attrs(3, 1, 1, 1, g, 16, 1.0, False)
+        yield f"dcnv3_stage{i + 1}", (x, off, m, attrs, "engine"), gy
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base", help="path of build A's _core shared library")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dcnv3", action="store_true", help="the DCNv3 stage layers instead")
     a = ap.parse_args()
     deform_conv.set_num_threads(a.threads)
     core_a = load(a.base)
     core_a.set_num_threads(a.threads)
-    shapes = json.load(open(os.path.join(HERE, "shapes.json")))["shapes"]
     rng = np.random.default_rng(0)
+    if a.dcnv3:
+        cases = [(name, (lambda core, t=t: core.dcnv3_forward(*t)),
+                  (lambda core, t=t, gy=gy: core.dcnv3_backward(gy, *t)))
+                 for name, t, gy in dcnv3_cases(rng)]
+    else:
+        shapes = json.load(open(os.path.join(HERE, "shapes.json")))["shapes"]
+        cases = []
+        for name, spec in shapes.items():
+            t, conv, gy = inputs(spec, rng)
+            cases.append((name, (lambda core, t=t, conv=conv: forward(core, t, conv)),
+                          (lambda core, t=t, conv=conv, gy=gy: backward(core, gy, t, conv))))
     print(f"A = {a.base}\nB = installed deform_conv ({core_b.active_isa()}), {a.threads} threads, "
           f"median of {a.repeat}, interleaved")
     print(f"{'shape':18} {'fwd A ms':>9} {'fwd B ms':>9} {'B/A':>6} {'f+b A ms':>9} {'f+b B ms':>9} {'B/A':>6}")
     ratios = {"fwd": [], "fb": []}
-    for name, spec in shapes.items():
-        t, conv, gy = inputs(spec, rng)
-        ya, yb = forward(core_a, t, conv), forward(core_b, t, conv)
+    for name, fwd, bwd in cases:
+        ya, yb = fwd(core_a), fwd(core_b)
         assert np.array_equal(ya, yb), f"{name}: the two builds disagree"
+        for ga, gb in zip(bwd(core_a), bwd(core_b)):
+            assert np.allclose(ga, gb, rtol=1e-4, atol=1e-4), f"{name}: the two backwards disagree"
         times = {k: [] for k in ("fa", "fb", "ba", "bb")}
         for _ in range(a.repeat):
             for key, core in (("a", core_a), ("b", core_b)):
                 t0 = time.perf_counter()
-                forward(core, t, conv)
+                fwd(core)
                 t1 = time.perf_counter()
-                backward(core, gy, t, conv)
+                bwd(core)
                 t2 = time.perf_counter()
                 times["f" + key].append((t1 - t0) * 1e3)
                 times["b" + key].append((t2 - t0) * 1e3)
