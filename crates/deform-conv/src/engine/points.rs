@@ -338,18 +338,17 @@ impl<A: Real> RowScratch<A> {
     }
 }
 
-/// The descriptors of points `pts` (of one plane; positions already in `s.y`, `s.x`, `s.m` at
-/// `pts.start*len`), `len` elements each, into entries `at ..` of `s.s` (the forward's: no
-/// gradient fields).
+/// The descriptors of the positions `r` of `s.y`, `s.x`, `s.m` (of `point`'s plane: a run of
+/// points of one plane, or a block of one point's elements) into entries `at ..` of `s.s`, with
+/// the gradient fields when `gradients`.
 fn sample<T: Element, O: PointOp<T>>(
     op: &O,
     k: &Kernels<T::Acc>,
-    pts: Range<usize>,
-    (len, at): (usize, usize),
+    (point, r, at): (usize, Range<usize>, usize),
+    gradients: bool,
     s: &mut RowScratch<T::Acc>,
 ) {
-    let (h, w) = op.shape().planes[op.plane_of(pts.start)];
-    let r = pts.start * len..pts.end * len;
+    let (h, w) = op.shape().planes[op.plane_of(point)];
     let args = RowArgs {
         y0: 0,
         x0: 0,
@@ -361,33 +360,7 @@ fn sample<T: Element, O: PointOp<T>>(
         w,
         gate: GradGate::Open,
         at,
-        gradients: false,
-    };
-    (k.sample_row)(&args, &mut s.s);
-}
-
-/// The descriptors of elements `at .. at + nb` of the positions (`s.y`, `s.x`, `s.m`; point
-/// `point`'s) into entries `0 .. nb` of `s.s`, with gradient fields.
-fn sample_block<T: Element, O: PointOp<T>>(
-    op: &O,
-    k: &Kernels<T::Acc>,
-    (point, at, nb): (usize, usize, usize),
-    s: &mut RowScratch<T::Acc>,
-) {
-    let (h, w) = op.shape().planes[op.plane_of(point)];
-    let r = at..at + nb;
-    let args = RowArgs {
-        y0: 0,
-        x0: 0,
-        sx: 0,
-        dy: &s.y[r.clone()],
-        dx: &s.x[r.clone()],
-        m: &s.m[r],
-        h,
-        w,
-        gate: GradGate::Open,
-        at: 0,
-        gradients: true,
+        gradients,
     };
     (k.sample_row)(&args, &mut s.s);
 }
@@ -534,7 +507,7 @@ pub(crate) fn forward<T: Element, O: PointOp<T>>(
                                 describe(op, k, [n, r, g], len, s);
                                 for pts in &runs {
                                     let at = pts.start * len;
-                                    sample(op, k, pts.clone(), (len, at), s);
+                                    sample(op, k, (pts.start, at..pts.end * len, at), false, s);
                                     let base = bases[op.plane_of(pts.start)];
                                     if base > 0 {
                                         for idx in &mut s.s.idx {
@@ -764,7 +737,7 @@ where
                                     let nb = BACK_BLOCK.min(len - tb);
                                     for point in 0..sh.points {
                                         let at = point * len + tb;
-                                        sample_block(op, k, (point, at, nb), s);
+                                        sample(op, k, (point, at..at + nb, 0), true, s);
                                         let base = bases[op.plane_of(point)] * d;
                                         let job = group_row(&s.s, nb, d, c);
                                         s.dots[..4 * nb].fill(zero);
