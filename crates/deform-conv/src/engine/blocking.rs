@@ -62,16 +62,6 @@ pub(crate) fn backward_rows_per_tile(wo: usize, row_len: usize, elem_bytes: usiz
 /// costs what the zeroing saves. Below it, lanes zero the whole image.
 pub(crate) const LAZY_DX_CHANNELS: usize = 32;
 
-/// Output channels per task of the backward's weight reorder from torch's `[Cout, C, kh, kw]` to
-/// `[(tap*C + c), Cout]` (one cache line of f32 on the `[.., Cout]` side). (The weight gradient
-/// comes back as `[Cout, (tap*C + c)]`: a transpose inside each weight row, no tiles.)
-pub(crate) const REORDER_OUT: usize = 16;
-
-/// Input channels per step of that reorder: a `REORDER_IN x K x REORDER_OUT` tile (9 KB for
-/// 3x3, f32) stays in L1, so both sides are read and written in whole runs (element by element,
-/// weight rows 18 KB apart fall into few L1 sets).
-pub(crate) const REORDER_IN: usize = 16;
-
 /// Least pixels per task of the channels-last copy: each task reads runs of this many elements
 /// from every channel plane (1 KB of f32), long enough for the hardware prefetcher.
 pub(crate) const NHWC_BAND_PIXELS: usize = 256;

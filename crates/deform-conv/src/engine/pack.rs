@@ -1,12 +1,11 @@
 //! The weight, packed once per call into the layouts the GEMMs read.
 
-use super::blocking::{REORDER_IN, REORDER_OUT};
 use super::kernels;
 use super::scratch::{take, Buf};
-use super::threads::{for_each_chunk, for_each_item};
+use super::threads::for_each_chunk;
 use crate::element::Element;
 use crate::params::Geometry;
-use ndarray::{ArrayView4, ArrayViewMut3, Axis};
+use ndarray::{ArrayView4, Axis};
 use num_traits::Zero;
 
 /// `Wp_q[o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i, j]`: each output channel's `[Cg, K]` block
@@ -80,66 +79,6 @@ pub(super) fn pack_panel<T: Element>(
     }
 }
 
-/// The backward's layout, `Wp_q^T[(tap*Cg + c)*Coutg + o] = Wt[q*Coutg + o, c, i, j]`, in one
-/// pass (before: the forward's packing, then a transpose). Tasks take blocks of
-/// [`REORDER_IN`] input channels: each writes its `K x REORDER_IN` rows front to back and reads
-/// one short run per weight row, through an L1 tile of [`REORDER_OUT`] output channels. (Tasks by
-/// output channels instead wrote one cache line per 2 KB row, a new page every other line: ResNet
-/// c5's reorders ran at 1 GB/s on TLB misses.)
-pub(super) fn pack_weight_transposed<T: Element>(
-    g: &Geometry,
-    weight: &ArrayView4<'_, T>,
-    q: usize,
-) -> Buf<T::Acc> {
-    let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
-    let zero = T::Acc::zero();
-    let mut out = take(kk * cg * coutg, zero); // every element is written below
-    let mut wpt =
-        ArrayViewMut3::from_shape((kk, cg, coutg), &mut out[..]).expect("K * Cg * Coutg elements");
-    let w_q = weight.slice(ndarray::s![q * coutg..(q + 1) * coutg, .., .., ..]);
-    let w_q = w_q
-        .to_shape((coutg, cg, kk))
-        .expect("a [Coutg, Cg, kh, kw] view");
-    let blocks: Vec<_> = wpt
-        .axis_chunks_iter_mut(Axis(1), REORDER_IN)
-        .enumerate()
-        .collect();
-    for_each_item(blocks, |(bi, mut dst), _| {
-        let (c0, ncb) = (bi * REORDER_IN, dst.shape()[1]);
-        // rows[tap*ncb + cc] = Wp^T row (tap*Cg + c0 + cc), Coutg contiguous values.
-        let mut rows: Vec<&mut [T::Acc]> = dst
-            .lanes_mut(Axis(2))
-            .into_iter()
-            .map(|r| r.into_slice().expect("rows of a standard-layout buffer"))
-            .collect();
-        // tile[cc*K + tap][k] = Wt[o0 + k, c0 + cc, tap]
-        let mut tile = vec![[zero; REORDER_OUT]; ncb * kk];
-        for o0 in (0..coutg).step_by(REORDER_OUT) {
-            let nb = REORDER_OUT.min(coutg - o0);
-            for k in 0..nb {
-                let run = w_q.slice(ndarray::s![o0 + k, c0..c0 + ncb, ..]);
-                match run.as_slice() {
-                    Some(run) => tile
-                        .iter_mut()
-                        .zip(run)
-                        .for_each(|(t, v)| t[k] = v.to_acc()),
-                    None => tile
-                        .iter_mut()
-                        .zip(run.iter())
-                        .for_each(|(t, v)| t[k] = v.to_acc()),
-                }
-            }
-            for cc in 0..ncb {
-                for tap in 0..kk {
-                    let t = &tile[cc * kk + tap][..nb];
-                    copy_run(&mut rows[tap * ncb + cc][o0..o0 + nb], t);
-                }
-            }
-        }
-    });
-    out
-}
-
 /// `dst[x*k + r] = src[r*row_stride + x]` for `r < k`, `x < w`: `k` rows of `w` elements,
 /// `row_stride` apart, to `w` pixels of `k` channels. In blocks of 8 rows, read in order and
 /// written 8 at a time per pixel, the slices taken once per block (each channel row of a small
@@ -170,17 +109,5 @@ pub(super) fn transpose_rows<T: Element>(
         for (x, v) in row.iter().enumerate() {
             dst[x * k + r] = v.to_acc();
         }
-    }
-}
-
-/// `dst.copy_from_slice(src)` for the weight reorders' runs of at most [`REORDER_OUT`]: a full
-/// run is one fixed-size copy (two vector moves) instead of a `memmove` call per 64 bytes.
-fn copy_run<A: Copy>(dst: &mut [A], src: &[A]) {
-    match (
-        <&mut [A; REORDER_OUT]>::try_from(&mut *dst),
-        <&[A; REORDER_OUT]>::try_from(src),
-    ) {
-        (Ok(d), Ok(s)) => *d = *s,
-        _ => dst.copy_from_slice(src),
     }
 }

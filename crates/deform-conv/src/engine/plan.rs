@@ -4,8 +4,9 @@
 //! [`super::forward`] and [`super::backward`].
 
 use super::blocking::rows_per_tile;
+use super::gemm::Mat;
 use super::kernels::{self, Isa, Kernels};
-use super::pack::{pack_panel, pack_weight, pack_weight_transposed};
+use super::pack::{pack_panel, pack_weight};
 use super::scratch::{take, Buf};
 use super::threads::for_each_chunk;
 use crate::element::{Element, Real};
@@ -16,7 +17,7 @@ use ndarray::{ArrayViewMut3, Axis};
 use num_traits::Zero;
 use std::sync::OnceLock;
 
-/// Which pass a plan serves: it decides the layout of [`Plan::wp`].
+/// Which pass a plan serves: the forward with a panel GEMM packs no [`Plan::wp`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Pass {
     Forward,
@@ -55,10 +56,11 @@ pub(super) struct Plan<'p, 'a, T: Element> {
     pub(super) g: &'p Geometry,
     pub(super) ops: &'p Operands<'a, T>,
     pub(super) k: &'static Kernels<T::Acc>,
-    /// The packed weight of each conv group. Forward: `wp[q][o*K*Cg + tap*Cg + c] =
-    /// Wt[q*Coutg + o, c, i, j]`, read by the `gemm` crate through strides; empty when the
-    /// kernels have a panel GEMM (the forward then reads [`Plan::panels`]). Backward: its transpose
-    /// `wp[q][(tap*Cg + c)*Coutg + o]`, the layout the `dY * Wp^T` GEMM runs fastest on.
+    /// The packed weight of each conv group, `wp[q][o*K*Cg + tap*Cg + c] = Wt[q*Coutg + o, c, i,
+    /// j]`, read by the `gemm` crate through strides: the forward's `Wp * cols` (empty when the
+    /// kernels have a panel GEMM: the forward then reads [`Plan::panels`]) and the backward's
+    /// `dY * Wp^T` ([`Plan::weight_t`]), whose `Wp^T` the crate reads in columns without packing
+    /// it (our transpose of it, `[K*Cg, Coutg]`, the crate packed again: BENCHMARKS.md).
     pub(super) wp: Vec<Buf<T::Acc>>,
     /// The forward's weight in panels for the panel GEMM (`pack_panel`), every conv group,
     /// packed on first use ([`Plan::panels`]): the split schedule packs each task's block
@@ -77,21 +79,14 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
         isa: Isa,
         pass: Pass,
     ) -> Result<Self> {
-        let transposed = pass == Pass::Backward;
         let (cg, coutg, kk) = (g.c_per_group(), g.cout_per_group(), g.taps());
         let row_len = kk * cg;
         let k = kernels_for::<T::Acc>(isa)?;
-        let wp = if !transposed && k.panel_gemm.is_some() {
+        let wp = if pass == Pass::Forward && k.panel_gemm.is_some() {
             Vec::new() // the forward reads panels instead, packed when asked for
         } else {
             (0..g.groups)
-                .map(|q| {
-                    if transposed {
-                        pack_weight_transposed(g, &ops.weight, q)
-                    } else {
-                        pack_weight(g, &ops.weight, q)
-                    }
-                })
+                .map(|q| pack_weight(g, &ops.weight, q))
                 .collect()
         };
         let rows = rows_per_tile(g.wo, row_len.max(coutg), std::mem::size_of::<T::Acc>());
@@ -104,6 +99,17 @@ impl<'p, 'a, T: Element> Plan<'p, 'a, T> {
             row_len,
             rows,
         })
+    }
+
+    /// Columns `j0 .. j0 + cols` of conv group `q`'s `Wp^T` (`[Coutg, K*Cg]` as a matrix).
+    pub(super) fn weight_t(&self, q: usize, j0: usize, cols: usize) -> Mat<'_, T::Acc> {
+        Mat {
+            data: &self.wp[q][j0..],
+            rows: self.g.cout_per_group(),
+            cols,
+            rs: self.row_len,
+            cs: 1,
+        }
     }
 
     /// The weight of every conv group in panels (see [`pack_panel`]), packed once per call on

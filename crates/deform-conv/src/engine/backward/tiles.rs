@@ -207,19 +207,7 @@ pub(super) fn backward_tile<T: Element>(
             // dcol[P x K*Cg] = dY_q * Wp_q^T, then one descriptor pass per (row, tap) for the
             // columns, the sums `a_j` and the scatter (the columns had a pass of their own).
             let dcol = &mut lane.dcol[..px * row_len];
-            gemm(
-                dcol,
-                row_len,
-                false,
-                dyq,
-                Mat {
-                    data: &plan.wp[q],
-                    rows: coutg,
-                    cols: row_len,
-                    rs: 1,
-                    cs: coutg,
-                },
-            );
+            gemm(dcol, row_len, false, dyq, plan.weight_t(q, 0, row_len));
             let out = PassOut {
                 dx: &mut lane.dx,
                 acc,

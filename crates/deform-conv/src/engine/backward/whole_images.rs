@@ -134,17 +134,7 @@ pub(super) fn whole_images<T: Element>(
             for_each_item(blocks, |(b, blk), _| {
                 let j0 = b * block;
                 let ncols = blk.shape()[1];
-                gemm_view(
-                    blk,
-                    dyo_w,
-                    Mat {
-                        data: &plan.wp[0][j0 * cout..],
-                        rows: cout,
-                        cols: ncols,
-                        rs: 1,
-                        cs: cout,
-                    },
-                );
+                gemm_view(blk, dyo_w, plan.weight_t(0, j0, ncols));
             });
         }
         // 4. The descriptor pass, per (image, range of rows).
