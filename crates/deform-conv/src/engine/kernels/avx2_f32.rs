@@ -499,8 +499,8 @@ pub(super) unsafe fn points_back<const V: usize>(
                 gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, hx), a[2]));
                 gmv = _mm256_add_ps(gmv, _mm256_mul_ps(_mm256_mul_ps(ly, lx), a[3]));
                 for (out, v) in [(&mut *gy, gyv), (&mut *gx, gxv), (&mut *gm, gmv)] {
-                    // SAFETY: entries at..at+n of a row of `len` per point (`inside`, checked above);
-                    // samples without gradients get +0.
+                    // SAFETY: entries at..at+n of a row of `len` per point (`inside`, checked
+                    // above); samples without gradients get +0.
                     unsafe {
                         _mm256_maskstore_ps(out.as_mut_ptr().add(at), kt, _mm256_and_ps(open, v))
                     };

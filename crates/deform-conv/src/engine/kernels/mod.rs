@@ -343,8 +343,9 @@ pub(crate) fn unit_pipeline(
 pub(crate) const BACK_BLOCK: usize = 16;
 
 /// One (row, group) of the point core's backward straight from the image: in the order of
-/// [`BACK_BLOCK`] (blocks of elements `t`, in each every point `k`), the descriptors of `y`, `x`, `m` at `k*len + t` (as
-/// `describe` leaves them) as `sample_row` forms them with gradient fields, the four dot products
+/// [`BACK_BLOCK`] (blocks of elements `t`, in each every point `k`), the descriptors of `y`, `x`,
+/// `m` at `k*len + t` (as `describe` leaves them) as `sample_row` forms them with gradient
+/// fields, the four dot products
 /// of `dout`'s run (element `t`'s at `t*c + lo`) with the corners' runs of the `image` (`c`
 /// values a pixel, in place; zeros outside) as `backward_row` forms them, `dx[corner] += w *
 /// dout` for open samples' corners inside the image (`dx` laid out as `image`), and the position
