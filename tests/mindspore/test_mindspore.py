@@ -166,33 +166,43 @@ class Net(nn.Cell):
                                                d.dilations, d.group, d.deformable_groups, True))
 
 
+def _train_both(rng):
+    """Three SGD steps of a net on our op and of the same net on MindSpore's, from the same
+    parameters and offsets that move; returns (start, ours, theirs) parameter snapshots."""
+    x = Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    target = Tensor(rng.standard_normal((2, 6, 8, 8)).astype(np.float32))
+    nets = [Net(True), Net(False)]
+    start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
+    for net in nets:
+        for p in net.trainable_params():
+            p.set_data(Tensor(start[p.name]))
+        # Offsets that move: the offset conv leaves zero.
+        net.dcn.conv_offset.weight.set_data(Tensor(rng.normal(0, 0.3, net.dcn.conv_offset.weight.shape)
+                                                   .astype(np.float32)) if net is nets[0] else
+                                            nets[0].dcn.conv_offset.weight.value())
+    start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
+    for net in nets:
+        loss = nn.WithLossCell(net, nn.MSELoss())
+        step = nn.TrainOneStepCell(loss, nn.SGD(net.trainable_params(), learning_rate=0.05))
+        for _ in range(3):
+            step(x, target)
+    return start, *({p.name: p.asnumpy().copy() for p in net.trainable_params()} for net in nets)
+
+
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
 def test_training_steps_match_mindspores_op(rng, mode):
     ms.set_context(mode=mode)
     try:
-        x = Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
-        target = Tensor(rng.standard_normal((2, 6, 8, 8)).astype(np.float32))
-        nets = [Net(True), Net(False)]
-        start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
-        for net in nets:
-            for p in net.trainable_params():
-                p.set_data(Tensor(start[p.name]))
-            # Offsets that move: the offset conv leaves zero.
-            net.dcn.conv_offset.weight.set_data(Tensor(rng.normal(0, 0.3, net.dcn.conv_offset.weight.shape)
-                                                       .astype(np.float32)) if net is nets[0] else
-                                                nets[0].dcn.conv_offset.weight.value())
-        start = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
-        for net in nets:
-            loss = nn.WithLossCell(net, nn.MSELoss())
-            step = nn.TrainOneStepCell(loss, nn.SGD(net.trainable_params(), learning_rate=0.05))
-            for _ in range(3):
-                step(x, target)
-        p0 = {p.name: p.asnumpy().copy() for p in nets[0].trainable_params()}
-        p1 = {p.name: p.asnumpy().copy() for p in nets[1].trainable_params()}
-        moved = 0
-        for name in p0:
-            np.testing.assert_allclose(p0[name], p1[name], rtol=1e-4, atol=1e-5, err_msg=name)
-            moved += not np.array_equal(p0[name], start[name])
+        # MindSpore's GRAPH_MODE now and then applies no update to either net, its own op's
+        # included (2 runs of ~70 here, not tied to the seed): such a run compares nothing, and is
+        # repeated.
+        for _ in range(3):
+            start, ours, theirs = _train_both(rng)
+            for name in ours:
+                np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5, err_msg=name)
+            if sum(not np.array_equal(theirs[n], start[n]) for n in theirs) >= 4:
+                break
+        moved = sum(not np.array_equal(ours[n], start[n]) for n in ours)
         assert moved >= 4, f"the training moved only {moved} parameters"
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
