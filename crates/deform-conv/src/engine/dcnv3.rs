@@ -287,20 +287,9 @@ fn write_backward<T: Element>(
             .collect(),
     };
     let (scale, layout) = (op.scale, ops.layout);
-    // Per group, each point's columns: offset x, offset y, mask.
-    let columns: Vec<Vec<[usize; 3]>> = (0..g.g)
-        .map(|gi| {
-            (0..g.points)
-                .map(|p| {
-                    let m = layout.mask(gi, p);
-                    [layout.offset(gi, p, 0), layout.offset(gi, p, 1), m]
-                })
-                .collect()
-        })
-        .collect();
     // Columns of the offset gradient no point names (DCNv4's padding): written zero.
     let mut named = vec![false; off_width];
-    for &[cx, cy, cm] in columns.iter().flatten() {
+    for &[cx, cy, cm] in &op.cols {
         named[cx] = true;
         named[cy] = true;
         if !separate_mask {

@@ -123,7 +123,7 @@ pub(super) fn whole_images<T: Element>(
         if !want_dcol {
             continue;
         }
-        // 3. dcol[:, block] = dyo^T Wp^T[:, block]: the weight packed once per wave.
+        // 3. dcol[:, block] = dyo^T Wp^T[:, block]: the weight read where `plan.wp` holds it.
         {
             let mut view = ArrayViewMut2::from_shape((pw, row_len), &mut dcol[..pw * row_len])
                 .expect("pw * row_len elements");
