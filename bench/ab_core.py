@@ -1,7 +1,8 @@
 """A/B of two builds of the extension in one process: the installed ``deform_conv._core`` (B) against
 another build's ``_core`` shared library (A), on the DCNv2 shapes of ``bench/shapes.json`` (with
 ``--dcnv3``: InternImage-T's four DCNv3 stage layers at 800x1333, numpy API), forward and
-forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A. The forwards
+forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A (the median of
+the ratios of adjacent A and B calls: the machine's slow phases move both). The forwards
 and DCNv2's backwards must agree bit for bit (DCNv3's backward only to rounding: a build may
 change its order).
 
@@ -80,6 +81,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dcnv3", action="store_true", help="the DCNv3 stage layers instead")
+    ap.add_argument("--only", nargs="*", help="these cases only (by name)")
     a = ap.parse_args()
     deform_conv.set_num_threads(a.threads)
     core_a = load(a.base)
@@ -96,6 +98,7 @@ def main():
             t, conv, gy = inputs(spec, rng)
             cases.append((name, (lambda core, t=t, conv=conv: forward(core, t, conv)),
                           (lambda core, t=t, conv=conv, gy=gy: backward(core, gy, t, conv))))
+    cases = [c for c in cases if not a.only or c[0] in a.only]
     print(f"A = {a.base}\nB = installed deform_conv ({core_b.active_isa()}), {a.threads} threads, "
           f"median of {a.repeat}, interleaved")
     print(f"{'shape':18} {'fwd A ms':>9} {'fwd B ms':>9} {'B/A':>6} {'f+b A ms':>9} {'f+b B ms':>9} {'B/A':>6}")
@@ -117,7 +120,8 @@ def main():
                 times["f" + key].append((t1 - t0) * 1e3)
                 times["b" + key].append((t2 - t0) * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
-        rf, rb = med["fb"] / med["fa"], med["bb"] / med["ba"]
+        rf = statistics.median(b / a for a, b in zip(times["fa"], times["fb"]))
+        rb = statistics.median(b / a for a, b in zip(times["ba"], times["bb"]))
         ratios["fwd"].append(rf)
         ratios["fb"].append(rb)
         print(f"{name:18} {med['fa']:9.2f} {med['fb']:9.2f} {rf:6.3f} {med['ba']:9.2f} {med['bb']:9.2f} {rb:6.3f}")

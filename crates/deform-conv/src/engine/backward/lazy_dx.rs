@@ -140,6 +140,24 @@ pub(super) fn write_input_grad<T: Element>(
             return;
         }
         let single = parts.len() == 1;
+        if let (true, Some(transpose)) = (single, plan.k.transpose_rows) {
+            // One part: each deformable group's [W, C/G] block of the row transposed in
+            // registers, then each channel's run written out.
+            let mut runs = vec![zero; cdg * g.w];
+            for (dg, first) in base.iter().step_by(cdg.max(1)).enumerate() {
+                let at = first + y * g.w * cdg;
+                transpose(&live[0][at..], cdg, cdg, g.w, &mut runs);
+                for (c, run) in runs.chunks_exact(g.w.max(1)).enumerate() {
+                    let mut plane = rows.row_mut(dg * cdg + c);
+                    let put = |(d, v): (&mut T, &T::Acc)| *d = T::from_acc(*v);
+                    match plane.as_slice_mut() {
+                        Some(d) => d.iter_mut().zip(run).for_each(put),
+                        None => plane.iter_mut().zip(run).for_each(put),
+                    }
+                }
+            }
+            return;
+        }
         let sum = |at: usize| {
             T::from_acc(if single {
                 live[0][at]

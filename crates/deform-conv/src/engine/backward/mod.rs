@@ -13,18 +13,45 @@ mod tiles;
 mod whole_images;
 
 use super::blocking::{backward_rows_per_tile, LANES};
-use super::kernels::Isa;
+use super::kernels::{prefetch, Isa};
 use super::plan::{split_rows, Pass, Plan};
 use crate::element::Element;
 use crate::error::Result;
 use crate::operands::{GradOutputs, Operands};
 use crate::params::{Geometry, GradGate};
-use ndarray::{ArrayView4, ArrayViewMut1, ArrayViewMut3, ArrayViewMut4, Axis};
+use ndarray::{ArrayView2, ArrayView4, ArrayViewMut1, ArrayViewMut3, ArrayViewMut4, Axis};
 
 /// Tasks of each weight-sized GEMM of the whole-image schedule (`dW^T` by blocks of output
 /// channels, `dcol` by blocks of `K*C` columns): each packs the wave's operand that it shares
 /// with the others again, so few and large.
 pub(super) const WEIGHT_BLOCKS: usize = 4;
+
+/// `dst[o * len ..][..len] = src(o)` in the accumulation type, in logical order, for the
+/// channels `o` of `dst`: a block copy where `src(o)` is contiguous (a channel's rows of `dY`),
+/// with the rows two channels ahead asked for meanwhile (each channel's rows are a short run of
+/// their own, too short for the hardware prefetchers to follow).
+pub(super) fn channels_to_acc<'a, T: Element>(
+    src: impl Fn(usize) -> ArrayView2<'a, T>,
+    len: usize,
+    dst: &mut [T::Acc],
+) {
+    let channels = dst.len() / len.max(1);
+    for (o, d) in dst.chunks_exact_mut(len.max(1)).enumerate() {
+        if o + 2 < channels {
+            if let Some(ahead) = src(o + 2).to_slice() {
+                prefetch(ahead);
+            }
+        }
+        let s = src(o);
+        match s.as_slice().and_then(T::as_acc) {
+            Some(s) => d.copy_from_slice(s),
+            None => d
+                .iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, v)| *d = v.to_acc()),
+        }
+    }
+}
 
 /// This lane's rows of the offset and mask gradients of one image (`[G*K, rows, Wo]` each).
 pub(super) struct LaneGrads<'a, T> {

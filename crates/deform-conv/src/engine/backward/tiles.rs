@@ -3,7 +3,7 @@
 
 use super::lazy_dx::{write_input_grad, LazyDx};
 use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
-use super::{Images, LaneGrads, Sums};
+use super::{channels_to_acc, Images, LaneGrads, Sums};
 use crate::element::{Element, Real};
 use crate::engine::blocking::LANES;
 use crate::engine::columns::RowScratch;
@@ -176,12 +176,11 @@ pub(super) fn backward_tile<T: Element>(
     let row_len = plan.row_len;
     // dyo[o * P + p] = dY[n, o, oh0 + p / Wo, p % Wo]: the tile's rows of each channel.
     let dyo = &mut lane.dyo[..g.cout * px];
-    for (o, d) in dyo.chunks_exact_mut(px.max(1)).enumerate() {
-        let src = dy_n.slice(ndarray::s![o, oh0..oh0 + nrows, ..]);
-        d.iter_mut()
-            .zip(src.iter())
-            .for_each(|(d, v)| *d = v.to_acc());
-    }
+    channels_to_acc(
+        |o| dy_n.slice(ndarray::s![o, oh0..oh0 + nrows, ..]),
+        px,
+        dyo,
+    );
     for (o, d) in dyo.chunks_exact(px.max(1)).enumerate() {
         d.iter().for_each(|v| lane.db[o] += *v);
     }

@@ -3,7 +3,7 @@
 
 use super::lazy_dx::{write_input_grad, LazyDx};
 use super::passes::{reduce_weight_bias, tap_pass, weight_grad, PassOut, Rows};
-use super::{Images, Sums, WEIGHT_BLOCKS};
+use super::{channels_to_acc, Images, Sums, WEIGHT_BLOCKS};
 use crate::element::Element;
 use crate::engine::blocking::LANES;
 use crate::engine::columns::RowScratch;
@@ -78,12 +78,7 @@ pub(super) fn whole_images<T: Element>(
         // output row).
         plan.images_nhwc(n0, &mut xts[..nw]);
         for_each_chunk(&mut dyo[..cout * pw], pw, |o, d, _| {
-            for (i, d) in d.chunks_exact_mut(px).enumerate() {
-                let src = dy.slice(ndarray::s![n0 + i, o, .., ..]);
-                d.iter_mut()
-                    .zip(src.iter())
-                    .for_each(|(d, v)| *d = v.to_acc());
-            }
+            channels_to_acc(|i| dy.slice(ndarray::s![n0 + i, o, .., ..]), px, d);
         });
         if want_dw {
             let rows: Vec<_> = cols[..pw * row_len]
