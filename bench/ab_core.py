@@ -2,7 +2,8 @@
 another build's ``_core`` shared library (A), on the DCNv2 shapes of ``bench/shapes.json`` (with
 ``--dcnv3``: InternImage-T's four DCNv3 stage layers at 800x1333, numpy API), forward and
 forward+backward, calls interleaved A, B, A, B, ... Prints the medians and B / A (the median of
-the ratios of adjacent A and B calls: the machine's slow phases move both). The forwards
+the ratios of adjacent A and B calls, in the order A, B then B, A: the machine's slow phases move
+both). The forwards
 and DCNv2's backwards must agree bit for bit (DCNv3's backward only to rounding: a build may
 change its order).
 
@@ -110,8 +111,10 @@ def main():
             same = np.allclose(ga, gb, rtol=1e-4, atol=1e-4) if a.dcnv3 else np.array_equal(ga, gb)
             assert same, f"{name}: the two backwards disagree"
         times = {k: [] for k in ("fa", "fb", "ba", "bb")}
-        for _ in range(a.repeat):
-            for key, core in (("a", core_a), ("b", core_b)):
+        for r in range(a.repeat):
+            # A, B then B, A: whichever runs second follows the other's writes.
+            pair = (("a", core_a), ("b", core_b))
+            for key, core in pair if r % 2 == 0 else pair[::-1]:
                 t0 = time.perf_counter()
                 fwd(core)
                 t1 = time.perf_counter()

@@ -327,6 +327,7 @@ pub(super) unsafe fn points_back<const NZ: usize>(
                 ly,
                 lx,
                 open,
+                ..
             } = corners16::<true>((py, px, vm), kt, false, &plane);
             let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
             for j in 0..4 {

@@ -1,9 +1,7 @@
 //! The explicit AVX-512 f32 descriptors, formed in one place ([`corners16`]): the row
 //! descriptors (`sample_row`), the point core's positions (`describe_points`) and its one-pass
 //! forward row (`points_row`): the AVX2 kernels' IEEE operations in the same order, sixteen
-//! samples per step, tails through masked loads and stores: bitwise the same results. Row
-//! descriptors with the backward's gradient fields go to the AVX2 kernel, which measured faster
-//! for them.
+//! samples per step, tails through masked loads and stores: bitwise the same results.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
 use super::PointRuns;
@@ -32,6 +30,7 @@ pub(super) struct Corners16 {
     pub ly: __m512,
     pub lx: __m512,
     pub open: __mmask16,
+    pub grad: __mmask16,
 }
 
 /// The descriptors of sixteen samples at absolute positions `(py, px)` with mask values `vm`
@@ -103,6 +102,7 @@ pub(super) fn corners16<const SCALED: bool>(
         ly,
         lx,
         open,
+        grad,
     }
 }
 
@@ -112,10 +112,6 @@ pub(super) fn corners16<const SCALED: bool>(
 /// The CPU must support AVX-512F and AVX2.
 #[target_feature(enable = "avx512f,avx2")]
 pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
-    if a.gradients {
-        // SAFETY: the CPU supports AVX2 (the contract).
-        return unsafe { super::avx2_sample::sample_row(a, out) };
-    }
     let n = a.dy.len();
     // The grid columns and pixel indices are formed in i32 lanes.
     if !a.fits_i32_lanes() {
@@ -126,6 +122,14 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     assert!(m.is_empty() || m.len() >= n, "a mask value per sample");
     let idx: [&mut [u32]; 4] = out.idx.each_mut().map(|v| &mut v[r.clone()]);
     let w: [&mut [f32]; 4] = out.w.each_mut().map(|v| &mut v[r.clone()]);
+    // The gradients' fields (empty when not wanted).
+    let fields = if a.gradients { r.clone() } else { 0..0 };
+    let (ly, lx, om) = (
+        &mut out.ly[fields.clone()],
+        &mut out.lx[fields.clone()],
+        &mut out.m[fields.clone()],
+    );
+    let (open, grad) = (&mut out.open[fields.clone()], &mut out.grad[fields]);
     let one = _mm512_set1_ps(1.0);
     let y0 = _mm512_set1_ps(a.y0 as f32);
     let plane = Plane16 {
@@ -159,13 +163,24 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(t as i32), iota), sx),
         );
         let px = _mm512_add_ps(_mm512_cvtepi32_ps(grid_x), vdx);
-        let Corners16 { idx: iv, w: wv, .. } = corners16::<false>((py, px, vm), k, per_tap, &plane);
+        let c = corners16::<false>((py, px, vm), k, per_tap, &plane);
         for j in 0..4 {
             // SAFETY: the lanes enabled in `k` address elements t..t+len of the n-element
             // descriptor slices.
             unsafe {
-                _mm512_mask_storeu_epi32(idx[j].as_mut_ptr().add(t).cast(), k, iv[j]);
-                _mm512_mask_storeu_ps(w[j].as_mut_ptr().add(t), k, wv[j]);
+                _mm512_mask_storeu_epi32(idx[j].as_mut_ptr().add(t).cast(), k, c.idx[j]);
+                _mm512_mask_storeu_ps(w[j].as_mut_ptr().add(t), k, c.w[j]);
+            }
+        }
+        if a.gradients {
+            for (dst, v) in [(&mut *ly, c.ly), (&mut *lx, c.lx), (&mut *om, vm)] {
+                // SAFETY: the lanes enabled in `k` address elements t..t+len of the n-element
+                // gradient slices.
+                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(t), k, v) };
+            }
+            let lanes = open[t..t + len].iter_mut().zip(&mut grad[t..t + len]);
+            for (l, (o, g)) in lanes.enumerate() {
+                (*o, *g) = ((c.open >> l) & 1 == 1, (c.grad >> l) & 1 == 1);
             }
         }
         t += 16;
