@@ -26,10 +26,10 @@ use ndarray::{ArrayView2, ArrayView4, ArrayViewMut1, ArrayViewMut3, ArrayViewMut
 /// with the others again, so few and large.
 pub(super) const WEIGHT_BLOCKS: usize = 4;
 
-/// `dst[o * len ..][..len] = src(o)` in the accumulation type, in logical order, for the
-/// channels `o` of `dst`: a block copy where `src(o)` is contiguous (a channel's rows of `dY`),
-/// with the rows two channels ahead asked for meanwhile (each channel's rows are a short run of
-/// their own, too short for the hardware prefetchers to follow).
+/// `dst[o * len ..][..len] = src(o)` in the accumulation type, in logical order, for each run `o`
+/// of `dst` (a tile's rows of one channel of `dY`, or one channel of each image of a wave): a
+/// block copy where `src(o)` is contiguous, with the run two ahead asked for meanwhile (each is
+/// a short run of its own, too short for the hardware prefetchers to follow).
 pub(super) fn channels_to_acc<'a, T: Element>(
     src: impl Fn(usize) -> ArrayView2<'a, T>,
     len: usize,
