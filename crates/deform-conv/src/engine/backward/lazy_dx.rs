@@ -140,7 +140,7 @@ pub(super) fn write_input_grad<T: Element>(
             return;
         }
         let single = parts.len() == 1;
-        if let (true, Some(transpose)) = (single, plan.k.transpose_rows) {
+        if let Some(transpose) = plan.k.transpose_rows.filter(|_| single) {
             // One part: each deformable group's [W, C/G] block of the row transposed in
             // registers, then each channel's run written out.
             let mut runs = vec![zero; cdg * g.w];

@@ -262,10 +262,10 @@ pub(super) unsafe fn gather_points<const NZ: usize>(
 /// [`super::PointsBack`] for groups of `16 * NZ` channels: block by block of sixteen elements
 /// (`super::BACK_BLOCK`), per point, their descriptors in zmm registers (`sample_row`'s
 /// operations with gradient fields, the corners as element offsets of the image, -1 outside),
-/// then element by element `point_row`'s
-/// scatter and dot products (zeros read for corners outside, whose scatter goes nowhere), then
-/// the sixteen elements' position and weight gradients in zmm registers (the point core's
-/// formulas, the same operations in the same order). The same bits.
+/// then element by element `point_row`'s scatter and dot products (zeros read for corners
+/// outside, whose scatter goes nowhere), then the sixteen elements' position and weight
+/// gradients in zmm registers (the point core's formulas, the same operations in the same
+/// order). The same bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and AVX2.

@@ -345,12 +345,11 @@ pub(crate) const BACK_BLOCK: usize = 16;
 /// One (row, group) of the point core's backward straight from the image: in the order of
 /// [`BACK_BLOCK`] (blocks of elements `t`, in each every point `k`), the descriptors of `y`, `x`,
 /// `m` at `k*len + t` (as `describe` leaves them) as `sample_row` forms them with gradient
-/// fields, the four dot products
-/// of `dout`'s run (element `t`'s at `t*c + lo`) with the corners' runs of the `image` (`c`
-/// values a pixel, in place; zeros outside) as `backward_row` forms them, `dx[corner] += w *
-/// dout` for open samples' corners inside the image (`dx` laid out as `image`), and the position
-/// and weight gradients into `grads` (`[y, x, m]`, at `k*len + t`) as the point core forms them:
-/// the bits of those passes. Point `k` samples the plane `planes[k] = [h, w, first pixel]`.
+/// fields, the four dot products of `dout`'s run (element `t`'s at `t*c + lo`) with the corners'
+/// runs of the `image` (`c` values a pixel, in place; zeros outside) as `backward_row` forms
+/// them, `dx[corner] += w * dout` for open samples' corners inside the image (`dx` laid out as
+/// `image`), and the position and weight gradients into `grads` (`[y, x, m]`, at `k*len + t`) as
+/// the point core forms them: the bits of those passes. Point `k` samples the plane `planes[k] = [h, w, first pixel]`.
 pub(crate) struct PointsBack<'a, A> {
     pub y: &'a [A],
     pub x: &'a [A],
