@@ -65,7 +65,7 @@ fn main() {
         timed += t.elapsed();
     }
     println!(
-        "dcnv3 {what}: {:.2} ms per call",
+        "dcnv3 {what}: {:.3} ms per call",
         timed.as_secs_f64() * 1e3 / reps as f64
     );
 }

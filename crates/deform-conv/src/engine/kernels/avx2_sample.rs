@@ -240,8 +240,8 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
 /// passes, the image read in place (zeros for corners outside).
 ///
 /// # Safety
-/// The CPU must support AVX2.
-#[target_feature(enable = "avx2")]
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn points_row<const V: usize>(
     r: &super::PointsRow<'_, f32>,
     out: &mut [std::mem::MaybeUninit<f32>],
@@ -371,9 +371,9 @@ pub(super) unsafe fn points_row<const V: usize>(
                 // SAFETY: `src[j]` addresses `d` values (a run of the image or `zeros`).
                 let l = |j: usize| unsafe { _mm256_loadu_ps(src[j].add(8 * v)) };
                 let mut acc = _mm256_mul_ps(w[0], l(0));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[1], l(1)));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
-                _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)))
+                acc = _mm256_fmadd_ps(w[1], l(1), acc);
+                acc = _mm256_fmadd_ps(w[2], l(2), acc);
+                _mm256_fmadd_ps(w[3], l(3), acc)
             })
         };
         let mut acc = sample(0);

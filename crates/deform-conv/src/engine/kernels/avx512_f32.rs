@@ -198,15 +198,16 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
 }
 
 /// The gather for channel runs of exactly `16 * NZ` channels, each element's sum over `points`
-/// points in `NZ` zmm registers, stored once (the point core's forward row; with one point, the
-/// columns' gather). Per point the same products and sums as AVX2's `gather_row` (`((w0*s0 +
-/// w1*s1) + w2*s2) + w3*s3`), the first point's sample the start of the sum and each next one
-/// added to it: the bits of `gather_row` point by point.
+/// points in `NZ` zmm registers, stored once (the point core's forward row, `FUSED`; with one
+/// point and not `FUSED`, the columns' gather). Per point the portable body's operations: not
+/// `FUSED`, AVX2's `gather_row` (`((w0*s0 + w1*s1) + w2*s2) + w3*s3`); `FUSED`, `fma(w3, s3,
+/// fma(w2, s2, fma(w1, s1, w0*s0)))`; the first point's sample the start of the sum and each
+/// next one added to it.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `job.len == 16 * NZ`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn gather_points<const NZ: usize>(
+pub(super) unsafe fn gather_points<const NZ: usize, const FUSED: bool>(
     job: &super::RowJob<'_, f32>,
     points: usize,
     xt: &[f32],
@@ -237,10 +238,13 @@ pub(super) unsafe fn gather_points<const NZ: usize>(
             let w = wts.map(|v| _mm512_set1_ps(*v.get_unchecked(i)));
             std::array::from_fn(|z| {
                 let l = |j: usize| _mm512_loadu_ps(src[j].add(16 * z));
-                let mut acc = _mm512_mul_ps(w[0], l(0));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
-                _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)))
+                (1..4).fold(_mm512_mul_ps(w[0], l(0)), |acc, j| {
+                    if FUSED {
+                        _mm512_fmadd_ps(w[j], l(j), acc)
+                    } else {
+                        _mm512_add_ps(acc, _mm512_mul_ps(w[j], l(j)))
+                    }
+                })
             })
         }
     };

@@ -424,9 +424,9 @@ pub(super) unsafe fn points_row<const NZ: usize>(
                 // SAFETY: `src[j]` addresses `d` values (a run of the image or `zeros`).
                 let l = |j: usize| unsafe { _mm512_loadu_ps(src[j].add(16 * z)) };
                 let mut acc = _mm512_mul_ps(w[0], l(0));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[1], l(1)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(w[2], l(2)));
-                _mm512_add_ps(acc, _mm512_mul_ps(w[3], l(3)))
+                acc = _mm512_fmadd_ps(w[1], l(1), acc);
+                acc = _mm512_fmadd_ps(w[2], l(2), acc);
+                _mm512_fmadd_ps(w[3], l(3), acc)
             })
         };
         let mut acc = sample(0);

@@ -15,10 +15,11 @@
 //! [`crate::op::Backend::EngineIsa`]).
 //!
 //! Reductions accumulate in `LANE` independent partial sums combined in a fixed order, and no
-//! row kernel relies on fused multiply-add, so every instruction set gives bitwise the same
+//! DCNv2 row kernel relies on fused multiply-add, so every instruction set gives bitwise the same
 //! result. The forward's GEMM ([`panel_gemm`]) is the other way round: it fuses every
 //! multiply-add on every instruction set (`f32::mul_add`), one chain per element in a fixed order,
-//! and so it too returns the same bits on each.
+//! and so it too returns the same bits on each; so does the point core's forward, each sample
+//! `fma(w3, s3, fma(w2, s2, fma(w1, s1, w0*s0)))` (its vector ports are its limit: BENCHMARKS.md).
 
 use super::sample::{RowArgs, RowSamples};
 use crate::element::Real;
@@ -187,8 +188,9 @@ pub(crate) type TransposeRowsFn<A> = fn(&[A], usize, usize, usize, &mut [A]);
 /// `cols[t*stride + c'] = sum_j w_j[t] * X[idx_j[t], lo + c']`.
 pub(crate) type GatherRowFn<A> = fn(&RowJob<'_, A>, &[A], &mut [A]);
 /// `(job, points, xt, cols)`: the point core's forward row, `cols[t*stride + c'] = sum_k
-/// gather_k(t, c')` over `k < points` in order (the first stored, the others added: bitwise as
-/// `GatherRowFn` point by point), point `k`'s descriptors at entries `k*job.n ..` of `job.s`.
+/// gather_k(t, c')` over `k < points` in order (the first stored, the others added), each
+/// sample's corners fused (`fma(w3, s3, fma(w2, s2, fma(w1, s1, w0*s0)))`, where `GatherRowFn`
+/// rounds each product and sum), point `k`'s descriptors at entries `k*job.n ..` of `job.s`.
 pub(crate) type GatherPointsFn<A> = fn(&RowJob<'_, A>, usize, &[A], &mut [A]);
 /// `acc[4t + j] += sum_c' dcol[t*stride + c'] * X[idx_j[t], lo + c']` for gradient samples.
 pub(crate) type Dot4RowFn<A> = fn(&RowJob<'_, A>, &[A], &[A], &mut [A]);
@@ -562,8 +564,8 @@ fn avx512_f32_table() -> Kernels<f32> {
         // includes AVX2); the zmm rows get exactly their run length.
         unsafe {
             match job.len {
-                16 => avx512_f32::gather_points::<1>(job, 1, xt, cols),
-                32 => avx512_f32::gather_points::<2>(job, 1, xt, cols),
+                16 => avx512_f32::gather_points::<1, false>(job, 1, xt, cols),
+                32 => avx512_f32::gather_points::<2, false>(job, 1, xt, cols),
                 _ => avx2_f32::gather_row(job, xt, cols),
             }
         }
@@ -577,8 +579,8 @@ fn avx512_f32_table() -> Kernels<f32> {
         // SAFETY: as for `gather_row`.
         unsafe {
             match job.len {
-                16 => avx512_f32::gather_points::<1>(job, points, xt, cols),
-                32 => avx512_f32::gather_points::<2>(job, points, xt, cols),
+                16 => avx512_f32::gather_points::<1, true>(job, points, xt, cols),
+                32 => avx512_f32::gather_points::<2, true>(job, points, xt, cols),
                 _ => avx2_gather_points(job, points, xt, cols),
             }
         }

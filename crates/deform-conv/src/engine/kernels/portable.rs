@@ -39,8 +39,14 @@ pub(super) fn panel_gemm_for<A: Real>(isa: Isa) -> Option<PanelGemmFn<A>> {
 
 /// `dst[c] = w0*s0[c] + w1*s1[c] + w2*s2[c] + w3*s3[c]` over a fixed `N`: one pass per corner
 /// over a register-sized accumulator, a shape the vectoriser turns into full-width vectors.
+/// `FUSED` (the point core's samples): each next corner one multiply-add, `fma(w3, s3, fma(w2,
+/// s2, fma(w1, s1, w0*s0)))`; otherwise (the columns' gather) a product and a sum each.
 #[inline(always)]
-fn gather_fixed<A: Real, const N: usize, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
+fn gather_fixed<A: Real, const N: usize, const ADD: bool, const FUSED: bool>(
+    dst: &mut [A],
+    s: [&[A]; 4],
+    w: [A; 4],
+) {
     let s0: &[A; N] = (&s[0][..N]).try_into().expect("N elements");
     let mut acc = [A::zero(); N];
     for c in 0..N {
@@ -49,7 +55,7 @@ fn gather_fixed<A: Real, const N: usize, const ADD: bool>(dst: &mut [A], s: [&[A
     for j in 1..4 {
         let sj: &[A; N] = (&s[j][..N]).try_into().expect("N elements");
         for c in 0..N {
-            acc[c] += w[j] * sj[c];
+            acc[c] = corner::<A, FUSED>(acc[c], w[j], sj[c]);
         }
     }
     if ADD {
@@ -59,21 +65,31 @@ fn gather_fixed<A: Real, const N: usize, const ADD: bool>(dst: &mut [A], s: [&[A
     }
 }
 
+/// `acc + w * v`: one rounding when `FUSED`, two otherwise.
 #[inline(always)]
-fn gather_run<A: Real, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
+fn corner<A: Real, const FUSED: bool>(acc: A, w: A, v: A) -> A {
+    if FUSED {
+        w.mul_add(v, acc)
+    } else {
+        acc + w * v
+    }
+}
+
+#[inline(always)]
+fn gather_run<A: Real, const ADD: bool, const FUSED: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) {
     let n = dst.len();
     match n {
-        4 => gather_fixed::<A, 4, ADD>(dst, s, w),
-        8 => gather_fixed::<A, 8, ADD>(dst, s, w),
-        16 => gather_fixed::<A, 16, ADD>(dst, s, w),
+        4 => gather_fixed::<A, 4, ADD, FUSED>(dst, s, w),
+        8 => gather_fixed::<A, 8, ADD, FUSED>(dst, s, w),
+        16 => gather_fixed::<A, 16, ADD, FUSED>(dst, s, w),
         _ => {
             let mut c = 0;
             while c + LANE <= n {
-                gather_fixed::<A, LANE, ADD>(&mut dst[c..], s.map(|x| &x[c..]), w);
+                gather_fixed::<A, LANE, ADD, FUSED>(&mut dst[c..], s.map(|x| &x[c..]), w);
                 c += LANE;
             }
             for k in c..n {
-                let v = w[0] * s[0][k] + w[1] * s[1][k] + w[2] * s[2][k] + w[3] * s[3][k];
+                let v = (1..4).fold(w[0] * s[0][k], |v, j| corner::<A, FUSED>(v, w[j], s[j][k]));
                 if ADD {
                     dst[k] += v;
                 } else {
@@ -85,9 +101,14 @@ fn gather_run<A: Real, const ADD: bool>(dst: &mut [A], s: [&[A]; 4], w: [A; 4]) 
 }
 
 /// The gather of `points` points per element, point `k`'s descriptors at `k*job.n ..` (the
-/// columns' gather is one point).
+/// columns' gather is one point, not `FUSED`; the point core's samples are `FUSED`).
 #[inline(always)]
-fn gather_points_body<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
+fn gather_points_body<A: Real, const FUSED: bool>(
+    job: &RowJob<'_, A>,
+    points: usize,
+    xt: &[A],
+    cols: &mut [A],
+) {
     let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
     for t in 0..n {
         let dst = &mut cols[t * job.stride..t * job.stride + len];
@@ -97,9 +118,9 @@ fn gather_points_body<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], col
             let src = b.map(|b| &xt[b..b + len]);
             let w = std::array::from_fn(|j| s.w[j][i]);
             if k == 0 {
-                gather_run::<A, false>(dst, src, w);
+                gather_run::<A, false, FUSED>(dst, src, w);
             } else {
-                gather_run::<A, true>(dst, src, w);
+                gather_run::<A, true, FUSED>(dst, src, w);
             }
         }
     }
@@ -153,8 +174,9 @@ fn point_corners<A: Real>(
 
 /// The point core's forward row in one pass ([`super::PointsRow`]): per element and group, each
 /// point's position as `describe_runs` forms it, its descriptors as `sample_row_body`, its
-/// sample as `gather_points_body` (the first point's sample the start of the sum): the same
-/// operations, the same bits; the image read in place (zeros for corners outside).
+/// sample as `gather_points_body` forms the point core's (fused; the first point's sample the
+/// start of the sum): the same operations, the same bits; the image read in place (zeros for
+/// corners outside).
 #[inline(always)]
 fn points_row_body<A: Real>(r: &PointsRow<'_, A>, out: &mut [MaybeUninit<A>]) {
     let runs = &r.runs;
@@ -185,9 +207,9 @@ fn points_row_body<A: Real>(r: &PointsRow<'_, A>, out: &mut [MaybeUninit<A>]) {
                 for k in 0..p {
                     let src = corners[k].map(|o| o.map_or(&zeros[..d], |o| &r.image[o..o + d]));
                     if k == 0 {
-                        gather_run::<A, false>(&mut acc[..d], src, weights[k]);
+                        gather_run::<A, false, true>(&mut acc[..d], src, weights[k]);
                     } else {
-                        gather_run::<A, true>(&mut acc[..d], src, weights[k]);
+                        gather_run::<A, true, true>(&mut acc[..d], src, weights[k]);
                     }
                 }
                 for (o, v) in out[t * c + lo..][..d].iter_mut().zip(&acc[..d]) {
@@ -322,10 +344,10 @@ fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
     sample_row_body(a, out)
 }
 fn scalar_gather_row<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-    gather_points_body(job, 1, xt, cols)
+    gather_points_body::<A, false>(job, 1, xt, cols)
 }
 fn scalar_gather_points<A: Real>(job: &RowJob<'_, A>, points: usize, xt: &[A], cols: &mut [A]) {
-    gather_points_body(job, points, xt, cols)
+    gather_points_body::<A, true>(job, points, xt, cols)
 }
 fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
     dot4_row_body(job, dcol, xt, acc)
@@ -369,7 +391,7 @@ mod x86 {
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_gather_row_impl<A: Real>(job: &RowJob<'_, A>, xt: &[A], cols: &mut [A]) {
-        gather_points_body(job, 1, xt, cols)
+        gather_points_body::<A, false>(job, 1, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_gather_points_impl<A: Real>(
@@ -378,7 +400,7 @@ mod x86 {
         xt: &[A],
         cols: &mut [A],
     ) {
-        gather_points_body(job, points, xt, cols)
+        gather_points_body::<A, true>(job, points, xt, cols)
     }
     #[target_feature(enable = "avx2,fma")]
     fn avx2_dot4_row_impl<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut [A]) {
