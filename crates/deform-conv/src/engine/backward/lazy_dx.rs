@@ -140,13 +140,26 @@ pub(super) fn write_input_grad<T: Element>(
             return;
         }
         let single = parts.len() == 1;
-        if let Some(transpose) = plan.k.transpose_rows.filter(|_| single) {
-            // One part: each deformable group's [W, C/G] block of the row transposed in
-            // registers, then each channel's run written out.
-            let mut runs = vec![zero; cdg * g.w];
+        if let Some(transpose) = plan.k.transpose_rows {
+            // Each deformable group's [W, C/G] block of the row (one part's, or the live parts
+            // added in order from +0) transposed in registers, then each channel's run written.
+            let n = cdg * g.w;
+            let mut runs = vec![zero; n];
+            let mut sums = vec![zero; if single { 0 } else { n }];
             for (dg, first) in base.iter().step_by(cdg.max(1)).enumerate() {
                 let at = first + y * g.w * cdg;
-                transpose(&live[0][at..], cdg, cdg, g.w, &mut runs);
+                let block = if single {
+                    &live[0][at..]
+                } else {
+                    sums.fill(zero);
+                    for part in &live {
+                        sums.iter_mut()
+                            .zip(&part[at..at + n])
+                            .for_each(|(s, v)| *s += *v);
+                    }
+                    &sums[..]
+                };
+                transpose(block, cdg, cdg, g.w, &mut runs);
                 for (c, run) in runs.chunks_exact(g.w.max(1)).enumerate() {
                     let mut plane = rows.row_mut(dg * cdg + c);
                     let put = |(d, v): (&mut T, &T::Acc)| *d = T::from_acc(*v);
