@@ -232,7 +232,7 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
     }
 }
 
-/// [`super::PointsRowKernel`]'s forward for groups of `8 * V` channels and up to 16 points, the
+/// [`super::PointKernels`]' forward for groups of `8 * V` channels and up to 16 points, the
 /// AVX-512 kernel's plan in 8-lane registers: per element, its points' positions as
 /// `describe_points` forms them (eight at a time), their descriptors as `sample_row` forms them
 /// (the adds of zero included), the corners' element offsets and weights through a small stack

@@ -330,12 +330,12 @@ pub(super) unsafe fn describe_points(
     }
 }
 
-/// [`super::PointsRowKernel`] for groups of `16 * NZ` channels and up to 16 points: per element,
-/// its points' positions in one zmm register as `describe_points` forms them, their descriptors
-/// as `sample_row` forms them (`y0 = x0 = 0`: the same adds of zero), the corners' element
-/// offsets and weights through a small stack tile, then each point's sample summed in registers
-/// as `gather_points` sums it: bitwise the three passes, without the image copy (a corner outside
-/// its plane reads a zero run instead of the copy's zero pixel: the same products).
+/// [`super::PointKernels`]' forward for groups of `16 * NZ` channels and up to 16 points: per
+/// element, its points' positions in one zmm register as `describe_points` forms them, their
+/// descriptors as `sample_row` forms them (`y0 = x0 = 0`: the same adds of zero), the corners'
+/// element offsets and weights through a small stack tile, then each point's sample summed in
+/// registers as `gather_points` sums it: bitwise the three passes, without the image copy (a
+/// corner outside its plane reads a zero run instead of the copy's zero pixel: the same products).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.

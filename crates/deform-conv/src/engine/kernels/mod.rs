@@ -351,7 +351,8 @@ pub(crate) const BACK_BLOCK: usize = 16;
 /// runs of the `image` (`c` values a pixel, in place; zeros outside) as `backward_row` forms
 /// them, `dx[corner] += w * dout` for open samples' corners inside the image (`dx` laid out as
 /// `image`), and the position and weight gradients into `grads` (`[y, x, m]`, at `k*len + t`) as
-/// the point core forms them: the bits of those passes. Point `k` samples the plane `planes[k] = [h, w, first pixel]`.
+/// the point core forms them: the bits of those passes. Point `k` samples the plane `planes[k] =
+/// [h, w, first pixel]`.
 pub(crate) struct PointsBack<'a, A> {
     pub y: &'a [A],
     pub x: &'a [A],
