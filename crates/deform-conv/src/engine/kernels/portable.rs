@@ -88,13 +88,9 @@ fn gather_run<A: Real, const ADD: bool, const FUSED: bool>(dst: &mut [A], s: [&[
                 gather_fixed::<A, LANE, ADD, FUSED>(&mut dst[c..], s.map(|x| &x[c..]), w);
                 c += LANE;
             }
+            // The tail element by element, through the same body (the same operations).
             for k in c..n {
-                let v = (1..4).fold(w[0] * s[0][k], |v, j| corner::<A, FUSED>(v, w[j], s[j][k]));
-                if ADD {
-                    dst[k] += v;
-                } else {
-                    dst[k] = v;
-                }
+                gather_fixed::<A, 1, ADD, FUSED>(&mut dst[k..], s.map(|x| &x[k..]), w);
             }
         }
     }
