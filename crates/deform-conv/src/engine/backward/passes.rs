@@ -8,13 +8,14 @@ use super::{LaneGrads, Sums};
 use crate::element::Element;
 use crate::engine::columns::RowScratch;
 use crate::engine::gemm::{gemm, Mat};
+use crate::engine::kernels::TapGradsFn;
 use crate::engine::plan::Plan;
 use crate::engine::sample::RowSamples;
 use crate::engine::scratch::{take, Buf};
 use crate::engine::threads::{for_each_chunk, for_each_item};
 use crate::params::GradGate;
 use ndarray::Axis;
-use num_traits::{One, Zero};
+use num_traits::Zero;
 
 /// Output rows `[oh0, oh0 + nrows)` of image `n`; `lr0` is the first one's row in the lane's
 /// offset and mask gradient views.
@@ -203,7 +204,15 @@ pub(super) fn tap_pass<T: Element>(
                 // write holds the complete sums.
                 if want_tap {
                     let ch = dg * kk + tap;
-                    tap_grads(&rows.s, &acc[at..], &mut rows.grads, lg, ch, lr0 + r);
+                    tap_grads(
+                        plan.k.tap_grads,
+                        &rows.s,
+                        &acc[at..],
+                        &mut rows.grads,
+                        lg,
+                        ch,
+                        lr0 + r,
+                    );
                 }
             }
         }
@@ -217,6 +226,7 @@ pub(super) fn tap_pass<T: Element>(
 /// `d mask = hy hx a00 + hy lx a01 + ly hx a10 + ly lx a11` (inside the open box only), and
 /// zero for samples that receive no gradient.
 fn tap_grads<T: Element>(
+    k: TapGradsFn<T::Acc>,
     s: &RowSamples<T::Acc>,
     a: &[T::Acc],
     tmp: &mut [Vec<T::Acc>; 3],
@@ -224,23 +234,11 @@ fn tap_grads<T: Element>(
     ch: usize,
     lr: usize,
 ) {
-    let (zero, one) = (T::Acc::zero(), T::Acc::one());
     let wo = s.grad.len().min(a.len() / 4).min(tmp[0].len());
     // One pass into three contiguous rows, each then written out in one run.
     let [ty, tx, tm] = tmp;
     let (ty, tx, tm) = (&mut ty[..wo], &mut tx[..wo], &mut tm[..wo]);
-    let (grad, open) = (&s.grad[..wo], &s.open[..wo]);
-    let (ly, lx, m) = (&s.ly[..wo], &s.lx[..wo], &s.m[..wo]);
-    for (ow, a) in a[..wo * 4].chunks_exact(4).enumerate() {
-        let (ly, lx, m) = (ly[ow], lx[ow], m[ow]);
-        let (hy, hx) = (one - ly, one - lx);
-        let gy = m * (hx * (a[2] - a[0]) + lx * (a[3] - a[1]));
-        let gx = m * (hy * (a[1] - a[0]) + ly * (a[3] - a[2]));
-        let gm = hy * hx * a[0] + hy * lx * a[1] + ly * hx * a[2] + ly * lx * a[3];
-        ty[ow] = if grad[ow] { gy } else { zero };
-        tx[ow] = if grad[ow] { gx } else { zero };
-        tm[ow] = if grad[ow] && open[ow] { gm } else { zero };
-    }
+    k(s, a, [&mut *ty, &mut *tx, &mut *tm]);
     // Row `[ch, lr, ..]` by two index steps (cheaper than an `s![]` slice on short rows).
     for (src, view) in [&*ty, &*tx, &*tm]
         .into_iter()

@@ -28,9 +28,9 @@ use std::sync::OnceLock;
 pub(crate) mod panel_gemm;
 mod portable;
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
-#[cfg(target_arch = "x86_64")]
-use portable::avx2_gather_points;
 pub(crate) use portable::point_grads;
+#[cfg(target_arch = "x86_64")]
+use portable::{avx2_gather_points, avx2_tap_grads};
 use portable::{panel_gemm_for, portable};
 
 /// How many elements ahead the point core's position reads ask for an element's runs.
@@ -401,6 +401,12 @@ pub(crate) struct PointKernels<A> {
     pub backward: Option<PointsBackFn<A>>,
 }
 
+/// `(s, a, [gy, gx, gm])`: the offset and mask gradients of one (row, deformable group, tap),
+/// `wo` elements (the outputs' length), from the descriptors `s` and the four sums of each element
+/// (`a[4t + j]`), as SPEC §2 writes them; zero where a sample receives none (`s.grad`, and
+/// `s.open` for the mask's).
+pub(crate) type TapGradsFn<A> = fn(&RowSamples<A>, &[A], [&mut [A]; 3]);
+
 /// `(row, dx, [gy, gx, gm])`: see [`PointsBack`].
 pub(crate) type PointsBackFn<A> = fn(&PointsBack<'_, A>, &mut [A], [&mut [A]; 3]);
 
@@ -413,6 +419,7 @@ pub(crate) struct Kernels<A> {
     pub gather_points: GatherPointsFn<A>,
     pub dot4_row: Dot4RowFn<A>,
     pub scatter_row: ScatterRowFn<A>,
+    pub tap_grads: TapGradsFn<A>,
     /// The backward's gather, dot products and scatter fused, where written (AVX2 f32); `None`:
     /// the engine calls `gather_row`, `dot4_row` and `scatter_row` in turn.
     pub backward_row: Option<BackwardRowFn<A>>,
@@ -518,6 +525,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         gather_points: avx2_gather_points,
         dot4_row,
         scatter_row,
+        tap_grads: avx2_tap_grads,
         backward_row: Some(backward_row),
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,

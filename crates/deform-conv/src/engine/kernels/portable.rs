@@ -336,6 +336,31 @@ fn scatter_row_body<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
     }
 }
 
+/// [`super::TapGradsFn`]: element by element, each a fixed expression of its own values (so a
+/// compilation that runs it several elements per register gives the same bits).
+#[inline(always)]
+fn tap_grads_body<A: Real>(s: &RowSamples<A>, a: &[A], [ty, tx, tm]: [&mut [A]; 3]) {
+    let (zero, one) = (A::zero(), A::one());
+    let wo = ty.len().min(tx.len()).min(tm.len());
+    let (ty, tx, tm) = (&mut ty[..wo], &mut tx[..wo], &mut tm[..wo]);
+    let (grad, open) = (&s.grad[..wo], &s.open[..wo]);
+    let (ly, lx, m) = (&s.ly[..wo], &s.lx[..wo], &s.m[..wo]);
+    let outs = ty.iter_mut().zip(tx.iter_mut()).zip(tm.iter_mut());
+    let ins = a[..4 * wo].chunks_exact(4).zip(ly).zip(lx).zip(m);
+    for (((y, x), mm), ((((a, &ly), &lx), &m), (&g, &o))) in
+        outs.zip(ins.zip(grad.iter().zip(open)))
+    {
+        let [a0, a1, a2, a3] = [a[0], a[1], a[2], a[3]];
+        let (hy, hx) = (one - ly, one - lx);
+        let gy = m * (hx * (a2 - a0) + lx * (a3 - a1));
+        let gx = m * (hy * (a1 - a0) + ly * (a3 - a2));
+        let gm = hy * hx * a0 + hy * lx * a1 + ly * hx * a2 + ly * lx * a3;
+        *y = if g { gy } else { zero };
+        *x = if g { gx } else { zero };
+        *mm = if g & o { gm } else { zero };
+    }
+}
+
 fn scalar_sample_row<A: Real>(a: &RowArgs<'_, A>, out: &mut RowSamples<A>) {
     sample_row_body(a, out)
 }
@@ -350,6 +375,9 @@ fn scalar_dot4_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], xt: &[A], acc: &mut
 }
 fn scalar_scatter_row<A: Real>(job: &RowJob<'_, A>, dcol: &[A], dx: &mut [A]) {
     scatter_row_body(job, dcol, dx)
+}
+fn scalar_tap_grads<A: Real>(s: &RowSamples<A>, a: &[A], out: [&mut [A]; 3]) {
+    tap_grads_body(s, a, out)
 }
 fn scalar_points_forward<A: Real>(r: &PointsRow<'_, A>, out: &mut [MaybeUninit<A>]) {
     points_row_body(r, out)
@@ -372,7 +400,7 @@ fn scalar_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::avx2_gather_points;
+pub(super) use x86::{avx2_gather_points, avx2_tap_grads};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -407,6 +435,10 @@ mod x86 {
         scatter_row_body(job, dcol, dx)
     }
     #[target_feature(enable = "avx2,fma")]
+    fn avx2_tap_grads_impl<A: Real>(s: &RowSamples<A>, a: &[A], out: [&mut [A]; 3]) {
+        tap_grads_body(s, a, out)
+    }
+    #[target_feature(enable = "avx2,fma")]
     fn avx2_panel_gemm_impl<A: Real>(job: PanelGemm<'_, A>) {
         // 6 x 16: twelve accumulators, two panel registers and one broadcast of 16.
         panel_gemm::body::<A, 6>(job)
@@ -437,6 +469,14 @@ mod x86 {
         // SAFETY: as for `avx2_sample_row`.
         unsafe { avx2_scatter_row_impl(job, dcol, dx) }
     }
+    pub(in super::super) fn avx2_tap_grads<A: Real>(
+        s: &RowSamples<A>,
+        a: &[A],
+        out: [&mut [A]; 3],
+    ) {
+        // SAFETY: as for `avx2_sample_row`.
+        unsafe { avx2_tap_grads_impl(s, a, out) }
+    }
     pub(super) fn avx2_panel_gemm<A: Real>(job: PanelGemm<'_, A>) {
         // SAFETY: stored only in tables built after `Isa::Avx2.supported()` returned true.
         unsafe { avx2_panel_gemm_impl(job) }
@@ -453,6 +493,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather_points: scalar_gather_points,
             dot4_row: scalar_dot4_row,
             scatter_row: scalar_scatter_row,
+            tap_grads: scalar_tap_grads,
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Scalar),
             describe_points: None,
@@ -467,6 +508,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             gather_points: x86::avx2_gather_points,
             dot4_row: x86::avx2_dot4_row,
             scatter_row: x86::avx2_scatter_row,
+            tap_grads: x86::avx2_tap_grads,
             backward_row: None,
             panel_gemm: panel_gemm_for::<A>(Isa::Avx2),
             describe_points: None,
