@@ -449,7 +449,8 @@ fn forward_samples_are_fused_chains_on_every_instruction_set() {
         wide.slice_mut(s![.., .., ..;2, ..]).assign(&x);
         let strided = wide.slice(s![.., .., ..;2, ..]);
         let mut want = Array4::<f32>::zeros((1, h, w, g * d));
-        for (oh, ow, gi, c) in output_grid(h, w, g, d) {
+        for ((_, oh, ow, ch), out) in want.indexed_iter_mut() {
+            let (gi, c) = (ch / d, ch % d);
             let read = |yy: f32, xx: f32| {
                 let inside = yy >= 0.0 && xx >= 0.0 && yy < h as f32 && xx < w as f32;
                 if inside {
@@ -479,7 +480,7 @@ fn forward_samples_are_fused_chains_on_every_instruction_set() {
                 ];
                 (1..4).fold(wt[0] * v[0], |acc, k| wt[k].mul_add(v[k], acc))
             };
-            want[[0, oh, ow, gi * d + c]] = (1..points).fold(sample(0), |s, p| s + sample(p));
+            *out = (1..points).fold(sample(0), |s, p| s + sample(p));
         }
         for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
             let p = Dcnv3Params {
@@ -499,16 +500,4 @@ fn forward_samples_are_fused_chains_on_every_instruction_set() {
             }
         }
     }
-}
-
-/// Every `(oh, ow, group, channel)` of an output, in order.
-fn output_grid(
-    h: usize,
-    w: usize,
-    g: usize,
-    d: usize,
-) -> impl Iterator<Item = (usize, usize, usize, usize)> {
-    (0..h).flat_map(move |oh| {
-        (0..w).flat_map(move |ow| (0..g).flat_map(move |gi| (0..d).map(move |c| (oh, ow, gi, c))))
-    })
 }
