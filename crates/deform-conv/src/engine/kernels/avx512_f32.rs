@@ -163,10 +163,8 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
             };
             if open[t] {
                 if columns {
-                    let mut col = _mm512_mul_ps(w[0], v[0]);
-                    col = _mm512_add_ps(col, _mm512_mul_ps(w[1], v[1]));
-                    col = _mm512_add_ps(col, _mm512_mul_ps(w[2], v[2]));
-                    col = _mm512_add_ps(col, _mm512_mul_ps(w[3], v[3]));
+                    // SAFETY: the CPU supports AVX-512F (this kernel's contract).
+                    let col = unsafe { corners::<false>(w, v) };
                     // SAFETY: elements 16z..16z+16 of the run at `dst`, inside `cols`.
                     unsafe { _mm512_storeu_ps(dst.add(16 * z), col) };
                 }
@@ -194,6 +192,29 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
         let a4 = &mut acc[4 * t..4 * t + 4];
         // SAFETY: `a4` holds 4 f32; each lane gets one addition, as in the AVX2 kernel.
         unsafe { _mm_storeu_ps(a4.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(a4.as_ptr()), four)) };
+    }
+}
+
+/// One sample's four corners `v` weighted by `w`: `FUSED`, the point core's forward,
+/// `fma(w3, v3, fma(w2, v2, fma(w1, v1, w0*v0)))`; else DCNv2's columns, `((w0*v0 + w1*v1) +
+/// w2*v2) + w3*v3`. Every AVX-512 kernel that forms samples combines its corners here, inlined
+/// into it (its callers pass loaded registers: an `array::map` of loads did not inline, 3.6x).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[inline(always)]
+pub(super) unsafe fn corners<const FUSED: bool>(w: [__m512; 4], v: [__m512; 4]) -> __m512 {
+    // SAFETY: the CPU supports AVX-512F (the contract).
+    unsafe {
+        let mut acc = _mm512_mul_ps(w[0], v[0]);
+        for j in 1..4 {
+            acc = if FUSED {
+                _mm512_fmadd_ps(w[j], v[j], acc)
+            } else {
+                _mm512_add_ps(acc, _mm512_mul_ps(w[j], v[j]))
+            };
+        }
+        acc
     }
 }
 
@@ -238,13 +259,7 @@ pub(super) unsafe fn gather_points<const NZ: usize, const FUSED: bool>(
             let w = wts.map(|v| _mm512_set1_ps(*v.get_unchecked(i)));
             std::array::from_fn(|z| {
                 let l = |j: usize| _mm512_loadu_ps(src[j].add(16 * z));
-                (1..4).fold(_mm512_mul_ps(w[0], l(0)), |acc, j| {
-                    if FUSED {
-                        _mm512_fmadd_ps(w[j], l(j), acc)
-                    } else {
-                        _mm512_add_ps(acc, _mm512_mul_ps(w[j], l(j)))
-                    }
-                })
+                corners::<FUSED>(w, [l(0), l(1), l(2), l(3)])
             })
         }
     };

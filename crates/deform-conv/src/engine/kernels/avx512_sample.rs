@@ -4,6 +4,7 @@
 //! samples per step, tails through masked loads and stores: bitwise the same results.
 
 use super::super::sample::{sample_row_body, RowArgs, RowSamples};
+use super::avx512_f32::corners;
 use super::PointRuns;
 use crate::params::GradGate;
 use std::arch::x86_64::*;
@@ -423,10 +424,8 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             std::array::from_fn(|z| {
                 // SAFETY: `src[j]` addresses `d` values (a run of the image or `zeros`).
                 let l = |j: usize| unsafe { _mm512_loadu_ps(src[j].add(16 * z)) };
-                let mut acc = _mm512_mul_ps(w[0], l(0));
-                acc = _mm512_fmadd_ps(w[1], l(1), acc);
-                acc = _mm512_fmadd_ps(w[2], l(2), acc);
-                _mm512_fmadd_ps(w[3], l(3), acc)
+                // SAFETY: the CPU supports AVX-512F (this kernel's contract).
+                unsafe { corners::<true>(w, [l(0), l(1), l(2), l(3)]) }
             })
         };
         let mut acc = sample(0);
