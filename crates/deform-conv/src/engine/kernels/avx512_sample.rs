@@ -49,15 +49,24 @@ pub(super) fn corners16<const SCALED: bool>(
     let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
     let (ione, iminus_one) = (_mm512_set1_epi32(1), _mm512_set1_epi32(-1));
     let (hf, wf) = (p.hf, p.wf);
-    let inside =
-        lanes & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(py, hf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(px, wf);
-    let open = inside
-        & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(py, minus_one)
-        & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(px, minus_one);
+    // Each condition a compare under the mask of the ones before it: one operation each, no
+    // `kand` (nor the moves through general registers LLVM makes for those).
+    let inside = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(
+        _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(lanes, py, hf),
+        px,
+        wf,
+    );
+    let open = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+        _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(inside, py, minus_one),
+        px,
+        minus_one,
+    );
     let grad = if per_tap {
-        inside
-            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(py, minus_one)
-            & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(px, minus_one)
+        _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(
+            _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(inside, py, minus_one),
+            px,
+            minus_one,
+        )
     } else {
         open
     };
@@ -70,10 +79,12 @@ pub(super) fn corners16<const SCALED: bool>(
     let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
     let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
     let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
-    let y_lo = grad & _mm512_cmpgt_epi32_mask(yi, iminus_one);
-    let y_hi = grad & _mm512_cmpgt_epi32_mask(p.h, _mm512_add_epi32(yi, ione));
-    let x_lo = _mm512_cmpgt_epi32_mask(xi, iminus_one);
-    let x_hi = _mm512_cmpgt_epi32_mask(p.w, _mm512_add_epi32(xi, ione));
+    let y_lo = _mm512_mask_cmpgt_epi32_mask(grad, yi, iminus_one);
+    let y_hi = _mm512_mask_cmpgt_epi32_mask(grad, p.h, _mm512_add_epi32(yi, ione));
+    let x1 = _mm512_add_epi32(xi, ione);
+    // Corner (y, x)'s mask: row `y`'s under the column's compare.
+    let x_lo = |k: __mmask16| _mm512_mask_cmpgt_epi32_mask(k, xi, iminus_one);
+    let x_hi = |k: __mmask16| _mm512_mask_cmpgt_epi32_mask(k, p.w, x1);
     // Exact for corners inside: their indices lie inside the image (below 2^31).
     let pixel = _mm512_add_epi32(_mm512_mullo_epi32(yi, p.w), xi);
     let scaled = if SCALED {
@@ -85,10 +96,10 @@ pub(super) fn corners16<const SCALED: bool>(
     let below = _mm512_add_epi32(base, p.row);
     let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, p.outside, v);
     let idx = [
-        pick(y_lo & x_lo, base),
-        pick(y_lo & x_hi, _mm512_add_epi32(base, p.step)),
-        pick(y_hi & x_lo, below),
-        pick(y_hi & x_hi, _mm512_add_epi32(below, p.step)),
+        pick(x_lo(y_lo), base),
+        pick(x_hi(y_lo), _mm512_add_epi32(base, p.step)),
+        pick(x_lo(y_hi), below),
+        pick(x_hi(y_hi), _mm512_add_epi32(below, p.step)),
     ];
     let mo = _mm512_maskz_mov_ps(open, vm);
     let w = [
