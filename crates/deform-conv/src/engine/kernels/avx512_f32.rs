@@ -198,7 +198,7 @@ pub(super) unsafe fn backward_row<const NZ: usize>(
 /// One sample's four corners `v` weighted by `w`: `FUSED`, the point core's forward,
 /// `fma(w3, v3, fma(w2, v2, fma(w1, v1, w0*v0)))`; else DCNv2's columns, `((w0*v0 + w1*v1) +
 /// w2*v2) + w3*v3`. Every AVX-512 kernel that forms samples combines its corners here, inlined
-/// into it (its callers pass loaded registers: an `array::map` of loads did not inline, 3.6x).
+/// into it; callers pass registers already loaded (an `array::map` of the loads does not inline).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
