@@ -2,7 +2,8 @@
 //! `cargo run --release -p deform-conv --example profile_dcnv3 -- fwd 10` (or `bwd`); three more
 //! arguments `H W G` set another shape (16 channels a group: `56 56 4` is stage 1 at 224).
 //! `DEFORM_CONV_FLUSH=write:256` (or `read:256`) writes (reads) 256 MB between the timed calls,
-//! as a model's other layers would.
+//! as a model's other layers would. `OFF_SCALE=s` draws the offsets from `[-s, s]` pixels
+//! (default 3).
 mod common;
 use deform_conv::conventions::dcnv3::{dcnv3, dcnv3_backward, Dcnv3Params};
 use ndarray::Array4;
@@ -18,7 +19,11 @@ fn main() {
         |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (n, h, w, g, d) = (1, size(3, 200), size(4, 336), size(5, 4), 16);
     let x = Array4::from_shape_simple_fn((n, h, w, g * d), &mut r);
-    let off = Array4::from_shape_simple_fn((n, h, w, g * 18), || 3.0 * r());
+    let os: f32 = std::env::var("OFF_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let off = Array4::from_shape_simple_fn((n, h, w, g * 18), || os * r());
     let m = Array4::from_shape_simple_fn((n, h, w, g * 9), || 0.5 + 0.5 * r());
     let gy = Array4::from_elem((n, h, w, g * d), 0.01f32);
     let p = Dcnv3Params {

@@ -501,3 +501,41 @@ fn forward_samples_are_fused_chains_on_every_instruction_set() {
         }
     }
 }
+
+/// An image of 2^24 values, where the AVX-512 forward forms its indices in i32 instead of f32:
+/// every instruction set's bits are the portable kernels', with samples outside on every side
+/// and NaN offsets (a stride of 16 keeps the output small).
+#[test]
+fn an_image_of_two_to_the_24_values_gives_the_portable_bits() {
+    let mut r = rng("dcnv3 an_image_of_two_to_the_24_values_gives_the_portable_bits");
+    let (h, w, g, d) = (128usize, 2048usize, 4usize, 16usize);
+    assert_eq!(h * w * g * d, 1 << 24);
+    let x = Array4::from_shape_simple_fn((1, h, w, g * d), || r.gen::<f32>() * 2.0 - 1.0);
+    let p = Dcnv3Params {
+        group: g as i64,
+        group_channels: d as i64,
+        padding: [1, 1],
+        stride: [16, 16],
+        ..Default::default()
+    };
+    let (ho, wo) = ((h + 2 - 3) / 16 + 1, (w + 2 - 3) / 16 + 1);
+    let off = Array4::from_shape_simple_fn((1, ho, wo, g * 18), || match r.gen_range(0..50) {
+        0 => f32::NAN,
+        1 => 1e9,
+        _ => (r.gen::<f32>() * 2.0 - 1.0) * 24.0,
+    });
+    let mask = Array4::from_shape_simple_fn((1, ho, wo, g * 9), || r.gen::<f32>());
+    let run = |isa: Isa| {
+        let p = Dcnv3Params {
+            backend: Backend::EngineIsa(isa),
+            ..p.clone()
+        };
+        dcnv3(x.view(), off.view(), mask.view(), &p)
+            .unwrap()
+            .mapv(f32::to_bits)
+    };
+    let portable = run(Isa::Scalar);
+    for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+        assert!(run(isa) == portable, "{isa:?}");
+    }
+}

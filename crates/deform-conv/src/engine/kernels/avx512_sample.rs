@@ -118,6 +118,71 @@ pub(super) fn corners16<const SCALED: bool>(
     }
 }
 
+/// [`corners16::<true>`]'s indices and weights (not `per_tap`) where every index of the image is
+/// below 2^24, with a shorter dependency chain: the floor taken before the bound checks
+/// (closed lanes masked out of the weights instead), the checks on the floors, and the index
+/// `start + (y*w + x) * step` formed in f32, where every value is an integer below 2^24 and so
+/// exact. The same masks, indices and weights: `lx`, `ly`, `open` of a closed lane are not
+/// formed. `startf` is `p.start` as floats.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn corners16_small(
+    (py, px, vm): (__m512, __m512, __m512),
+    lanes: __mmask16,
+    p: &Plane16,
+    startf: __m512,
+) -> ([__m512i; 4], [__m512; 4]) {
+    let (one, minus_one, zero) = (
+        _mm512_set1_ps(1.0),
+        _mm512_set1_ps(-1.0),
+        _mm512_setzero_ps(),
+    );
+    let (hf, wf) = (p.hf, p.wf);
+    let open = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+        _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+            _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(
+                _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(lanes, py, hf),
+                px,
+                wf,
+            ),
+            py,
+            minus_one,
+        ),
+        px,
+        minus_one,
+    );
+    const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    let (fy, fx) = (
+        _mm512_roundscale_ps::<FLOOR>(py),
+        _mm512_roundscale_ps::<FLOOR>(px),
+    );
+    let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+    let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
+    // An open lane's floors are integers in [-1, h - 1] and [-1, w - 1].
+    let y_lo = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(open, fy, zero);
+    let y_hi = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(open, fy, _mm512_sub_ps(hf, one));
+    let x_lo = |k: __mmask16| _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(k, fx, zero);
+    let x_hi = |k: __mmask16| _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(k, fx, _mm512_sub_ps(wf, one));
+    let stepf = _mm512_cvtepi32_ps(p.step);
+    let base = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(fy, wf, fx), stepf, startf));
+    let below = _mm512_add_epi32(base, p.row);
+    let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, p.outside, v);
+    let idx = [
+        pick(x_lo(y_lo), base),
+        pick(x_hi(y_lo), _mm512_add_epi32(base, p.step)),
+        pick(x_lo(y_hi), below),
+        pick(x_hi(y_hi), _mm512_add_epi32(below, p.step)),
+    ];
+    // A closed lane's weights +0, as `corners16`'s (its zeroed mask value times 1).
+    let w = [
+        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(hy, hx)),
+        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(hy, lx)),
+        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(ly, hx)),
+        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(ly, lx)),
+    ];
+    (idx, w)
+}
+
 /// Descriptors of one row, 16 samples per step (see `sample_row_body` for the formula).
 ///
 /// # Safety
@@ -389,14 +454,14 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
+    // Every index an integer below 2^24: formed exactly in f32.
+    let small = r.image.len() < 1 << 24;
     // The descriptors of element `t`, group `[pair0, weight0, lo]` into `tile`: its points'
     // corners' element offsets (-1: outside) and weights, a row of 16 per corner.
     let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
         let start = _mm512_add_epi32(first, _mm512_set1_epi32(lo as i32));
         // SAFETY: t < len, each group's runs inside their slices (`inside`, checked above).
         let (py, px, vm) = unsafe { positions.at(t, pair0, weight0) };
-        // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
-        let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
         let plane = Plane16 {
             hf,
             wf,
@@ -407,8 +472,16 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             row,
             outside: _mm512_set1_epi32(-1),
         };
-        let Corners16 { idx: iv, w: wv, .. } =
-            corners16::<true>((py, px, vm), positions.points, false, &plane);
+        let (iv, wv) = if small {
+            // No add of zero: a -0 position gives the same floor compares, index and `ly`.
+            let startf = _mm512_cvtepi32_ps(start);
+            corners16_small((py, px, vm), positions.points, &plane, startf)
+        } else {
+            // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
+            let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
+            let c = corners16::<true>((py, px, vm), positions.points, false, &plane);
+            (c.idx, c.w)
+        };
         for j in 0..4 {
             // SAFETY: 16 values each.
             unsafe {
