@@ -317,6 +317,8 @@ pub(super) unsafe fn points_back<const NZ: usize>(
     let mut offs = [[0i32; 16]; 4];
     let mut wts = [[0f32; 16]; 4];
     let mut dots = [[0f32; 4]; 16];
+    // Every index an integer below 2^24: formed exactly in f32.
+    let small = r.image.len() < 1 << 24;
     const { assert!(super::BACK_BLOCK == 16) };
     // Blocks of 16 elements, in each every point (`super::BACK_BLOCK`).
     for t0 in (0..len).step_by(super::BACK_BLOCK) {
@@ -336,10 +338,9 @@ pub(super) unsafe fn points_back<const NZ: usize>(
             let at = k * len + t0;
             // SAFETY: the lanes enabled in `kt` address entries at..at+n of rows of `all`.
             let load = |v: &[f32]| unsafe { _mm512_maskz_loadu_ps(kt, v.as_ptr().add(at)) };
-            // `sample_row`'s `y0 + dy`, `x0 + t*sx + dx` with zeros.
-            let py = _mm512_add_ps(zero, load(r.y));
-            let px = _mm512_add_ps(zero, load(r.x));
-            let vm = load(r.m);
+            // `sample_row`'s positions without its adds of zero: a -0 position gives the same
+            // floors, checks, indices and `ly`.
+            let (py, px, vm) = (load(r.y), load(r.x), load(r.m));
             let Corners16 {
                 idx: iv,
                 w: wv,
@@ -347,7 +348,11 @@ pub(super) unsafe fn points_back<const NZ: usize>(
                 lx,
                 open,
                 ..
-            } = corners16::<true>((py, px, vm), kt, false, &plane);
+            } = if small {
+                corners16::<true, true>((py, px, vm), kt, false, &plane)
+            } else {
+                corners16::<true, false>((py, px, vm), kt, false, &plane)
+            };
             let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
             for j in 0..4 {
                 // SAFETY: 16 values each.

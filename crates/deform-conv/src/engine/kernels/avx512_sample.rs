@@ -38,15 +38,26 @@ pub(super) struct Corners16 {
 /// (lanes outside `lanes` closed): `sample_row_body`'s operations in its order (`per_tap`: its
 /// `GradGate::PerTap` region for the indices), one zmm register per quantity. Every AVX-512
 /// descriptor kernel forms its descriptors here.
+///
+/// The floors are taken from the positions as they come, in parallel with the bound checks
+/// (a closed lane's `ly` and `lx` are masked to `+0` after, as the zeroed position gave). With
+/// `SMALL` (the caller's promise: every index the plane can form, `start + (y*w + x) * step`
+/// for a corner inside, is below 2^24) the corner checks compare the floors and the index is
+/// formed with FMAs in f32, exact for such integers: two 10-cycle `vpmulld` off the chain. The
+/// same masks, indices and weights either way.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) fn corners16<const SCALED: bool>(
+pub(super) fn corners16<const SCALED: bool, const SMALL: bool>(
     (py, px, vm): (__m512, __m512, __m512),
     lanes: __mmask16,
     per_tap: bool,
     p: &Plane16,
 ) -> Corners16 {
-    let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
+    let (one, minus_one, zero) = (
+        _mm512_set1_ps(1.0),
+        _mm512_set1_ps(-1.0),
+        _mm512_setzero_ps(),
+    );
     let (ione, iminus_one) = (_mm512_set1_epi32(1), _mm512_set1_epi32(-1));
     let (hf, wf) = (p.hf, p.wf);
     // Each condition a compare under the mask of the ones before it: one operation each, no
@@ -70,29 +81,49 @@ pub(super) fn corners16<const SCALED: bool>(
     } else {
         open
     };
-    let (py, px) = (_mm512_maskz_mov_ps(grad, py), _mm512_maskz_mov_ps(grad, px));
     const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
     let (fy, fx) = (
         _mm512_roundscale_ps::<FLOOR>(py),
         _mm512_roundscale_ps::<FLOOR>(px),
     );
-    let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
+    let (ly, lx) = (
+        _mm512_maskz_sub_ps(grad, py, fy),
+        _mm512_maskz_sub_ps(grad, px, fx),
+    );
     let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
-    let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
-    let y_lo = _mm512_mask_cmpgt_epi32_mask(grad, yi, iminus_one);
-    let y_hi = _mm512_mask_cmpgt_epi32_mask(grad, p.h, _mm512_add_epi32(yi, ione));
-    let x1 = _mm512_add_epi32(xi, ione);
-    // Corner (y, x)'s mask: row `y`'s under the column's compare.
-    let x_lo = |k: __mmask16| _mm512_mask_cmpgt_epi32_mask(k, xi, iminus_one);
-    let x_hi = |k: __mmask16| _mm512_mask_cmpgt_epi32_mask(k, p.w, x1);
-    // Exact for corners inside: their indices lie inside the image (below 2^31).
-    let pixel = _mm512_add_epi32(_mm512_mullo_epi32(yi, p.w), xi);
-    let scaled = if SCALED {
-        _mm512_mullo_epi32(pixel, p.step)
+    // Per corner row and column: is it inside the plane (a lane in `grad` has integer floors
+    // in [-1, h - 1] and [-1, w - 1])? And the first corner's index.
+    let (y_lo, y_hi, base) = if SMALL {
+        let scaled = _mm512_fmadd_ps(fy, wf, fx);
+        let startf = _mm512_cvtepi32_ps(p.start);
+        let at = if SCALED {
+            _mm512_fmadd_ps(scaled, _mm512_cvtepi32_ps(p.step), startf)
+        } else {
+            _mm512_add_ps(scaled, startf)
+        };
+        (
+            _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(grad, fy, zero),
+            _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(grad, fy, _mm512_sub_ps(hf, one)),
+            _mm512_cvttps_epi32(at),
+        )
     } else {
-        pixel
+        let (yi, xi) = (_mm512_cvttps_epi32(fy), _mm512_cvttps_epi32(fx));
+        // Exact for corners inside: their indices lie inside the image (below 2^31).
+        let pixel = _mm512_add_epi32(_mm512_mullo_epi32(yi, p.w), xi);
+        let scaled = if SCALED {
+            _mm512_mullo_epi32(pixel, p.step)
+        } else {
+            pixel
+        };
+        (
+            _mm512_mask_cmpgt_epi32_mask(grad, yi, iminus_one),
+            _mm512_mask_cmpgt_epi32_mask(grad, p.h, _mm512_add_epi32(yi, ione)),
+            _mm512_add_epi32(p.start, scaled),
+        )
     };
-    let base = _mm512_add_epi32(p.start, scaled);
+    // Corner (y, x)'s mask: row `y`'s under the column's compare.
+    let x_lo = |k: __mmask16| col_lo::<SMALL>(k, fx);
+    let x_hi = |k: __mmask16| col_hi::<SMALL>(k, fx, p);
     let below = _mm512_add_epi32(base, p.row);
     let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, p.outside, v);
     let idx = [
@@ -118,69 +149,27 @@ pub(super) fn corners16<const SCALED: bool>(
     }
 }
 
-/// [`corners16::<true>`]'s indices and weights (not `per_tap`) where every index of the image is
-/// below 2^24, with a shorter dependency chain: the floor taken before the bound checks
-/// (closed lanes masked out of the weights instead), the checks on the floors, and the index
-/// `start + (y*w + x) * step` formed in f32, where every value is an integer below 2^24 and so
-/// exact. The same masks, indices and weights: `lx`, `ly`, `open` of a closed lane are not
-/// formed. `startf` is `p.start` as floats.
+/// Under `k`: is the corner column `fx` (a floor) at or right of column 0?
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) fn corners16_small(
-    (py, px, vm): (__m512, __m512, __m512),
-    lanes: __mmask16,
-    p: &Plane16,
-    startf: __m512,
-) -> ([__m512i; 4], [__m512; 4]) {
-    let (one, minus_one, zero) = (
-        _mm512_set1_ps(1.0),
-        _mm512_set1_ps(-1.0),
-        _mm512_setzero_ps(),
-    );
-    let (hf, wf) = (p.hf, p.wf);
-    let open = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
-        _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
-            _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(
-                _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(lanes, py, hf),
-                px,
-                wf,
-            ),
-            py,
-            minus_one,
-        ),
-        px,
-        minus_one,
-    );
-    const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-    let (fy, fx) = (
-        _mm512_roundscale_ps::<FLOOR>(py),
-        _mm512_roundscale_ps::<FLOOR>(px),
-    );
-    let (ly, lx) = (_mm512_sub_ps(py, fy), _mm512_sub_ps(px, fx));
-    let (hy, hx) = (_mm512_sub_ps(one, ly), _mm512_sub_ps(one, lx));
-    // An open lane's floors are integers in [-1, h - 1] and [-1, w - 1].
-    let y_lo = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(open, fy, zero);
-    let y_hi = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(open, fy, _mm512_sub_ps(hf, one));
-    let x_lo = |k: __mmask16| _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(k, fx, zero);
-    let x_hi = |k: __mmask16| _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(k, fx, _mm512_sub_ps(wf, one));
-    let stepf = _mm512_cvtepi32_ps(p.step);
-    let base = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_fmadd_ps(fy, wf, fx), stepf, startf));
-    let below = _mm512_add_epi32(base, p.row);
-    let pick = |k: __mmask16, v: __m512i| _mm512_mask_blend_epi32(k, p.outside, v);
-    let idx = [
-        pick(x_lo(y_lo), base),
-        pick(x_hi(y_lo), _mm512_add_epi32(base, p.step)),
-        pick(x_lo(y_hi), below),
-        pick(x_hi(y_hi), _mm512_add_epi32(below, p.step)),
-    ];
-    // A closed lane's weights +0, as `corners16`'s (its zeroed mask value times 1).
-    let w = [
-        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(hy, hx)),
-        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(hy, lx)),
-        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(ly, hx)),
-        _mm512_maskz_mul_ps(open, vm, _mm512_mul_ps(ly, lx)),
-    ];
-    (idx, w)
+fn col_lo<const SMALL: bool>(k: __mmask16, fx: __m512) -> __mmask16 {
+    if SMALL {
+        _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(k, fx, _mm512_setzero_ps())
+    } else {
+        _mm512_mask_cmpgt_epi32_mask(k, _mm512_cvttps_epi32(fx), _mm512_set1_epi32(-1))
+    }
+}
+
+/// Under `k`: is the column right of `fx` (a floor) left of the plane's last column + 1?
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn col_hi<const SMALL: bool>(k: __mmask16, fx: __m512, p: &Plane16) -> __mmask16 {
+    if SMALL {
+        _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(k, fx, _mm512_sub_ps(p.wf, _mm512_set1_ps(1.0)))
+    } else {
+        let x1 = _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(1));
+        _mm512_mask_cmpgt_epi32_mask(k, p.w, x1)
+    }
 }
 
 /// Descriptors of one row, 16 samples per step (see `sample_row_body` for the formula).
@@ -225,6 +214,8 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         _mm512_set1_epi32(a.sx as i32),
     );
     let per_tap = a.gate == GradGate::PerTap;
+    // Every pixel index below 2^24: formed exactly in f32.
+    let small = a.h * a.w < 1 << 24;
     let mut t = 0;
     while t < n {
         let len = (n - t).min(16);
@@ -240,7 +231,11 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(t as i32), iota), sx),
         );
         let px = _mm512_add_ps(_mm512_cvtepi32_ps(grid_x), vdx);
-        let c = corners16::<false>((py, px, vm), k, per_tap, &plane);
+        let c = if small {
+            corners16::<false, true>((py, px, vm), k, per_tap, &plane)
+        } else {
+            corners16::<false, false>((py, px, vm), k, per_tap, &plane)
+        };
         for j in 0..4 {
             // SAFETY: the lanes enabled in `k` address elements t..t+len of the n-element
             // descriptor slices.
@@ -450,7 +445,6 @@ pub(super) unsafe fn points_row<const NZ: usize>(
     let (hf, wf) = (_mm512_cvtepi32_ps(hi), _mm512_cvtepi32_ps(wi));
     let cv = _mm512_set1_epi32(c as i32);
     let row = _mm512_mullo_epi32(wi, cv);
-    let zero = _mm512_setzero_ps();
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
@@ -472,16 +466,13 @@ pub(super) unsafe fn points_row<const NZ: usize>(
             row,
             outside: _mm512_set1_epi32(-1),
         };
-        let (iv, wv) = if small {
-            // No add of zero: a -0 position gives the same floor compares, index and `ly`.
-            let startf = _mm512_cvtepi32_ps(start);
-            corners16_small((py, px, vm), positions.points, &plane, startf)
+        // No add of zero: a -0 position gives the same floors, checks, index and `ly`.
+        let c = if small {
+            corners16::<true, true>((py, px, vm), positions.points, false, &plane)
         } else {
-            // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
-            let (py, px) = (_mm512_add_ps(zero, py), _mm512_add_ps(zero, px));
-            let c = corners16::<true>((py, px, vm), positions.points, false, &plane);
-            (c.idx, c.w)
+            corners16::<true, false>((py, px, vm), positions.points, false, &plane)
         };
+        let (iv, wv) = (c.idx, c.w);
         for j in 0..4 {
             // SAFETY: 16 values each.
             unsafe {
