@@ -355,8 +355,8 @@ pub(super) unsafe fn scatter_row(job: &RowJob<'_, f32>, dcol: &[f32], dx: &mut [
 /// point core's formulas, the same operations in the same order). The same bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
-#[target_feature(enable = "avx2")]
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn points_back<const V: usize>(
     r: &super::PointsBack<'_, f32>,
     dx: &mut [f32],
@@ -373,11 +373,13 @@ pub(super) unsafe fn points_back<const V: usize>(
         "points_back: rows inside their buffers, planes inside the image"
     );
     let [gy, gx, gm] = grads;
-    let (one, zero) = (_mm256_set1_ps(1.0), _mm256_setzero_ps());
+    let one = _mm256_set1_ps(1.0);
     let cv = _mm256_set1_epi32(c as i32);
     let (xp, dp, gp) = (r.image.as_ptr(), r.dout.as_ptr(), dx.as_mut_ptr());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
+    // Every index an integer below 2^24: formed exactly in f32.
+    let small = r.image.len() < 1 << 24;
     let mut offs = [[0i32; 8]; 4];
     let mut wts = [[0f32; 8]; 4];
     // Element i's four dot products.
@@ -402,10 +404,9 @@ pub(super) unsafe fn points_back<const V: usize>(
                 // SAFETY: the lanes enabled in `kt` address entries at..at+n of rows of `all`;
                 // masked-off lanes are not accessed.
                 let load = |v: &[f32]| unsafe { _mm256_maskload_ps(v.as_ptr().add(at), kt) };
-                // `sample_row`'s `y0 + dy`, `x0 + t*sx + dx` with zeros.
-                let py = _mm256_add_ps(zero, load(r.y));
-                let px = _mm256_add_ps(zero, load(r.x));
-                let vm = load(r.m);
+                // `sample_row`'s positions without its adds of zero: a -0 position gives the
+                // same floors, checks, indices and `ly`.
+                let (py, px, vm) = (load(r.y), load(r.x), load(r.m));
                 let Corners8 {
                     idx: iv,
                     w: wv,
@@ -413,7 +414,11 @@ pub(super) unsafe fn points_back<const V: usize>(
                     lx,
                     open,
                     ..
-                } = corners8::<true>((py, px, vm), _mm256_castsi256_ps(kt), false, &plane);
+                } = if small {
+                    corners8::<true, true>((py, px, vm), _mm256_castsi256_ps(kt), false, &plane)
+                } else {
+                    corners8::<true, false>((py, px, vm), _mm256_castsi256_ps(kt), false, &plane)
+                };
                 let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
                 for j in 0..4 {
                     // SAFETY: 8 values each.

@@ -36,9 +36,13 @@ pub(super) struct Corners8 {
 /// (lanes outside the mask `lanes` closed): `sample_row_body`'s operations in its order
 /// (`per_tap`: its `GradGate::PerTap` region for the indices), one ymm register per quantity.
 /// Every AVX2 descriptor kernel forms its descriptors here.
+///
+/// With `SMALL` (the caller's promise: every index the plane can form for a corner inside is
+/// below 2^24) the corner checks compare the floors and the index is formed with FMAs in f32,
+/// exact for such integers, as `corners16` does. The same masks, indices and weights either way.
 #[inline]
-#[target_feature(enable = "avx2")]
-pub(super) fn corners8<const SCALED: bool>(
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn corners8<const SCALED: bool, const SMALL: bool>(
     (py, px, vm): (__m256, __m256, __m256),
     lanes: __m256,
     per_tap: bool,
@@ -72,24 +76,51 @@ pub(super) fn corners8<const SCALED: bool>(
     } else {
         open
     };
-    let (py, px) = (_mm256_and_ps(py, grad), _mm256_and_ps(px, grad));
+    // Floors of the positions as they come, in parallel with the checks; a closed lane's `ly`
+    // and `lx` masked to +0 after (as the zeroed position gave).
     let (fy, fx) = (_mm256_floor_ps(py), _mm256_floor_ps(px));
-    let (ly, lx) = (_mm256_sub_ps(py, fy), _mm256_sub_ps(px, fx));
+    let (ly, lx) = (
+        _mm256_and_ps(_mm256_sub_ps(py, fy), grad),
+        _mm256_and_ps(_mm256_sub_ps(px, fx), grad),
+    );
     let (hy, hx) = (_mm256_sub_ps(one, ly), _mm256_sub_ps(one, lx));
-    let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
     let gi = _mm256_castps_si256(grad);
-    let y_lo = _mm256_and_si256(gi, _mm256_cmpgt_epi32(yi, iminus_one));
-    let y_hi = _mm256_and_si256(gi, _mm256_cmpgt_epi32(p.h, _mm256_add_epi32(yi, ione)));
-    let x_lo = _mm256_cmpgt_epi32(xi, iminus_one);
-    let x_hi = _mm256_cmpgt_epi32(p.w, _mm256_add_epi32(xi, ione));
-    // Exact for corners inside: their indices lie inside the image (below 2^31).
-    let pixel = _mm256_add_epi32(_mm256_mullo_epi32(yi, p.w), xi);
-    let scaled = if SCALED {
-        _mm256_mullo_epi32(pixel, p.step)
+    // Per corner row and column: inside the plane? (A lane in `grad` has integer floors in
+    // [-1, h - 1] and [-1, w - 1].) And the first corner's index.
+    let (y_lo, y_hi, x_lo, x_hi, base) = if SMALL {
+        let zero = _mm256_setzero_ps();
+        let cmp = |k: __m256i, v: __m256| _mm256_and_si256(k, _mm256_castps_si256(v));
+        let at = _mm256_fmadd_ps(fy, p.wf, fx);
+        let startf = _mm256_cvtepi32_ps(p.start);
+        let at = if SCALED {
+            _mm256_fmadd_ps(at, _mm256_cvtepi32_ps(p.step), startf)
+        } else {
+            _mm256_add_ps(at, startf)
+        };
+        (
+            cmp(gi, _mm256_cmp_ps::<_CMP_GE_OQ>(fy, zero)),
+            cmp(gi, _mm256_cmp_ps::<_CMP_LT_OQ>(fy, _mm256_sub_ps(hf, one))),
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(fx, zero)),
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(fx, _mm256_sub_ps(wf, one))),
+            _mm256_cvttps_epi32(at),
+        )
     } else {
-        pixel
+        let (yi, xi) = (_mm256_cvttps_epi32(fy), _mm256_cvttps_epi32(fx));
+        // Exact for corners inside: their indices lie inside the image (below 2^31).
+        let pixel = _mm256_add_epi32(_mm256_mullo_epi32(yi, p.w), xi);
+        let scaled = if SCALED {
+            _mm256_mullo_epi32(pixel, p.step)
+        } else {
+            pixel
+        };
+        (
+            _mm256_and_si256(gi, _mm256_cmpgt_epi32(yi, iminus_one)),
+            _mm256_and_si256(gi, _mm256_cmpgt_epi32(p.h, _mm256_add_epi32(yi, ione))),
+            _mm256_cmpgt_epi32(xi, iminus_one),
+            _mm256_cmpgt_epi32(p.w, _mm256_add_epi32(xi, ione)),
+            _mm256_add_epi32(p.start, scaled),
+        )
     };
-    let base = _mm256_add_epi32(p.start, scaled);
     let below = _mm256_add_epi32(base, p.row);
     let pick = |k: __m256i, v: __m256i| _mm256_blendv_epi8(p.outside, v, k);
     let idx = [
@@ -121,8 +152,8 @@ pub(super) fn corners8<const SCALED: bool>(
 /// Descriptors of one row, 8 samples per step (see `sample_row_body` for the formula).
 ///
 /// # Safety
-/// The CPU must support AVX2.
-#[target_feature(enable = "avx2")]
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
     let n = a.dy.len();
     // The grid columns and pixel indices are formed in i32 lanes.
@@ -147,6 +178,8 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         _mm256_set1_epi32(a.sx as i32),
     );
     let per_tap = a.gate == GradGate::PerTap;
+    // Every pixel index below 2^24: formed exactly in f32.
+    let small = a.h * a.w < 1 << 24;
     let at = a.at;
     let mut t = 0;
     while t < n {
@@ -183,7 +216,11 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
             lx,
             open,
             grad,
-        } = corners8::<false>((py, px, vm), all, per_tap, &plane);
+        } = if small {
+            corners8::<false, true>((py, px, vm), all, per_tap, &plane)
+        } else {
+            corners8::<false, false>((py, px, vm), all, per_tap, &plane)
+        };
         let (open_bits, grad_bits) = (_mm256_movemask_ps(open), _mm256_movemask_ps(grad));
         if len == 8 {
             // A full step stores straight into the rows (a stack-buffer copy would be a
@@ -298,11 +335,12 @@ pub(super) unsafe fn points_row<const V: usize>(
     let wf = wi.map(|v| _mm256_cvtepi32_ps(v));
     let cv = _mm256_set1_epi32(c as i32);
     let row = wi.map(|v| _mm256_mullo_epi32(v, cv));
-    let zero = _mm256_setzero_ps();
     let (pp, wp) = (runs.pairs.as_ptr(), runs.weights.as_ptr());
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
+    // Every index an integer below 2^24: formed exactly in f32.
+    let small = r.image.len() < 1 << 24;
     let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
         let lov = _mm256_set1_epi32(lo as i32);
         let by = _mm256_set1_ps(runs.base[0][t]);
@@ -326,10 +364,10 @@ pub(super) unsafe fn points_row<const V: usize>(
             let vy = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
                 _mm256_shuffle_ps::<0b11_01_11_01>(a, b),
             )));
-            // `describe_points`' positions, then `sample_row`'s `y0 + dy`, `x0 + dx` with zeros.
+            // `describe_points`' positions (no add of zero: a -0 position gives the same floors,
+            // checks, indices and `ly`).
             let py = _mm256_add_ps(by, _mm256_mul_ps(_mm256_add_ps(tap_y[h], vy), scale_y[h]));
             let px = _mm256_add_ps(bx, _mm256_mul_ps(_mm256_add_ps(tap_x[h], vx), scale_x[h]));
-            let (py, px) = (_mm256_add_ps(zero, py), _mm256_add_ps(zero, px));
             let plane = Plane8 {
                 hf: hf[h],
                 wf: wf[h],
@@ -341,8 +379,11 @@ pub(super) unsafe fn points_row<const V: usize>(
                 outside: _mm256_set1_epi32(-1),
             };
             let lanes = _mm256_castsi256_ps(kp[h]);
-            let Corners8 { idx: iv, w: wv, .. } =
-                corners8::<true>((py, px, vm), lanes, false, &plane);
+            let Corners8 { idx: iv, w: wv, .. } = if small {
+                corners8::<true, true>((py, px, vm), lanes, false, &plane)
+            } else {
+                corners8::<true, false>((py, px, vm), lanes, false, &plane)
+            };
             for j in 0..4 {
                 // SAFETY: 8 values at 8h of 16-value rows, h < 2.
                 unsafe {

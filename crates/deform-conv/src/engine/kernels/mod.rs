@@ -463,7 +463,8 @@ fn f32_table(isa: Isa) -> Option<Kernels<f32>> {
 #[cfg(target_arch = "x86_64")]
 fn avx2_f32_table() -> Kernels<f32> {
     fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>) {
-        // SAFETY: this table is only built after `Isa::Avx2.supported()` returned true.
+        // SAFETY: this table is only built after `Isa::Avx2.supported()` (AVX2 and FMA) returned
+        // true.
         unsafe { avx2_sample::sample_row(a, out) }
     }
     fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
