@@ -22,6 +22,9 @@ const CHUNK: usize = 128;
 const MIN_ROWS: usize = 8;
 /// Output pixels per core row, at least.
 const MIN_CHUNK: usize = 16;
+/// Rows below the kernel's last whose pixels the forward prefetches ahead: offsets of a few
+/// pixels reach them before the output rows they belong to.
+const LEAD_ROWS: i32 = 4;
 
 struct Op<'o, 'a, T: Element> {
     g: &'o Dcnv3Geometry,
@@ -55,6 +58,7 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             // 256 bytes of each pixel's channels: the corners around neighbouring pixels stay
             // in L1 (a 512-channel pixel's groups at once did not).
             block: (256 / (g.d * std::mem::size_of::<T::Acc>()).max(1)).max(1),
+            lead: Some(lead(g)),
         };
         let by: Vec<_> = (0..g.ho).map(|oh| Self::acc(g.base(oh, 0).0)).collect();
         let bx: Vec<_> = (0..g.wo).map(|ow| Self::acc(g.base(0, ow).1)).collect();
@@ -208,6 +212,16 @@ pub(crate) fn forward<T: Element>(
     points::forward(&op, isa, rows_of(out.view_mut(), op.chunk))?;
     // SAFETY: the rows cover the output, and `points::forward` wrote every element of every row.
     Ok(unsafe { out.done() })
+}
+
+/// The input pixel, from an output pixel's base, whose row the output rows after it reach
+/// first: [`LEAD_ROWS`] below the kernel's last row, at its middle column.
+fn lead(g: &Dcnv3Geometry) -> [i32; 2] {
+    let span = |k: usize, dil: usize| ((k.saturating_sub(1) * dil) as f64 * g.scale) as i32;
+    [
+        span(g.kh, g.dil[0]).saturating_add(LEAD_ROWS),
+        span(g.kw, g.dil[1]) / 2,
+    ]
 }
 
 /// Output pixels per core row: runs of [`MIN_CHUNK`] to [`CHUNK`] pixels, [`MIN_ROWS`] of them

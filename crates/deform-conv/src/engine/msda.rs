@@ -38,6 +38,8 @@ impl<'o, 'a, T: Element> Op<'o, 'a, T> {
             row_len: g.q.min(QUERIES),
             // Every head of a query at once (two at a time measured 1.05x slower).
             block: g.m,
+            // Queries sample anywhere in several levels: no row leads.
+            lead: None,
         };
         // `H` (then `W`) of each point's level, the points of a head in order.
         let per_point = |hw: usize| {

@@ -68,6 +68,9 @@ pub(crate) struct Shape {
     /// Groups the one-pass forward ([`super::kernels::PointsRow`]) takes at a time for each
     /// element (chosen per operator by measurement: BENCHMARKS.md).
     pub block: usize,
+    /// `[rows, columns]` from an element's base to the input pixel the one-pass forward
+    /// prefetches ([`super::kernels::PointsRow::lead`]).
+    pub lead: Option<[i32; 2]>,
 }
 
 impl Shape {
@@ -626,6 +629,7 @@ fn forward_in_place<T: Element, O: PointOp<T>>(
                         c,
                         d,
                         block: sh.block,
+                        lead: sh.lead,
                     };
                     (f.forward)(&row, out)
                 });

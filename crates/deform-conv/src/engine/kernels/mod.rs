@@ -35,6 +35,8 @@ use portable::{panel_gemm_for, portable};
 
 /// How many elements ahead the point core's position reads ask for an element's runs.
 pub(crate) const PREFETCH_AHEAD: usize = 8;
+/// Elements ahead of the one being summed whose `lead` pixel the one-pass forward asks for.
+const LEAD_AHEAD: usize = 16;
 
 /// Asks the caches for the lines of `data` ahead of its use: a hint, no effect on any result
 /// (a no-op off x86-64 and under Miri). For streams the hardware prefetchers miss, such as
@@ -243,9 +245,13 @@ pub(crate) struct PointsRow<'a, A> {
     pub c: usize,
     pub d: usize,
     pub block: usize,
+    /// `[rows, columns]` from each element's base (its `base` pixel, truncated) to the pixel
+    /// whose channels [`Self::prefetch_ahead`] asks for: the input rows the rows of elements
+    /// after this one reach first (`None`: no such pixel).
+    pub lead: Option<[i32; 2]>,
 }
 
-impl<A> PointsRow<'_, A> {
+impl<A: Real> PointsRow<'_, A> {
     /// Does every run a one-pass forward kernel for groups of `d` channels reads or writes lie
     /// inside its slice (`out`: the output row's length), with at most 16 points, an image
     /// below 2^31 values, and each point's plane inside the image?
@@ -269,7 +275,8 @@ impl<A> PointsRow<'_, A> {
             && planes_inside(&self.planes[..p], pixels)
     }
 
-    /// Asks for the runs of element `t + PREFETCH_AHEAD` of the groups `gs` (a hint).
+    /// Asks for the runs of element `t + PREFETCH_AHEAD` of the groups `gs` and, with the first
+    /// groups, for the pixel `lead` from element `t + LEAD_AHEAD` (hints).
     #[inline(always)]
     pub(crate) fn prefetch_ahead(&self, t: usize, gs: &[[usize; 3]]) {
         let runs = &self.runs;
@@ -278,6 +285,26 @@ impl<A> PointsRow<'_, A> {
             for &[pair0, weight0, _] in gs {
                 prefetch(&runs.pairs[pair0 + a * runs.pair_step..][..2 * p]);
                 prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
+            }
+        }
+        let e = t + LEAD_AHEAD;
+        if let (Some([ry, rx]), true) = (self.lead, std::ptr::eq(gs.as_ptr(), self.groups.as_ptr()))
+        {
+            if let (Some(by), Some(bx), Some(&[h, w, s])) = (
+                runs.base[0].get(e),
+                runs.base[1].get(e),
+                self.planes.first(),
+            ) {
+                let y = by.to_i32_sat().saturating_add(ry);
+                let x = bx.to_i32_sat().saturating_add(rx);
+                if let (Ok(y), Ok(x)) = (usize::try_from(y), usize::try_from(x)) {
+                    if y < h && x < w {
+                        let at = (s + y * w + x) * self.c;
+                        if let Some(px) = self.image.get(at..at + self.c) {
+                            prefetch(px);
+                        }
+                    }
+                }
             }
         }
     }
