@@ -378,8 +378,7 @@ pub(super) unsafe fn points_back<const V: usize>(
     let (xp, dp, gp) = (r.image.as_ptr(), r.dout.as_ptr(), dx.as_mut_ptr());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
-    // Every index an integer below 2^24: formed exactly in f32.
-    let small = r.image.len() < 1 << 24;
+    let small = super::indices_exact_in_f32(r.image.len());
     let mut offs = [[0i32; 8]; 4];
     let mut wts = [[0f32; 8]; 4];
     // Element i's four dot products.

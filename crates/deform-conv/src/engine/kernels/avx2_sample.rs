@@ -178,8 +178,7 @@ pub(super) unsafe fn sample_row(a: &RowArgs<'_, f32>, out: &mut RowSamples<f32>)
         _mm256_set1_epi32(a.sx as i32),
     );
     let per_tap = a.gate == GradGate::PerTap;
-    // Every pixel index below 2^24: formed exactly in f32.
-    let small = a.h * a.w < 1 << 24;
+    let small = super::indices_exact_in_f32(a.h * a.w);
     let at = a.at;
     let mut t = 0;
     while t < n {
@@ -339,8 +338,7 @@ pub(super) unsafe fn points_row<const V: usize>(
     let (xp, op) = (r.image.as_ptr(), out.as_mut_ptr().cast::<f32>());
     // What a corner outside its plane reads.
     let zeros = [0f32; 32];
-    // Every index an integer below 2^24: formed exactly in f32.
-    let small = r.image.len() < 1 << 24;
+    let small = super::indices_exact_in_f32(r.image.len());
     let describe = |t: usize, [pair0, weight0, lo]: [usize; 3], tile: &mut Tile| {
         let lov = _mm256_set1_epi32(lo as i32);
         let by = _mm256_set1_ps(runs.base[0][t]);

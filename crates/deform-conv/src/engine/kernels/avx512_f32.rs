@@ -317,8 +317,7 @@ pub(super) unsafe fn points_back<const NZ: usize>(
     let mut offs = [[0i32; 16]; 4];
     let mut wts = [[0f32; 16]; 4];
     let mut dots = [[0f32; 4]; 16];
-    // Every index an integer below 2^24: formed exactly in f32.
-    let small = r.image.len() < 1 << 24;
+    let small = super::indices_exact_in_f32(r.image.len());
     const { assert!(super::BACK_BLOCK == 16) };
     // Blocks of 16 elements, in each every point (`super::BACK_BLOCK`).
     for t0 in (0..len).step_by(super::BACK_BLOCK) {

@@ -38,6 +38,12 @@ pub(crate) const PREFETCH_AHEAD: usize = 8;
 /// Elements ahead of the one being summed whose `lead` pixel the one-pass forward asks for.
 const LEAD_AHEAD: usize = 16;
 
+/// Are indices below `values` exact in f32 (every integer below 2^24 is)? The descriptor
+/// kernels then form their corner indices with FMAs (`SMALL` in `corners16` and `corners8`).
+pub(crate) fn indices_exact_in_f32(values: usize) -> bool {
+    values < 1 << 24
+}
+
 /// Asks the caches for the lines of `data` ahead of its use: a hint, no effect on any result
 /// (a no-op off x86-64 and under Miri). For streams the hardware prefetchers miss, such as
 /// one output pixel's offsets and masks read a few pixels before their turn.
@@ -275,6 +281,21 @@ impl<A: Real> PointsRow<'_, A> {
             && planes_inside(&self.planes[..p], pixels)
     }
 
+    /// The channels of element `e`'s `lead` pixel, where it has one inside the first plane.
+    #[inline]
+    fn lead_pixel(&self, e: usize) -> Option<&[A]> {
+        let [ry, rx] = self.lead?;
+        let (by, bx) = (self.runs.base[0].get(e)?, self.runs.base[1].get(e)?);
+        let &[h, w, s] = self.planes.first()?;
+        let y = usize::try_from(by.to_i32_sat().saturating_add(ry)).ok()?;
+        let x = usize::try_from(bx.to_i32_sat().saturating_add(rx)).ok()?;
+        if y >= h || x >= w {
+            return None;
+        }
+        let at = (s + y * w + x) * self.c;
+        self.image.get(at..at + self.c)
+    }
+
     /// Asks for the runs of element `t + PREFETCH_AHEAD` of the groups `gs` and, with the first
     /// groups, for the pixel `lead` from element `t + LEAD_AHEAD` (hints).
     #[inline(always)]
@@ -287,24 +308,9 @@ impl<A: Real> PointsRow<'_, A> {
                 prefetch(&runs.weights[weight0 + a * runs.weight_step..][..p]);
             }
         }
-        let e = t + LEAD_AHEAD;
-        if let (Some([ry, rx]), true) = (self.lead, std::ptr::eq(gs.as_ptr(), self.groups.as_ptr()))
-        {
-            if let (Some(by), Some(bx), Some(&[h, w, s])) = (
-                runs.base[0].get(e),
-                runs.base[1].get(e),
-                self.planes.first(),
-            ) {
-                let y = by.to_i32_sat().saturating_add(ry);
-                let x = bx.to_i32_sat().saturating_add(rx);
-                if let (Ok(y), Ok(x)) = (usize::try_from(y), usize::try_from(x)) {
-                    if y < h && x < w {
-                        let at = (s + y * w + x) * self.c;
-                        if let Some(px) = self.image.get(at..at + self.c) {
-                            prefetch(px);
-                        }
-                    }
-                }
+        if std::ptr::eq(gs.as_ptr(), self.groups.as_ptr()) {
+            if let Some(px) = self.lead_pixel(t + LEAD_AHEAD) {
+                prefetch(px);
             }
         }
     }
