@@ -123,7 +123,9 @@ impl<T: Element> Plan<'_, '_, T> {
     }
 
     /// Builds the columns tile of conv group `q`, output rows `rows` of image `n`:
-    /// `cols[p, tap*Cg + c] = m * bilinear(X[c], py, px)`.
+    /// `cols[p, tap*Cg + c] = m * bilinear(X[c], py, px)`. Deformable group outermost: each
+    /// group's window of its image block is read for every row of the tile in turn, not
+    /// reloaded once per row.
     pub(super) fn columns(
         &self,
         n: usize,
@@ -135,8 +137,8 @@ impl<T: Element> Plan<'_, '_, T> {
     ) {
         let (g, row_len, cg) = (self.g, self.row_len, self.g.c_per_group());
         let oh0 = rows.start;
-        for r in 0..rows.len() {
-            for (dg, off, chans) in self.segments(q) {
+        for (dg, off, chans) in self.segments(q) {
+            for r in 0..rows.len() {
                 for tap in 0..g.taps() {
                     self.row_samples(n, dg, tap, oh0 + r, None, rs);
                     let (job, block) = self.job(&rs.s, dg, &chans, row_len);

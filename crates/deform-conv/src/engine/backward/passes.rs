@@ -138,7 +138,7 @@ pub(super) fn weight_grad<T: Element>(
 }
 
 /// The descriptor pass of conv group `q` over `at`'s output rows, from their `dcol` rows
-/// (`dcol[r * Wo * K*Cg ..]` for row `at.oh0 + r`): per (row, deformable group, tap), the four
+/// (`dcol[r * Wo * K*Cg ..]` for row `at.oh0 + r`): per (deformable group, row, tap), the four
 /// sums `a_j` into `out.acc` and the offset/mask gradients into `out.lg`; the scatter into
 /// `out.dx`; the columns tile `out.cols` (as [`Plan::columns`] builds it).
 pub(super) fn tap_pass<T: Element>(
@@ -162,8 +162,8 @@ pub(super) fn tap_pass<T: Element>(
     let (cg, kk, row_len) = (g.c_per_group(), g.taps(), plan.row_len);
     let gk = g.deformable_groups * kk;
     let want_tap = !acc.is_empty();
-    for r in 0..nrows {
-        for (dg, off, chans) in plan.segments(q) {
+    for (dg, off, chans) in plan.segments(q) {
+        for r in 0..nrows {
             for tap in 0..kk {
                 plan.row_samples(n, dg, tap, oh0 + r, Some(gate), rows);
                 let (job, block) = plan.job(&rows.s, dg, &chans, row_len);
