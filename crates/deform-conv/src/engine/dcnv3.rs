@@ -3,7 +3,7 @@
 //! pixels in row-major order (short image rows would make each kernel call a few pixels long).
 
 use super::kernels::{Isa, Kernels};
-use super::points::{self, describe_runs, pieces, PointOp, PointRuns, Shape};
+use super::points::{self, describe_runs, pieces, Interleave, PointOp, PointRuns, Shape};
 use crate::alloc::Written;
 use crate::conventions::dcnv3::{
     grad_buffers, Dcnv3Geometry, Dcnv3GradViews, Dcnv3Operands, GradArrays,
@@ -300,7 +300,7 @@ fn write_backward<T: Element>(
             .map(|o| o.into_iter().map(|r| (r, None)).collect())
             .collect(),
     };
-    let (scale, layout) = (op.scale, ops.layout);
+    let layout = ops.layout;
     // Columns of the offset gradient no point names (DCNv4's padding): written zero.
     let mut named = vec![false; off_width];
     for &[cx, cy, cm] in &op.cols {
@@ -313,6 +313,8 @@ fn write_backward<T: Element>(
     let padding: Vec<usize> = (0..off_width).filter(|&i| !named[i]).collect();
     let zero = T::from_acc(num_traits::Zero::zero());
     let (c, w) = (g.c(), g.w);
+    let k = super::plan::kernels_for::<T::Acc>(isa)?;
+    let scales = vec![op.scale; 2 * g.points];
     points::backward(
         &op,
         isa,
@@ -341,7 +343,7 @@ fn write_backward<T: Element>(
             },
         },
         |(off, mask), pg| {
-            let (len, gi, points) = (pg.len, pg.g, g.points);
+            let (len, gi) = (pg.len, pg.g);
             // The engine's own gradients: standard layout, a row's elements one after another.
             let off = off
                 .as_slice_mut()
@@ -353,32 +355,27 @@ fn write_backward<T: Element>(
                     }
                 }
             }
-            // Element by element: its points' pairs are one run of its row, and its masks
-            // another (`PointLayout`); a point's values of the row are `len` apart in `pg`.
+            // Each element's points' pairs are one run of its row, and its masks another
+            // (`PointLayout`); a point's values of the row are `len` apart in `pg`.
             let (o0, m0) = (layout.offset(gi, 0, 0), layout.mask(gi, 0));
-            for t in 0..len {
-                let row = &mut off[t * off_width..(t + 1) * off_width];
-                for (p, xy) in row[o0..o0 + 2 * points].chunks_exact_mut(2).enumerate() {
-                    xy[0].write(T::from_acc(pg.x[p * len + t] * scale));
-                    xy[1].write(T::from_acc(pg.y[p * len + t] * scale));
-                }
-                if !separate_mask {
-                    for (p, v) in row[m0..m0 + points].iter_mut().enumerate() {
-                        v.write(T::from_acc(pg.m[p * len + t]));
-                    }
-                }
+            let [xy, m] = [&[pg.x, pg.y][..], &[pg.m]];
+            let rows = |src, factors, stride| Interleave {
+                src,
+                points: g.points,
+                len,
+                factors,
+                stride,
+            };
+            points::interleave_into(k, &rows(xy, Some(&scales), off_width), &mut off[o0..]);
+            if !separate_mask {
+                points::interleave_into(k, &rows(m, None, off_width), &mut off[m0..]);
             }
             if let Some(mv) = mask.as_mut() {
                 let width = mv.shape()[1];
                 let mv = mv
                     .as_slice_mut()
                     .expect("the engine's gradients are allocated in standard layout");
-                for t in 0..len {
-                    let row = &mut mv[t * width + m0..][..points];
-                    for (p, v) in row.iter_mut().enumerate() {
-                        v.write(T::from_acc(pg.m[p * len + t]));
-                    }
-                }
+                points::interleave_into(k, &rows(m, None, width), &mut mv[m0..]);
             }
         },
         points::image_rows("grad_input", gin, g.h * w, c)?,

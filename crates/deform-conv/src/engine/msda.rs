@@ -2,7 +2,7 @@
 //! the planes, rows are blocks of queries, heads are the groups, `L*P` points per head (SPEC §7).
 
 use super::kernels::{Isa, Kernels};
-use super::points::{self, describe_runs, pieces, PointOp, PointRuns, Shape};
+use super::points::{self, describe_runs, pieces, Interleave, PointOp, PointRuns, Shape};
 use crate::alloc::Written;
 use crate::conventions::msda::{MsdaGeometry, MsdaGradViews, MsdaGradients, MsdaOperands};
 use crate::element::{Element, Real};
@@ -239,6 +239,13 @@ fn write_backward<T: Element>(
         .collect();
     let op = Op::new(g, ops);
     let c = g.c();
+    let k = super::plan::kernels_for::<T::Acc>(isa)?;
+    // Each location's (x, y) factors, in the gradient's order.
+    let sizes: Vec<T::Acc> = op.scales[1]
+        .iter()
+        .zip(&op.scales[0])
+        .flat_map(|(&w, &h)| [w, h])
+        .collect();
     points::backward(
         &op,
         isa,
@@ -263,17 +270,21 @@ fn write_backward<T: Element>(
             let [hs, ws] = &op.scales;
             // Contiguous rows (the usual case): a query's points of head `g` are one run.
             if let (Some(lv), Some(av)) = (loc.as_slice_mut(), attn.as_slice_mut()) {
-                for t in 0..len {
-                    let at = (t * g.m + pg.g) * lp;
-                    let (locs, weights) = (&mut lv[2 * at..2 * (at + lp)], &mut av[at..at + lp]);
-                    for (k, (xy, a)) in locs.chunks_exact_mut(2).zip(weights).enumerate() {
-                        let (hf, wf) = (hs[k], ws[k]);
-                        let i = k * len + t;
-                        xy[0].write(T::from_acc(pg.x[i] * wf));
-                        xy[1].write(T::from_acc(pg.y[i] * hf));
-                        a.write(T::from_acc(pg.m[i]));
-                    }
-                }
+                let rows = |src, factors, stride| Interleave {
+                    src,
+                    points: lp,
+                    len,
+                    factors,
+                    stride,
+                };
+                let (xy, m) = ([pg.x, pg.y], [pg.m]);
+                let at = pg.g * lp;
+                points::interleave_into(
+                    k,
+                    &rows(&xy, Some(&sizes), 2 * g.m * lp),
+                    &mut lv[2 * at..],
+                );
+                points::interleave_into(k, &rows(&m, None, g.m * lp), &mut av[at..]);
                 return;
             }
             for k in 0..lp {

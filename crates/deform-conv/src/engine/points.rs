@@ -31,10 +31,11 @@
 //! Same bits for any thread count and either route; memory bounded by `LANES + 1` images.
 
 use super::blocking::LANES;
+pub(crate) use super::kernels::Interleave;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
-    point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn, PointsRow, RowJob,
-    BACK_BLOCK, PREFETCH_AHEAD,
+    interleave, point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn,
+    PointsRow, RowJob, BACK_BLOCK, PREFETCH_AHEAD,
 };
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
@@ -191,6 +192,26 @@ pub(crate) fn pieces<'a, T, D: ndarray::Dimension>(
         v = rest;
     }
     out
+}
+
+/// [`Interleave`] into rows of the storage type `T` (`dst[t * stride + r]`): the table's kernel
+/// where `T` is its own accumulation type, else value by value, each value converted once.
+pub(crate) fn interleave_into<T: Element>(
+    k: &Kernels<T::Acc>,
+    job: &Interleave<'_, T::Acc>,
+    dst: &mut [MaybeUninit<T>],
+) {
+    if let Some(dst) = T::as_acc_out(dst) {
+        return k.interleave.unwrap_or(interleave::<T::Acc>)(job, dst);
+    }
+    let q = job.src.len();
+    for t in 0..job.len {
+        for r in 0..job.points * q {
+            let x = job.src[r % q][r / q * job.len + t];
+            let v = job.factors.map_or(x, |f| x * f[r]);
+            dst[t * job.stride + r].write(T::from_acc(v));
+        }
+    }
 }
 
 /// `[N, pixels.., C]` as each image's `[pixels, C]` view (an input gradient for the backward);

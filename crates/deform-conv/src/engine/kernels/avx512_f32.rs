@@ -450,3 +450,98 @@ pub(super) unsafe fn points_back<const NZ: usize>(
         }
     }
 }
+
+/// `r` (sixteen rows of sixteen values) transposed in registers: four rounds of sixteen
+/// shuffles (pairs, quads, then 128-bit lanes twice), only moves.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // Pairs: t[2k] = [r2k[0] r2k+1[0] r2k[1] r2k+1[1] | the same for columns 4-5, 8-9, 12-13],
+    // t[2k+1] the columns 2-3, 6-7, 10-11, 14-15.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // Quads: u[4g + m] holds rows 4g..4g+4 of column m + 4l in 128-bit lane l.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, m) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
+        if m % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xee>(a, b)
+        }
+    });
+    // Lanes: w[4m + h] = lanes (2h, 2h + 1) of u[m] then of u[4 + m] (h = 0, 1); likewise of
+    // u[8 + m], u[12 + m] (h = 2, 3).
+    let w: [__m512; 16] = std::array::from_fn(|i| {
+        let (m, h) = (i / 4, i % 4);
+        let (a, b) = if h < 2 {
+            (u[m], u[4 + m])
+        } else {
+            (u[8 + m], u[12 + m])
+        };
+        if h % 2 == 0 {
+            _mm512_shuffle_f32x4::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xee>(a, b)
+        }
+    });
+    // Column m + 4l: lane l of u[m], u[4 + m], u[8 + m], u[12 + m].
+    std::array::from_fn(|c| {
+        let (m, l) = (c % 4, c / 4);
+        let (a, b) = (w[4 * m + l / 2], w[4 * m + 2 + l / 2]);
+        if l % 2 == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    })
+}
+
+/// [`super::Interleave`] sixteen elements at a time: each block of up to sixteen of an element's
+/// values loaded as sixteen rows (value `r` of the elements `t0 .. t0 + 16`), multiplied by its
+/// factor (the portable body's one multiply), transposed, and each element's run stored under a
+/// mask: the same values as [`super::interleave`].
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn interleave(
+    job: &super::Interleave<'_, f32>,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let (q, len, stride) = (job.src.len(), job.len, job.stride);
+    let row = job
+        .fits(dst.len())
+        .expect("interleave: sources and rows inside their slices");
+    let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
+    let out = dst.as_mut_ptr().cast::<f32>();
+    for t0 in (0..len).step_by(16) {
+        let (nt, kt) = (16.min(len - t0), lanes(len - t0));
+        for r0 in (0..row).step_by(16) {
+            let nr = 16.min(row - r0);
+            let rows: [__m512; 16] = std::array::from_fn(|i| {
+                if i >= nr {
+                    return _mm512_setzero_ps();
+                }
+                let (p, j) = ((r0 + i) / q, (r0 + i) % q);
+                // SAFETY: value p < points of elements t0 .. t0 + nt <= len: inside src[j]
+                // (`fits`); lanes past `nt` are not read.
+                let v = unsafe { _mm512_maskz_loadu_ps(kt, job.src[j].as_ptr().add(p * len + t0)) };
+                job.factors
+                    .map_or(v, |f| _mm512_mul_ps(v, _mm512_set1_ps(f[r0 + i])))
+            });
+            let cols = transpose16(rows);
+            for (i, v) in cols.into_iter().take(nt).enumerate() {
+                // SAFETY: values r0 .. r0 + nr <= row of element t0 + i < len: inside `dst`
+                // (`fits`); lanes past `nr` are not written.
+                unsafe { _mm512_mask_storeu_ps(out.add((t0 + i) * stride + r0), lanes(nr), v) };
+            }
+        }
+    }
+}

@@ -499,6 +499,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             describe_points: None,
             transpose_rows: None,
             points: points_scalar::<A>(),
+            interleave: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -516,6 +517,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             // Measured slower compiled for AVX2 than the copy and the row kernels (forward
             // 1.04x, backward 1.3x; the scalar compilation 0.87x, 0.86x).
             points: None,
+            interleave: None,
         },
         // No portable body measured faster compiled for AVX-512: AVX2's.
         #[cfg(target_arch = "x86_64")]
