@@ -514,6 +514,80 @@ pub(super) unsafe fn points_back<const V: usize>(
     }
 }
 
+/// `r` (eight rows of eight values) transposed in registers: unpacks, shuffles, then 128-bit
+/// halves; only moves.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // Columns j and j + 4 of rows 0-3 (tt[j]) and of rows 4-7 (tt[4 + j]).
+    let tt: [__m256; 8] = std::array::from_fn(|i| {
+        let (g, m) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
+        if m % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xee>(a, b)
+        }
+    });
+    std::array::from_fn(|c| {
+        let j = c % 4;
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(tt[j], tt[4 + j])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(tt[j], tt[4 + j])
+        }
+    })
+}
+
+/// [`super::Interleave`] eight elements at a time, as the AVX-512 kernel does sixteen: each
+/// block of up to eight of an element's values loaded as eight rows, multiplied by its factor,
+/// transposed, each element's run stored under a mask: the same values as
+/// [`super::interleave`].
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn interleave(
+    job: &super::Interleave<'_, f32>,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let (q, len, stride) = (job.src.len(), job.len, job.stride);
+    let row = job
+        .fits(dst.len())
+        .expect("interleave: sources and rows inside their slices");
+    let out = dst.as_mut_ptr().cast::<f32>();
+    for t0 in (0..len).step_by(8) {
+        let (nt, kt) = (8.min(len - t0), tail_mask(len - t0));
+        for r0 in (0..row).step_by(8) {
+            let (nr, kr) = (8.min(row - r0), tail_mask(row - r0));
+            let rows: [__m256; 8] = std::array::from_fn(|i| {
+                if i >= nr {
+                    return _mm256_setzero_ps();
+                }
+                let (p, j) = ((r0 + i) / q, (r0 + i) % q);
+                // SAFETY: value p < points of elements t0 .. t0 + nt <= len: inside src[j]
+                // (`fits`); lanes past `nt` are not read.
+                let v = unsafe { _mm256_maskload_ps(job.src[j].as_ptr().add(p * len + t0), kt) };
+                job.factors
+                    .map_or(v, |f| _mm256_mul_ps(v, _mm256_set1_ps(f[r0 + i])))
+            });
+            for (i, v) in transpose8(rows).into_iter().take(nt).enumerate() {
+                // SAFETY: values r0 .. r0 + nr <= row of element t0 + i < len: inside `dst`
+                // (`fits`); lanes past `nr` are not written.
+                unsafe { _mm256_maskstore_ps(out.add((t0 + i) * stride + r0), kr, v) };
+            }
+        }
+    }
+}
+
 /// `dst[x*k + r] = src[r*row_stride + x]` for `r < k`, `x < w` (the engine's NCHW to
 /// channels-last copy, `pack::transpose_rows`): blocks of 8 rows by 8 pixels transposed in
 /// registers, one 8-channel store per pixel; the rest element by element. Copies only: the same
@@ -550,32 +624,8 @@ pub(super) unsafe fn transpose_rows(
             unsafe {
                 let r: [__m256; 8] =
                     std::array::from_fn(|i| _mm256_loadu_ps(sp.add((r0 + i) * row_stride + x)));
-                let t = [
-                    _mm256_unpacklo_ps(r[0], r[1]),
-                    _mm256_unpackhi_ps(r[0], r[1]),
-                    _mm256_unpacklo_ps(r[2], r[3]),
-                    _mm256_unpackhi_ps(r[2], r[3]),
-                    _mm256_unpacklo_ps(r[4], r[5]),
-                    _mm256_unpackhi_ps(r[4], r[5]),
-                    _mm256_unpacklo_ps(r[6], r[7]),
-                    _mm256_unpackhi_ps(r[6], r[7]),
-                ];
-                // Pixels j and j + 4 of rows 0-3 (tt[j]) and of rows 4-7 (tt[4 + j]).
-                let tt = [
-                    _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                    _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                    _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                    _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-                    _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-                    _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-                    _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-                    _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-                ];
-                for j in 0..4 {
-                    let lo = _mm256_permute2f128_ps::<0x20>(tt[j], tt[4 + j]);
-                    let hi = _mm256_permute2f128_ps::<0x31>(tt[j], tt[4 + j]);
-                    _mm256_storeu_ps(dp.add((x + j) * k + r0), lo);
-                    _mm256_storeu_ps(dp.add((x + j + 4) * k + r0), hi);
+                for (j, v) in transpose8(r).into_iter().enumerate() {
+                    _mm256_storeu_ps(dp.add((x + j) * k + r0), v);
                 }
             }
             x += 8;

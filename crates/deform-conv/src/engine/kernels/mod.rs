@@ -501,8 +501,8 @@ pub(crate) struct Kernels<A> {
     /// (f32: AVX2 groups of 8, 16 and 32 channels, AVX-512 of 16 and 32); `None`: the image
     /// copy and the row kernels.
     pub points: Option<PointKernels<A>>,
-    /// Point-major gradients into element-major rows through register transposes (AVX-512
-    /// f32); `None`: [`interleave`], value by value.
+    /// Point-major gradients into element-major rows through register transposes (AVX2 and
+    /// AVX-512 f32); `None`: [`interleave`], value by value.
     pub interleave: Option<InterleaveFn<A>>,
 }
 
@@ -578,6 +578,10 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::transpose_rows(src, row_stride, w, k, dst) }
     }
+    fn interleave(job: &Interleave<'_, f32>, dst: &mut [std::mem::MaybeUninit<f32>]) {
+        // SAFETY: as for `sample_row`.
+        unsafe { avx2_f32::interleave(job, dst) }
+    }
     fn avx2_points_fits(d: usize, points: usize, image: usize) -> bool {
         matches!(d, 8 | 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
     }
@@ -615,7 +619,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         panel_gemm: panel_gemm_for(Isa::Avx2),
         describe_points: None,
         transpose_rows: Some(transpose_rows),
-        interleave: None,
+        interleave: Some(interleave),
         // The forward and backward in one pass, explicit (the portable one-pass rows compiled
         // for AVX2 measured slower than the copy and row kernels: forward 1.04x, backward 1.3x).
         points: Some(PointKernels {
