@@ -116,3 +116,42 @@ def test_outputs_stay_theirs_while_alive_and_memory_comes_back_after():
     y3 = f(3 * x)
     assert y3.data_ptr() == ptr2, "a released output's memory serves the next one"
     assert torch.allclose(y3, 3 * f(x), rtol=1e-5, atol=1e-5) and torch.equal(view, kept)
+
+
+def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op():
+    """Plain eager calls skip the dispatcher (``_runtime._plain``); the result and every
+    gradient must be the custom op's bits, DCNv3 and DCNv4, and a dispatch mode, the profiler
+    and TorchScript-visible ``torch.ops`` still see ``deform_conv::dcnv3``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, off, m, gy = problem(group=2, gc=5)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 0.5)
+    y = dct.dcnv3_core_pytorch(x, off, m, *args)
+    y_op = torch.ops.deform_conv.dcnv3(x, off, m, [3, 3, 1, 1, 1, 1, 1, 1, 2, 5], 0.5, False)
+    assert torch.equal(y, y_op)
+    for a, b in zip(torch.autograd.grad(y, (x, off, m), gy), torch.autograd.grad(y_op, (x, off, m), gy)):
+        assert torch.equal(a, b)
+    om = torch.cat([off.detach().reshape(2, 7, 6, 2, 18), m.detach().reshape(2, 7, 6, 2, 9)], -1)
+    om = om.reshape(2, 7, 6, 54).requires_grad_()
+    y4 = dct.dcnv4(x, om, 3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 0.5)
+    y4_op = torch.ops.deform_conv.dcnv3(x, om, None, [3, 3, 1, 1, 1, 1, 1, 1, 2, 5], 0.5, False)
+    assert torch.equal(y4, y4_op)
+    for a, b in zip(torch.autograd.grad(y4, (x, om), gy), torch.autograd.grad(y4_op, (x, om), gy)):
+        assert torch.equal(a, b)
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        dct.dcnv3_core_pytorch(x.detach(), off.detach(), m.detach(), *args)
+    assert any("deform_conv.dcnv3" in op for op in seen.ops), seen.ops
+    with torch.profiler.profile() as prof:
+        dct.dcnv3_core_pytorch(x, off, m, *args).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "deform_conv::dcnv3" in names and "deform_conv::dcnv3_backward" in names, names

@@ -88,3 +88,23 @@ def test_levels_are_checked():
     with pytest.raises(ValueError, match="spatial_shapes"):
         dc.ms_deform_attn(value.detach().numpy(), np.array([[6.0, 5.0]]), None, loc.detach().numpy(),
                           attn.detach().numpy())
+
+
+def test_the_eager_path_is_the_custom_op_bit_for_bit_and_the_profiler_sees_the_op():
+    """Plain eager calls skip the dispatcher (``_runtime._plain``): the result and every gradient
+    must be the custom op's bits, and the profiler still sees ``deform_conv::ms_deform_attn``."""
+    shapes = ((6, 5), (3, 3), (1, 2))
+    value, loc, attn = problem(shapes)[:3]
+    flat = [v for hw in shapes for v in hw]
+    starts = [0, 30, 39]
+    y = dct.ms_deform_attn(value, torch.tensor(shapes), torch.tensor(starts), loc, attn)
+    y_op = torch.ops.deform_conv.ms_deform_attn(value, flat, starts, loc, attn)
+    assert torch.equal(y, y_op)
+    gy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (value, loc, attn), gy),
+                    torch.autograd.grad(y_op, (value, loc, attn), gy)):
+        assert torch.equal(a, b)
+    with torch.profiler.profile() as prof:
+        dct.ms_deform_attn(value, torch.tensor(shapes), torch.tensor(starts), loc, attn).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "deform_conv::ms_deform_attn" in names and "deform_conv::ms_deform_attn_backward" in names, names

@@ -146,3 +146,44 @@ def test_any_strides_and_order(rng):
     wide = np.zeros(x.shape[:3] + (2 * x.shape[3],))
     wide[..., ::2] = x
     assert np.array_equal(dc.deform_conv2d(wide[..., ::2], off, w, b, *args, m), want)
+
+
+def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op(rng):
+    """Plain eager calls skip the dispatcher (``_runtime._plain``): output and every gradient must
+    be the custom op's bits, with and without bias and mask; the profiler, a dispatch mode and a
+    scripted caller still see ``deform_conv::deform_conv2d``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    for _ in range(6):
+        cfg = random_config(rng)
+        arrays = make_tensors(rng, cfg)
+        t = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
+        x, off, w, b, m = t
+        conv = ([*cfg["stride"]], [*cfg["pad"]], [*cfg["dil"]])
+        y = dct.deform_conv2d(x, off, w, b, tuple(conv[0]), tuple(conv[1]), tuple(conv[2]), m)
+        y_op = torch.ops.deform_conv.deform_conv2d(x, off, w, b, m, *conv, False)
+        assert torch.equal(y, y_op)
+        gy = torch.randn_like(y)
+        live = [a for a in t if a is not None]
+        for a, c in zip(torch.autograd.grad(y, live, gy), torch.autograd.grad(y_op, live, gy)):
+            assert torch.equal(a, c)
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, off, w = (torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(3, 2, 3, 3))
+    with Seen() as seen:
+        dct.deform_conv2d(x, off, w, padding=(1, 1))
+    assert any("deform_conv.deform_conv2d" in op for op in seen.ops), seen.ops
+    with torch.profiler.profile() as prof:
+        dct.deform_conv2d(x, off, w.requires_grad_(), padding=(1, 1)).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert {"deform_conv::deform_conv2d", "deform_conv::deform_conv2d_backward"} <= names, names
+    scripted = torch.jit.script(dct.DeformConv2d(2, 3, 3, padding=1))
+    assert "deform_conv::deform_conv2d" in str(scripted.inlined_graph)

@@ -10,7 +10,7 @@ import importlib.util
 import sys
 import types
 
-from .dcnv3 import _dcnv3, _dcnv3_backward, _ints, _scale
+from .dcnv3 import _ints, _run, _run_backward, _scale
 
 _NAMES = ("DCNv3", "DCNv4.ext")
 
@@ -67,13 +67,13 @@ def _attrs(kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, 
 def dcnv3_forward(input, offset, mask, kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale,
                   im2col_step, remove_center):
     ints, scale, rc = _attrs(kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center)
-    return _dcnv3(input, offset, mask, ints, scale, rc)
+    return _run(input, offset, mask, ints, scale, rc)
 
 
 def dcnv3_backward(input, offset, mask, kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale,
                    grad_output, im2col_step, remove_center):
     ints, scale, rc = _attrs(kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center)
-    return list(_dcnv3_backward(grad_output.contiguous(), input, offset, mask, ints, scale, rc))
+    return list(_run_backward(grad_output.contiguous(), input, offset, mask, ints, scale, rc))
 
 
 def _no_softmax(softmax):
@@ -86,14 +86,14 @@ def dcnv4_forward(input, offset_mask, kh, kw, sh, sw, ph, pw, dh, dw, group, gro
                   im2col_step, remove_center, d_stride=8, block_thread=0, softmax=False):
     _no_softmax(softmax)
     ints, scale, rc = _attrs(kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center)
-    return _dcnv3(input, offset_mask, None, ints, scale, rc)
+    return _run(input, offset_mask, None, ints, scale, rc)
 
 
 def dcnv4_backward(input, offset_mask, kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale,
                    im2col_step, grad_output, remove_center, d_stride=2, block_thread=0, softmax=False):
     _no_softmax(softmax)
     ints, scale, rc = _attrs(kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center)
-    gi, gom, _ = _dcnv3_backward(grad_output.contiguous(), input, offset_mask, None, ints, scale, rc)
+    gi, gom, _ = _run_backward(grad_output.contiguous(), input, offset_mask, None, ints, scale, rc)
     return [gi, gom]
 
 

@@ -36,6 +36,25 @@ class _TorchCall:
         _core.torch_call(self.prev)
 
 
+def _plain(*tensors) -> bool:
+    """Whether an op may run its kernel straight from Python instead of through torch's
+    dispatcher: eager mode (no ``torch.compile``, tracing or profiler), no torch function or
+    dispatch mode or functorch transform active, and every tensor a plain one (or a Parameter).
+    The dispatcher's layers cost ~30 us a call with warm caches and ~0.35 ms after another op
+    has flushed them (BENCHMARKS.md); the custom op remains what compile, export, TorchScript
+    and the modes see."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.autograd._profiler_enabled()
+            or torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(t is None or type(t) is Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def _wants_grad(*tensors) -> bool:
+    """Whether autograd records an op on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def executor() -> str:
     """Where the engine runs for torch ops: "openmp" (torch's threads) or "rayon" (its own pool)."""
     return _core.host_executor()

@@ -9,14 +9,32 @@ from torch import Tensor, nn
 from .. import _core
 from ._checks import (_check_conv, _check_like, _check_rank, _check_tensors, _eager_pair, _floor_out, _is_supported,
                       _out_size)
-from ._runtime import _back, _core_call, _fail, _np
+from ._runtime import _back, _core_call, _fail, _np, _plain, _wants_grad
+
+def _dcn_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
+                 stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
+    y = _core_call(_core.torchvision_forward, (_np("input", input), _np("offset", offset), _np("weight", weight),
+                                               _np("bias", bias), _np("mask", mask)), (stride, padding, dilation))
+    return _back(y, input.dtype)
+
+
+def _dcn_gradients(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                   mask: Optional[Tensor], stride: List[int], padding: List[int], dilation: List[int],
+                   open_gate: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    gi, go, gm, gw, gb = _core_call(
+        _core.torchvision_backward, _np("grad_output", grad),
+        (_np("input", input), _np("offset", offset), _np("weight", weight), _np("bias", bias), _np("mask", mask)),
+        (stride, padding, dilation), gate="open" if open_gate else "per_tap")
+    dt = input.dtype
+    gm = _back(gm, dt) if gm is not None else input.new_empty((0,))
+    gb = _back(gb, dt) if gb is not None else input.new_empty((0,))
+    return _back(gi, dt), _back(go, dt), gm, _back(gw, dt), gb
+
 
 @torch.library.custom_op("deform_conv::deform_conv2d", mutates_args=())
 def _dcn(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
          stride: List[int], padding: List[int], dilation: List[int], open_gate: bool = False) -> Tensor:
-    y = _core_call(_core.torchvision_forward, (_np("input", input), _np("offset", offset), _np("weight", weight),
-                                               _np("bias", bias), _np("mask", mask)), (stride, padding, dilation))
-    return _back(y, input.dtype)
+    return _dcn_forward(input, offset, weight, bias, mask, stride, padding, dilation)
 
 
 @_dcn.register_fake
@@ -31,14 +49,7 @@ def _(input, offset, weight, bias, mask, stride, padding, dilation, open_gate=Fa
 def _dcn_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
                   mask: Optional[Tensor], stride: List[int], padding: List[int], dilation: List[int],
                   open_gate: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    gi, go, gm, gw, gb = _core_call(
-        _core.torchvision_backward, _np("grad_output", grad),
-        (_np("input", input), _np("offset", offset), _np("weight", weight), _np("bias", bias), _np("mask", mask)),
-        (stride, padding, dilation), gate="open" if open_gate else "per_tap")
-    dt = input.dtype
-    gm = _back(gm, dt) if gm is not None else input.new_empty((0,))
-    gb = _back(gb, dt) if gb is not None else input.new_empty((0,))
-    return _back(gi, dt), _back(go, dt), gm, _back(gw, dt), gb
+    return _dcn_gradients(grad, input, offset, weight, bias, mask, stride, padding, dilation, open_gate)
 
 
 @_dcn_backward.register_fake
@@ -65,6 +76,23 @@ def _dcn_grad(ctx, grad):
 _dcn.register_autograd(_dcn_grad, setup_context=_dcn_setup)
 
 
+class _DcnEager(torch.autograd.Function):
+    """``deform_conv2d`` in plain eager mode with autograd: the custom op's forward and gradient,
+    without the dispatcher's layers (`_runtime._plain`)."""
+
+    @staticmethod
+    def forward(ctx, input, offset, weight, bias, mask, stride, padding, dilation):
+        ctx.save_for_backward(input, offset, weight, bias, mask)
+        ctx.conv = (stride, padding, dilation)
+        return _dcn_forward(input, offset, weight, bias, mask, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, offset, weight, bias, mask = ctx.saved_tensors
+        gi, go, gm, gw, gb = _dcn_gradients(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)
+        return gi, go, gw, (gb if bias is not None else None), (gm if mask is not None else None), None, None, None
+
+
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   stride: Tuple[int, int] = (1, 1), padding: Tuple[int, int] = (0, 0),
                   dilation: Tuple[int, int] = (1, 1), mask: Optional[Tensor] = None) -> Tensor:
@@ -84,6 +112,12 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
         padding = _eager_pair("padding", padding)
         dilation = _eager_pair("dilation", dilation)
     _check_tensors(input, offset, weight, bias, mask)
+    if not torch.jit.is_scripting():
+        if _plain(input, offset, weight, bias, mask):
+            conv = ([stride[0], stride[1]], [padding[0], padding[1]], [dilation[0], dilation[1]])
+            if _wants_grad(input, offset, weight, bias, mask):
+                return _DcnEager.apply(input, offset, weight, bias, mask, *conv)
+            return _dcn_forward(input, offset, weight, bias, mask, *conv)
     return torch.ops.deform_conv.deform_conv2d(input, offset, weight, bias, mask, [stride[0], stride[1]],
                                                [padding[0], padding[1]], [dilation[0], dilation[1]], False)
 

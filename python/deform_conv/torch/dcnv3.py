@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _core
 from ._checks import _check_like, _check_rank, _floor_out, _is_supported
-from ._runtime import _back, _core_call, _fail, _np
+from ._runtime import _back, _core_call, _fail, _np, _plain, _wants_grad
 
 __all__ = ["dcnv3_core_pytorch", "dcnv3_core", "dcnv3_function", "dcnv4_function", "dcnv4"]
 
@@ -26,12 +26,26 @@ def _attrs(ints: List[int], offset_scale: float, remove_center: bool):
     return ((kh, kw), (sh, sw), (ph, pw), (dh, dw), g, gc, offset_scale, remove_center)
 
 
-@torch.library.custom_op("deform_conv::dcnv3", mutates_args=())
-def _dcnv3(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int], offset_scale: float,
-           remove_center: bool) -> Tensor:
+def _forward(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int], offset_scale: float,
+             remove_center: bool) -> Tensor:
     y = _core_call(_core.dcnv3_forward, _np("input", input), _np("offset", offset), _np("mask", mask),
                    _attrs(ints, offset_scale, remove_center))
     return _back(y, input.dtype)
+
+
+def _backward(grad: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int],
+              offset_scale: float, remove_center: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    gs = _core_call(_core.dcnv3_backward, _np("grad_output", grad), _np("input", input), _np("offset", offset),
+                    _np("mask", mask), _attrs(ints, offset_scale, remove_center))
+    dt = input.dtype
+    gm = _back(gs[2], dt) if mask is not None else input.new_empty((0,))
+    return _back(gs[0], dt), _back(gs[1], dt), gm
+
+
+@torch.library.custom_op("deform_conv::dcnv3", mutates_args=())
+def _dcnv3(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int], offset_scale: float,
+           remove_center: bool) -> Tensor:
+    return _forward(input, offset, mask, ints, offset_scale, remove_center)
 
 
 @_dcnv3.register_fake
@@ -49,11 +63,7 @@ def _(input, offset, mask, ints, offset_scale, remove_center):
 @torch.library.custom_op("deform_conv::dcnv3_backward", mutates_args=())
 def _dcnv3_backward(grad: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int],
                     offset_scale: float, remove_center: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    gs = _core_call(_core.dcnv3_backward, _np("grad_output", grad), _np("input", input), _np("offset", offset),
-                    _np("mask", mask), _attrs(ints, offset_scale, remove_center))
-    dt = input.dtype
-    gm = _back(gs[2], dt) if mask is not None else input.new_empty((0,))
-    return _back(gs[0], dt), _back(gs[1], dt), gm
+    return _backward(grad, input, offset, mask, ints, offset_scale, remove_center)
 
 
 @_dcnv3_backward.register_fake
@@ -77,6 +87,42 @@ def _grad(ctx, grad):
 _dcnv3.register_autograd(_grad, setup_context=_setup)
 
 
+class _Eager(torch.autograd.Function):
+    """The op in plain eager mode with autograd (`_run`): the custom op's forward and gradient,
+    without the dispatcher's layers."""
+
+    @staticmethod
+    def forward(ctx, input, offset, mask, ints, offset_scale, remove_center):
+        ctx.save_for_backward(input, offset, mask)
+        ctx.attrs = (ints, offset_scale, remove_center)
+        return _forward(input, offset, mask, ints, offset_scale, remove_center)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, offset, mask = ctx.saved_tensors
+        gi, go, gm = _backward(grad.contiguous(), input, offset, mask, *ctx.attrs)
+        return gi, go, (gm if mask is not None else None), None, None, None
+
+
+def _run(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int], offset_scale: float,
+         remove_center: bool) -> Tensor:
+    """The op: straight to the engine in plain eager mode (`_plain`), else the custom op."""
+    if _plain(input, offset, mask):
+        if _wants_grad(input, offset, mask):
+            return _Eager.apply(input, offset, mask, ints, offset_scale, remove_center)
+        return _forward(input, offset, mask, ints, offset_scale, remove_center)
+    return _dcnv3(input, offset, mask, ints, offset_scale, remove_center)
+
+
+def _run_backward(grad: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int],
+                  offset_scale: float, remove_center: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The gradients (for the compiled extensions' names): straight to the engine in plain eager
+    mode, else the custom op."""
+    if _plain(grad, input, offset, mask):
+        return _backward(grad, input, offset, mask, ints, offset_scale, remove_center)
+    return _dcnv3_backward(grad, input, offset, mask, ints, offset_scale, remove_center)
+
+
 def _check(input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> None:
     for name, t in (("input", input), ("offset", offset), ("mask", mask)):
         if t is not None and not isinstance(t, Tensor):
@@ -95,10 +141,13 @@ def _check(input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> None:
 
 def _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
           group_channels) -> List[int]:
+    values = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels)
+    # Plain ints of 64 bits (the usual call) as they are; the core checks the ranges.
+    if all(type(v) is int and -(1 << 63) <= v < 1 << 63 for v in values):
+        return list(values)
     from .._args import integer
     names = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
              "group", "group_channels")
-    values = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels)
     return [integer(n, int(v) if isinstance(v, Tensor) else v) for n, v in zip(names, values)]
 
 
@@ -114,9 +163,9 @@ def dcnv3_core_pytorch(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: in
     """DCNv3 on channels-last tensors: input [N, H, W, G*D], offset [N, Ho, Wo, G*P*2], mask
     [N, Ho, Wo, G*P] -> [N, Ho, Wo, G*D]; differentiable in input, offset and mask."""
     _check(input, offset, mask)
-    return _dcnv3(input, offset, mask, _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                                             dilation_w, group, group_channels),
-                  _scale(offset_scale), bool(remove_center))
+    return _run(input, offset, mask, _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                           dilation_w, group, group_channels),
+                _scale(offset_scale), bool(remove_center))
 
 
 def dcnv3_function(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: int, stride_h: int,
@@ -133,9 +182,9 @@ def dcnv4_function(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: 
     """``DCNv4Function.apply``'s argument order: input [N, H, W, G*D], offset_mask
     [N, Ho, Wo, >= G*P*3] (per group P (x, y) pairs then P masks; padding ignored)."""
     _check(input, offset_mask, None)
-    return _dcnv3(input, offset_mask, None, _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                                                  dilation_h, dilation_w, group, group_channels),
-                  _scale(offset_scale), bool(remove_center))
+    return _run(input, offset_mask, None, _ints(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                                dilation_h, dilation_w, group, group_channels),
+                _scale(offset_scale), bool(remove_center))
 
 
 #: ``dcnv3_core_pytorch``'s positional signature under the short name.

@@ -13,17 +13,31 @@ from torch import Tensor
 
 from .. import _core
 from ._checks import _check_like, _check_rank, _is_supported
-from ._runtime import _back, _core_call, _fail, _np
+from ._runtime import _back, _core_call, _fail, _np, _plain, _wants_grad
 
 __all__ = ["ms_deform_attn", "multi_scale_deformable_attn_pytorch"]
 
 
-@torch.library.custom_op("deform_conv::ms_deform_attn", mutates_args=())
-def _msda(value: Tensor, shapes: List[int], starts: List[int], loc: Tensor, attn: Tensor) -> Tensor:
+def _forward(value: Tensor, shapes: List[int], starts: List[int], loc: Tensor, attn: Tensor) -> Tensor:
     pairs = [(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2)]
     y = _core_call(_core.msda_forward, _np("value", value), pairs, starts, _np("sampling_locations", loc),
                    _np("attention_weights", attn))
     return _back(y, value.dtype)
+
+
+def _backward(grad: Tensor, value: Tensor, shapes: List[int], starts: List[int], loc: Tensor,
+              attn: Tensor) -> List[Tensor]:
+    pairs = [(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2)]
+    gv, gl, ga = _core_call(_core.msda_backward, _np("grad_output", grad),
+                            (_np("value", value), _np("sampling_locations", loc), _np("attention_weights", attn)),
+                            pairs, starts)
+    dt = value.dtype
+    return [_back(gv, dt), _back(gl, dt), _back(ga, dt)]
+
+
+@torch.library.custom_op("deform_conv::ms_deform_attn", mutates_args=())
+def _msda(value: Tensor, shapes: List[int], starts: List[int], loc: Tensor, attn: Tensor) -> Tensor:
+    return _forward(value, shapes, starts, loc, attn)
 
 
 @_msda.register_fake
@@ -34,12 +48,7 @@ def _(value, shapes, starts, loc, attn):
 @torch.library.custom_op("deform_conv::ms_deform_attn_backward", mutates_args=())
 def _msda_backward(grad: Tensor, value: Tensor, shapes: List[int], starts: List[int], loc: Tensor,
                    attn: Tensor) -> List[Tensor]:
-    pairs = [(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2)]
-    gv, gl, ga = _core_call(_core.msda_backward, _np("grad_output", grad),
-                            (_np("value", value), _np("sampling_locations", loc), _np("attention_weights", attn)),
-                            pairs, starts)
-    dt = value.dtype
-    return [_back(gv, dt), _back(gl, dt), _back(ga, dt)]
+    return _backward(grad, value, shapes, starts, loc, attn)
 
 
 @_msda_backward.register_fake
@@ -60,6 +69,32 @@ def _grad(ctx, grad):
 
 
 _msda.register_autograd(_grad, setup_context=_setup)
+
+
+class _Eager(torch.autograd.Function):
+    """The op in plain eager mode with autograd (`_run`): the custom op's forward and gradient,
+    without the dispatcher's layers."""
+
+    @staticmethod
+    def forward(ctx, value, shapes, starts, loc, attn):
+        ctx.save_for_backward(value, loc, attn)
+        ctx.levels = (shapes, starts)
+        return _forward(value, shapes, starts, loc, attn)
+
+    @staticmethod
+    def backward(ctx, grad):
+        value, loc, attn = ctx.saved_tensors
+        gv, gl, ga = _backward(grad.contiguous(), value, *ctx.levels, loc, attn)
+        return gv, None, None, gl, ga
+
+
+def _run(value: Tensor, shapes: List[int], starts: List[int], loc: Tensor, attn: Tensor) -> Tensor:
+    """The op: straight to the engine in plain eager mode (`_plain`), else the custom op."""
+    if _plain(value, loc, attn):
+        if _wants_grad(value, loc, attn):
+            return _Eager.apply(value, shapes, starts, loc, attn)
+        return _forward(value, shapes, starts, loc, attn)
+    return _msda(value, shapes, starts, loc, attn)
 
 
 def _levels(spatial_shapes, level_start_index):
@@ -99,7 +134,7 @@ def ms_deform_attn(value: Tensor, value_spatial_shapes, value_level_start_index,
     differentiable in value, sampling_locations and attention_weights (``im2col_step`` not used)."""
     _check(value, sampling_locations, attention_weights)
     shapes, starts = _levels(value_spatial_shapes, value_level_start_index)
-    return _msda(value, shapes, starts, sampling_locations, attention_weights)
+    return _run(value, shapes, starts, sampling_locations, attention_weights)
 
 
 def multi_scale_deformable_attn_pytorch(value: Tensor, value_spatial_shapes, sampling_locations: Tensor,
@@ -107,4 +142,4 @@ def multi_scale_deformable_attn_pytorch(value: Tensor, value_spatial_shapes, sam
     """mmcv's ``multi_scale_deformable_attn_pytorch`` signature (level starts from the shapes)."""
     _check(value, sampling_locations, attention_weights)
     shapes, starts = _levels(value_spatial_shapes, None)
-    return _msda(value, shapes, starts, sampling_locations, attention_weights)
+    return _run(value, shapes, starts, sampling_locations, attention_weights)
