@@ -6,8 +6,12 @@ One file per concern: ``dcnv2`` (the DCNv2 ops and module), ``dcnv3``, ``msda``,
 kernels' output sizes), ``_runtime`` (torch's threads, errors, tensors to the core and back).
 
 The ops are ``torch.library.custom_op``s with registered autograd formulas and fake kernels, so
-they work under ``torch.compile(fullgraph=True)``. CPU tensors of float16, bfloat16, float32 and
-float64 come back in the same dtype (half types are sampled and accumulated in float32).
+they work under ``torch.compile(fullgraph=True)``, export, TorchScript, torch function and dispatch
+modes and the profiler. A plain eager call (none of those active, plain tensors) skips the
+dispatcher's Python layers and runs the same forward and gradient bodies directly, through an
+``autograd.Function`` when a gradient is wanted: the same bits, ~0.3 ms less per call when
+another op has just flushed the caches. CPU tensors of float16, bfloat16, float32 and float64
+come back in the same dtype (half types are sampled and accumulated in float32).
 
 **Threads.** Inside a torch program the engine runs on torch's own intra-op threads: on import,
 this module finds the OpenMP runtime torch loaded (``GOMP_parallel`` in its libgomp) and every op
