@@ -70,3 +70,21 @@ def make_tensors(rng, cfg, dtype=np.float64, edges=True):
     b = rng.standard_normal(cfg["cout"]).astype(dtype) if cfg["bias"] else None
     m = rng.uniform(0, 1, (n, cfg["g"] * k, cfg["ho"], cfg["wo"])).astype(dtype) if cfg["mask"] else None
     return x, off, wt, b, m
+
+
+def ops_seen(call):
+    """The names of the ops torch's dispatcher shows a dispatch mode while ``call()`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        call()
+    return seen.ops

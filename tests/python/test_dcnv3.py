@@ -122,7 +122,7 @@ def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op():
     """Plain eager calls skip the dispatcher (``_runtime._plain``); the result and every
     gradient must be the custom op's bits, DCNv3 and DCNv4, and a dispatch mode, the profiler
     and TorchScript-visible ``torch.ops`` still see ``deform_conv::dcnv3``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import ops_seen
 
     x, off, m, gy = problem(group=2, gc=5)
     args = (3, 3, 1, 1, 1, 1, 1, 1, 2, 5, 0.5)
@@ -139,18 +139,8 @@ def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op():
     for a, b in zip(torch.autograd.grad(y4, (x, om), gy), torch.autograd.grad(y4_op, (x, om), gy)):
         assert torch.equal(a, b)
 
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Seen() as seen:
-        dct.dcnv3_core_pytorch(x.detach(), off.detach(), m.detach(), *args)
-    assert any("deform_conv.dcnv3" in op for op in seen.ops), seen.ops
+    seen = ops_seen(lambda: dct.dcnv3_core_pytorch(x.detach(), off.detach(), m.detach(), *args))
+    assert any("deform_conv.dcnv3" in op for op in seen), seen
     with torch.profiler.profile() as prof:
         dct.dcnv3_core_pytorch(x, off, m, *args).sum().backward()
     names = {e.name for e in prof.events()}

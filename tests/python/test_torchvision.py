@@ -152,7 +152,7 @@ def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op(rng):
     """Plain eager calls skip the dispatcher (``_runtime._plain``): output and every gradient must
     be the custom op's bits, with and without bias and mask; the profiler, a dispatch mode and a
     scripted caller still see ``deform_conv::deform_conv2d``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import ops_seen
 
     for _ in range(6):
         cfg = random_config(rng)
@@ -168,19 +168,9 @@ def test_the_eager_path_is_the_custom_op_bit_for_bit_and_modes_see_the_op(rng):
         for a, c in zip(torch.autograd.grad(y, live, gy), torch.autograd.grad(y_op, live, gy)):
             assert torch.equal(a, c)
 
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     x, off, w = (torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(3, 2, 3, 3))
-    with Seen() as seen:
-        dct.deform_conv2d(x, off, w, padding=(1, 1))
-    assert any("deform_conv.deform_conv2d" in op for op in seen.ops), seen.ops
+    seen = ops_seen(lambda: dct.deform_conv2d(x, off, w, padding=(1, 1)))
+    assert any("deform_conv.deform_conv2d" in op for op in seen), seen
     with torch.profiler.profile() as prof:
         dct.deform_conv2d(x, off, w.requires_grad_(), padding=(1, 1)).sum().backward()
     names = {e.name for e in prof.events()}

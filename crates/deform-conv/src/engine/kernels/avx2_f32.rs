@@ -547,10 +547,42 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     })
 }
 
-/// [`super::Interleave`] eight elements at a time, as the AVX-512 kernel does sixteen: each
-/// block of up to eight of an element's values loaded as eight rows, multiplied by its factor,
-/// transposed, each element's run stored under a mask: the same values as
-/// [`super::interleave`].
+/// Eight f32 lanes of a ymm register for [`super::interleave::blocks`] (masked loads and
+/// stores: the lanes past `n` are not accessed).
+struct Ymm8;
+
+impl super::interleave::Lanes<8> for Ymm8 {
+    type V = __m256;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const f32, n: usize) -> __m256 {
+        // SAFETY: the lanes below `n` are readable (the contract); the others are masked off.
+        unsafe { _mm256_maskload_ps(p, tail_mask(n)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mul(v: __m256, f: f32) -> __m256 {
+        _mm256_mul_ps(v, _mm256_set1_ps(f))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn transpose(rows: [__m256; 8]) -> [__m256; 8] {
+        transpose8(rows)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(p: *mut f32, v: __m256, n: usize) {
+        // SAFETY: the lanes below `n` are writable (the contract); the others are masked off.
+        unsafe { _mm256_maskstore_ps(p, tail_mask(n), v) }
+    }
+}
+
+/// [`super::Interleave`] eight elements at a time through [`transpose8`].
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -559,33 +591,8 @@ pub(super) unsafe fn interleave(
     job: &super::Interleave<'_, f32>,
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let (q, len, stride) = (job.src.len(), job.len, job.stride);
-    let row = job
-        .fits(dst.len())
-        .expect("interleave: sources and rows inside their slices");
-    let out = dst.as_mut_ptr().cast::<f32>();
-    for t0 in (0..len).step_by(8) {
-        let (nt, kt) = (8.min(len - t0), tail_mask(len - t0));
-        for r0 in (0..row).step_by(8) {
-            let (nr, kr) = (8.min(row - r0), tail_mask(row - r0));
-            let rows: [__m256; 8] = std::array::from_fn(|i| {
-                if i >= nr {
-                    return _mm256_setzero_ps();
-                }
-                let (p, j) = ((r0 + i) / q, (r0 + i) % q);
-                // SAFETY: value p < points of elements t0 .. t0 + nt <= len: inside src[j]
-                // (`fits`); lanes past `nt` are not read.
-                let v = unsafe { _mm256_maskload_ps(job.src[j].as_ptr().add(p * len + t0), kt) };
-                job.factors
-                    .map_or(v, |f| _mm256_mul_ps(v, _mm256_set1_ps(f[r0 + i])))
-            });
-            for (i, v) in transpose8(rows).into_iter().take(nt).enumerate() {
-                // SAFETY: values r0 .. r0 + nr <= row of element t0 + i < len: inside `dst`
-                // (`fits`); lanes past `nr` are not written.
-                unsafe { _mm256_maskstore_ps(out.add((t0 + i) * stride + r0), kr, v) };
-            }
-        }
-    }
+    // SAFETY: the CPU supports AVX2 (the contract), all `Ymm8` needs.
+    unsafe { super::interleave::blocks::<8, Ymm8>(job, dst) }
 }
 
 /// `dst[x*k + r] = src[r*row_stride + x]` for `r < k`, `x < w` (the engine's NCHW to

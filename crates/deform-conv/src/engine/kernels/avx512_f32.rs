@@ -503,10 +503,48 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     })
 }
 
-/// [`super::Interleave`] sixteen elements at a time: each block of up to sixteen of an element's
-/// values loaded as sixteen rows (value `r` of the elements `t0 .. t0 + 16`), multiplied by its
-/// factor (the portable body's one multiply), transposed, and each element's run stored under a
-/// mask: the same values as [`super::interleave`].
+/// Sixteen f32 lanes of a zmm register for [`super::interleave::blocks`] (masked loads and
+/// stores: the lanes past `n` are not accessed).
+struct Zmm16;
+
+impl super::interleave::Lanes<16> for Zmm16 {
+    type V = __m512;
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32, n: usize) -> __m512 {
+        // SAFETY: the lanes below `n` are readable (the contract); the others are masked off.
+        unsafe { _mm512_maskz_loadu_ps(lanes16(n), p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mul(v: __m512, f: f32) -> __m512 {
+        _mm512_mul_ps(v, _mm512_set1_ps(f))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose(rows: [__m512; 16]) -> [__m512; 16] {
+        transpose16(rows)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(p: *mut f32, v: __m512, n: usize) {
+        // SAFETY: the lanes below `n` are writable (the contract); the others are masked off.
+        unsafe { _mm512_mask_storeu_ps(p, lanes16(n), v) }
+    }
+}
+
+/// The mask of lanes `0..min(n, 16)`.
+#[inline]
+fn lanes16(n: usize) -> __mmask16 {
+    (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16
+}
+
+/// [`super::Interleave`] sixteen elements at a time through [`transpose16`].
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -515,33 +553,6 @@ pub(super) unsafe fn interleave(
     job: &super::Interleave<'_, f32>,
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let (q, len, stride) = (job.src.len(), job.len, job.stride);
-    let row = job
-        .fits(dst.len())
-        .expect("interleave: sources and rows inside their slices");
-    let lanes = |n: usize| (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16;
-    let out = dst.as_mut_ptr().cast::<f32>();
-    for t0 in (0..len).step_by(16) {
-        let (nt, kt) = (16.min(len - t0), lanes(len - t0));
-        for r0 in (0..row).step_by(16) {
-            let nr = 16.min(row - r0);
-            let rows: [__m512; 16] = std::array::from_fn(|i| {
-                if i >= nr {
-                    return _mm512_setzero_ps();
-                }
-                let (p, j) = ((r0 + i) / q, (r0 + i) % q);
-                // SAFETY: value p < points of elements t0 .. t0 + nt <= len: inside src[j]
-                // (`fits`); lanes past `nt` are not read.
-                let v = unsafe { _mm512_maskz_loadu_ps(kt, job.src[j].as_ptr().add(p * len + t0)) };
-                job.factors
-                    .map_or(v, |f| _mm512_mul_ps(v, _mm512_set1_ps(f[r0 + i])))
-            });
-            let cols = transpose16(rows);
-            for (i, v) in cols.into_iter().take(nt).enumerate() {
-                // SAFETY: values r0 .. r0 + nr <= row of element t0 + i < len: inside `dst`
-                // (`fits`); lanes past `nr` are not written.
-                unsafe { _mm512_mask_storeu_ps(out.add((t0 + i) * stride + r0), lanes(nr), v) };
-            }
-        }
-    }
+    // SAFETY: the CPU supports AVX-512F (the contract), all `Zmm16` needs.
+    unsafe { super::interleave::blocks::<16, Zmm16>(job, dst) }
 }

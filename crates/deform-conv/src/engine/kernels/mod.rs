@@ -25,8 +25,10 @@ use super::sample::{RowArgs, RowSamples};
 use crate::element::Real;
 use std::sync::OnceLock;
 
+pub(crate) mod interleave;
 pub(crate) mod panel_gemm;
 mod portable;
+pub(crate) use interleave::{interleave, Interleave, InterleaveFn};
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
 pub(crate) use portable::point_grads;
 #[cfg(target_arch = "x86_64")]
@@ -443,39 +445,6 @@ pub(crate) type TapGradsFn<A> = fn(&RowSamples<A>, &[A], [&mut [A]; 3]);
 /// `(row, dx, [gy, gx, gm])`: see [`PointsBack`].
 pub(crate) type PointsBackFn<A> = fn(&PointsBack<'_, A>, &mut [A], [&mut [A]; 3]);
 
-/// A row's point-major values (the point core's gradients, value `p` of element `t` at
-/// `p * len + t` in each source) into element-major rows (the tensors' layout):
-/// `dst[t * stride + r] = src[j][p * len + t]` with `r = p * q + j`, times `factors[r]` when
-/// given, for `t < len`, `p < points` and `j < q = src.len()`; nothing else of `dst` is written.
-pub(crate) struct Interleave<'a, A> {
-    pub src: &'a [&'a [A]],
-    pub points: usize,
-    pub len: usize,
-    pub factors: Option<&'a [A]>,
-    pub stride: usize,
-}
-
-impl<A> Interleave<'_, A> {
-    /// Values per element (`points * q`) when every source holds what the interleave reads,
-    /// `dst` (of `dst_len` values) what it writes, and element rows do not overlap.
-    fn fits(&self, dst_len: usize) -> Option<usize> {
-        let row = self.points.checked_mul(self.src.len())?;
-        let reads = self.points.checked_mul(self.len)?;
-        let writes = match self.len {
-            0 => 0,
-            n => (n - 1).checked_mul(self.stride)?.checked_add(row)?,
-        };
-        let apart = self.len <= 1 || row <= self.stride;
-        let inside = self.src.iter().all(|s| s.len() >= reads)
-            && self.factors.is_none_or(|f| f.len() >= row)
-            && writes <= dst_len;
-        (apart && inside).then_some(row)
-    }
-}
-
-/// See [`Interleave`].
-pub(crate) type InterleaveFn<A> = fn(&Interleave<'_, A>, &mut [std::mem::MaybeUninit<A>]);
-
 /// The kernels of one instruction set for accumulation type `A`.
 pub(crate) struct Kernels<A> {
     /// What runs: `"avx512 (avx2 f32 kernels, zmm panel GEMM)"`, `"avx2 (generic bodies)"`, ...
@@ -504,21 +473,6 @@ pub(crate) struct Kernels<A> {
     /// Point-major gradients into element-major rows through register transposes (AVX2 and
     /// AVX-512 f32); `None`: [`interleave`], value by value.
     pub interleave: Option<InterleaveFn<A>>,
-}
-
-/// [`Interleave`] value by value: the portable body, and the oracle of the explicit ones.
-pub(crate) fn interleave<A: Real>(job: &Interleave<'_, A>, dst: &mut [std::mem::MaybeUninit<A>]) {
-    let q = job.src.len();
-    let row = job
-        .fits(dst.len())
-        .expect("interleave: sources and rows inside their slices");
-    for t in 0..job.len {
-        let out = &mut dst[t * job.stride..][..row];
-        for (r, v) in out.iter_mut().enumerate() {
-            let x = job.src[r % q][r / q * job.len + t];
-            v.write(job.factors.map_or(x, |f| x * f[r]));
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -757,74 +711,4 @@ pub(crate) fn table<A: Real>(isa: Isa) -> Option<&'static Kernels<A>> {
             &F64.get_or_init(|| tables(portable::<f64>))[at]
         };
     any.downcast_ref::<Option<Kernels<A>>>()?.as_ref()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-    use std::mem::MaybeUninit;
-
-    /// Every table's interleave against the value-by-value body, bit for bit, on rows of 1-40
-    /// elements (tails of the sixteen-element blocks), 1-16 points of one or two sources, with
-    /// and without a factor, rows wider than their values; every value of `dst` the kernel must
-    /// not write keeps its poison.
-    #[test]
-    fn every_interleave_writes_the_value_by_value_rows_and_nothing_else() {
-        let seed = std::env::var("DEFORM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
-        eprintln!(
-            "every_interleave_writes_the_value_by_value_rows_and_nothing_else: DEFORM_SEED={seed}"
-        );
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let poison = f32::from_bits(0x7fc0_dead);
-        for _ in 0..300 {
-            let (len, points, q) = (
-                rng.gen_range(0..41),
-                rng.gen_range(1..17),
-                rng.gen_range(1..3),
-            );
-            let row = points * q;
-            let (at, stride) = (rng.gen_range(0..5), row + rng.gen_range(0..9));
-            let src: Vec<Vec<f32>> = (0..q)
-                .map(|_| {
-                    (0..points * len)
-                        .map(|_| rng.gen_range(-2.0f32..2.0))
-                        .collect()
-                })
-                .collect();
-            let refs: Vec<&[f32]> = src.iter().map(|v| v.as_slice()).collect();
-            let factors: Vec<f32> = (0..row).map(|_| rng.gen_range(0.1f32..3.0)).collect();
-            let job = Interleave {
-                src: &refs,
-                points,
-                len,
-                factors: rng.gen_bool(0.5).then_some(factors.as_slice()),
-                stride,
-            };
-            let size = at + len * stride + 3;
-            let run = |f: InterleaveFn<f32>| {
-                let mut dst = vec![MaybeUninit::new(poison); size];
-                f(&job, &mut dst[at..]);
-                // SAFETY: every value was initialised (poisoned) before the kernel ran.
-                dst.iter()
-                    .map(|v| unsafe { v.assume_init() }.to_bits())
-                    .collect::<Vec<_>>()
-            };
-            let want = run(interleave::<f32>);
-            for t in 0..len {
-                for v in 0..stride {
-                    let bits = want[at + t * stride + v];
-                    assert_eq!(bits == poison.to_bits(), v >= row, "element {t}, value {v}");
-                }
-            }
-            for isa in Isa::ALL {
-                if let Some(f) = table::<f32>(isa).and_then(|k| k.interleave) {
-                    assert_eq!(run(f), want, "{isa:?}: {len} elements, {points}x{q} values");
-                }
-            }
-        }
-    }
 }
