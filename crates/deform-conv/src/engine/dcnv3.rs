@@ -313,7 +313,7 @@ fn write_backward<T: Element>(
     let padding: Vec<usize> = (0..off_width).filter(|&i| !named[i]).collect();
     let zero = T::from_acc(num_traits::Zero::zero());
     let (c, w) = (g.c(), g.w);
-    let k = super::plan::kernels_for::<T::Acc>(isa)?;
+    let table = super::plan::kernels_for::<T::Acc>(isa)?;
     let scales = vec![op.scale; 2 * g.points];
     points::backward(
         &op,
@@ -366,16 +366,16 @@ fn write_backward<T: Element>(
                 factors,
                 stride,
             };
-            points::interleave_into(k, &rows(xy, Some(&scales), off_width), &mut off[o0..]);
+            points::interleave_into(table, &rows(xy, Some(&scales), off_width), &mut off[o0..]);
             if !separate_mask {
-                points::interleave_into(k, &rows(m, None, off_width), &mut off[m0..]);
+                points::interleave_into(table, &rows(m, None, off_width), &mut off[m0..]);
             }
             if let Some(mv) = mask.as_mut() {
                 let width = mv.shape()[1];
                 let mv = mv
                     .as_slice_mut()
                     .expect("the engine's gradients are allocated in standard layout");
-                points::interleave_into(k, &rows(m, None, width), &mut mv[m0..]);
+                points::interleave_into(table, &rows(m, None, width), &mut mv[m0..]);
             }
         },
         points::image_rows("grad_input", gin, g.h * w, c)?,

@@ -239,7 +239,7 @@ fn write_backward<T: Element>(
         .collect();
     let op = Op::new(g, ops);
     let c = g.c();
-    let k = super::plan::kernels_for::<T::Acc>(isa)?;
+    let table = super::plan::kernels_for::<T::Acc>(isa)?;
     // Each location's (x, y) factors, in the gradient's order.
     let sizes: Vec<T::Acc> = op.scales[1]
         .iter()
@@ -280,11 +280,11 @@ fn write_backward<T: Element>(
                 let (xy, m) = ([pg.x, pg.y], [pg.m]);
                 let at = pg.g * lp;
                 points::interleave_into(
-                    k,
+                    table,
                     &rows(&xy, Some(&sizes), 2 * g.m * lp),
                     &mut lv[2 * at..],
                 );
-                points::interleave_into(k, &rows(&m, None, g.m * lp), &mut av[at..]);
+                points::interleave_into(table, &rows(&m, None, g.m * lp), &mut av[at..]);
                 return;
             }
             for k in 0..lp {
