@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .. import _core
 from ._checks import (_check_conv, _check_like, _check_rank, _check_tensors, _eager_pair, _floor_out, _is_supported,
@@ -87,6 +88,7 @@ class _DcnEager(torch.autograd.Function):
         return _dcn_forward(input, offset, weight, bias, mask, stride, padding, dilation)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         input, offset, weight, bias, mask = ctx.saved_tensors
         gi, go, gm, gw, gb = _dcn_gradients(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)

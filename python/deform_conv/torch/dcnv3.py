@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .. import _core
 from ._checks import _check_like, _check_rank, _floor_out, _is_supported
@@ -98,6 +99,7 @@ class _Eager(torch.autograd.Function):
         return _forward(input, offset, mask, ints, offset_scale, remove_center)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         input, offset, mask = ctx.saved_tensors
         gi, go, gm = _backward(grad.contiguous(), input, offset, mask, *ctx.attrs)

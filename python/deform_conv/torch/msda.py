@@ -10,6 +10,7 @@ from typing import List
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .. import _core
 from ._checks import _check_like, _check_rank, _is_supported
@@ -82,6 +83,7 @@ class _Eager(torch.autograd.Function):
         return _forward(value, shapes, starts, loc, attn)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         value, loc, attn = ctx.saved_tensors
         gv, gl, ga = _backward(grad.contiguous(), value, *ctx.levels, loc, attn)
