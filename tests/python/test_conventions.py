@@ -143,3 +143,27 @@ def test_onnx_matches_onnxruntime(rng):
 
 
 # The live MindSpore comparisons run in tests/mindspore (their own venv: MindSpore wants numpy < 2).
+
+
+def test_npu_eager_path_is_the_custom_op_bit_for_bit(rng):
+    """Plain eager calls skip the dispatcher (``_runtime._plain``): both outputs and every
+    gradient must be the custom op's bits; the profiler still sees the op."""
+    for cfg in configs(rng, 4):
+        x, off, w, b, m = make_tensors(rng, cfg, edges=False)
+        a = packed_args(cfg)
+        packed = torch.tensor(dc.interleaved_to_packed(off, m), requires_grad=True)
+        tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+        tb = torch.tensor(b, requires_grad=True) if b is not None else None
+        attrs = (list(a["kernel_size"]), list(a["strides"]), list(a["padding"]), list(a["dilations"]), a["groups"],
+                 a["deformable_groups"], True)
+        y, d = dct.npu_deformable_conv2d(tx, tw, packed, tb, *attrs)
+        y_op, d_op = torch.ops.deform_conv.npu_deformable_conv2d(tx, tw, packed, tb, *attrs)
+        assert torch.equal(y, y_op) and torch.equal(d, d_op)
+        gy = torch.randn_like(y)
+        live = [t for t in (tx, tw, packed, tb) if t is not None]
+        for g1, g2 in zip(torch.autograd.grad(y, live, gy), torch.autograd.grad(y_op, live, gy)):
+            assert torch.equal(g1, g2)
+    with torch.profiler.profile() as prof:
+        dct.npu_deformable_conv2d(tx, tw, packed, tb, *attrs)[0].sum().backward()
+    names = {e.name for e in prof.events()}
+    assert {"deform_conv::npu_deformable_conv2d", "deform_conv::npu_deformable_conv2dbk"} <= names, names

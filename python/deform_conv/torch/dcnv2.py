@@ -172,14 +172,33 @@ class DeformConv2d(nn.Module):
 
 # ------------------------------------------------------------------ torch_npu
 
-@torch.library.custom_op("deform_conv::npu_deformable_conv2d", mutates_args=())
-def _npu(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size: List[int],
-         stride: List[int], padding: List[int], dilation: List[int], groups: int, deformable_groups: int,
-         modulated: bool) -> Tuple[Tensor, Tensor]:
+def _npu_forward(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size: List[int],
+                 stride: List[int], padding: List[int], dilation: List[int], groups: int, deformable_groups: int,
+                 modulated: bool) -> Tuple[Tensor, Tensor]:
     y, d = _core_call(_core.npu_forward,
                       (_np("input", input), _np("weight", weight), _np("offset", offset), _np("bias", bias)),
                       (kernel_size, stride, padding, dilation, groups, deformable_groups, modulated))
     return _back(y, input.dtype), _back(d, input.dtype)
+
+
+def _npu_gradients(input: Tensor, grad_output: Tensor, offset_out: Tensor, weight: Tensor, offset: Tensor,
+                   kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                   deformable_groups: int, modulated: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    gi, gw, go, gb = _core_call(
+        _core.npu_backward,
+        (_np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out), _np("weight", weight),
+         _np("offset", offset)),
+        (kernel_size, stride, padding, dilation, groups, deformable_groups, modulated))
+    dt = input.dtype
+    return _back(gi, dt), _back(gw, dt), _back(go, dt), _back(gb, dt)
+
+
+@torch.library.custom_op("deform_conv::npu_deformable_conv2d", mutates_args=())
+def _npu(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size: List[int],
+         stride: List[int], padding: List[int], dilation: List[int], groups: int, deformable_groups: int,
+         modulated: bool) -> Tuple[Tensor, Tensor]:
+    return _npu_forward(input, weight, offset, bias, kernel_size, stride, padding, dilation, groups,
+                        deformable_groups, modulated)
 
 
 @_npu.register_fake
@@ -196,13 +215,8 @@ def _(input, weight, offset, bias, kernel_size, stride, padding, dilation, group
 def _npu_backward(input: Tensor, grad_output: Tensor, offset_out: Tensor, weight: Tensor, offset: Tensor,
                   kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int], groups: int,
                   deformable_groups: int, modulated: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    gi, gw, go, gb = _core_call(
-        _core.npu_backward,
-        (_np("input", input), _np("grad_output", grad_output), _np("offset_out", offset_out), _np("weight", weight),
-         _np("offset", offset)),
-        (kernel_size, stride, padding, dilation, groups, deformable_groups, modulated))
-    dt = input.dtype
-    return _back(gi, dt), _back(gw, dt), _back(go, dt), _back(gb, dt)
+    return _npu_gradients(input, grad_output, offset_out, weight, offset, kernel_size, stride, padding, dilation,
+                          groups, deformable_groups, modulated)
 
 
 @_npu_backward.register_fake
@@ -230,6 +244,26 @@ def _npu_grad(ctx, grad_y, grad_d):
 _npu.register_autograd(_npu_grad, setup_context=_npu_setup)
 
 
+class _NpuEager(torch.autograd.Function):
+    """``npu_deformable_conv2d`` in plain eager mode with autograd: the custom op's forward and
+    gradient (through the output only), without the dispatcher's layers (`_runtime._plain`)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, offset, bias, *attrs):
+        y, d = _npu_forward(input, weight, offset, bias, *attrs)
+        ctx.save_for_backward(input, weight, offset, d)
+        ctx.attrs = attrs
+        ctx.has_bias = bias is not None
+        return y, d
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_d):
+        input, weight, offset, d = ctx.saved_tensors
+        gi, gw, go, gb = _npu_gradients(input, grad_y.contiguous(), d, weight, offset, *ctx.attrs)
+        return (gi, gw, go, (gb if ctx.has_bias else None)) + (None,) * len(ctx.attrs)
+
+
 def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size,
                           stride, padding, dilation=(1, 1, 1, 1), groups: int = 1, deformable_groups: int = 1,
                           modulated: bool = True) -> Tuple[Tensor, Tensor]:
@@ -246,6 +280,11 @@ def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: O
         if t is not None:
             _check_like(name, t, input)
     from .._args import flag, integer, ints
-    return _npu(input, weight, offset, bias, ints("kernel_size", kernel_size), ints("stride", stride),
-                ints("padding", padding), ints("dilation", dilation), integer("groups", groups),
-                integer("deformable_groups", deformable_groups), flag("modulated", modulated))
+    attrs = (ints("kernel_size", kernel_size), ints("stride", stride), ints("padding", padding),
+             ints("dilation", dilation), integer("groups", groups), integer("deformable_groups", deformable_groups),
+             flag("modulated", modulated))
+    if _plain(input, weight, offset, bias):
+        if _wants_grad(input, weight, offset, bias):
+            return _NpuEager.apply(input, weight, offset, bias, *attrs)
+        return _npu_forward(input, weight, offset, bias, *attrs)
+    return _npu(input, weight, offset, bias, *attrs)
