@@ -34,8 +34,8 @@ use super::blocking::LANES;
 pub(crate) use super::kernels::Interleave;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
-    interleave, point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack, PointsBackFn,
-    PointsRow, RowJob, BACK_BLOCK, PREFETCH_AHEAD,
+    interleave, interleave_as, point_grads, prefetch, Isa, Kernels, PointKernels, PointsBack,
+    PointsBackFn, PointsRow, RowJob, BACK_BLOCK, PREFETCH_AHEAD,
 };
 use super::plan::kernels_for;
 use super::sample::{RowArgs, RowSamples};
@@ -204,14 +204,7 @@ pub(crate) fn interleave_into<T: Element>(
     if let Some(dst) = T::as_acc_out(dst) {
         return k.interleave.unwrap_or(interleave::<T::Acc>)(job, dst);
     }
-    let q = job.src.len();
-    for t in 0..job.len {
-        for r in 0..job.points * q {
-            let x = job.src[r % q][r / q * job.len + t];
-            let v = job.factors.map_or(x, |f| x * f[r]);
-            dst[t * job.stride + r].write(T::from_acc(v));
-        }
-    }
+    interleave_as(job, dst, T::from_acc)
 }
 
 /// `[N, pixels.., C]` as each image's `[pixels, C]` view (an input gradient for the backward);

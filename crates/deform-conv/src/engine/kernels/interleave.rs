@@ -41,6 +41,16 @@ pub(crate) type InterleaveFn<A> = fn(&Interleave<'_, A>, &mut [MaybeUninit<A>]);
 
 /// [`Interleave`] value by value: the portable body, and the oracle of the explicit ones.
 pub(crate) fn interleave<A: Real>(job: &Interleave<'_, A>, dst: &mut [MaybeUninit<A>]) {
+    interleave_as(job, dst, |v| v)
+}
+
+/// [`interleave`] into rows of another type, each value converted once by `to` (a storage
+/// type narrower than the accumulation type).
+pub(crate) fn interleave_as<A: Real, O>(
+    job: &Interleave<'_, A>,
+    dst: &mut [MaybeUninit<O>],
+    to: impl Fn(A) -> O,
+) {
     let q = job.src.len();
     let row = job
         .fits(dst.len())
@@ -49,7 +59,7 @@ pub(crate) fn interleave<A: Real>(job: &Interleave<'_, A>, dst: &mut [MaybeUnini
         let out = &mut dst[t * job.stride..][..row];
         for (r, v) in out.iter_mut().enumerate() {
             let x = job.src[r % q][r / q * job.len + t];
-            v.write(job.factors.map_or(x, |f| x * f[r]));
+            v.write(to(job.factors.map_or(x, |f| x * f[r])));
         }
     }
 }

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 pub(crate) mod interleave;
 pub(crate) mod panel_gemm;
 mod portable;
-pub(crate) use interleave::{interleave, Interleave, InterleaveFn};
+pub(crate) use interleave::{interleave, interleave_as, Interleave, InterleaveFn};
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
 pub(crate) use portable::point_grads;
 #[cfg(target_arch = "x86_64")]
