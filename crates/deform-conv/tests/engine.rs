@@ -330,20 +330,52 @@ fn engine_matches_reference_on_wide_layers() {
 /// against the reference, and the same bits on each.
 #[test]
 fn engine_matches_reference_on_runs_of_16_channels() {
-    let mut rng = rng("engine_matches_reference_on_runs_of_16_channels");
+    runs_agree_on_every_isa(
+        "engine_matches_reference_on_runs_of_16_channels",
+        4,
+        |per_group, per_offset_group| {
+            (per_group.is_multiple_of(16) && per_offset_group.is_multiple_of(16))
+                .then(|| per_group.min(per_offset_group))
+        },
+    );
+}
+
+/// Deformable groups of exactly 8, 16 and 32 channels (the fixed-length gathers of the AVX2
+/// and AVX-512 tables), inside conv groups of a multiple of them: every instruction set
+/// against the reference, and the same bits on each.
+#[test]
+fn engine_matches_reference_on_offset_groups_of_8_16_32_channels() {
+    runs_agree_on_every_isa(
+        "engine_matches_reference_on_offset_groups_of_8_16_32_channels",
+        3,
+        |per_group, per_offset_group| {
+            (matches!(per_offset_group, 8 | 16 | 32) && per_group.is_multiple_of(per_offset_group))
+                .then_some(per_offset_group)
+        },
+    );
+}
+
+/// Random layers until `distinct` different keys were tested; `key(channels per group,
+/// channels per deformable group)` picks the layers (`None`: skipped) and names their case.
+fn runs_agree_on_every_isa(
+    name: &str,
+    distinct: usize,
+    key: impl Fn(usize, usize) -> Option<usize>,
+) {
+    let mut rng = rng(name);
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
     let mut runs = std::collections::BTreeSet::new();
-    while runs.len() < 4 {
+    while runs.len() < distinct {
         let p = problem_shaped(&mut rng, Offsets::Edges, 96, 8, 20, 2);
         let c = p.x.shape()[1];
         let (gc, g) = (
             p.params.groups as usize,
             p.params.deformable_groups as usize,
         );
-        if !(c / gc).is_multiple_of(16) || !(c / g).is_multiple_of(16) {
+        let Some(case) = key(c / gc, c / g) else {
             continue;
-        }
-        runs.insert((c / gc).min(c / g));
+        };
+        runs.insert(case);
         let dy = grad_output(&mut rng, &p);
         for gate in [GradGate::PerTap, GradGate::Open] {
             let r32 = run::<f32>(&p, &dy, gate, Backend::Reference);

@@ -506,8 +506,15 @@ fn avx2_f32_table() -> Kernels<f32> {
         unsafe { avx2_sample::sample_row(a, out) }
     }
     fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
-        // SAFETY: as for `sample_row`.
-        unsafe { avx2_f32::gather_row(job, xt, cols) }
+        // SAFETY: as for `sample_row`; the fixed bodies get exactly their run length.
+        unsafe {
+            match job.len {
+                8 => avx2_f32::gather_fixed::<1>(job, xt, cols),
+                16 => avx2_f32::gather_fixed::<2>(job, xt, cols),
+                32 => avx2_f32::gather_fixed::<4>(job, xt, cols),
+                _ => avx2_f32::gather_row(job, xt, cols),
+            }
+        }
     }
     fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], acc: &mut [f32]) {
         // SAFETY: as for `sample_row`.
@@ -614,11 +621,12 @@ fn avx512_f32_table() -> Kernels<f32> {
     }
     fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true (which
-        // includes AVX2); the zmm rows get exactly their run length.
+        // includes AVX2); the zmm rows and the fixed body get exactly their run length.
         unsafe {
             match job.len {
                 16 => avx512_f32::gather_points::<1, false>(job, 1, xt, cols),
                 32 => avx512_f32::gather_points::<2, false>(job, 1, xt, cols),
+                8 => avx2_f32::gather_fixed::<1>(job, xt, cols),
                 _ => avx2_f32::gather_row(job, xt, cols),
             }
         }
