@@ -13,15 +13,32 @@ fn tail_mask(rem: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(rem.min(8) as i32), iota)
 }
 
+/// A row's run length: `RUN` where a kernel is compiled for one (the job must have it), else
+/// the job's.
+#[inline(always)]
+fn run_length<const RUN: usize>(job: &RowJob<'_, f32>) -> usize {
+    if RUN == 0 {
+        job.len
+    } else {
+        assert_eq!(job.len, RUN, "a kernel compiled for runs of {RUN} channels");
+        RUN
+    }
+}
+
 /// `cols[t*stride + c'] = ((w0*s0 + w1*s1) + w2*s2) + w3*s3` 8
 /// channels per step, the tail through masked loads and stores (masked-off lanes are not
-/// accessed).
+/// accessed). `RUN > 0`: compiled for runs of exactly `RUN` channels (no loop left over the
+/// run, no tail: fewer instructions a sample, more samples' corner loads in flight).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
-    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+pub(super) unsafe fn gather_row<const RUN: usize>(
+    job: &RowJob<'_, f32>,
+    xt: &[f32],
+    cols: &mut [f32],
+) {
+    let (n, len, c, lo, s) = (job.n, run_length::<RUN>(job), job.c, job.lo, job.s);
     if n == 0 || len == 0 {
         return;
     }
@@ -74,49 +91,6 @@ pub(super) unsafe fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[2], l(2)));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(w[3], l(3)));
                 _mm256_maskstore_ps(dst.add(i), tail, acc);
-            }
-        }
-    }
-}
-
-/// [`gather_row`] for runs of exactly `8 * V` channels: the same operations, each sample in `V`
-/// ymm registers with no loop over the run and no tail (fewer instructions a sample, so more
-/// samples' corner loads in flight).
-///
-/// # Safety
-/// The CPU must support AVX2; `job.len == 8 * V`.
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn gather_fixed<const V: usize>(
-    job: &RowJob<'_, f32>,
-    xt: &[f32],
-    cols: &mut [f32],
-) {
-    let (n, c, lo, s) = (job.n, job.c, job.lo, job.s);
-    if n == 0 {
-        return;
-    }
-    let super::super::sample::Corners { idx, w, top } = s.corners(n);
-    assert!(
-        job.len == 8 * V
-            && top * c + lo + 8 * V <= xt.len()
-            && (n - 1) * job.stride + 8 * V <= cols.len(),
-        "descriptor runs lie inside the image and the columns tile"
-    );
-    let (xp, cp) = (xt.as_ptr(), cols.as_mut_ptr());
-    for t in 0..n {
-        // SAFETY: `t < n`, the length of every descriptor slice; each index is at most `top`, so
-        // each run of `8 * V` lies inside `xt`, and row `t`'s run inside `cols` (checked above).
-        unsafe {
-            let src = idx.map(|v| xp.add(*v.get_unchecked(t) as usize * c + lo));
-            let wt = w.map(|v| _mm256_set1_ps(*v.get_unchecked(t)));
-            let dst = cp.add(t * job.stride);
-            for z in 0..V {
-                let l = |j: usize| _mm256_loadu_ps(src[j].add(8 * z));
-                let mut acc = _mm256_mul_ps(wt[0], l(0));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(wt[1], l(1)));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(wt[2], l(2)));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(wt[3], l(3)));
-                _mm256_storeu_ps(dst.add(8 * z), acc);
             }
         }
     }
@@ -225,10 +199,12 @@ pub(super) unsafe fn dot4_row(job: &RowJob<'_, f32>, dcol: &[f32], xt: &[f32], a
 /// The same operations in the same order as the three kernels: the same bits, with each corner
 /// run loaded once and each `dcol` run once (the three kernels in turn load them 2 and 3 times).
 ///
+/// `RUN > 0`: compiled for runs of exactly `RUN` channels, as [`gather_row`].
+///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn backward_row(
+pub(super) unsafe fn backward_row<const RUN: usize>(
     job: &RowJob<'_, f32>,
     dcol: &[f32],
     xt: &[f32],
@@ -236,7 +212,7 @@ pub(super) unsafe fn backward_row(
     acc: &mut [f32],
     dx: &mut [f32],
 ) {
-    let (n, len, c, lo, s) = (job.n, job.len, job.c, job.lo, job.s);
+    let (n, len, c, lo, s) = (job.n, run_length::<RUN>(job), job.c, job.lo, job.s);
     if n == 0 || len == 0 {
         return;
     }

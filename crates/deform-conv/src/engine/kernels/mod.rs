@@ -506,13 +506,13 @@ fn avx2_f32_table() -> Kernels<f32> {
         unsafe { avx2_sample::sample_row(a, out) }
     }
     fn gather_row(job: &RowJob<'_, f32>, xt: &[f32], cols: &mut [f32]) {
-        // SAFETY: as for `sample_row`; the fixed bodies get exactly their run length.
+        // SAFETY: as for `sample_row`; the bodies compiled for a run length get exactly it.
         unsafe {
             match job.len {
-                8 => avx2_f32::gather_fixed::<1>(job, xt, cols),
-                16 => avx2_f32::gather_fixed::<2>(job, xt, cols),
-                32 => avx2_f32::gather_fixed::<4>(job, xt, cols),
-                _ => avx2_f32::gather_row(job, xt, cols),
+                8 => avx2_f32::gather_row::<8>(job, xt, cols),
+                16 => avx2_f32::gather_row::<16>(job, xt, cols),
+                32 => avx2_f32::gather_row::<32>(job, xt, cols),
+                _ => avx2_f32::gather_row::<0>(job, xt, cols),
             }
         }
     }
@@ -532,8 +532,15 @@ fn avx2_f32_table() -> Kernels<f32> {
         acc: &mut [f32],
         dx: &mut [f32],
     ) {
-        // SAFETY: as for `sample_row`.
-        unsafe { avx2_f32::backward_row(job, dcol, xt, cols, acc, dx) }
+        // SAFETY: as for `gather_row`.
+        unsafe {
+            match job.len {
+                8 => avx2_f32::backward_row::<8>(job, dcol, xt, cols, acc, dx),
+                16 => avx2_f32::backward_row::<16>(job, dcol, xt, cols, acc, dx),
+                32 => avx2_f32::backward_row::<32>(job, dcol, xt, cols, acc, dx),
+                _ => avx2_f32::backward_row::<0>(job, dcol, xt, cols, acc, dx),
+            }
+        }
     }
     fn transpose_rows(src: &[f32], row_stride: usize, w: usize, k: usize, dst: &mut [f32]) {
         // SAFETY: as for `sample_row`.
@@ -615,7 +622,8 @@ fn avx512_f32_table() -> Kernels<f32> {
                 16 => avx512_f32::backward_row::<1>(job, dcol, xt, cols, acc, dx),
                 32 => avx512_f32::backward_row::<2>(job, dcol, xt, cols, acc, dx),
                 l if l % 16 == 0 => avx512_f32::backward_row::<0>(job, dcol, xt, cols, acc, dx),
-                _ => avx2_f32::backward_row(job, dcol, xt, cols, acc, dx),
+                8 => avx2_f32::backward_row::<8>(job, dcol, xt, cols, acc, dx),
+                _ => avx2_f32::backward_row::<0>(job, dcol, xt, cols, acc, dx),
             }
         }
     }
@@ -626,8 +634,8 @@ fn avx512_f32_table() -> Kernels<f32> {
             match job.len {
                 16 => avx512_f32::gather_points::<1, false>(job, 1, xt, cols),
                 32 => avx512_f32::gather_points::<2, false>(job, 1, xt, cols),
-                8 => avx2_f32::gather_fixed::<1>(job, xt, cols),
-                _ => avx2_f32::gather_row(job, xt, cols),
+                8 => avx2_f32::gather_row::<8>(job, xt, cols),
+                _ => avx2_f32::gather_row::<0>(job, xt, cols),
             }
         }
     }
