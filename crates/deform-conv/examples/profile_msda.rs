@@ -3,6 +3,7 @@
 //! `cargo run --release -p deform-conv --example profile_msda -- fwd 5` (or `bwd`); a third
 //! argument `near` places each query's samples within a few pixels of its own position (as a
 //! trained encoder does) instead of uniformly; `decoder` runs the decoder's 300 queries (uniform).
+//! Outputs are given back as the Python layer does (`fresh` as a fourth argument: dropped).
 mod common;
 use deform_conv::conventions::msda::{ms_deform_attn, ms_deform_attn_backward, MsdaParams};
 use ndarray::{Array, Array1, Array2};
@@ -56,11 +57,17 @@ fn main() {
     let attn = Array::from_shape_simple_fn((1, queries, m, l, p), || r() / 16.0);
     let gy = Array::from_elem((1, queries, m * d), 0.01f32);
     let prm = MsdaParams::default();
+    let recycle = args.get(4).map(|s| s.as_str()) != Some("fresh");
+    let give = |a: ndarray::ArrayD<f32>| {
+        if recycle {
+            deform_conv::alloc::recycle(a)
+        }
+    };
     let t = Instant::now();
     for _ in 0..reps {
         let (sv, st) = (shapes.view(), starts.view());
         if what == "bwd" {
-            ms_deform_attn_backward(
+            let grads = ms_deform_attn_backward(
                 gy.view(),
                 value.view(),
                 sv,
@@ -70,8 +77,12 @@ fn main() {
                 &prm,
             )
             .unwrap();
+            give(grads.value.into_dyn());
+            give(grads.sampling_locations.into_dyn());
+            give(grads.attention_weights.into_dyn());
         } else {
-            ms_deform_attn(value.view(), sv, st, loc.view(), attn.view(), &prm).unwrap();
+            let out = ms_deform_attn(value.view(), sv, st, loc.view(), attn.view(), &prm).unwrap();
+            give(out.into_dyn());
         }
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;

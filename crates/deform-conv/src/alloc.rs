@@ -55,14 +55,14 @@ pub fn try_alloc<T: ZeroBits, D: ndarray::Dimension>(
 /// ([`Written::done`]), allocated fallibly with no pass over its memory: `calloc` must zero a
 /// reused heap block (a 23 MB attention output: a serial `memset` of ~5% of the call). While
 /// [`crate::engine::poison_scratch`] is on (tests) every element starts as NaN instead.
-pub(crate) struct Written<T, D: Dimension>(Array<MaybeUninit<T>, D>);
+pub(crate) struct Written<T, D: Dimension>(Array<MaybeUninit<T>, D>, bool);
 
 impl<T: Element, D: Dimension> Written<T, D> {
     pub(crate) fn new(name: &str, shape: D) -> Result<Self> {
         let len = checked_product(name, shape.slice())?;
-        let mut data = match reused::<T>(len) {
-            Some(v) => uninit(v),
-            None => try_vec::<MaybeUninit<T>>(name, len, shape.slice())?,
+        let (mut data, reused) = match reused::<T>(len) {
+            Some(v) => (uninit(v), true),
+            None => (try_vec::<MaybeUninit<T>>(name, len, shape.slice())?, false),
         };
         if crate::engine::scratch_poisoned() {
             let nan = T::from_acc(<T::Acc as num_traits::Float>::nan());
@@ -73,7 +73,14 @@ impl<T: Element, D: Dimension> Written<T, D> {
         }
         Ok(Written(
             Array::from_shape_vec(shape, data).expect("length is the product of the shape"),
+            reused,
         ))
+    }
+
+    /// Whether the memory is a given-back output's (stale lines, not read since) rather than
+    /// fresh pages, which the system zeroes into the caches as they are first written.
+    pub(crate) fn reused(&self) -> bool {
+        self.1
     }
 
     /// The view the engine writes every element of.

@@ -69,3 +69,9 @@ pub(crate) const NHWC_BAND_PIXELS: usize = 256;
 /// Tasks the channels-last copy should offer at least (one 16x16 image in one band was one
 /// thread's work).
 pub(crate) const NHWC_TASKS: usize = 8;
+
+/// Least bytes of a call's position and weight gradients (the point core's backward) that are
+/// staged per row and streamed into the tensors ([`super::points::write_group`]). Smaller ones
+/// stay in the caches until the next op reads them, where streaming would only add a pass
+/// (DCNv3 stage 3, 7 MB: 1.02x slower; stage 2, 15 MB: 0.94x; BENCHMARKS.md).
+pub(crate) const STREAM_BYTES: usize = 10 << 20;

@@ -262,12 +262,13 @@ pub(crate) fn backward<T: Element>(
     isa: Isa,
 ) -> Result<GradArrays<T>> {
     let (mut gi, mut go, mut gm) = grad_buffers(g, (offset_shape, mask), Written::<T, _>::new)?;
+    let reused = go.reused() && gm.as_ref().is_none_or(|m| m.reused());
     let views = Dcnv3GradViews {
         input: gi.view_mut(),
         offset: go.view_mut(),
         mask: gm.as_mut().map(|m| m.view_mut()),
     };
-    write_backward(g, ops, grad_output, views, isa)?;
+    write_backward(g, ops, grad_output, (views, reused), isa)?;
     // SAFETY: `write_backward` wrote every element: each pixel of the input gradient, and of
     // every output pixel the offset and mask gradient of every point and the zero padding.
     Ok(unsafe { (gi.done(), go.done(), gm.map(|m| m.done())) })
@@ -277,7 +278,7 @@ fn write_backward<T: Element>(
     g: &Dcnv3Geometry,
     ops: &Dcnv3Operands<'_, T>,
     grad_output: ArrayView4<'_, T>,
-    grads: Dcnv3GradViews<'_, MaybeUninit<T>>,
+    (grads, reused): (Dcnv3GradViews<'_, MaybeUninit<T>>, bool),
     isa: Isa,
 ) -> Result<()> {
     let Dcnv3GradViews {
@@ -288,6 +289,7 @@ fn write_backward<T: Element>(
     let op = Op::new(g, ops);
     let chunk = op.chunk;
     let (off_width, separate_mask) = (offset.shape()[3], mask.is_some());
+    let big = points::streamed::<T>(offset.len() + mask.as_ref().map_or(0, |m| m.len()), reused);
     let off_rows = rows_of(offset, chunk);
     let grad_rows: Vec<Vec<GradRow<'_, T>>> = match mask {
         Some(m) => off_rows
@@ -311,7 +313,6 @@ fn write_backward<T: Element>(
         }
     }
     let padding: Vec<usize> = (0..off_width).filter(|&i| !named[i]).collect();
-    let zero = T::from_acc(num_traits::Zero::zero());
     let (c, w) = (g.c(), g.w);
     let table = super::plan::kernels_for::<T::Acc>(isa)?;
     let scales = vec![op.scale; 2 * g.points];
@@ -342,19 +343,12 @@ fn write_backward<T: Element>(
                 }
             },
         },
-        |(off, mask), pg| {
+        |(off, mask), pg, stage| {
             let (len, gi) = (pg.len, pg.g);
             // The engine's own gradients: standard layout, a row's elements one after another.
             let off = off
                 .as_slice_mut()
                 .expect("the engine's gradients are allocated in standard layout");
-            if gi == 0 {
-                for t in 0..len {
-                    for &i in &padding {
-                        off[t * off_width + i].write(zero);
-                    }
-                }
-            }
             // Each element's points' pairs are one run of its row, and its masks another
             // (`PointLayout`); a point's values of the row are `len` apart in `pg`.
             let (o0, m0) = (layout.offset(gi, 0, 0), layout.mask(gi, 0));
@@ -366,16 +360,26 @@ fn write_backward<T: Element>(
                 factors,
                 stride,
             };
-            points::interleave_into(table, &rows(xy, Some(&scales), off_width), &mut off[o0..]);
-            if !separate_mask {
-                points::interleave_into(table, &rows(m, None, off_width), &mut off[m0..]);
-            }
-            if let Some(mv) = mask.as_mut() {
-                let width = mv.shape()[1];
-                let mv = mv
-                    .as_slice_mut()
-                    .expect("the engine's gradients are allocated in standard layout");
-                points::interleave_into(table, &rows(m, None, width), &mut mv[m0..]);
+            let (at, pad) = (((gi, g.g), len), Some((0, &padding[..])));
+            match mask.as_mut() {
+                Some(mv) => {
+                    let width = mv.shape()[1];
+                    let mv = mv
+                        .as_slice_mut()
+                        .expect("the engine's gradients are allocated in standard layout");
+                    let jobs = [
+                        (0, o0, rows(xy, Some(&scales), off_width)),
+                        (1, m0, rows(m, None, width)),
+                    ];
+                    points::write_group::<T, 2>((table, big), stage, [off, mv], at, pad, &jobs);
+                }
+                None => {
+                    let jobs = [
+                        (0, o0, rows(xy, Some(&scales), off_width)),
+                        (0, m0, rows(m, None, off_width)),
+                    ];
+                    points::write_group::<T, 1>((table, big), stage, [off], at, pad, &jobs);
+                }
             }
         },
         points::image_rows("grad_input", gin, g.h * w, c)?,

@@ -40,6 +40,8 @@ pub(crate) mod threads;
 
 pub use kernels::{active_isa, kernels_name, Isa};
 #[doc(hidden)]
+pub use points::stream_all;
+#[doc(hidden)]
 pub use scratch::poison_scratch;
 pub(crate) use scratch::poisoned as scratch_poisoned;
 pub use threads::{

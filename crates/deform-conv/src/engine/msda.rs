@@ -197,12 +197,13 @@ pub(crate) fn backward<T: Element>(
     let mut gv = Written::new("grad_value", Ix4(g.n, g.s, g.m, g.d))?;
     let mut gl = Written::new("grad_sampling_locations", Ix6(g.n, g.q, g.m, l, g.p, 2))?;
     let mut ga = Written::new("grad_attention_weights", Ix5(g.n, g.q, g.m, l, g.p))?;
+    let reused = gl.reused() && ga.reused();
     let views = MsdaGradViews {
         value: gv.view_mut(),
         loc: gl.view_mut(),
         attn: ga.view_mut(),
     };
-    write_backward(g, ops, grad_output, views, isa)?;
+    write_backward(g, ops, grad_output, (views, reused), isa)?;
     // SAFETY: `write_backward` wrote every element of the three views: the input gradient's
     // every pixel of every level, and every point's location and weight gradients of every query.
     Ok(unsafe {
@@ -224,7 +225,7 @@ fn write_backward<T: Element>(
     g: &MsdaGeometry,
     ops: &MsdaOperands<'_, T>,
     grad_output: ArrayView3<'_, T>,
-    grads: MsdaGradViews<'_, MaybeUninit<T>>,
+    (grads, reused): (MsdaGradViews<'_, MaybeUninit<T>>, bool),
     isa: Isa,
 ) -> Result<()> {
     let MsdaGradViews {
@@ -232,6 +233,7 @@ fn write_backward<T: Element>(
         loc,
         attn,
     } = grads;
+    let big = points::streamed::<T>(loc.len() + attn.len(), reused);
     let grad_rows: Vec<Vec<GradRow<'_, T>>> = query_rows(loc)
         .into_iter()
         .zip(query_rows(attn))
@@ -265,7 +267,7 @@ fn write_backward<T: Element>(
                 }
             },
         },
-        |(loc, attn), pg| {
+        |(loc, attn), pg, stage| {
             let (lp, len) = (g.levels.len() * g.p, pg.len);
             let [hs, ws] = &op.scales;
             // Contiguous rows (the usual case): a query's points of head `g` are one run.
@@ -279,12 +281,12 @@ fn write_backward<T: Element>(
                 };
                 let (xy, m) = ([pg.x, pg.y], [pg.m]);
                 let at = pg.g * lp;
-                points::interleave_into(
-                    table,
-                    &rows(&xy, Some(&sizes), 2 * g.m * lp),
-                    &mut lv[2 * at..],
-                );
-                points::interleave_into(table, &rows(&m, None, g.m * lp), &mut av[at..]);
+                let jobs = [
+                    (0, 2 * at, rows(&xy, Some(&sizes), 2 * g.m * lp)),
+                    (1, at, rows(&m, None, g.m * lp)),
+                ];
+                let group = ((pg.g, g.m), len);
+                points::write_group::<T, 2>((table, big), stage, [lv, av], group, None, &jobs);
                 return;
             }
             for k in 0..lp {

@@ -30,7 +30,7 @@
 //! and gradients are written in full (their buffers start unwritten, `alloc::Written`).
 //! Same bits for any thread count and either route; memory bounded by `LANES + 1` images.
 
-use super::blocking::LANES;
+use super::blocking::{LANES, STREAM_BYTES};
 pub(crate) use super::kernels::Interleave;
 pub(crate) use super::kernels::PointRuns;
 use super::kernels::{
@@ -48,6 +48,7 @@ use ndarray::{ArrayViewMut2, Axis};
 use num_traits::Zero;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The sizes of a point operator.
 #[derive(Debug, Clone)]
@@ -207,6 +208,99 @@ pub(crate) fn interleave_into<T: Element>(
     interleave_as(job, dst, T::from_acc)
 }
 
+/// Group `g` (of `groups`) of a row's gradient records: `R` tensor rows `dst[i]` of `len`
+/// elements each, `pad` (a row and its columns) written zero with the first group, then each job
+/// `(row, first value, interleave)`. Where the call's records are `big` (at least
+/// [`STREAM_BYTES`]), `T` is the accumulation type and the table streams, every group goes into
+/// the worker's `stage` (kept between calls) and the last one streams the records into `dst`
+/// whole: the tensor's lines written once, never read for ownership once per group. Otherwise,
+/// or if the staging rows cannot be allocated, straight into `dst`. The same values either way.
+pub(crate) fn write_group<T: Element, const R: usize>(
+    (k, big): (&Kernels<T::Acc>, bool),
+    stage: &mut Vec<MaybeUninit<T::Acc>>,
+    mut dst: [&mut [MaybeUninit<T>]; R],
+    ((g, groups), len): ((usize, usize), usize),
+    pad: Option<(usize, &[usize])>,
+    jobs: &[(usize, usize, Interleave<'_, T::Acc>)],
+) {
+    if len == 0 {
+        return;
+    }
+    let lens = dst.each_ref().map(|d| d.len());
+    let total: usize = lens.iter().sum();
+    let stream = k
+        .stream
+        .filter(|_| big && dst.iter_mut().all(|d| T::as_acc_out(d).is_some()));
+    if g == 0 && stream.is_some() {
+        // The same worker runs every group of the row: its later groups find `total` here.
+        stage.clear();
+        if stage.try_reserve_exact(total).is_ok() {
+            stage.resize(total, MaybeUninit::uninit());
+        }
+    }
+    let Some(stream) = stream.filter(|_| stage.len() == total) else {
+        if let (0, Some((i, cols))) = (g, pad) {
+            let width = lens[i] / len;
+            for t in 0..len {
+                for &c in cols {
+                    dst[i][t * width + c].write(T::from_acc(T::Acc::zero()));
+                }
+            }
+        }
+        for (i, at, job) in jobs {
+            interleave_into(k, job, &mut dst[*i][*at..]);
+        }
+        return;
+    };
+    let mut rest = &mut stage[..];
+    let parts: [&mut [MaybeUninit<T::Acc>]; R] = std::array::from_fn(|i| {
+        let (part, more) = std::mem::take(&mut rest).split_at_mut(lens[i]);
+        rest = more;
+        part
+    });
+    if let (0, Some((i, cols))) = (g, pad) {
+        let width = lens[i] / len;
+        for t in 0..len {
+            for &c in cols {
+                parts[i][t * width + c].write(T::Acc::zero());
+            }
+        }
+    }
+    let body = k.interleave.unwrap_or(interleave::<T::Acc>);
+    for (i, at, job) in jobs {
+        body(job, &mut parts[*i][*at..]);
+    }
+    if g + 1 == groups {
+        for (part, d) in parts.iter().zip(dst.iter_mut()) {
+            let Some(d) = T::as_acc_out(d) else {
+                unreachable!("`stream` checked every row")
+            };
+            // SAFETY: the row's groups, one after another on this worker, wrote every value of
+            // the staging rows (the operator's records: each point's values and the padding);
+            // the table is this CPU's.
+            unsafe { stream(part, d) };
+        }
+    }
+}
+
+static STREAM_ALL: AtomicBool = AtomicBool::new(false);
+
+/// A test aid: from now on (`true`) every call's position and weight gradients go through the
+/// staged rows of [`write_group`] (streamed where the table can), whatever their size and
+/// memory, so that small problems run that path. The same bits either way; off by default.
+#[doc(hidden)]
+pub fn stream_all(on: bool) {
+    STREAM_ALL.store(on, Ordering::Relaxed);
+}
+
+/// Whether a call's position and weight gradients, `values` values of `T`, are streamed
+/// ([`write_group`]): big ones into given-back memory (`reused`; fresh pages come zeroed into
+/// the caches, where plain stores find them).
+pub(crate) fn streamed<T>(values: usize, reused: bool) -> bool {
+    STREAM_ALL.load(Ordering::Relaxed)
+        || reused && values.saturating_mul(std::mem::size_of::<T>()) >= STREAM_BYTES
+}
+
 /// `[N, pixels.., C]` as each image's `[pixels, C]` view (an input gradient for the backward);
 /// an error naming `name` for strides that do not allow it.
 pub(crate) fn image_rows<'a, T, D: ndarray::RemoveAxis>(
@@ -330,6 +424,8 @@ struct RowScratch<A> {
     tmp: Vec<A>,
     dots: Vec<A>,
     grads: [Vec<A>; 3],
+    /// The operator's staging rows for a row's gradient records ([`write_group`]).
+    stage: Vec<MaybeUninit<A>>,
 }
 
 impl<A: Real> RowScratch<A> {
@@ -345,13 +441,20 @@ impl<A: Real> RowScratch<A> {
             tmp: vec![A::zero(); len * c],
             dots: vec![A::zero(); 4 * len],
             grads: std::array::from_fn(|_| vec![A::zero(); len * points]),
+            stage: Vec::new(),
         }
     }
 
-    /// Group `g`'s position and weight gradients of a row of `len` elements, `points` points.
-    fn point_grads(&self, g: usize, len: usize, points: usize) -> PointGrads<'_, A> {
+    /// Group `g`'s position and weight gradients of a row of `len` elements, `points` points,
+    /// handed to the operator's `put` with the staging rows.
+    fn put<G>(
+        &mut self,
+        put: &impl Fn(&mut G, &PointGrads<'_, A>, &mut Vec<MaybeUninit<A>>),
+        sink: &mut G,
+        (g, len, points): (usize, usize, usize),
+    ) {
         let [y, x, m] = self.grads.each_ref().map(|v| &v[..len * points]);
-        PointGrads { g, len, y, x, m }
+        put(sink, &PointGrads { g, len, y, x, m }, &mut self.stage);
     }
 }
 
@@ -675,7 +778,8 @@ pub(crate) struct Dout<H, C> {
 }
 
 /// The backward. `grad_rows[n][r]` is what the operator writes row `r`'s position and weight
-/// gradients into (through `put`); `dout` gives row `r`'s output gradient; `dx_images[n]`
+/// gradients into (through `put`, group by group in order on one worker, with that worker's
+/// staging rows for [`write_group`]); `dout` gives row `r`'s output gradient; `dx_images[n]`
 /// (`[pixels of every plane, C]`, the planes in order) receives image `n`'s input gradient,
 /// every element written.
 pub(crate) fn backward<'g, T, O, G>(
@@ -686,7 +790,7 @@ pub(crate) fn backward<'g, T, O, G>(
         impl Fn(usize, usize) -> Option<&'g [T::Acc]> + Sync,
         impl Fn(usize, usize, &mut [T::Acc]) + Sync,
     >,
-    put: impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
+    put: impl Fn(&mut G, &PointGrads<'_, T::Acc>, &mut Vec<MaybeUninit<T::Acc>>) + Sync,
     dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
 ) -> Result<()>
 where
@@ -791,7 +895,7 @@ where
                                         }
                                     }
                                 }
-                                put(&mut sink, &s.point_grads(g, len, sh.points));
+                                s.put(&put, &mut sink, (g, len, sh.points));
                             }
                         }
                     },
@@ -907,7 +1011,7 @@ fn backward_in_place<'g, T, O, G>(
             impl Fn(usize, usize) -> Option<&'g [T::Acc]> + Sync,
             impl Fn(usize, usize, &mut [T::Acc]) + Sync,
         >,
-        impl Fn(&mut G, &PointGrads<'_, T::Acc>) + Sync,
+        impl Fn(&mut G, &PointGrads<'_, T::Acc>, &mut Vec<MaybeUninit<T::Acc>>) + Sync,
     ),
     dx_images: Vec<ArrayViewMut2<'_, MaybeUninit<T>>>,
 ) -> Result<()>
@@ -987,7 +1091,7 @@ where
                             };
                             let out = [&mut gy[..all], &mut gx[..all], &mut gm[..all]];
                             f(&row, lane_dx, out);
-                            put(&mut sink, &s.point_grads(g, len, sh.points));
+                            s.put(&put, &mut sink, (g, len, sh.points));
                         }
                     }
                 },

@@ -29,11 +29,13 @@ pub(crate) mod interleave;
 pub(crate) mod panel_gemm;
 mod portable;
 pub(crate) use interleave::{interleave, interleave_as, Interleave, InterleaveFn};
+pub(crate) mod stream;
 pub(crate) use panel_gemm::{PanelGemm, PanelGemmFn};
 pub(crate) use portable::point_grads;
 #[cfg(target_arch = "x86_64")]
 use portable::{avx2_gather_points, avx2_tap_grads};
 use portable::{panel_gemm_for, portable};
+pub(crate) use stream::StreamFn;
 
 /// How many elements ahead the point core's position reads ask for an element's runs.
 pub(crate) const PREFETCH_AHEAD: usize = 8;
@@ -473,6 +475,8 @@ pub(crate) struct Kernels<A> {
     /// Point-major gradients into element-major rows through register transposes (AVX2 and
     /// AVX-512 f32); `None`: [`interleave`], value by value.
     pub interleave: Option<InterleaveFn<A>>,
+    /// A staged row into its tensor row with non-temporal stores (AVX-512 f32); `None`: a copy.
+    pub stream: Option<StreamFn<A>>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -588,6 +592,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         describe_points: None,
         transpose_rows: Some(transpose_rows),
         interleave: Some(interleave),
+        stream: None,
         // The forward and backward in one pass, explicit (the portable one-pass rows compiled
         // for AVX2 measured slower than the copy and row kernels: forward 1.04x, backward 1.3x).
         points: Some(PointKernels {
@@ -684,10 +689,16 @@ fn avx512_f32_table() -> Kernels<f32> {
         // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true.
         unsafe { avx512_f32::interleave(job, dst) }
     }
+    unsafe fn stream(src: &[std::mem::MaybeUninit<f32>], dst: &mut [std::mem::MaybeUninit<f32>]) {
+        // SAFETY: this table is only built after `Isa::Avx512.supported()` returned true; the
+        // caller initialised `src` (the contract).
+        unsafe { avx512_f32::stream(src, dst) }
+    }
     Kernels {
         name: "avx512 (avx2 f32 kernels, zmm panel GEMM, descriptors and point rows)",
         panel_gemm: Some(panel_gemm),
         interleave: Some(interleave),
+        stream: Some(stream),
         describe_points: Some(describe_points),
         points: Some(PointKernels {
             fits: points_fits,

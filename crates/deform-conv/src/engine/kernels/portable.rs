@@ -500,6 +500,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             transpose_rows: None,
             points: points_scalar::<A>(),
             interleave: None,
+            stream: None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernels {
@@ -518,6 +519,7 @@ pub(super) fn portable<A: Real>(isa: Isa) -> Option<Kernels<A>> {
             // 1.04x, backward 1.3x; the scalar compilation 0.87x, 0.86x).
             points: None,
             interleave: None,
+            stream: None,
         },
         // No portable body measured faster compiled for AVX-512: AVX2's.
         #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,65 @@
+//! A staged row written whole ([`StreamFn`]): the point core's gradient records, built group by
+//! group in a worker's staging rows, copied into the tensors' rows in one pass once the row's
+//! last group is in. Without an explicit body the engine copies (`copy_from_slice`); the
+//! explicit ones store the destination's whole 64-byte lines past the caches (non-temporal
+//! stores), so those lines are written once, never read for ownership, and do not push the
+//! kernel's working set out of cache.
+
+use std::mem::MaybeUninit;
+
+/// `dst = src`, of one length.
+///
+/// # Safety
+/// Every element of `src` is initialised; the CPU runs the body's instructions.
+pub(crate) type StreamFn<A> = unsafe fn(&[MaybeUninit<A>], &mut [MaybeUninit<A>]);
+
+#[cfg(test)]
+mod tests {
+    use super::super::{table, Isa};
+    use rand::{Rng, SeedableRng};
+    use std::mem::MaybeUninit;
+
+    /// Every table's stream copies rows of 0-200 values at every alignment of their start,
+    /// bit for bit, and writes nothing around them (poisoned values stay).
+    #[test]
+    fn every_stream_copies_its_row_and_nothing_else() {
+        let seed = std::env::var("DEFORM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
+        eprintln!("every_stream_copies_its_row_and_nothing_else: DEFORM_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let poison = f32::from_bits(0x7fc0_dead);
+        let mut tested = 0;
+        for isa in Isa::ALL {
+            let Some(f) = table::<f32>(isa).and_then(|k| k.stream) else {
+                continue;
+            };
+            for _ in 0..400 {
+                let (at, n) = (rng.gen_range(0..32), rng.gen_range(0..201));
+                let src: Vec<MaybeUninit<f32>> = (0..n)
+                    .map(|_| MaybeUninit::new(rng.gen_range(-4.0f32..4.0)))
+                    .collect();
+                let mut dst = vec![MaybeUninit::new(poison); at + n + 17];
+                // SAFETY: every element of `src` is initialised; the table is this CPU's.
+                unsafe { f(&src, &mut dst[at..at + n]) };
+                // SAFETY: every element was initialised (poisoned or copied).
+                let bits: Vec<u32> = dst
+                    .iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect();
+                for (i, b) in bits.iter().enumerate() {
+                    let want = if (at..at + n).contains(&i) {
+                        // SAFETY: initialised above.
+                        unsafe { src[i - at].assume_init() }.to_bits()
+                    } else {
+                        poison.to_bits()
+                    };
+                    assert_eq!(*b, want, "{isa:?}: value {i} of a row of {n} at {at}");
+                }
+            }
+            tested += 1;
+        }
+        eprintln!("tables with a stream body: {tested}");
+    }
+}
