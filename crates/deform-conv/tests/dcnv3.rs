@@ -390,14 +390,15 @@ fn every_instruction_set_gives_the_same_f32_bits() {
 /// The staged, streamed gradient rows (AVX-512; calls with big gradients into given-back
 /// memory, forced here for small ones by `stream_all`) give the direct writes' bits, every value
 /// written (outputs start as NaN: `common::rng` poisons them), DCNv3 and DCNv4 (whose padding
-/// the staging zeroes), on 1 and 3 threads.
+/// the staging zeroes), on every instruction set, on 1 and 3 threads.
 #[test]
 fn streamed_gradient_rows_give_the_same_bits() {
     let mut r = rng("dcnv3 streamed_gradient_rows_give_the_same_bits");
     let bits = |a: &Array4<f32>| a.mapv(f32::to_bits);
-    for _ in 0..20 {
+    for i in 0..30 {
         let mut c = case(&mut r, true);
-        c.p.backend = Backend::Engine;
+        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+        c.p.backend = Backend::EngineIsa(isas[i % isas.len()]);
         let f = |a: &Array4<f64>| a.mapv(|v| v as f32);
         let (x, off, mask, gy) = (f(&c.x), f(&c.off), f(&c.mask), f(&c.gy));
         // DCNv4's operand: each group's offsets then masks, padded to a multiple of 8.

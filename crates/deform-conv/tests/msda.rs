@@ -278,12 +278,17 @@ fn levels_that_disagree_with_the_value_are_named_errors() {
 /// random problems with edge locations and head sizes that are not multiples of the SIMD width.
 /// The staged, streamed gradient rows (AVX-512; calls with big gradients into given-back
 /// memory, forced here for small ones by `stream_all`) give the direct writes' bits, every value
-/// written (outputs start as NaN: `common::rng` poisons them), on 1 and 3 threads.
+/// written (outputs start as NaN: `common::rng` poisons them), on every instruction set, on 1
+/// and 3 threads.
 #[test]
 fn streamed_gradient_rows_give_the_same_bits() {
     let mut r = rng("msda streamed_gradient_rows_give_the_same_bits");
-    for _ in 0..20 {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    for i in 0..30 {
         let c = case(&mut r, true);
+        let p = MsdaParams {
+            backend: Backend::EngineIsa(isas[i % isas.len()]),
+        };
         let f = |a: &[f64]| a.iter().map(|v| *v as f32).collect::<Vec<f32>>();
         let (value, loc, attn, gy) = (
             Array::from_shape_vec(c.value.raw_dim(), f(c.value.as_slice().unwrap())).unwrap(),
@@ -303,7 +308,7 @@ fn streamed_gradient_rows_give_the_same_bits() {
                 st,
                 loc.view(),
                 attn.view(),
-                &MsdaParams::default(),
+                &p,
             )
             .unwrap();
             deform_conv::engine::stream_all(false);

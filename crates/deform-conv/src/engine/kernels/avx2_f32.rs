@@ -669,3 +669,35 @@ pub(super) unsafe fn transpose_rows(
         }
     }
 }
+
+/// [`super::StreamFn`] with ymm registers: the values of `dst` from its first 32-byte boundary
+/// in pairs of non-temporal stores (whole 64-byte lines where `dst` is 64-byte aligned there),
+/// the head and tail with masked stores, then a fence (as AVX-512's).
+///
+/// # Safety
+/// The CPU must support AVX2; every element of `src` is initialised.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn stream(
+    src: &[std::mem::MaybeUninit<f32>],
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    assert_eq!(src.len(), dst.len(), "stream: rows of one length");
+    let n = dst.len();
+    let (s, d) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
+    // Values before the first 32-byte boundary (an f32 slice is 4-byte aligned).
+    let head = ((32 - d as usize % 32) % 32 / 4).min(n);
+    // SAFETY: every access is to values `i < n` of both slices (masked lanes are not accessed);
+    // `src` is initialised (the contract); `d + i` is 32-byte aligned for the streaming stores.
+    unsafe {
+        let k = tail_mask(head);
+        _mm256_maskstore_ps(d, k, _mm256_maskload_ps(s, k));
+        let mut i = head;
+        while i + 8 <= n {
+            _mm256_stream_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+            i += 8;
+        }
+        let k = tail_mask(n - i);
+        _mm256_maskstore_ps(d.add(i), k, _mm256_maskload_ps(s.add(i), k));
+        _mm_sfence();
+    }
+}

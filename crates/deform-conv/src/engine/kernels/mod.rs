@@ -475,7 +475,8 @@ pub(crate) struct Kernels<A> {
     /// Point-major gradients into element-major rows through register transposes (AVX2 and
     /// AVX-512 f32); `None`: [`interleave`], value by value.
     pub interleave: Option<InterleaveFn<A>>,
-    /// A staged row into its tensor row with non-temporal stores (AVX-512 f32); `None`: a copy.
+    /// A staged row into its tensor row with non-temporal stores (AVX2 and AVX-512 f32); `None`:
+    /// no staging (the rows written in place).
     pub stream: Option<StreamFn<A>>,
 }
 
@@ -554,6 +555,10 @@ fn avx2_f32_table() -> Kernels<f32> {
         // SAFETY: as for `sample_row`.
         unsafe { avx2_f32::interleave(job, dst) }
     }
+    unsafe fn stream(src: &[std::mem::MaybeUninit<f32>], dst: &mut [std::mem::MaybeUninit<f32>]) {
+        // SAFETY: as for `sample_row`; the caller initialised `src` (the contract).
+        unsafe { avx2_f32::stream(src, dst) }
+    }
     fn avx2_points_fits(d: usize, points: usize, image: usize) -> bool {
         matches!(d, 8 | 16 | 32) && (1..=16).contains(&points) && image < i32::MAX as usize
     }
@@ -592,7 +597,7 @@ fn avx2_f32_table() -> Kernels<f32> {
         describe_points: None,
         transpose_rows: Some(transpose_rows),
         interleave: Some(interleave),
-        stream: None,
+        stream: Some(stream),
         // The forward and backward in one pass, explicit (the portable one-pass rows compiled
         // for AVX2 measured slower than the copy and row kernels: forward 1.04x, backward 1.3x).
         points: Some(PointKernels {
