@@ -240,12 +240,7 @@ pub(crate) fn write_group<T: Element, const R: usize>(
     }
     let Some(stream) = stream.filter(|_| stage.len() == total) else {
         if let (0, Some((i, cols))) = (g, pad) {
-            let width = lens[i] / len;
-            for t in 0..len {
-                for &c in cols {
-                    dst[i][t * width + c].write(T::from_acc(T::Acc::zero()));
-                }
-            }
+            zero_columns(dst[i], len, cols, T::from_acc(T::Acc::zero()));
         }
         for (i, at, job) in jobs {
             interleave_into(k, job, &mut dst[*i][*at..]);
@@ -259,12 +254,7 @@ pub(crate) fn write_group<T: Element, const R: usize>(
         part
     });
     if let (0, Some((i, cols))) = (g, pad) {
-        let width = lens[i] / len;
-        for t in 0..len {
-            for &c in cols {
-                parts[i][t * width + c].write(T::Acc::zero());
-            }
-        }
+        zero_columns(parts[i], len, cols, T::Acc::zero());
     }
     let body = k.interleave.unwrap_or(interleave::<T::Acc>);
     for (i, at, job) in jobs {
@@ -279,6 +269,15 @@ pub(crate) fn write_group<T: Element, const R: usize>(
             // the staging rows (the operator's records: each point's values and the padding);
             // the table is this CPU's.
             unsafe { stream(part, d) };
+        }
+    }
+}
+
+/// Columns `cols` of each of the `len` element rows of `rows` set to `zero`.
+fn zero_columns<E: Copy>(rows: &mut [MaybeUninit<E>], len: usize, cols: &[usize], zero: E) {
+    for row in rows.chunks_exact_mut(rows.len() / len) {
+        for &c in cols {
+            row[c].write(zero);
         }
     }
 }
