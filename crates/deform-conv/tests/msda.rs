@@ -21,6 +21,36 @@ struct Case {
     gy: Array3<f64>,
 }
 
+/// `a` in f32.
+fn f32s<D: ndarray::Dimension>(a: &Array<f64, D>) -> Array<f32, D> {
+    a.mapv(|v| v as f32)
+}
+
+/// The bits of `a`'s values.
+fn bits<D: ndarray::Dimension>(a: &Array<f32, D>) -> Vec<u32> {
+    a.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The bits of the value, location and weight gradients of `c` in f32 under `p`.
+fn f32_gradient_bits(c: &Case, p: &MsdaParams) -> [Vec<u32>; 3] {
+    let (value, loc, attn, gy) = (f32s(&c.value), f32s(&c.loc), f32s(&c.attn), f32s(&c.gy));
+    let g = ms_deform_attn_backward(
+        gy.view(),
+        value.view(),
+        c.shapes.view(),
+        c.start.view(),
+        loc.view(),
+        attn.view(),
+        p,
+    )
+    .unwrap();
+    [
+        bits(&g.value),
+        bits(&g.sampling_locations),
+        bits(&g.attention_weights),
+    ]
+}
+
 fn case(r: &mut StdRng, edges: bool) -> Case {
     let l = r.gen_range(1..4);
     let levels: Vec<(usize, usize)> = (0..l)
@@ -289,35 +319,13 @@ fn streamed_gradient_rows_give_the_same_bits() {
         let p = MsdaParams {
             backend: Backend::EngineIsa(isas[i % isas.len()]),
         };
-        let f = |a: &[f64]| a.iter().map(|v| *v as f32).collect::<Vec<f32>>();
-        let (value, loc, attn, gy) = (
-            Array::from_shape_vec(c.value.raw_dim(), f(c.value.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.loc.raw_dim(), f(c.loc.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.attn.raw_dim(), f(c.attn.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.gy.raw_dim(), f(c.gy.as_slice().unwrap())).unwrap(),
-        );
-        let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let run = |stream: bool, threads: usize| {
             deform_conv::engine::stream_all(stream);
             set_num_threads(threads).unwrap();
-            let (sh, st) = (c.shapes.view(), c.start.view());
-            let g = ms_deform_attn_backward(
-                gy.view(),
-                value.view(),
-                sh,
-                st,
-                loc.view(),
-                attn.view(),
-                &p,
-            )
-            .unwrap();
+            let g = f32_gradient_bits(&c, &p);
             deform_conv::engine::stream_all(false);
             set_num_threads(0).unwrap();
-            [
-                bits(g.value.as_slice().unwrap()),
-                bits(g.sampling_locations.as_slice().unwrap()),
-                bits(g.attention_weights.as_slice().unwrap()),
-            ]
+            g
         };
         let direct = run(false, 1);
         for threads in [1, 3] {
@@ -331,36 +339,14 @@ fn every_instruction_set_gives_the_same_f32_bits() {
     let mut r = rng("msda every_instruction_set_gives_the_same_f32_bits");
     for _ in 0..20 {
         let c = case(&mut r, true);
-        let f = |a: &[f64]| a.iter().map(|v| *v as f32).collect::<Vec<f32>>();
-        let (value, loc, attn, gy) = (
-            Array::from_shape_vec(c.value.raw_dim(), f(c.value.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.loc.raw_dim(), f(c.loc.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.attn.raw_dim(), f(c.attn.as_slice().unwrap())).unwrap(),
-            Array::from_shape_vec(c.gy.raw_dim(), f(c.gy.as_slice().unwrap())).unwrap(),
-        );
-        let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (value, loc, attn) = (f32s(&c.value), f32s(&c.loc), f32s(&c.attn));
         let run = |isa: Isa| {
             let p = MsdaParams {
                 backend: Backend::EngineIsa(isa),
             };
             let (sh, st) = (c.shapes.view(), c.start.view());
             let y = ms_deform_attn(value.view(), sh, st, loc.view(), attn.view(), &p).unwrap();
-            let g = ms_deform_attn_backward(
-                gy.view(),
-                value.view(),
-                sh,
-                st,
-                loc.view(),
-                attn.view(),
-                &p,
-            )
-            .unwrap();
-            [
-                bits(y.as_slice().unwrap()),
-                bits(g.value.as_slice().unwrap()),
-                bits(g.sampling_locations.as_slice().unwrap()),
-                bits(g.attention_weights.as_slice().unwrap()),
-            ]
+            (bits(&y), f32_gradient_bits(&c, &p))
         };
         let portable = run(Isa::Scalar);
         for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {

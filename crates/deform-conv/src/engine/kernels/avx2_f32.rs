@@ -580,8 +580,15 @@ impl super::interleave::Lanes<8> for Ymm8 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load(p: *const f32, n: usize) -> __m256 {
-        // SAFETY: the lanes below `n` are readable (the contract); the others are masked off.
-        unsafe { _mm256_maskload_ps(p, tail_mask(n)) }
+        // SAFETY: the lanes below `n` are readable (the contract); the others are masked off (a
+        // full register is one plain load: `vmaskmovps` costs more).
+        unsafe {
+            if n >= 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, tail_mask(n))
+            }
+        }
     }
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -598,6 +605,17 @@ impl super::interleave::Lanes<8> for Ymm8 {
     unsafe fn store(p: *mut f32, v: __m256, n: usize) {
         // SAFETY: the lanes below `n` are writable (the contract); the others are masked off.
         unsafe { _mm256_maskstore_ps(p, tail_mask(n), v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn stream(p: *mut f32, v: __m256) {
+        // SAFETY: eight values writable at `p`, 32-byte aligned (the contract).
+        unsafe { _mm256_stream_ps(p, v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fence() {
+        _mm_sfence()
     }
 }
 
@@ -670,9 +688,7 @@ pub(super) unsafe fn transpose_rows(
     }
 }
 
-/// [`super::StreamFn`] with ymm registers: the values of `dst` from its first 32-byte boundary
-/// in pairs of non-temporal stores (whole 64-byte lines where `dst` is 64-byte aligned there),
-/// the head and tail with masked stores, then a fence (as AVX-512's).
+/// [`super::StreamFn`] eight values a ymm register ([`super::stream::rows`]).
 ///
 /// # Safety
 /// The CPU must support AVX2; every element of `src` is initialised.
@@ -681,23 +697,6 @@ pub(super) unsafe fn stream(
     src: &[std::mem::MaybeUninit<f32>],
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    assert_eq!(src.len(), dst.len(), "stream: rows of one length");
-    let n = dst.len();
-    let (s, d) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
-    // Values before the first 32-byte boundary (an f32 slice is 4-byte aligned).
-    let head = ((32 - d as usize % 32) % 32 / 4).min(n);
-    // SAFETY: every access is to values `i < n` of both slices (masked lanes are not accessed);
-    // `src` is initialised (the contract); `d + i` is 32-byte aligned for the streaming stores.
-    unsafe {
-        let k = tail_mask(head);
-        _mm256_maskstore_ps(d, k, _mm256_maskload_ps(s, k));
-        let mut i = head;
-        while i + 8 <= n {
-            _mm256_stream_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
-            i += 8;
-        }
-        let k = tail_mask(n - i);
-        _mm256_maskstore_ps(d.add(i), k, _mm256_maskload_ps(s.add(i), k));
-        _mm_sfence();
-    }
+    // SAFETY: the CPU supports AVX2, all `Ymm8` needs; `src` is initialised (the contract).
+    unsafe { super::stream::rows::<8, Ymm8>(src, dst) }
 }

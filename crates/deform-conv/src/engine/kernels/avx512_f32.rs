@@ -536,6 +536,17 @@ impl super::interleave::Lanes<16> for Zmm16 {
         // SAFETY: the lanes below `n` are writable (the contract); the others are masked off.
         unsafe { _mm512_mask_storeu_ps(p, lanes16(n), v) }
     }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn stream(p: *mut f32, v: __m512) {
+        // SAFETY: sixteen values writable at `p`, 64-byte aligned (the contract).
+        unsafe { _mm512_stream_ps(p, v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fence() {
+        _mm_sfence()
+    }
 }
 
 /// The mask of lanes `0..min(n, 16)`.
@@ -557,9 +568,7 @@ pub(super) unsafe fn interleave(
     unsafe { super::interleave::blocks::<16, Zmm16>(job, dst) }
 }
 
-/// [`super::StreamFn`]: the values of `dst` in whole 64-byte lines stored non-temporally, those
-/// before the first and after the last whole line with masked stores, then a fence, so the
-/// stores are ordered before whatever the caller (or a thread it hands the tensor to) does next.
+/// [`super::StreamFn`] sixteen values a zmm register ([`super::stream::rows`]).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; every element of `src` is initialised.
@@ -568,24 +577,6 @@ pub(super) unsafe fn stream(
     src: &[std::mem::MaybeUninit<f32>],
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    assert_eq!(src.len(), dst.len(), "stream: rows of one length");
-    let n = dst.len();
-    let (s, d) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
-    // Values before the first 64-byte boundary (an f32 slice is 4-byte aligned).
-    let head = ((64 - d as usize % 64) % 64 / 4).min(n);
-    // SAFETY: every access below is to values `i < n` of both slices (masks keep the partial
-    // ones inside); `src` is initialised (the contract); `d + i` is 64-byte aligned for the
-    // streaming stores (`head` reaches the boundary).
-    unsafe {
-        let k = lanes16(head);
-        _mm512_mask_storeu_ps(d, k, _mm512_maskz_loadu_ps(k, s));
-        let mut i = head;
-        while i + 16 <= n {
-            _mm512_stream_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
-            i += 16;
-        }
-        let k = lanes16(n - i);
-        _mm512_mask_storeu_ps(d.add(i), k, _mm512_maskz_loadu_ps(k, s.add(i)));
-        _mm_sfence();
-    }
+    // SAFETY: the CPU supports AVX-512F, all `Zmm16` needs; `src` is initialised (the contract).
+    unsafe { super::stream::rows::<16, Zmm16>(src, dst) }
 }

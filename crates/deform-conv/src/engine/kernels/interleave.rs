@@ -64,7 +64,7 @@ pub(crate) fn interleave_as<A: Real, O>(
     }
 }
 
-/// One register width of `N` f32 lanes, for [`blocks`].
+/// One register width of `N` f32 lanes, for [`blocks`] and [`super::stream::rows`].
 pub(crate) trait Lanes<const N: usize> {
     type V: Copy;
     /// Safety: the CPU runs the width's instructions (so for every method).
@@ -83,6 +83,13 @@ pub(crate) trait Lanes<const N: usize> {
     /// # Safety
     /// `n` values are writable at `p`; nothing else is written.
     unsafe fn store(p: *mut f32, v: Self::V, n: usize);
+    /// `v` to `p` past the caches (a non-temporal store).
+    ///
+    /// # Safety
+    /// `N` values are writable at `p`, which is aligned to `4 * N` bytes.
+    unsafe fn stream(p: *mut f32, v: Self::V);
+    /// Orders the non-temporal stores before every later store. Safety: as [`Lanes::zero`].
+    unsafe fn fence();
 }
 
 /// [`Interleave`] `N` elements at a time: each block of up to `N` of an element's values loaded

@@ -5,6 +5,7 @@
 //! push the kernel's working set out of cache. A table without one does not stage (a plain
 //! copy of the staging rows measured no faster than writing in place).
 
+use super::interleave::Lanes;
 use std::mem::MaybeUninit;
 
 /// `dst = src`, of one length.
@@ -12,6 +13,38 @@ use std::mem::MaybeUninit;
 /// # Safety
 /// Every element of `src` is initialised; the CPU runs the body's instructions.
 pub(crate) type StreamFn<A> = unsafe fn(&[MaybeUninit<A>], &mut [MaybeUninit<A>]);
+
+/// [`StreamFn`] in registers of `N` lanes: the values of `dst` from its first `4 * N`-byte
+/// boundary stored non-temporally `N` at a time, those before and after with masked stores,
+/// then a fence, so the stores are ordered before whatever the caller (or a thread it hands the
+/// tensor to) does next.
+///
+/// # Safety
+/// As [`StreamFn`]; the CPU runs `L`'s instructions.
+#[inline(always)]
+pub(crate) unsafe fn rows<const N: usize, L: Lanes<N>>(
+    src: &[MaybeUninit<f32>],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(src.len(), dst.len(), "stream: rows of one length");
+    let n = dst.len();
+    let (s, d) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
+    // Values before the first boundary (an f32 slice is 4-byte aligned).
+    let head = ((4 * N - d as usize % (4 * N)) % (4 * N) / 4).min(n);
+    // SAFETY: every access is to values `i < n` of both slices (the partial ones masked);
+    // `src` is initialised and the CPU runs `L` (the contract); `d + i` is aligned for the
+    // streaming stores (`head` reaches the boundary).
+    unsafe {
+        L::store(d, L::load(s, head), head);
+        let mut i = head;
+        while i + N <= n {
+            L::stream(d.add(i), L::load(s.add(i), N));
+            i += N;
+        }
+        L::store(d.add(i), L::load(s.add(i), n - i), n - i);
+        L::fence();
+    }
+}
 
 #[cfg(test)]
 mod tests {
