@@ -26,9 +26,12 @@
 //! dealt to `blocking::LANES` fixed lanes (one where the samples are few for the image), each
 //! with its own input-gradient image, zeroed only where its rows' corners can reach (a hull of
 //! rows per group and plane, grown as the rows come: [`cover`]) and summed in lane order over
-//! the lanes that hold a pixel as it is stored. Outputs
+//! the lanes that hold a pixel as it is stored. The position and weight gradients go to the
+//! operator group by group (`put`); big ones are staged per row and streamed into their tensor
+//! once the row's last group is in ([`write_group`]). Outputs
 //! and gradients are written in full (their buffers start unwritten, `alloc::Written`).
-//! Same bits for any thread count and either route; memory bounded by `LANES + 1` images.
+//! Same bits for any thread count and either route; memory bounded by `LANES + 1` images (and a
+//! row's records per worker).
 
 use super::blocking::{LANES, STREAM_BYTES};
 pub(crate) use super::kernels::Interleave;
