@@ -67,11 +67,17 @@ def _dcn_setup(ctx, inputs, output):
     ctx.has = (bias is not None, mask is not None)
 
 
-def _dcn_grad(ctx, grad):
+def _dcn_grads(ctx, grad, gradients):
+    """The gradients of input, offset, weight, bias and mask from `_dcn_setup`'s context, through
+    `gradients` (the custom backward op, or `_dcn_gradients` itself on the eager path)."""
     input, offset, weight, bias, mask = ctx.saved_tensors
-    gi, go, gm, gw, gb = _dcn_backward(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)
+    gi, go, gm, gw, gb = gradients(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)
     has_bias, has_mask = ctx.has
-    return gi, go, gw, (gb if has_bias else None), (gm if has_mask else None), None, None, None, None
+    return gi, go, gw, (gb if has_bias else None), (gm if has_mask else None)
+
+
+def _dcn_grad(ctx, grad):
+    return _dcn_grads(ctx, grad, _dcn_backward) + (None,) * 4
 
 
 _dcn.register_autograd(_dcn_grad, setup_context=_dcn_setup)
@@ -83,16 +89,13 @@ class _DcnEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, offset, weight, bias, mask, stride, padding, dilation):
-        ctx.save_for_backward(input, offset, weight, bias, mask)
-        ctx.conv = (stride, padding, dilation)
+        _dcn_setup(ctx, (input, offset, weight, bias, mask, stride, padding, dilation, False), None)
         return _dcn_forward(input, offset, weight, bias, mask, stride, padding, dilation)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        input, offset, weight, bias, mask = ctx.saved_tensors
-        gi, go, gm, gw, gb = _dcn_gradients(grad.contiguous(), input, offset, weight, bias, mask, *ctx.conv)
-        return gi, go, gw, (gb if bias is not None else None), (gm if mask is not None else None), None, None, None
+        return _dcn_grads(ctx, grad, _dcn_gradients) + (None,) * 3
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -233,12 +236,18 @@ def _npu_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _npu_grad(ctx, grad_y, grad_d):
-    # Like torch_npu, the gradient flows through the output; the deformed image is an auxiliary
-    # output whose gradient is not propagated.
+def _npu_grads(ctx, grad_y, gradients):
+    """The gradients of every input from `_npu_setup`'s context, through `gradients` (the custom
+    backward op, or `_npu_gradients` itself on the eager path). Like torch_npu, the gradient
+    flows through the output; the deformed image is an auxiliary output whose gradient is not
+    propagated."""
     input, weight, offset, d = ctx.saved_tensors
-    gi, gw, go, gb = _npu_backward(input, grad_y.contiguous(), d, weight, offset, *ctx.attrs)
-    return gi, gw, go, (gb if ctx.has_bias else None), None, None, None, None, None, None, None
+    gi, gw, go, gb = gradients(input, grad_y.contiguous(), d, weight, offset, *ctx.attrs)
+    return (gi, gw, go, (gb if ctx.has_bias else None)) + (None,) * len(ctx.attrs)
+
+
+def _npu_grad(ctx, grad_y, grad_d):
+    return _npu_grads(ctx, grad_y, _npu_backward)
 
 
 _npu.register_autograd(_npu_grad, setup_context=_npu_setup)
@@ -251,17 +260,13 @@ class _NpuEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, offset, bias, *attrs):
         y, d = _npu_forward(input, weight, offset, bias, *attrs)
-        ctx.save_for_backward(input, weight, offset, d)
-        ctx.attrs = attrs
-        ctx.has_bias = bias is not None
+        _npu_setup(ctx, (input, weight, offset, bias, *attrs), (y, d))
         return y, d
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_d):
-        input, weight, offset, d = ctx.saved_tensors
-        gi, gw, go, gb = _npu_gradients(input, grad_y.contiguous(), d, weight, offset, *ctx.attrs)
-        return (gi, gw, go, (gb if ctx.has_bias else None)) + (None,) * len(ctx.attrs)
+        return _npu_grads(ctx, grad_y, _npu_gradients)
 
 
 def npu_deformable_conv2d(input: Tensor, weight: Tensor, offset: Tensor, bias: Optional[Tensor], kernel_size,

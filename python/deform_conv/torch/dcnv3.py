@@ -79,10 +79,16 @@ def _setup(ctx, inputs, output):
     ctx.attrs = (ints, offset_scale, remove_center)
 
 
-def _grad(ctx, grad):
+def _grads(ctx, grad, backward):
+    """The gradients from `_setup`'s context, through `backward` (the custom backward op, or
+    `_backward` itself on the eager path)."""
     input, offset, mask = ctx.saved_tensors
-    gi, go, gm = _dcnv3_backward(grad.contiguous(), input, offset, mask, *ctx.attrs)
+    gi, go, gm = backward(grad.contiguous(), input, offset, mask, *ctx.attrs)
     return gi, go, (gm if mask is not None else None), None, None, None
+
+
+def _grad(ctx, grad):
+    return _grads(ctx, grad, _dcnv3_backward)
 
 
 _dcnv3.register_autograd(_grad, setup_context=_setup)
@@ -93,17 +99,14 @@ class _Eager(torch.autograd.Function):
     without the dispatcher's layers."""
 
     @staticmethod
-    def forward(ctx, input, offset, mask, ints, offset_scale, remove_center):
-        ctx.save_for_backward(input, offset, mask)
-        ctx.attrs = (ints, offset_scale, remove_center)
-        return _forward(input, offset, mask, ints, offset_scale, remove_center)
+    def forward(ctx, *inputs):
+        _setup(ctx, inputs, None)
+        return _forward(*inputs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        input, offset, mask = ctx.saved_tensors
-        gi, go, gm = _backward(grad.contiguous(), input, offset, mask, *ctx.attrs)
-        return gi, go, (gm if mask is not None else None), None, None, None
+        return _grads(ctx, grad, _backward)
 
 
 def _run(input: Tensor, offset: Tensor, mask: Optional[Tensor], ints: List[int], offset_scale: float,

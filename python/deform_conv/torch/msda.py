@@ -63,10 +63,16 @@ def _setup(ctx, inputs, output):
     ctx.levels = (shapes, starts)
 
 
-def _grad(ctx, grad):
+def _grads(ctx, grad, backward):
+    """The gradients from `_setup`'s context, through `backward` (the custom backward op, or
+    `_backward` itself on the eager path)."""
     value, loc, attn = ctx.saved_tensors
-    gv, gl, ga = _msda_backward(grad.contiguous(), value, *ctx.levels, loc, attn)
+    gv, gl, ga = backward(grad.contiguous(), value, *ctx.levels, loc, attn)
     return gv, None, None, gl, ga
+
+
+def _grad(ctx, grad):
+    return _grads(ctx, grad, _msda_backward)
 
 
 _msda.register_autograd(_grad, setup_context=_setup)
@@ -77,17 +83,14 @@ class _Eager(torch.autograd.Function):
     without the dispatcher's layers."""
 
     @staticmethod
-    def forward(ctx, value, shapes, starts, loc, attn):
-        ctx.save_for_backward(value, loc, attn)
-        ctx.levels = (shapes, starts)
-        return _forward(value, shapes, starts, loc, attn)
+    def forward(ctx, *inputs):
+        _setup(ctx, inputs, None)
+        return _forward(*inputs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        value, loc, attn = ctx.saved_tensors
-        gv, gl, ga = _backward(grad.contiguous(), value, *ctx.levels, loc, attn)
-        return gv, None, None, gl, ga
+        return _grads(ctx, grad, _backward)
 
 
 def _run(value: Tensor, shapes: List[int], starts: List[int], loc: Tensor, attn: Tensor) -> Tensor:
