@@ -139,9 +139,9 @@ pub(crate) unsafe fn blocks<const N: usize, L: Lanes<N>>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{table, Isa};
+    use super::super::{table, test_rng, Isa, TEST_POISON};
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use std::mem::MaybeUninit;
 
     /// Every table's interleave against the value-by-value body, bit for bit, on rows of 1-40
@@ -150,15 +150,8 @@ mod tests {
     /// not write keeps its poison.
     #[test]
     fn every_interleave_writes_the_value_by_value_rows_and_nothing_else() {
-        let seed = std::env::var("DEFORM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
-        eprintln!(
-            "every_interleave_writes_the_value_by_value_rows_and_nothing_else: DEFORM_SEED={seed}"
-        );
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let poison = f32::from_bits(0x7fc0_dead);
+        let mut rng = test_rng("every_interleave_writes_the_value_by_value_rows_and_nothing_else");
+        let poison = f32::from_bits(TEST_POISON);
         for _ in 0..300 {
             let (len, points, q) = (
                 rng.gen_range(0..41),

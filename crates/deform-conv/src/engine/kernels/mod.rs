@@ -37,6 +37,24 @@ use portable::{avx2_gather_points, avx2_tap_grads};
 use portable::{panel_gemm_for, portable};
 pub(crate) use stream::StreamFn;
 
+/// A test's random numbers: seeded from `DEFORM_SEED` when set, else at random, the seed printed
+/// with the test's name so that a failure can be replayed.
+#[cfg(test)]
+pub(crate) fn test_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("DEFORM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
+    eprintln!("{test}: DEFORM_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// What the kernels' tests fill the values a kernel must not write with (a NaN whose bits a
+/// kernel's result cannot have by accident).
+#[cfg(test)]
+pub(crate) const TEST_POISON: u32 = 0x7fc0_dead;
+
 /// How many elements ahead the point core's position reads ask for an element's runs.
 pub(crate) const PREFETCH_AHEAD: usize = 8;
 /// Elements ahead of the one being summed whose `lead` pixel the one-pass forward asks for.

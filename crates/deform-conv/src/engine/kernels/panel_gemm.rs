@@ -295,13 +295,8 @@ mod tests {
     /// edges in every direction (`m`, `n` not multiples of the tile, `k` across blocks).
     #[test]
     fn every_tile_height_is_the_fma_chain() {
-        use rand::{Rng, SeedableRng};
-        let seed = std::env::var("DEFORM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
-        eprintln!("every_tile_height_is_the_fma_chain: DEFORM_SEED={seed}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        use rand::Rng;
+        let mut rng = super::super::test_rng("every_tile_height_is_the_fma_chain");
         let mut rnd = || rng.gen_range(-1.0f32..1.0);
         for &(m, k, n) in &[
             (1usize, 1usize, 1usize),

@@ -48,21 +48,16 @@ pub(crate) unsafe fn rows<const N: usize, L: Lanes<N>>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{table, Isa};
-    use rand::{Rng, SeedableRng};
+    use super::super::{table, test_rng, Isa, TEST_POISON};
+    use rand::Rng;
     use std::mem::MaybeUninit;
 
     /// Every table's stream copies rows of 0-200 values at every alignment of their start,
     /// bit for bit, and writes nothing around them (poisoned values stay).
     #[test]
     fn every_stream_copies_its_row_and_nothing_else() {
-        let seed = std::env::var("DEFORM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
-        eprintln!("every_stream_copies_its_row_and_nothing_else: DEFORM_SEED={seed}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let poison = f32::from_bits(0x7fc0_dead);
+        let mut rng = test_rng("every_stream_copies_its_row_and_nothing_else");
+        let poison = f32::from_bits(TEST_POISON);
         let mut tested = 0;
         for isa in Isa::ALL {
             let Some(f) = table::<f32>(isa).and_then(|k| k.stream) else {
